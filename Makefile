@@ -1,0 +1,39 @@
+# One home for set-up: `make setup` (idempotent), `make demo` (the main job), `make test` (the suite).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.tickray-installed
+
+.PHONY: setup demo test bench lint down system-deps
+
+setup: system-deps $(STAMP)
+
+# redis-server comes from Debian's packages; installed only when missing.
+system-deps:
+	@command -v redis-server >/dev/null || { \
+	  echo "installing redis-server from Debian's packages"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+
+# Reinstalled only when pyproject.toml changes. torch==2.13.0 is the CPU build on this machine's disk.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/tickray up
+	$(BIN)/tickray demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/bench_generate.py
+
+lint: setup
+	$(BIN)/ruff check platform jobs tests benchmarks
+
+down:
+	$(BIN)/tickray down

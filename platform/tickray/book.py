@@ -1,0 +1,163 @@
+"""Order-book maintenance under Binance's diff-depth rules, shared by batch rebuilds and stream actors.
+
+USD-M / COIN-M futures: drop events with ``u`` < the snapshot's ``lastUpdateId``; the first event kept
+must straddle it (``U <= lastUpdateId <= u``); after that each event's ``pu`` equals the previous ``u``.
+(A snapshot taken at an event boundary, as bookDepth files do, is followed by a diff whose ``pu``
+is the snapshot's id: that chains too.)
+Spot: the first event kept has ``U <= lastUpdateId + 1 <= u``; after that ``U`` = previous ``u`` + 1.
+A break in the chain is a gap: the book is marked unsynced and must be rebuilt from a new snapshot
+(counted as a resync), never patched over.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from tickray.errors import BookSequenceError
+
+Levels = Iterable[tuple[str | float, str | float]]
+
+
+@dataclass
+class DepthUpdate:
+    U: int
+    u: int
+    pu: int | None  # None on spot, which has no pu
+    bids: list
+    asks: list
+    ts_ms: int = 0
+
+    @classmethod
+    def from_message(cls, d: dict) -> DepthUpdate:
+        return cls(int(d["U"]), int(d["u"]), int(d["pu"]) if "pu" in d else None, d["b"], d["a"],
+                   int(d.get("T") or d.get("E") or 0))
+
+
+@dataclass
+class BookCounters:
+    applied: int = 0
+    stale_dropped: int = 0
+    gaps: int = 0
+    resyncs: int = 0
+
+
+class OrderBook:
+    """Price → size on each side, updated with absolute sizes (size 0 removes a level)."""
+
+    def __init__(self, symbol: str):
+        self.symbol = symbol
+        self.bids: dict[float, float] = {}
+        self.asks: dict[float, float] = {}
+        self.last_update_id: int | None = None
+
+    def reset(self, last_update_id: int, bids: Levels, asks: Levels) -> None:
+        self.bids = {}
+        self.asks = {}
+        self._set(self.bids, bids)
+        self._set(self.asks, asks)
+        self.last_update_id = last_update_id
+
+    @staticmethod
+    def _set(side: dict[float, float], levels: Levels) -> None:
+        for p, q in levels:
+            px, qty = float(p), float(q)
+            if qty == 0.0:
+                side.pop(px, None)
+            else:
+                side[px] = qty
+
+    def apply_levels(self, bids: Levels, asks: Levels, last_update_id: int) -> None:
+        self._set(self.bids, bids)
+        self._set(self.asks, asks)
+        self.last_update_id = last_update_id
+
+    def top(self, n: int) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+        bids = heapq.nlargest(n, self.bids.items())
+        asks = heapq.nsmallest(n, self.asks.items())
+        return bids, asks
+
+    def best(self) -> tuple[float, float, float, float]:
+        """best bid, bid size, best ask, ask size (NaN where a side is empty)."""
+        nan = float("nan")
+        b = max(self.bids) if self.bids else nan
+        a = min(self.asks) if self.asks else nan
+        return b, self.bids.get(b, nan), a, self.asks.get(a, nan)
+
+    def crossed(self) -> bool:
+        return bool(self.bids and self.asks and max(self.bids) >= min(self.asks))
+
+
+@dataclass
+class BookSync:
+    """Snapshot + diff synchronisation of one symbol's book (the Binance "manage a local book" recipe).
+
+    Feed every diff to :meth:`on_update`; when it returns ``needs_snapshot``, fetch a REST snapshot and
+    hand it to :meth:`on_snapshot`. Updates that arrive before the snapshot are buffered and replayed.
+    """
+
+    symbol: str
+    spot: bool = False
+    book: OrderBook = field(init=False)
+    synced: bool = field(default=False, init=False)
+    counters: BookCounters = field(default_factory=BookCounters, init=False)
+    _buffer: list[DepthUpdate] = field(default_factory=list, init=False)
+    _first_after_snapshot: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        self.book = OrderBook(self.symbol)
+
+    @property
+    def needs_snapshot(self) -> bool:
+        return not self.synced
+
+    def on_update(self, up: DepthUpdate) -> bool:
+        """Apply (or buffer) one diff. Returns True when the book changed."""
+        if not self.synced:
+            self._buffer.append(up)
+            return False
+        try:
+            return self._apply(up)
+        except BookSequenceError:
+            self.counters.gaps += 1
+            self.synced = False
+            self._buffer = [up]
+            return False
+
+    def on_snapshot(self, last_update_id: int, bids: Levels, asks: Levels) -> None:
+        """Install a REST snapshot and replay the buffered diffs onto it."""
+        if not self.synced and self.book.last_update_id is not None:
+            self.counters.resyncs += 1  # a new snapshot after a gap (periodic ones while in sync are not)
+        self.book.reset(last_update_id, bids, asks)
+        self.synced = True
+        self._first_after_snapshot = True
+        buffered, self._buffer = self._buffer, []
+        for up in buffered:
+            if not self.synced:  # a gap inside the buffer: keep buffering for the next snapshot
+                self._buffer.append(up)
+                continue
+            self.on_update(up)
+
+    def _apply(self, up: DepthUpdate) -> bool:
+        lid = self.book.last_update_id
+        assert lid is not None
+        if self._first_after_snapshot:
+            if up.u < lid:
+                self.counters.stale_dropped += 1
+                return False
+            lo = lid + 1 if self.spot else lid
+            # bookDepth files snapshot at an event boundary: the next diff then chains by pu.
+            chains = up.pu is not None and up.pu == lid
+            if not (up.U <= lo <= up.u or chains):
+                raise BookSequenceError(
+                    f"{self.symbol}: first diff after snapshot {lid} does not straddle it (U={up.U}, u={up.u})")
+            self._first_after_snapshot = False
+        elif self.spot or up.pu is None:
+            if up.U != lid + 1:
+                raise BookSequenceError(f"{self.symbol}: gap, U={up.U} after u={lid}")
+        elif up.pu != lid:
+            raise BookSequenceError(f"{self.symbol}: gap, pu={up.pu} but previous u={lid}")
+        self.book.apply_levels(up.bids, up.asks, up.u)
+        self.counters.applied += 1
+        return True

@@ -1,0 +1,108 @@
+"""One settings object: TICKRAY_* environment variables over an optional YAML file over defaults.
+
+Every default runs on a laptop: local Ray, redis-server on a private port, MLflow on SQLite.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tickray.errors import ConfigError
+
+ENV_PREFIX = "TICKRAY_"
+CONFIG_FILE_ENV = "TICKRAY_CONFIG"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+
+    # Where state lives: redis data and pid files, the MLflow database and artifacts, logs.
+    state_dir: Path = Path(".tickray")
+    # Root of the Parquet lake; relative paths resolve under state_dir.
+    lake_root: Path = Path("lake")
+    redis_host: str = "127.0.0.1"
+    # Not 6379: a Ray head with an autoscaling config listens there.
+    redis_port: int = 6391
+    redis_password: str | None = None
+    # Empty: the tracking URI is sqlite:///<state_dir>/mlflow.db with artifacts in <state_dir>/mlruns.
+    mlflow_tracking_uri: str = ""
+    # Empty: start a local Ray (or join the head that `tickray up` started).
+    ray_address: str = ""
+    ray_num_cpus: int | None = None
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = 8265
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 8000
+
+    @field_validator("redis_port", "dashboard_port", "serve_port")
+    @classmethod
+    def _port_in_range(cls, v: int) -> int:
+        if not 0 < v < 65536:
+            raise ValueError(f"port {v} is outside 1..65535")
+        return v
+
+    @property
+    def state_path(self) -> Path:
+        return self.state_dir.expanduser().resolve()
+
+    @property
+    def lake_path(self) -> Path:
+        p = self.lake_root.expanduser()
+        return (p if p.is_absolute() else self.state_path / p).resolve()
+
+    @property
+    def redis_url(self) -> str:
+        auth = f":{self.redis_password}@" if self.redis_password else ""
+        return f"redis://{auth}{self.redis_host}:{self.redis_port}/0"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.state_path / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> str:
+        return (self.state_path / "mlruns").as_uri()
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read settings file {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"settings file {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"settings file {path} must hold a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings; environment beats the YAML file, explicit overrides beat both.
+
+    Unknown keys, in the file or as TICKRAY_* variables, are errors: a typo must not be ignored.
+    """
+    config_file = config_file or os.environ.get(CONFIG_FILE_ENV)
+    source = f"settings file {config_file}" if config_file else "settings"
+    file_values = _read_yaml(Path(config_file)) if config_file else {}
+    known = set(Settings.model_fields)
+    for key in file_values:
+        if key not in known:
+            raise ConfigError(f"unknown key {key!r} in {source}; known keys: {', '.join(sorted(known))}")
+    for var in os.environ:
+        if var.startswith(ENV_PREFIX) and var != CONFIG_FILE_ENV:
+            key = var[len(ENV_PREFIX):].lower()
+            if key not in known:
+                raise ConfigError(f"unknown environment variable {var}; known keys: {', '.join(sorted(known))}")
+            file_values.pop(key, None)  # the environment wins over the file
+    try:
+        return Settings(**{**file_values, **overrides})
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"bad value for {where!r} in {source}: {err['msg']}") from None

@@ -1,0 +1,36 @@
+"""Arrow schemas of the data model (DESIGN.md): nanosecond UTC timestamps everywhere."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+TS = pa.timestamp("ns", tz="UTC")
+
+TRADE = pa.schema([
+    ("ts", TS), ("symbol", pa.string()), ("price", pa.float64()), ("qty", pa.float64()),
+    ("side", pa.int8()),  # +1 buyer was the aggressor, -1 seller
+    ("trade_id", pa.int64()),
+])
+
+BAR = pa.schema([
+    ("ts", TS), ("symbol", pa.string()), ("open", pa.float64()), ("high", pa.float64()),
+    ("low", pa.float64()), ("close", pa.float64()), ("volume", pa.float64()),
+    ("quote_volume", pa.float64()), ("trades", pa.int64()), ("vwap", pa.float64()),
+])
+
+PREDICTION = pa.schema([
+    ("ts", TS), ("symbol", pa.string()), ("horizon", pa.string()), ("prob_up", pa.float64()),
+    ("confidence", pa.float64()), ("model_version", pa.string()),
+])
+
+
+def book_schema(levels: int) -> pa.Schema:
+    fields = [("ts", TS), ("symbol", pa.string())]
+    for side in ("bid", "ask"):
+        fields += [(f"{side}_px_{i}", pa.float64()) for i in range(1, levels + 1)]
+        fields += [(f"{side}_sz_{i}", pa.float64()) for i in range(1, levels + 1)]
+    return pa.schema(fields)
+
+
+def with_quarantine_reason(schema: pa.Schema) -> pa.Schema:
+    return schema.append(pa.field("reason", pa.string()))

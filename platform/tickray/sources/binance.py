@@ -1,0 +1,265 @@
+"""Binance file formats: public-data CSV/zip (aggTrades, klines, bookDepth) and WebSocket captures.
+
+Every reader returns Arrow tables in the lake schema (tickray.schema) plus what it could not use,
+each with a reason, so the caller can quarantine it. Only an unreadable file raises, naming it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import zipfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyarrow import csv as pacsv
+
+from tickray.book import BookSync, DepthUpdate
+from tickray.errors import DataFormatError
+from tickray.schema import BAR, TRADE, book_schema
+
+AGG_TRADE_COLUMNS = ["agg_trade_id", "price", "qty", "first_trade_id", "last_trade_id", "time",
+                     "is_buyer_maker", "is_best_match"]
+KLINE_COLUMNS = ["open_time", "open", "high", "low", "close", "volume", "close_time", "quote_volume",
+                 "count", "taker_buy_volume", "taker_buy_quote_volume", "ignore"]
+DEPTH_COLUMNS = ["symbol", "timestamp", "first_update_id", "last_update_id", "side", "update_type",
+                 "price", "qty", "pu"]
+
+
+def symbol_from_filename(path: Path) -> str:
+    """BTCUSDT-aggTrades-2024-01-01.zip → BTCUSDT; usdm_btcusdt_20240718.gz → BTCUSDT."""
+    name = Path(path).name
+    if "_" in name and "-" not in name.split("_")[0]:
+        parts = name.split("_")
+        if len(parts) >= 3:
+            return parts[-2].upper()
+    return name.split("-")[0].upper()
+
+
+def read_bytes(path: Path) -> bytes:
+    """The content of a plain, gzip or zip (first member) file."""
+    path = Path(path)
+    try:
+        if path.suffix == ".zip":
+            with zipfile.ZipFile(path) as z:
+                members = [n for n in z.namelist() if not n.endswith("/")]
+                if not members:
+                    raise DataFormatError(f"{path}: zip archive is empty")
+                return z.read(members[0])
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        raise DataFormatError(f"{path}: unreadable ({e})") from None
+
+
+def _read_csv(path: Path, names: list[str]) -> pa.Table:
+    """A CSV with or without its header row (both occur in Binance's archives)."""
+    data = read_bytes(path)
+    first = data[: data.find(b"\n")].strip()
+    has_header = bool(first) and not first[:1].isdigit() and first[:1] != b"-"
+    ncols = first.count(b",") + 1
+    if ncols > len(names) or (ncols < len(names) - 1 and not names[0] == "symbol"):
+        raise DataFormatError(f"{path}: {ncols} columns, expected {len(names)} ({', '.join(names)})")
+    try:
+        return pacsv.read_csv(
+            io.BytesIO(data),
+            read_options=pacsv.ReadOptions(column_names=names[:ncols], skip_rows=1 if has_header else 0),
+            convert_options=pacsv.ConvertOptions(strings_can_be_null=True),
+        )
+    except pa.ArrowInvalid as e:
+        raise DataFormatError(f"{path}: not a readable CSV ({e})") from None
+
+
+def _to_ns(t: pa.Array) -> pa.Array:
+    """Binance time columns are ms, or µs in spot files since 2025: normalise to ns."""
+    arr = pc.cast(t, pa.int64()).to_numpy(zero_copy_only=False)
+    unit = np.where(arr > 10**14, 1_000, 1_000_000)
+    return pa.array(arr * unit, type=pa.int64()).cast(pa.timestamp("ns", tz="UTC"))
+
+
+def read_agg_trades(path: Path, symbol: str | None = None) -> pa.Table:
+    t = _read_csv(path, AGG_TRADE_COLUMNS)
+    symbol = symbol or symbol_from_filename(path)
+    maker = t["is_buyer_maker"]
+    if not pa.types.is_boolean(maker.type):
+        maker = pc.equal(pc.utf8_lower(pc.cast(maker, pa.string())), "true")
+    side = pc.if_else(maker, pa.scalar(-1, pa.int8()), pa.scalar(1, pa.int8()))
+    return pa.table({
+        "ts": _to_ns(t["time"]), "symbol": pa.array([symbol] * t.num_rows, pa.string()),
+        "price": pc.cast(t["price"], pa.float64()), "qty": pc.cast(t["qty"], pa.float64()),
+        "side": side, "trade_id": pc.cast(t["agg_trade_id"], pa.int64()),
+    }, schema=TRADE)
+
+
+def read_klines(path: Path, symbol: str | None = None) -> pa.Table:
+    t = _read_csv(path, KLINE_COLUMNS)
+    symbol = symbol or symbol_from_filename(path)
+    vol = pc.cast(t["volume"], pa.float64())
+    qv = pc.cast(t["quote_volume"], pa.float64())
+    close = pc.cast(t["close"], pa.float64())
+    vwap = pc.if_else(pc.greater(vol, 0), pc.divide(qv, vol), close)
+    return pa.table({
+        "ts": _to_ns(t["open_time"]), "symbol": pa.array([symbol] * t.num_rows, pa.string()),
+        "open": pc.cast(t["open"], pa.float64()), "high": pc.cast(t["high"], pa.float64()),
+        "low": pc.cast(t["low"], pa.float64()), "close": close, "volume": vol, "quote_volume": qv,
+        "trades": pc.cast(t["count"], pa.int64()), "vwap": vwap,
+    }, schema=BAR)
+
+
+@dataclass
+class BookRebuild:
+    """Top-N book snapshots after every applied update, with the sync counters."""
+
+    book: pa.Table
+    applied: int = 0
+    gaps: int = 0
+    resyncs: int = 0
+    stale_dropped: int = 0
+    unsynced_dropped: int = 0
+
+
+class _TopNWriter:
+    def __init__(self, symbol: str, levels: int):
+        self.symbol, self.levels = symbol, levels
+        self.ts: list[int] = []
+        self.rows: list[list[float]] = []
+
+    def add(self, ts_ns: int, sync: BookSync) -> None:
+        bids, asks = sync.book.top(self.levels)
+        nan = float("nan")
+        pad = [(nan, nan)] * self.levels
+        bids, asks = (bids + pad)[: self.levels], (asks + pad)[: self.levels]
+        self.ts.append(ts_ns)
+        self.rows.append([p for p, _ in bids] + [q for _, q in bids] + [p for p, _ in asks] + [q for _, q in asks])
+
+    def table(self) -> pa.Table:
+        schema = book_schema(self.levels)
+        m = np.array(self.rows, dtype=np.float64).reshape(len(self.rows), 4 * self.levels)
+        cols = {"ts": pa.array(np.array(self.ts, dtype=np.int64)).cast(schema.field("ts").type),
+                "symbol": pa.array([self.symbol] * len(self.ts), pa.string())}
+        for j, name in enumerate(schema.names[2:]):
+            cols[name] = pa.array(m[:, j])
+        return pa.table(cols, schema=schema)
+
+
+def rebuild_book_depth(path: Path, levels: int = 10) -> BookRebuild:
+    """Replay a bookDepth file (``snap`` rows open a book, ``set`` rows are diffs chained by ``pu``)."""
+    t = _read_csv(path, DEPTH_COLUMNS)
+    symbol = t["symbol"][0].as_py() if t.num_rows else symbol_from_filename(path)
+    ts = t["timestamp"].to_numpy()
+    first = t["first_update_id"].to_numpy()
+    last = t["last_update_id"].to_numpy()
+    pu = t["pu"].to_numpy()
+    side = t["side"].to_pylist()
+    kind = t["update_type"].to_pylist()
+    price = pc.cast(t["price"], pa.string()).to_pylist()
+    qty = pc.cast(t["qty"], pa.string()).to_pylist()
+    sync = BookSync(symbol)
+    out = _TopNWriter(symbol, levels)
+    unsynced = 0
+    # Rows of one event share (timestamp, last_update_id, update_type).
+    n = t.num_rows
+    bounds = np.flatnonzero((np.diff(last) != 0) | (np.diff(ts) != 0)) + 1
+    starts = np.concatenate([[0], bounds]) if n else np.array([], dtype=np.int64)
+    ends = np.concatenate([bounds, [n]]) if n else np.array([], dtype=np.int64)
+    for s, e in zip(starts.tolist(), ends.tolist()):
+        bids = [(price[i], qty[i]) for i in range(s, e) if side[i] == "b"]
+        asks = [(price[i], qty[i]) for i in range(s, e) if side[i] == "a"]
+        if kind[s] == "snap":
+            sync.on_snapshot(int(last[s]), bids, asks)
+            out.add(int(ts[s]) * 1_000_000, sync)
+            continue
+        was_synced = sync.synced
+        if sync.on_update(DepthUpdate(int(first[s]), int(last[s]), int(pu[s]), bids, asks)):
+            out.add(int(ts[s]) * 1_000_000, sync)
+        elif not was_synced or not sync.synced:
+            unsynced += 1
+    c = sync.counters
+    return BookRebuild(out.table(), c.applied, c.gaps, c.resyncs, c.stale_dropped, unsynced)
+
+
+# ------------------------------------------------------------------------------ WebSocket captures
+
+
+def iter_capture(path: Path, bad: Counter | None = None) -> Iterator[tuple[int, dict]]:
+    """``<recv_ts> <json>`` lines → (receive time in ns, message). Unparsable lines are counted in
+    ``bad`` (by reason) and skipped."""
+    for lineno, line in enumerate(read_bytes(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        head, _, body = line.partition(b" ")
+        try:
+            recv = float(head.rstrip(b":"))
+            msg = orjson.loads(body)
+        except (ValueError, orjson.JSONDecodeError):
+            if bad is not None:
+                bad["unparsable line"] += 1
+            continue
+        # ns in hftbacktest captures, µs in its 2023 files, seconds in cryptofeed's.
+        recv_ns = int(recv * 1e9) if recv < 1e11 else int(recv * 1e3) if recv < 1e17 else int(recv)
+        yield recv_ns, msg
+
+
+@dataclass
+class CaptureRead:
+    trades: pa.Table
+    book: BookRebuild
+    quarantine: list[tuple[int, str, str]] = field(default_factory=list)  # (recv_ns, reason, raw)
+    streams: Counter = field(default_factory=Counter)
+
+
+def read_ws_capture(path: Path, levels: int = 10, symbol: str | None = None) -> CaptureRead:
+    """Trades and a rebuilt book from one symbol's capture (snapshot line + combined-stream diffs)."""
+    symbol = (symbol or symbol_from_filename(path)).upper()
+    bad: Counter = Counter()
+    sync = BookSync(symbol, spot=Path(path).name.startswith("spot"))
+    out = _TopNWriter(symbol, levels)
+    trades: dict[str, list] = {"ts": [], "price": [], "qty": [], "side": [], "trade_id": []}
+    quarantine: list[tuple[int, str, str]] = []
+    streams: Counter = Counter()
+    unsynced = 0
+    for recv_ns, msg in iter_capture(path, bad):
+        if "lastUpdateId" in msg:
+            sync.on_snapshot(int(msg["lastUpdateId"]), msg["bids"], msg["asks"])
+            out.add(int(msg.get("T") or msg.get("E") or recv_ns // 1_000_000) * 1_000_000, sync)
+            streams["snapshot"] += 1
+            continue
+        data = msg.get("data", msg)
+        etype = data.get("e") if isinstance(data, dict) else None
+        if etype is None and isinstance(data, dict) and {"u", "b", "a"} <= data.keys():
+            etype = "bookTicker"  # spot bookTicker carries no e/E/T
+        streams[etype or "unknown"] += 1
+        try:
+            if etype == "depthUpdate":
+                was = sync.synced
+                if sync.on_update(DepthUpdate.from_message(data)):
+                    out.add(int(data.get("T") or data["E"]) * 1_000_000, sync)
+                elif not was or not sync.synced:
+                    unsynced += 1
+            elif etype in ("aggTrade", "trade"):
+                trades["ts"].append(int(data["T"]) * 1_000_000)
+                trades["price"].append(float(data["p"]))
+                trades["qty"].append(float(data["q"]))
+                trades["side"].append(-1 if data["m"] else 1)
+                trades["trade_id"].append(int(data["a"] if etype == "aggTrade" else data["t"]))
+        except (KeyError, TypeError, ValueError) as e:
+            quarantine.append((recv_ns, f"malformed {etype}: {type(e).__name__} {e}", orjson.dumps(msg).decode()))
+    for reason, n in bad.items():
+        quarantine.extend([(0, reason, "")] * n)
+    c = sync.counters
+    table = pa.table({
+        "ts": pa.array(trades["ts"], pa.int64()).cast(TRADE.field("ts").type),
+        "symbol": pa.array([symbol] * len(trades["ts"]), pa.string()),
+        "price": pa.array(trades["price"], pa.float64()), "qty": pa.array(trades["qty"], pa.float64()),
+        "side": pa.array(trades["side"], pa.int8()), "trade_id": pa.array(trades["trade_id"], pa.int64()),
+    }, schema=TRADE)
+    rebuild = BookRebuild(out.table(), c.applied, c.gaps, c.resyncs, c.stale_dropped, unsynced)
+    return CaptureRead(table, rebuild, quarantine, streams)

@@ -1,0 +1,251 @@
+"""The local stack: a redis-server and a Ray head that `tickray up` starts and `tickray down` stops.
+
+Each process we start is recorded in a pid file under <state>/run; `down` stops only those, never a
+process someone else started. An occupied port is an error, not something to kill.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from tickray.config import Settings
+from tickray.errors import StackError
+
+RAY_HEAD_PORT = 6385
+
+
+@dataclass
+class ServiceState:
+    name: str
+    running: bool
+    pid: int | None
+    detail: str
+
+
+def _run_dir(settings: Settings) -> Path:
+    d = settings.state_path / "run"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return True
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        pid = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _pid_alive(pid) else None
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+
+
+def check_redis(settings: Settings) -> None:
+    """Raise a one-line StackError when Redis cannot be reached at the configured address."""
+    try:
+        redis_client(settings).ping()
+    except redis.RedisError as e:
+        raise StackError(
+            f"Redis unreachable at {settings.redis_host}:{settings.redis_port} ({e}); "
+            "start it with `tickray up` or set TICKRAY_REDIS_HOST/TICKRAY_REDIS_PORT"
+        ) from None
+
+
+# ---------------------------------------------------------------- redis-server
+
+
+def redis_status(settings: Settings) -> ServiceState:
+    pid = _read_pid(_run_dir(settings) / "redis.pid")
+    where = f"{settings.redis_host}:{settings.redis_port}"
+    try:
+        redis_client(settings).ping()
+        owner = f"pid {pid}, started by tickray" if pid else "not started by tickray"
+        return ServiceState("redis", True, pid, f"{where} answering ({owner})")
+    except redis.RedisError:
+        return ServiceState("redis", False, pid, f"{where} not answering")
+
+
+def start_redis(settings: Settings, timeout_s: float = 10.0) -> ServiceState:
+    run = _run_dir(settings)
+    pidfile = run / "redis.pid"
+    state = redis_status(settings)
+    if state.running and state.pid:
+        return state
+    if port_in_use(settings.redis_host, settings.redis_port):
+        raise StackError(
+            f"port {settings.redis_port} on {settings.redis_host} is held by another process "
+            "(not a redis-server tickray started); choose another with TICKRAY_REDIS_PORT"
+        )
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise StackError("redis-server not found on PATH; install it with `apt-get install -y redis-server`")
+    data_dir = settings.state_path / "redis"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    pidfile.unlink(missing_ok=True)
+    cmd = [
+        exe, "--port", str(settings.redis_port), "--bind", settings.redis_host,
+        "--daemonize", "yes", "--pidfile", str(pidfile), "--dir", str(data_dir),
+        "--logfile", str(data_dir / "redis.log"), "--save", "", "--appendonly", "no",
+    ]
+    if settings.redis_password:
+        cmd += ["--requirepass", settings.redis_password]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise StackError(f"redis-server failed to start on port {settings.redis_port}: {proc.stderr.strip()}")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        state = redis_status(settings)
+        if state.running:
+            return redis_status(settings)
+        time.sleep(0.05)
+    _stop_pidfile(pidfile)  # leave nothing half-started
+    raise StackError(f"redis-server did not answer on port {settings.redis_port} within {timeout_s:.0f}s; "
+                     f"see {data_dir / 'redis.log'}")
+
+
+def _stop_pidfile(pidfile: Path, timeout_s: float = 30.0, group: bool = False) -> bool:
+    pid = _read_pid(pidfile)
+    if pid is None:
+        pidfile.unlink(missing_ok=True)
+        return False
+    try:
+        if group:
+            os.killpg(pid, signal.SIGTERM)
+        else:
+            os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + timeout_s
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _pid_alive(pid):
+        (os.killpg if group else os.kill)(pid, signal.SIGKILL)
+    pidfile.unlink(missing_ok=True)
+    return True
+
+
+def stop_redis(settings: Settings) -> bool:
+    return _stop_pidfile(_run_dir(settings) / "redis.pid")
+
+
+# ---------------------------------------------------------------- Ray head
+
+
+def ray_head_address(settings: Settings) -> str | None:
+    """The address of the Ray head `tickray up` started, if it is still running."""
+    run = _run_dir(settings)
+    if _read_pid(run / "ray.pid") is None:
+        return None
+    try:
+        return (run / "ray.address").read_text().strip()
+    except OSError:
+        return None
+
+
+def ray_status(settings: Settings) -> ServiceState:
+    run = _run_dir(settings)
+    pid = _read_pid(run / "ray.pid")
+    addr = ray_head_address(settings)
+    if addr:
+        dash = f"http://{settings.dashboard_host}:{settings.dashboard_port}"
+        return ServiceState("ray", True, pid, f"head at {addr}, dashboard {dash}")
+    return ServiceState("ray", False, None, "no Ray head started by tickray (jobs start a local Ray)")
+
+
+def start_ray_head(settings: Settings, timeout_s: float = 90.0) -> ServiceState:
+    run = _run_dir(settings)
+    state = ray_status(settings)
+    if state.running:
+        return state
+    host = settings.dashboard_host
+    for port, what in ((RAY_HEAD_PORT, "Ray head"), (settings.dashboard_port, "Ray dashboard")):
+        if port_in_use("127.0.0.1", port):
+            raise StackError(f"port {port} ({what}) is held by another process; stop it or change the port")
+    num_cpus = settings.ray_num_cpus or os.cpu_count() or 2
+    ray_exe = Path(sys.executable).with_name("ray")
+    log = open(settings.state_path / "ray-head.log", "wb")
+    # --block keeps `ray start` in the foreground as the head's parent: stopping its process group
+    # stops exactly this head and nothing else on the machine (unlike `ray stop`).
+    proc = subprocess.Popen(
+        [str(ray_exe), "start", "--head", "--block", f"--port={RAY_HEAD_PORT}", f"--num-cpus={num_cpus}",
+         "--include-dashboard=true", f"--dashboard-host={host}", f"--dashboard-port={settings.dashboard_port}",
+         "--disable-usage-stats"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    (run / "ray.pid").write_text(str(proc.pid))
+    address = f"127.0.0.1:{RAY_HEAD_PORT}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            (run / "ray.pid").unlink(missing_ok=True)
+            raise StackError(f"Ray head exited with code {proc.returncode}; see {log.name}")
+        if port_in_use("127.0.0.1", settings.dashboard_port) and port_in_use("127.0.0.1", RAY_HEAD_PORT):
+            (run / "ray.address").write_text(address)
+            return ray_status(settings)
+        time.sleep(0.5)
+    _stop_pidfile(run / "ray.pid", group=True)
+    raise StackError(f"Ray head did not come up within {timeout_s:.0f}s; see {log.name}")
+
+
+def stop_ray_head(settings: Settings) -> bool:
+    run = _run_dir(settings)
+    (run / "ray.address").unlink(missing_ok=True)
+    return _stop_pidfile(run / "ray.pid", group=True)
+
+
+# ---------------------------------------------------------------- the whole stack
+
+
+def up(settings: Settings, with_ray: bool = True) -> list[ServiceState]:
+    started: list[ServiceState] = [start_redis(settings)]
+    if with_ray:
+        try:
+            started.append(start_ray_head(settings))
+        except StackError:
+            stop_redis(settings)  # nothing half-started is left running
+            raise
+    return started
+
+
+def down(settings: Settings) -> list[str]:
+    stopped = []
+    if stop_ray_head(settings):
+        stopped.append("ray")
+    if stop_redis(settings):
+        stopped.append("redis")
+    return stopped
+
+
+def status(settings: Settings) -> list[ServiceState]:
+    return [redis_status(settings), ray_status(settings)]
