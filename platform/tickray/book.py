@@ -12,7 +12,7 @@ A break in the chain is a gap: the book is marked unsynced and must be rebuilt f
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from tickray.errors import BookSequenceError
@@ -93,12 +93,15 @@ class OrderBook:
 class BookSync:
     """Snapshot + diff synchronisation of one symbol's book (the Binance "manage a local book" recipe).
 
-    Feed every diff to :meth:`on_update`; when it returns ``needs_snapshot``, fetch a REST snapshot and
-    hand it to :meth:`on_snapshot`. Updates that arrive before the snapshot are buffered and replayed.
+    Feed every diff to :meth:`on_update`; while ``needs_snapshot``, fetch a REST snapshot and hand it to
+    :meth:`on_snapshot`. Updates that arrive before the snapshot are buffered and replayed.
+    ``on_change(ts_ms)`` is called after the snapshot is installed and after every applied diff,
+    replayed ones included, so a listener sees every book state.
     """
 
     symbol: str
     spot: bool = False
+    on_change: Callable[[int], None] | None = None
     book: OrderBook = field(init=False)
     synced: bool = field(default=False, init=False)
     counters: BookCounters = field(default_factory=BookCounters, init=False)
@@ -125,13 +128,15 @@ class BookSync:
             self._buffer = [up]
             return False
 
-    def on_snapshot(self, last_update_id: int, bids: Levels, asks: Levels) -> None:
-        """Install a REST snapshot and replay the buffered diffs onto it."""
+    def on_snapshot(self, last_update_id: int, bids: Levels, asks: Levels, ts_ms: int = 0) -> None:
+        """Install a REST snapshot (taken at ``ts_ms``) and replay the buffered diffs onto it."""
         if not self.synced and self.book.last_update_id is not None:
             self.counters.resyncs += 1  # a new snapshot after a gap (periodic ones while in sync are not)
         self.book.reset(last_update_id, bids, asks)
         self.synced = True
         self._first_after_snapshot = True
+        if self.on_change:
+            self.on_change(ts_ms)
         buffered, self._buffer = self._buffer, []
         for up in buffered:
             if not self.synced:  # a gap inside the buffer: keep buffering for the next snapshot
@@ -160,4 +165,6 @@ class BookSync:
             raise BookSequenceError(f"{self.symbol}: gap, pu={up.pu} but previous u={lid}")
         self.book.apply_levels(up.bids, up.asks, up.u)
         self.counters.applied += 1
+        if self.on_change:
+            self.on_change(up.ts_ms)
         return True

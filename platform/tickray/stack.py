@@ -120,7 +120,7 @@ def start_redis(settings: Settings, timeout_s: float = 10.0) -> ServiceState:
     ]
     if settings.redis_password:
         cmd += ["--requirepass", settings.redis_password]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         raise StackError(f"redis-server failed to start on port {settings.redis_port}: {proc.stderr.strip()}")
     deadline = time.monotonic() + timeout_s
@@ -194,28 +194,29 @@ def start_ray_head(settings: Settings, timeout_s: float = 90.0) -> ServiceState:
             raise StackError(f"port {port} ({what}) is held by another process; stop it or change the port")
     num_cpus = settings.ray_num_cpus or os.cpu_count() or 2
     ray_exe = Path(sys.executable).with_name("ray")
-    log = open(settings.state_path / "ray-head.log", "wb")
+    log_path = settings.state_path / "ray-head.log"
     # --block keeps `ray start` in the foreground as the head's parent: stopping its process group
     # stops exactly this head and nothing else on the machine (unlike `ray stop`).
-    proc = subprocess.Popen(
-        [str(ray_exe), "start", "--head", "--block", f"--port={RAY_HEAD_PORT}", f"--num-cpus={num_cpus}",
-         "--include-dashboard=true", f"--dashboard-host={host}", f"--dashboard-port={settings.dashboard_port}",
-         "--disable-usage-stats"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [str(ray_exe), "start", "--head", "--block", f"--port={RAY_HEAD_PORT}", f"--num-cpus={num_cpus}",
+             "--include-dashboard=true", f"--dashboard-host={host}",
+             f"--dashboard-port={settings.dashboard_port}", "--disable-usage-stats"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
     (run / "ray.pid").write_text(str(proc.pid))
     address = f"127.0.0.1:{RAY_HEAD_PORT}"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             (run / "ray.pid").unlink(missing_ok=True)
-            raise StackError(f"Ray head exited with code {proc.returncode}; see {log.name}")
+            raise StackError(f"Ray head exited with code {proc.returncode}; see {log_path}")
         if port_in_use("127.0.0.1", settings.dashboard_port) and port_in_use("127.0.0.1", RAY_HEAD_PORT):
             (run / "ray.address").write_text(address)
             return ray_status(settings)
         time.sleep(0.5)
     _stop_pidfile(run / "ray.pid", group=True)
-    raise StackError(f"Ray head did not come up within {timeout_s:.0f}s; see {log.name}")
+    raise StackError(f"Ray head did not come up within {timeout_s:.0f}s; see {log_path}")
 
 
 def stop_ray_head(settings: Settings) -> bool:

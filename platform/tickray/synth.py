@@ -438,13 +438,15 @@ def _trade_messages(m: DayMarket, cap_start: int, rng: np.random.Generator) -> l
     out: list[tuple[int, bytes]] = []
     t_ms, price, qty = m.t_ms[sel], m.price_tick[sel] * s.tick, m.qty[sel]
     maker, a, f, last = m.is_buyer_maker[sel], m.agg_id[sel], m.first_id[sel], m.last_id[sel]
+    # One connection delivers a stream in order: receive times are monotone within the stream.
+    recv = np.maximum.accumulate((t_ms + 2) * 1_000_000 + rng.integers(1_000_000, 6_000_000, t_ms.size))
     for i in range(t_ms.size):
         E = int(t_ms[i]) + 2
         msg = {"stream": f"{low}@aggTrade", "data": {
             "e": "aggTrade", "E": E, "a": int(a[i]), "s": sym, "p": _fmt(price[i], pdec),
             "q": _fmt(qty[i], qdec), "f": int(f[i]), "l": int(last[i]), "T": int(t_ms[i]),
             "m": bool(maker[i])}}
-        out.append((_recv_ns(E, rng), orjson.dumps(msg)))
+        out.append((int(recv[i]), orjson.dumps(msg)))
     k = klines_1m(m)
     first_min = cap_start // 60
     for mi in range(first_min, SECONDS_PER_DAY // 60):

@@ -162,8 +162,8 @@ def rebuild_book_depth(path: Path, levels: int = 10) -> BookRebuild:
     kind = t["update_type"].to_pylist()
     price = pc.cast(t["price"], pa.string()).to_pylist()
     qty = pc.cast(t["qty"], pa.string()).to_pylist()
-    sync = BookSync(symbol)
     out = _TopNWriter(symbol, levels)
+    sync = BookSync(symbol, on_change=lambda ts_ms: out.add(ts_ms * 1_000_000, sync))
     unsynced = 0
     # Rows of one event share (timestamp, last_update_id, update_type).
     n = t.num_rows
@@ -174,13 +174,11 @@ def rebuild_book_depth(path: Path, levels: int = 10) -> BookRebuild:
         bids = [(price[i], qty[i]) for i in range(s, e) if side[i] == "b"]
         asks = [(price[i], qty[i]) for i in range(s, e) if side[i] == "a"]
         if kind[s] == "snap":
-            sync.on_snapshot(int(last[s]), bids, asks)
-            out.add(int(ts[s]) * 1_000_000, sync)
+            sync.on_snapshot(int(last[s]), bids, asks, int(ts[s]))
             continue
         was_synced = sync.synced
-        if sync.on_update(DepthUpdate(int(first[s]), int(last[s]), int(pu[s]), bids, asks)):
-            out.add(int(ts[s]) * 1_000_000, sync)
-        elif not was_synced or not sync.synced:
+        applied = sync.on_update(DepthUpdate(int(first[s]), int(last[s]), int(pu[s]), bids, asks, int(ts[s])))
+        if not applied and (not was_synced or not sync.synced):
             unsynced += 1
     c = sync.counters
     return BookRebuild(out.table(), c.applied, c.gaps, c.resyncs, c.stale_dropped, unsynced)
@@ -220,16 +218,17 @@ def read_ws_capture(path: Path, levels: int = 10, symbol: str | None = None) -> 
     """Trades and a rebuilt book from one symbol's capture (snapshot line + combined-stream diffs)."""
     symbol = (symbol or symbol_from_filename(path)).upper()
     bad: Counter = Counter()
-    sync = BookSync(symbol, spot=Path(path).name.startswith("spot"))
     out = _TopNWriter(symbol, levels)
+    sync = BookSync(symbol, spot=Path(path).name.startswith("spot"),
+                    on_change=lambda ts_ms: out.add(ts_ms * 1_000_000, sync))
     trades: dict[str, list] = {"ts": [], "price": [], "qty": [], "side": [], "trade_id": []}
     quarantine: list[tuple[int, str, str]] = []
     streams: Counter = Counter()
     unsynced = 0
     for recv_ns, msg in iter_capture(path, bad):
         if "lastUpdateId" in msg:
-            sync.on_snapshot(int(msg["lastUpdateId"]), msg["bids"], msg["asks"])
-            out.add(int(msg.get("T") or msg.get("E") or recv_ns // 1_000_000) * 1_000_000, sync)
+            snap_ms = int(msg.get("T") or msg.get("E") or recv_ns // 1_000_000)
+            sync.on_snapshot(int(msg["lastUpdateId"]), msg["bids"], msg["asks"], snap_ms)
             streams["snapshot"] += 1
             continue
         data = msg.get("data", msg)
@@ -240,9 +239,7 @@ def read_ws_capture(path: Path, levels: int = 10, symbol: str | None = None) -> 
         try:
             if etype == "depthUpdate":
                 was = sync.synced
-                if sync.on_update(DepthUpdate.from_message(data)):
-                    out.add(int(data.get("T") or data["E"]) * 1_000_000, sync)
-                elif not was or not sync.synced:
+                if not sync.on_update(DepthUpdate.from_message(data)) and (not was or not sync.synced):
                     unsynced += 1
             elif etype in ("aggTrade", "trade"):
                 trades["ts"].append(int(data["T"]) * 1_000_000)

@@ -1,0 +1,1 @@
+"""Streaming ingest: per-symbol pipelines and the Ray actors that hold exchange WebSocket connections."""

@@ -1,0 +1,71 @@
+"""Per-symbol message pipeline of a stream actor: validate → order book → one-second grid → features.
+
+It uses the same book (tickray.book), grid rules and feature function (tickray.features) as the batch
+path, so online features equal offline ones on the same ticks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+from tickray.book import BookSync, DepthUpdate
+from tickray.features import LOOKBACK, GridBuilder, latest_features
+
+
+@dataclass
+class FeatureUpdate:
+    symbol: str
+    ts_ns: int  # second start of the grid row the features belong to
+    features: dict[str, float]
+    mid: float
+
+
+@dataclass
+class SymbolPipeline:
+    symbol: str
+    spot: bool = False
+    sync: BookSync = field(init=False)
+    grid: GridBuilder = field(default_factory=GridBuilder)
+    rows: deque = field(default_factory=lambda: deque(maxlen=LOOKBACK))
+    quarantined: Counter = field(default_factory=Counter)
+    last_trade_id: int = -1
+    _closed: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.sync = BookSync(self.symbol, spot=self.spot, on_change=self._book_changed)
+
+    def _book_changed(self, ts_ms: int) -> None:
+        b, bq, a, aq = self.sync.book.best()
+        self._closed.extend(self.grid.on_book(ts_ms * 1_000_000, b, bq, a, aq))
+
+    def on_snapshot(self, snap: dict) -> list[FeatureUpdate]:
+        ts_ms = int(snap.get("T") or snap.get("E") or 0)
+        self.sync.on_snapshot(int(snap["lastUpdateId"]), snap["bids"], snap["asks"], ts_ms)
+        return self._emit()
+
+    def on_depth(self, data: dict) -> list[FeatureUpdate]:
+        self.sync.on_update(DepthUpdate.from_message(data))
+        return self._emit()
+
+    def on_trade(self, data: dict) -> list[FeatureUpdate]:
+        """A validated @aggTrade / @trade payload; returns the feature rows it closed."""
+        trade_id = int(data["a"] if "a" in data else data["t"])
+        if trade_id <= self.last_trade_id:
+            self.quarantined["duplicate or out-of-order trade id"] += 1
+            return []
+        self.last_trade_id = trade_id
+        self._closed.extend(self.grid.on_trade(int(data["T"]) * 1_000_000, float(data["q"]),
+                                               -1 if data["m"] else 1))
+        return self._emit()
+
+    def _emit(self) -> list[FeatureUpdate]:
+        out = []
+        for row in self._closed:
+            self.rows.append(row)
+            feats = latest_features(list(self.rows))
+            if feats is not None and not any(math.isnan(v) for v in feats.values()):
+                out.append(FeatureUpdate(self.symbol, row["ts"], feats, (row["bid_px"] + row["ask_px"]) / 2))
+        self._closed = []
+        return out
