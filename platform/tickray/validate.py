@@ -1,0 +1,66 @@
+"""Row validation: every rejected row gets a reason, so it can be quarantined and counted."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+def _first_reason(t: pa.Table, checks: list[tuple[str, np.ndarray]]) -> pa.Array:
+    reason = np.full(t.num_rows, None, dtype=object)
+    for name, bad in checks:
+        reason[(reason == None) & bad] = name
+    return pa.array(reason, pa.string())
+
+
+def _null(t: pa.Table, cols: list[str]) -> np.ndarray:
+    bad = np.zeros(t.num_rows, bool)
+    for c in cols:
+        bad |= pc.is_null(t[c], nan_is_null=True).to_numpy(zero_copy_only=False)
+    return bad
+
+
+def _le0(col: pa.ChunkedArray) -> np.ndarray:
+    return pc.fill_null(pc.less_equal(col, 0), False).to_numpy(zero_copy_only=False)
+
+
+def check_trades(t: pa.Table) -> pa.Array:
+    """Reasons for trade rows (None = valid): nulls, non-positive price/size, time going backwards,
+    duplicate trade ids. Expects one symbol's rows in file order."""
+    ts = pc.cast(t["ts"], pa.int64()).to_numpy(zero_copy_only=False)
+    back = np.zeros(t.num_rows, bool)
+    if t.num_rows > 1:
+        back[1:] = ts[1:] < np.maximum.accumulate(ts)[:-1]
+    ids = t["trade_id"].to_numpy(zero_copy_only=False)
+    dup = np.zeros(t.num_rows, bool)
+    if t.num_rows:
+        _, first = np.unique(ids, return_index=True)
+        dup[:] = True
+        dup[first] = False
+    return _first_reason(t, [
+        ("null field", _null(t, ["ts", "price", "qty", "side", "trade_id"])),
+        ("non-positive price", _le0(t["price"])),
+        ("non-positive size", _le0(t["qty"])),
+        ("duplicate trade id", dup),
+        ("timestamp going backwards", back),
+    ])
+
+
+def check_book(t: pa.Table) -> pa.Array:
+    bid, ask = t["bid_px_1"], t["ask_px_1"]
+    crossed = pc.fill_null(pc.greater_equal(bid, ask), False).to_numpy(zero_copy_only=False)
+    return _first_reason(t, [
+        ("null field", _null(t, ["ts", "bid_px_1", "ask_px_1", "bid_sz_1", "ask_sz_1"])),
+        ("non-positive price", _le0(bid) | _le0(ask)),
+        ("crossed book", crossed),
+    ])
+
+
+def check_bars(t: pa.Table) -> pa.Array:
+    hl = pc.fill_null(pc.less(t["high"], t["low"]), False).to_numpy(zero_copy_only=False)
+    return _first_reason(t, [
+        ("null field", _null(t, ["ts", "open", "high", "low", "close", "volume"])),
+        ("non-positive price", _le0(t["open"]) | _le0(t["close"]) | _le0(t["low"])),
+        ("high below low", hl),
+    ])
