@@ -46,8 +46,8 @@ class FeaturesReport:
     seconds: float
 
     def lines(self) -> list[str]:
-        return [f"features: {self.rows:,} rows x {len(FEATURE_NAMES)} features in "
-                f"{len(self.partitions)} partitions ({self.seconds:.1f}s)"]
+        return [(f"features: {self.rows:,} rows x {len(FEATURE_NAMES)} features in "
+                 f"{len(self.partitions)} partitions ({self.seconds:.1f}s)")]
 
 
 def build_features(lake_root: Path) -> FeaturesReport:
