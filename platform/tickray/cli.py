@@ -1,0 +1,157 @@
+"""The `tickray` command line: one verb per stage, `--help` on each."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tickray.config import load_settings
+from tickray.errors import TickrayError
+
+
+def _symbols(s: str) -> list[str]:
+    out = [x.strip().upper() for x in s.split(",") if x.strip()]
+    if not out:
+        raise argparse.ArgumentTypeError("give at least one symbol, e.g. BTCUSDT,ETHUSDT")
+    return out
+
+
+def cmd_up(args, settings) -> None:
+    from tickray import stack
+
+    for s in stack.up(settings, with_ray=not args.no_ray):
+        print(f"{s.name}: {s.detail}")
+    print(f"MLflow tracking: {settings.tracking_uri}")
+
+
+def cmd_down(args, settings) -> None:
+    from tickray import stack
+
+    stopped = stack.down(settings)
+    print(f"stopped: {', '.join(stopped)}" if stopped else "nothing started by tickray was running")
+
+
+def cmd_status(args, settings) -> None:
+    from tickray import lake, stack
+
+    for s in stack.status(settings):
+        print(f"{s.name:6} {'up  ' if s.running else 'down'} {s.detail}")
+    print(f"mlflow {settings.tracking_uri}")
+    root = settings.lake_path
+    for ds in ("trades", "book", "bars_1m", "features"):
+        if (root / ds).exists():
+            print(f"lake   {ds}: {lake.dataset_rows(root, ds):,} rows in {len(lake.partitions(root, ds))} partitions")
+    print(f"lake   root {root}")
+
+
+def cmd_generate(args, settings) -> None:
+    import time
+
+    from tickray.synth import generate
+
+    t = time.perf_counter()
+    files = generate(Path(args.out), args.symbols, args.days, args.seed, trades_per_day=args.trades_per_day)
+    print(f"{files.n_trades:,} trades and {files.n_depth_events:,} depth updates in "
+          f"{time.perf_counter() - t:.1f}s:")
+    for p in files.all():
+        print(f"  {p}")
+
+
+def cmd_ingest(args, settings) -> None:
+    from tickray.ingest import ingest
+    from tickray.runtime import connect_ray
+
+    connect_ray(settings)
+    rep = ingest([Path(p) for p in args.inputs], Path(args.lake or settings.lake_path), levels=args.levels)
+    print("\n".join(rep.lines()))
+    print(f"done in {rep.seconds:.1f}s")
+
+
+def cmd_features(args, settings) -> None:
+    from tickray.features.job import build_features
+    from tickray.runtime import connect_ray
+
+    connect_ray(settings)
+    print("\n".join(build_features(Path(args.lake or settings.lake_path)).lines()))
+
+
+def cmd_train(args, settings) -> None:
+    from tickray.runtime import connect_ray
+    from tickray.training.xgb import train_xgboost
+
+    connect_ray(settings)
+    res = train_xgboost(Path(args.lake or settings.lake_path), settings.tracking_uri, settings.artifact_root,
+                        settings.state_path / "ray_results", horizon_s=args.horizon, num_workers=args.workers)
+    print("\n".join(res.lines()))
+
+
+def cmd_demo(args, settings) -> None:
+    from tickray.demo import run_demo
+
+    run_demo(settings, args.symbols, days=args.days, seed=args.seed, trades_per_day=args.trades_per_day,
+             replay_speed=args.replay_speed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tickray", description="Ray-distributed platform for market tick data.")
+    p.add_argument("--config", help="YAML settings file (TICKRAY_* environment variables win over it)")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    s = sub.add_parser("up", help="start the local stack: redis-server and a Ray head (with dashboard)")
+    s.add_argument("--no-ray", action="store_true", help="start only redis-server")
+    s.set_defaults(fn=cmd_up)
+    sub.add_parser("down", help="stop what `tickray up` started (and nothing else)").set_defaults(fn=cmd_down)
+    sub.add_parser("status", help="show the local stack, MLflow and the lake").set_defaults(fn=cmd_status)
+
+    s = sub.add_parser("generate", help="write a synthetic market in Binance's real file formats")
+    s.add_argument("--symbols", type=_symbols, default=["BTCUSDT", "ETHUSDT"], help="comma-separated")
+    s.add_argument("--days", type=int, default=1)
+    s.add_argument("--seed", type=int, default=7)
+    s.add_argument("--trades-per-day", type=int, default=200_000, help="per symbol")
+    s.add_argument("--out", required=True, help="output folder")
+    s.set_defaults(fn=cmd_generate)
+
+    s = sub.add_parser("ingest", help="ingest files or folders into the Parquet lake with Ray Data")
+    s.add_argument("inputs", nargs="+", help="files or folders (aggTrades, klines, bookDepth, WS captures)")
+    s.add_argument("--lake", help="lake root (default: settings lake_root)")
+    s.add_argument("--levels", type=int, default=10, help="book levels kept per side")
+    s.set_defaults(fn=cmd_ingest)
+
+    s = sub.add_parser("features", help="compute features and labels for every lake partition with Ray Data")
+    s.add_argument("--lake", help="lake root (default: settings lake_root)")
+    s.set_defaults(fn=cmd_features)
+
+    s = sub.add_parser("train", help="train XGBoost with Ray Train and register it in MLflow")
+    s.add_argument("--lake", help="lake root (default: settings lake_root)")
+    s.add_argument("--horizon", type=int, default=10, help="label horizon in seconds (10 or 60)")
+    s.add_argument("--workers", type=int, default=1, help="Ray Train workers")
+    s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("demo", help="run every stage end to end on the embedded default")
+    s.add_argument("--symbols", type=_symbols, default=["BTCUSDT", "ETHUSDT"], help="comma-separated")
+    s.add_argument("--days", type=int, default=1)
+    s.add_argument("--seed", type=int, default=7)
+    s.add_argument("--trades-per-day", type=int, default=200_000, help="per symbol")
+    s.add_argument("--replay-speed", type=float, default=0.0,
+                   help="WebSocket replay pace as a multiple of real time (0: as fast as it is read)")
+    s.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        args.fn(args, settings)
+    except TickrayError as e:
+        print(f"tickray {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(f"tickray {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""Joining Ray: the configured address, else the head `tickray up` started, else a local Ray."""
+
+from __future__ import annotations
+
+import logging
+
+import ray
+
+from tickray import stack
+from tickray.config import Settings
+
+
+def connect_ray(settings: Settings) -> str | None:
+    """Connect this process to Ray; return the dashboard URL when there is one."""
+    if not ray.is_initialized():
+        address = settings.ray_address or stack.ray_head_address(settings)
+        kwargs = {"logging_level": logging.WARNING, "log_to_driver": True}
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=settings.ray_num_cpus, include_dashboard=True,
+                     dashboard_host=settings.dashboard_host, dashboard_port=settings.dashboard_port, **kwargs)
+    url = ray._private.worker.get_dashboard_url()  # no public API for it in Ray 2.60
+    return f"http://{url}" if url and not url.startswith("http") else url or None

@@ -1,0 +1,155 @@
+"""The stream-ingest actor: one Binance combined-stream WebSocket connection → online features in Redis.
+
+Per message: parse (orjson) → validate → order book / grid (SymbolPipeline) → features published to
+Redis (hash ``tickray:features:<SYM>`` and channel ``tickray:features``). Invalid messages go to the
+Redis stream ``tickray:quarantine`` with a reason and are counted; they never stop the actor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+
+import httpx
+import orjson
+import ray
+import redis.asyncio as aioredis
+import websockets
+
+from tickray.features import FEATURE_SET_VERSION
+from tickray.stream.pipeline import FeatureUpdate, SymbolPipeline
+
+FEATURES_KEY = "tickray:features:{symbol}"
+FEATURES_CHANNEL = "tickray:features"
+QUARANTINE_STREAM = "tickray:quarantine"
+QUARANTINE_MAXLEN = 100_000
+
+
+def stream_names(symbol: str) -> list[str]:
+    s = symbol.lower()
+    return [f"{s}@depth@0ms", f"{s}@aggTrade", f"{s}@bookTicker", f"{s}@kline_1m"]
+
+
+def validate(data: dict) -> str | None:
+    """A reason the payload cannot be used, or None."""
+    e = data.get("e")
+    try:
+        if e in ("aggTrade", "trade"):
+            if float(data["p"]) <= 0:
+                return "non-positive price"
+            if float(data["q"]) <= 0:
+                return "non-positive quantity"
+            int(data["T"])
+        elif e == "depthUpdate":
+            int(data["U"]), int(data["u"])
+            for p, q in data["b"] + data["a"]:
+                if float(p) <= 0 or float(q) < 0:
+                    return "non-positive price or negative quantity in depth"
+    except (KeyError, TypeError, ValueError) as exc:
+        return f"malformed {e}: missing or bad {exc}"
+    return None
+
+
+@ray.remote(num_cpus=0)
+class StreamIngestActor:
+    def __init__(self, symbols: list[str], ws_url: str, rest_url: str, redis_url: str,
+                 read_timeout_s: float = 30.0):
+        self.symbols = [s.upper() for s in symbols]
+        self.ws_url, self.rest_url, self.redis_url = ws_url.rstrip("/"), rest_url.rstrip("/"), redis_url
+        self.read_timeout_s = read_timeout_s
+        self.pipes = {s: SymbolPipeline(s) for s in self.symbols}
+        self.counts: Counter = Counter()
+        self.quarantined: Counter = Counter()
+        self.last_features: dict[str, dict] = {}
+        self._task: asyncio.Task | None = None
+        self._stop = False
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._redis = aioredis.from_url(self.redis_url)
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        self._stop = True
+        if self._task:
+            self._task.cancel()
+
+    def stats(self) -> dict:
+        return {
+            "messages": dict(self.counts), "quarantined": dict(self.quarantined),
+            "features_published": {s: self.last_features.get(s, {}).get("n", 0) for s in self.symbols},
+            "book": {s: vars(p.sync.counters) for s, p in self.pipes.items()},
+            "late": {s: p.grid.late for s, p in self.pipes.items()},
+        }
+
+    async def _run(self) -> None:
+        url = f"{self.ws_url}/stream?streams=" + "/".join(n for s in self.symbols for n in stream_names(s))
+        backoff = 0.5
+        while not self._stop:
+            try:
+                async with websockets.connect(url, max_size=None, ping_interval=20) as ws:
+                    self.counts["connections"] += 1
+                    backoff = 0.5
+                    snapshots = asyncio.get_running_loop().create_task(self._fetch_snapshots())
+                    while not self._stop:
+                        raw = await asyncio.wait_for(ws.recv(), timeout=self.read_timeout_s)
+                        await self._on_raw(raw)
+                        if snapshots.done() and snapshots.exception():
+                            raise snapshots.exception()
+            except asyncio.CancelledError:
+                raise
+            except (OSError, TimeoutError, websockets.ConnectionClosed, httpx.HTTPError) as e:
+                self.counts[f"reconnect: {type(e).__name__}"] += 1
+                for pipe in self.pipes.values():
+                    pipe.sync.synced = False  # a new connection needs a new snapshot
+                await asyncio.sleep(backoff * (1 + random.random()))
+                backoff = min(backoff * 2, 30.0)
+
+    async def _fetch_snapshots(self) -> None:
+        async with httpx.AsyncClient(base_url=self.rest_url, timeout=10) as client:
+            for symbol, pipe in self.pipes.items():
+                r = await client.get("/fapi/v1/depth", params={"symbol": symbol, "limit": 1000})
+                r.raise_for_status()
+                await self._publish(pipe.on_snapshot(r.json()))
+
+    async def _on_raw(self, raw: str | bytes) -> None:
+        self.counts["received"] += 1
+        try:
+            msg = orjson.loads(raw)
+            data = msg["data"]
+            symbol = data["s"].upper()
+            pipe = self.pipes[symbol]
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+            return await self._quarantine(raw, f"unparsable or unknown message ({type(e).__name__}: {e})")
+        reason = validate(data)
+        if reason:
+            return await self._quarantine(raw, reason)
+        e = data.get("e")
+        self.counts[e or "bookTicker"] += 1
+        if e == "depthUpdate":
+            await self._publish(pipe.on_depth(data))
+        elif e in ("aggTrade", "trade"):
+            before = sum(pipe.quarantined.values())
+            await self._publish(pipe.on_trade(data))
+            if sum(pipe.quarantined.values()) > before:
+                await self._quarantine(raw, "duplicate or out-of-order trade id", counted=True)
+
+    async def _quarantine(self, raw: str | bytes, reason: str, counted: bool = False) -> None:
+        self.quarantined[reason] += 1
+        raw_s = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+        await self._redis.xadd(QUARANTINE_STREAM, {"reason": reason, "raw": raw_s[:4096]},
+                               maxlen=QUARANTINE_MAXLEN, approximate=True)
+
+    async def _publish(self, updates: list[FeatureUpdate]) -> None:
+        for up in updates:
+            doc = {"symbol": up.symbol, "ts_ns": up.ts_ns, "mid": up.mid, "features": up.features,
+                   "feature_set_version": FEATURE_SET_VERSION, "published_at": time.time()}
+            body = orjson.dumps(doc)
+            async with self._redis.pipeline(transaction=False) as p:
+                p.set(FEATURES_KEY.format(symbol=up.symbol), body)
+                p.publish(FEATURES_CHANNEL, body)
+                await p.execute()
+            n = self.last_features.get(up.symbol, {}).get("n", 0) + 1
+            self.last_features[up.symbol] = {"n": n, "ts_ns": up.ts_ns}
