@@ -105,6 +105,7 @@ class BookSync:
     book: OrderBook = field(init=False)
     synced: bool = field(default=False, init=False)
     counters: BookCounters = field(default_factory=BookCounters, init=False)
+    last_seen_ms: int = field(default=0, init=False)  # latest diff time received, applied or not
     _buffer: list[DepthUpdate] = field(default_factory=list, init=False)
     _first_after_snapshot: bool = field(default=False, init=False)
 
@@ -117,6 +118,7 @@ class BookSync:
 
     def on_update(self, up: DepthUpdate) -> bool:
         """Apply (or buffer) one diff. Returns True when the book changed."""
+        self.last_seen_ms = max(self.last_seen_ms, up.ts_ms)
         if not self.synced:
             self._buffer.append(up)
             return False
@@ -128,8 +130,16 @@ class BookSync:
             self._buffer = [up]
             return False
 
+    def snapshot_time_ms(self, snap: dict) -> int:
+        """When a REST snapshot was taken: its T or E, else (spot carries neither) the latest diff seen."""
+        return int(snap.get("T") or snap.get("E") or self.last_seen_ms)
+
+    def on_rest_snapshot(self, snap: dict) -> None:
+        """Install a REST depth snapshot as the venue returns it ({lastUpdateId, bids, asks, ...})."""
+        self.on_snapshot(int(snap["lastUpdateId"]), snap["bids"], snap["asks"], self.snapshot_time_ms(snap))
+
     def on_snapshot(self, last_update_id: int, bids: Levels, asks: Levels, ts_ms: int = 0) -> None:
-        """Install a REST snapshot (taken at ``ts_ms``) and replay the buffered diffs onto it."""
+        """Install a snapshot (taken at ``ts_ms``) and replay the buffered diffs onto it."""
         if not self.synced and self.book.last_update_id is not None:
             self.counters.resyncs += 1  # a new snapshot after a gap (periodic ones while in sync are not)
         self.book.reset(last_update_id, bids, asks)

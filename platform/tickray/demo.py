@@ -131,7 +131,7 @@ def run_demo(settings: Settings, symbols: list[str], days: int = 1, seed: int = 
     say(f"\n== done in {time.perf_counter() - t_all:.0f}s. Where to look:")
     say(f"Ray dashboard:  {dashboard or '(not running)'}")
     say(f"MLflow UI:      mlflow ui --backend-store-uri {settings.tracking_uri}")
-    say(f"Serve:          curl -s -XPOST {base}/v1/predict -d '{{\"symbols\": {json.dumps(symbols)}}}'")
+    say(f"Serve:          curl -s -XPOST {base}/v1/predict -H 'content-type: application/json' -d '{{\"symbols\": {json.dumps(symbols)}}}'")
     say(f"Report:         {result.report_path}")
     say("Stop the stack: tickray down")
     return result

@@ -230,8 +230,11 @@ def _fmt(x: float, decimals: int) -> str:
 def _zip_csv(path: Path, inner_name: str, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as z:
-        z.writestr(inner_name, text)
+    # A fixed entry time keeps the bytes identical for a seed.
+    info = zipfile.ZipInfo(inner_name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_DEFLATED
+    with zipfile.ZipFile(tmp, "w", compresslevel=1) as z:
+        z.writestr(info, text)
     tmp.replace(path)
 
 
@@ -401,7 +404,7 @@ def _write_book(out: Path, m: DayMarket, rng: np.random.Generator, levels: int, 
         capture.sort(key=lambda x: x[0])
         capture_path = out / "ws" / f"usdm_{sym.lower()}_{day.strftime('%Y%m%d')}.gz"
         capture_path.parent.mkdir(parents=True, exist_ok=True)
-        with gzip.open(capture_path, "wb", compresslevel=5) as f:
+        with gzip.GzipFile(capture_path, "wb", compresslevel=5, mtime=0) as f:
             for ts, line in capture:
                 f.write(b"%d %s\n" % (ts, line))
     return depth_path, capture_path, book.last_u, SECONDS_PER_DAY

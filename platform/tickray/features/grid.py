@@ -61,6 +61,8 @@ class GridBuilder:
         self.before_book = 0
 
     def on_book(self, ts_ns: int, bid_px: float, bid_sz: float, ask_px: float, ask_sz: float) -> list[dict]:
+        if ts_ns <= 0:
+            raise ValueError(f"book state without a time (ts={ts_ns}): the grid cannot place it")
         if self.next_sec is None:
             # The grid starts at the first book state; trades held until now from earlier seconds go.
             self.next_sec = ts_ns // NS

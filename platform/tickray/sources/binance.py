@@ -227,8 +227,7 @@ def read_ws_capture(path: Path, levels: int = 10, symbol: str | None = None) -> 
     unsynced = 0
     for recv_ns, msg in iter_capture(path, bad):
         if "lastUpdateId" in msg:
-            snap_ms = int(msg.get("T") or msg.get("E") or recv_ns // 1_000_000)
-            sync.on_snapshot(int(msg["lastUpdateId"]), msg["bids"], msg["asks"], snap_ms)
+            sync.on_rest_snapshot(msg)
             streams["snapshot"] += 1
             continue
         data = msg.get("data", msg)

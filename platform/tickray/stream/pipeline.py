@@ -41,8 +41,7 @@ class SymbolPipeline:
         self._closed.extend(self.grid.on_book(ts_ms * 1_000_000, b, bq, a, aq))
 
     def on_snapshot(self, snap: dict) -> list[FeatureUpdate]:
-        ts_ms = int(snap.get("T") or snap.get("E") or 0)
-        self.sync.on_snapshot(int(snap["lastUpdateId"]), snap["bids"], snap["asks"], ts_ms)
+        self.sync.on_rest_snapshot(snap)
         return self._emit()
 
     def on_depth(self, data: dict) -> list[FeatureUpdate]:

@@ -1,0 +1,76 @@
+"""Session-wide real components: one local Ray cluster, one real redis-server, the real market data."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import tickray  # noqa: F401  (sets RAY_AUTH_MODE before Ray is imported)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("TICKRAY_TEST_DATA", REPO.parent / "shared" / "data"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data: the real Binance, LOBSTER and CME captures the tests read."""
+    if not (SHARED_DATA / "binance").is_dir():
+        pytest.fail(f"real market data not found at {SHARED_DATA} (expected ../shared/data beside the repo, "
+                    "or set TICKRAY_TEST_DATA)", pytrace=False)
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def redis_settings(tmp_path_factory):
+    """Settings whose Redis is a real redis-server on a free port, started for this session."""
+    from tickray import stack
+    from tickray.config import Settings
+
+    state = tmp_path_factory.mktemp("redis-state")
+    settings = Settings(state_dir=state, redis_port=free_port())
+    stack.start_redis(settings)
+    yield settings
+    stack.stop_redis(settings)
+
+
+@pytest.fixture
+def settings(redis_settings, tmp_path):
+    """Per-test state folder, sharing the session's redis-server."""
+    return redis_settings.model_copy(update={"state_dir": tmp_path / "state", "serve_port": free_port()})
+
+
+@pytest.fixture(scope="session")
+def market(tmp_path_factory):
+    """A small synthetic market (2 symbols, 1 day), generated once per session."""
+    from tickray.synth import generate
+
+    out = tmp_path_factory.mktemp("market")
+    files = generate(out, ["BTCUSDT", "ETHUSDT"], days=1, seed=7, trades_per_day=40_000, capture_minutes=3)
+    return out, files
+
+
+@pytest.fixture(autouse=True)
+def _no_tickray_env(monkeypatch):
+    """Tests build their own settings; a developer's TICKRAY_* variables must not leak in."""
+    for var in [v for v in os.environ if v.startswith("TICKRAY_") and v != "TICKRAY_TEST_DATA"]:
+        monkeypatch.delenv(var)
+
+

@@ -1,0 +1,51 @@
+import pytest
+from tickray.config import load_settings
+from tickray.errors import ConfigError
+
+
+def test_defaults_run_locally(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    s = load_settings()
+    assert s.redis_port != 6379  # a Ray head with an autoscaling config listens there
+    assert s.tracking_uri == f"sqlite:///{tmp_path / '.tickray' / 'mlflow.db'}"
+    assert s.lake_path == tmp_path / ".tickray" / "lake"
+    assert s.ray_address == ""
+
+
+def test_environment_beats_yaml_and_overrides_beat_both(tmp_path, monkeypatch):
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text("redis_port: 7001\nserve_port: 9001\n")
+    monkeypatch.setenv("TICKRAY_REDIS_PORT", "7002")
+    s = load_settings(cfg)
+    assert (s.redis_port, s.serve_port) == (7002, 9001)
+    assert load_settings(cfg, serve_port=9002).serve_port == 9002
+
+
+def test_unknown_yaml_key_is_a_one_line_error(tmp_path):
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text("redis_prot: 7001\n")
+    with pytest.raises(ConfigError) as e:
+        load_settings(cfg)
+    msg = str(e.value)
+    assert "redis_prot" in msg and str(cfg) in msg and "\n" not in msg
+
+
+def test_unknown_environment_variable_is_an_error(monkeypatch):
+    monkeypatch.setenv("TICKRAY_REDIS_PROT", "1")
+    with pytest.raises(ConfigError, match="TICKRAY_REDIS_PROT"):
+        load_settings()
+
+
+def test_bad_value_names_the_key(monkeypatch):
+    monkeypatch.setenv("TICKRAY_SERVE_PORT", "70000")
+    with pytest.raises(ConfigError, match="serve_port"):
+        load_settings()
+
+
+def test_unreadable_or_non_mapping_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(tmp_path / "missing.yaml")
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_settings(bad)
