@@ -18,7 +18,7 @@ def connect_ray(settings: Settings) -> str | None:
         if address:
             ray.init(address=address, **kwargs)
         else:
-            ray.init(num_cpus=settings.ray_num_cpus, include_dashboard=True,
+            ray.init(address="local", num_cpus=settings.ray_num_cpus, include_dashboard=True,
                      dashboard_host=settings.dashboard_host, dashboard_port=settings.dashboard_port, **kwargs)
     url = ray._private.worker.get_dashboard_url()  # no public API for it in Ray 2.60
     return f"http://{url}" if url and not url.startswith("http") else url or None

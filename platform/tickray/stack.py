@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,7 +224,16 @@ def start_ray_head(settings: Settings, timeout_s: float = 90.0) -> ServiceState:
 def stop_ray_head(settings: Settings) -> bool:
     run = _run_dir(settings)
     (run / "ray.address").unlink(missing_ok=True)
-    return _stop_pidfile(run / "ray.pid", group=True)
+    stopped = _stop_pidfile(run / "ray.pid", group=True)
+    if stopped:
+        # `ray start` leaves a pointer that a later bare ray.init() would follow to the dead head.
+        pointer = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        try:
+            if pointer.read_text().strip().endswith(f":{RAY_HEAD_PORT}"):
+                pointer.unlink()
+        except OSError:
+            pass
+    return stopped
 
 
 # ---------------------------------------------------------------- the whole stack

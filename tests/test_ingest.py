@@ -1,0 +1,57 @@
+"""Ray Data ingest into the lake: validation with quarantine, idempotence, unreadable inputs."""
+
+import pyarrow.parquet as pq
+import pytest
+from tickray import lake
+from tickray.errors import DataFormatError
+from tickray.features.job import build_features
+from tickray.ingest import ingest
+
+
+def test_ingest_then_features(ray_cluster, market, tmp_path):
+    out, files = market
+    root = tmp_path / "lake"
+    rep = ingest([out / "aggtrades", out / "depth", out / "klines"], root)
+    assert rep.rows["trades"] == files.n_trades
+    assert rep.rows["book"] == 2 * 86_400 and rep.rows["bars_1m"] == 2 * 1440
+    assert sorted(lake.partitions(root, "trades")) == [("2024-01-01", "BTCUSDT"), ("2024-01-01", "ETHUSDT")]
+    again = ingest([out / "aggtrades"], root)  # idempotent: partitions are replaced, not appended to
+    assert again.rows["trades"] == files.n_trades == lake.dataset_rows(root, "trades")
+    t = lake.read_partition(root, "trades", "2024-01-01", "BTCUSDT")
+    assert t.column("ts").is_valid and t["ts"].type.unit == "ns" and str(t["ts"].type.tz) == "UTC"
+
+    feats = build_features(root)
+    assert feats.rows == 2 * 86_400
+    table = pq.read_table(root / "features")
+    assert {"ofi_5s", "up_10s", "fwd_ret_60s", "symbol", "date"} <= set(table.column_names)
+
+
+def test_bad_rows_are_quarantined_with_reasons(ray_cluster, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "BADUSDT-aggTrades-2024-02-01.csv").write_text(
+        "agg_trade_id,price,quantity,first_trade_id,last_trade_id,transact_time,is_buyer_maker\n"
+        "1,100.0,1.0,1,1,1706745600000,false\n"
+        "2,-5.0,1.0,2,2,1706745600001,false\n"  # non-positive price
+        "3,100.0,0.0,3,3,1706745600002,true\n"  # non-positive size
+        "3,100.0,1.0,3,3,1706745600003,true\n"  # duplicate id
+        "5,100.5,2.0,5,5,1706745500000,true\n"  # time going backwards
+        "6,100.5,2.0,6,6,1706745600009,true\n"
+    )
+    root = tmp_path / "lake"
+    rep = ingest([src], root)
+    assert rep.rows["trades"] == 2
+    assert dict(rep.quarantined["trades"]) == {"non-positive price": 1, "non-positive size": 1,
+                                               "duplicate trade id": 1, "timestamp going backwards": 1}
+    q = pq.read_table(root / "quarantine" / "trades")
+    assert q.num_rows == 4 and set(q["reason"].to_pylist()) == set(rep.quarantined["trades"])
+
+
+def test_unreadable_input_names_the_file(ray_cluster, tmp_path):
+    bad = tmp_path / "XUSDT-aggTrades-2024-01-01.zip"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(Exception) as e:
+        ingest([bad], tmp_path / "lake")
+    assert str(bad) in str(e.value)
+    with pytest.raises(DataFormatError, match="does not exist"):
+        ingest([tmp_path / "nope"], tmp_path / "lake")
