@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import free_port
@@ -59,3 +60,34 @@ def test_unreachable_redis_is_a_one_line_error(tmp_path):
 def test_unknown_setting_in_the_environment_stops_the_cli(tmp_path):
     r = _cli("status", env={"TICKRAY_STATE_DIR": str(tmp_path), "TICKRAY_REDIS_PROT": "1"})
     assert r.returncode == 2 and "TICKRAY_REDIS_PROT" in r.stderr
+
+
+def test_up_starts_a_ray_head_that_jobs_join_and_down_stops_it(tmp_path):
+    env = {"TICKRAY_STATE_DIR": str(tmp_path), "TICKRAY_REDIS_PORT": str(free_port()),
+           "TICKRAY_RAY_PORT": str(free_port()), "TICKRAY_DASHBOARD_PORT": str(free_port()),
+           "TICKRAY_RAY_NUM_CPUS": "1"}
+    up = _cli("up", env=env)
+    try:
+        assert up.returncode == 0, up.stderr
+        assert f"head at 127.0.0.1:{env['TICKRAY_RAY_PORT']}" in up.stdout
+        pid = int((tmp_path / "run" / "ray.pid").read_text())
+        # A client process joins the head through the same settings (token auth included).
+        code = ("from tickray.config import load_settings; from tickray.runtime import connect_ray; import ray; "
+                "connect_ray(load_settings()); print(int(ray.cluster_resources()['CPU']))")
+        probe = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True, text=True, env={**os.environ, **env}, timeout=120, check=False)
+        assert probe.stdout.strip().splitlines()[-1] == "1", probe.stderr[-2000:]
+    finally:
+        down = _cli("down", env=env)
+    assert "ray" in down.stdout and "redis" in down.stdout
+    assert not stack._pid_alive(pid)
+
+
+def test_missing_shared_data_is_a_one_line_error(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        "tests/test_synth.py::test_same_readers_read_real_and_synthetic_trades"],
+                       capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
+                       env={**os.environ, "TICKRAY_TEST_DATA": str(tmp_path / "nowhere")}, timeout=300, check=False)
+    assert r.returncode != 0
+    assert f"real market data not found at {tmp_path / 'nowhere'}" in r.stdout

@@ -35,12 +35,14 @@ class Settings(BaseSettings):
     # Empty: start a local Ray (or join the head that `tickray up` started).
     ray_address: str = ""
     ray_num_cpus: int | None = None
+    # The GCS port of the head `tickray up` starts (not 6379, for the same reason as Redis).
+    ray_port: int = 6385
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 8265
     serve_host: str = "127.0.0.1"
     serve_port: int = 8000
 
-    @field_validator("redis_port", "dashboard_port", "serve_port")
+    @field_validator("redis_port", "ray_port", "dashboard_port", "serve_port")
     @classmethod
     def _port_in_range(cls, v: int) -> int:
         if not 0 < v < 65536:

@@ -22,8 +22,6 @@ import redis
 from tickray.config import Settings
 from tickray.errors import StackError
 
-RAY_HEAD_PORT = 6385
-
 
 @dataclass
 class ServiceState:
@@ -190,7 +188,7 @@ def start_ray_head(settings: Settings, timeout_s: float = 90.0) -> ServiceState:
     if state.running:
         return state
     host = settings.dashboard_host
-    for port, what in ((RAY_HEAD_PORT, "Ray head"), (settings.dashboard_port, "Ray dashboard")):
+    for port, what in ((settings.ray_port, "Ray head"), (settings.dashboard_port, "Ray dashboard")):
         if port_in_use("127.0.0.1", port):
             raise StackError(f"port {port} ({what}) is held by another process; stop it or change the port")
     num_cpus = settings.ray_num_cpus or os.cpu_count() or 2
@@ -200,20 +198,20 @@ def start_ray_head(settings: Settings, timeout_s: float = 90.0) -> ServiceState:
     # stops exactly this head and nothing else on the machine (unlike `ray stop`).
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [str(ray_exe), "start", "--head", "--block", f"--port={RAY_HEAD_PORT}", f"--num-cpus={num_cpus}",
+            [str(ray_exe), "start", "--head", "--block", f"--port={settings.ray_port}", f"--num-cpus={num_cpus}",
              "--include-dashboard=true", f"--dashboard-host={host}",
              f"--dashboard-port={settings.dashboard_port}", "--disable-usage-stats"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")},
         )
     (run / "ray.pid").write_text(str(proc.pid))
-    address = f"127.0.0.1:{RAY_HEAD_PORT}"
+    address = f"127.0.0.1:{settings.ray_port}"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             (run / "ray.pid").unlink(missing_ok=True)
             raise StackError(f"Ray head exited with code {proc.returncode}; see {log_path}")
-        if port_in_use("127.0.0.1", settings.dashboard_port) and port_in_use("127.0.0.1", RAY_HEAD_PORT):
+        if port_in_use("127.0.0.1", settings.dashboard_port) and port_in_use("127.0.0.1", settings.ray_port):
             (run / "ray.address").write_text(address)
             return ray_status(settings)
         time.sleep(0.5)
@@ -229,7 +227,7 @@ def stop_ray_head(settings: Settings) -> bool:
         # `ray start` leaves a pointer that a later bare ray.init() would follow to the dead head.
         pointer = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
         try:
-            if pointer.read_text().strip().endswith(f":{RAY_HEAD_PORT}"):
+            if pointer.read_text().strip().endswith(f":{settings.ray_port}"):
                 pointer.unlink()
         except OSError:
             pass
