@@ -1,8 +1,9 @@
-"""Joining Ray: the configured address, else the head `tickray up` started, else a local Ray."""
+"""Joining Ray: the configured address, else RAY_ADDRESS, else the head `tickray up` started, else a local Ray."""
 
 from __future__ import annotations
 
 import logging
+import os
 
 import ray
 
@@ -13,7 +14,8 @@ from tickray.config import Settings
 def connect_ray(settings: Settings) -> str | None:
     """Connect this process to Ray; return the dashboard URL when there is one."""
     if not ray.is_initialized():
-        address = settings.ray_address or stack.ray_head_address(settings)
+        # RAY_ADDRESS is how `ray job submit` tells a job's driver where its cluster is.
+        address = settings.ray_address or os.environ.get("RAY_ADDRESS") or stack.ray_head_address(settings)
         kwargs = {"logging_level": logging.WARNING, "log_to_driver": True}
         if address:
             ray.init(address=address, **kwargs)
