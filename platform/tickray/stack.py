@@ -202,7 +202,9 @@ def start_ray_head(settings: Settings, timeout_s: float = 90.0) -> ServiceState:
              "--include-dashboard=true", f"--dashboard-host={host}",
              f"--dashboard-port={settings.dashboard_port}", "--disable-usage-stats"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")},
+            env={**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"),
+                 # A job's bare `python` is found on the head's PATH: make it this environment's.
+                 "PATH": f"{ray_exe.parent}{os.pathsep}{os.environ.get('PATH', '')}"},
         )
     (run / "ray.pid").write_text(str(proc.pid))
     address = f"127.0.0.1:{settings.ray_port}"
