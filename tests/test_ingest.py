@@ -38,8 +38,10 @@ def test_bad_rows_are_quarantined_with_reasons(ray_cluster, tmp_path):
         "5,100.5,2.0,5,5,1706745500000,true\n"  # time going backwards
         "6,100.5,2.0,6,6,1706745600009,true\n"
     )
+    (src / "notes.txt").write_text("not market data")
     root = tmp_path / "lake"
     rep = ingest([src], root)
+    assert rep.skipped == [str(src / "notes.txt")] and "skipped 1 files" in rep.lines()[-1]
     assert rep.rows["trades"] == 2
     assert dict(rep.quarantined["trades"]) == {"non-positive price": 1, "non-positive size": 1,
                                                "duplicate trade id": 1, "timestamp going backwards": 1}

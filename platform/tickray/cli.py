@@ -133,8 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--days", type=int, default=1)
     s.add_argument("--seed", type=int, default=7)
     s.add_argument("--trades-per-day", type=int, default=200_000, help="per symbol")
-    s.add_argument("--replay-speed", type=float, default=0.0,
-                   help="WebSocket replay pace as a multiple of real time (0: as fast as it is read)")
+    s.add_argument("--replay-speed", type=float, default=60.0,
+                   help="WebSocket replay pace as a multiple of real time (0: unpaced)")
     s.set_defaults(fn=cmd_demo)
     return p
 

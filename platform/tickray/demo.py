@@ -42,7 +42,7 @@ class DemoResult:
 
 
 def run_demo(settings: Settings, symbols: list[str], days: int = 1, seed: int = 7,
-             trades_per_day: int = 200_000, replay_speed: float = 0.0,
+             trades_per_day: int = 200_000, replay_speed: float = 60.0,
              say: Callable[[str], None] = print) -> DemoResult:
     result = DemoResult()
     state = settings.state_path

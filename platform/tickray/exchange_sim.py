@@ -2,8 +2,13 @@
 
 One port serves both: WebSocket combined streams at ``/stream?streams=a/b/c`` (each message wrapped as
 ``{"stream": ..., "data": ...}``, in capture order, paced by the recorded receive times divided by
-``speed``) and the REST depth snapshot at ``/fapi/v1/depth?symbol=SYM`` (the snapshot the capture
-holds). Tests and the demo point the stream actors here; only the outside world is replaced.
+``speed``) and the REST depth snapshot at ``/fapi/v1/depth?symbol=SYM``. Like the venue, the snapshot is
+the book as of what has been streamed so far: the exchange keeps its own book (the same book module),
+seeded by the capture's recorded snapshot, so a client that resyncs after a gap gets a usable one.
+
+For failure tests: ``drop`` lists message indices (into ``messages``) lost on the wire (the exchange's
+book still moves), ``inject`` adds raw messages ``(recv_ns, stream, text)`` to the stream.
+Tests and the demo point the stream actors here; only the outside world is replaced.
 """
 
 from __future__ import annotations
@@ -18,17 +23,23 @@ import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
+from tickray.book import BookSync, DepthUpdate
 from tickray.sources.binance import iter_capture, symbol_from_filename
 
 
 @dataclass
 class ReplayExchange:
     captures: list[Path]
-    speed: float = 0.0  # 0: as fast as the client reads; 10: ten times real time
+    # Pace as a multiple of real time (10: ten times faster); 0 sends as fast as the socket takes it,
+    # which leaves a client that asks for a snapshot afterwards nothing to sync onto, as on the venue.
+    speed: float = 0.0
     host: str = "127.0.0.1"
     port: int = 0
+    drop: set[int] = field(default_factory=set)
+    inject: list[tuple[int, str, str]] = field(default_factory=list)
     messages: list[tuple[int, str, bytes]] = field(default_factory=list, init=False)
-    snapshots: dict[str, bytes] = field(default_factory=dict, init=False)
+    snapshots: dict[str, tuple[int, dict]] = field(default_factory=dict, init=False)  # recorded: (recv_ns, body)
+    books: dict[str, BookSync] = field(default_factory=dict, init=False)
     connections: int = field(default=0, init=False)
     _server: Server | None = field(default=None, init=False)
     _loop: asyncio.AbstractEventLoop | None = field(default=None, init=False)
@@ -39,10 +50,11 @@ class ReplayExchange:
             symbol = symbol_from_filename(Path(path))
             for recv_ns, msg in iter_capture(Path(path)):
                 if "lastUpdateId" in msg:
-                    self.snapshots[symbol] = orjson.dumps(msg)
+                    self.snapshots[symbol] = (recv_ns, msg)
                 elif "stream" in msg:
                     self.messages.append((recv_ns, msg["stream"], orjson.dumps(msg)))
         self.messages.sort(key=lambda m: m[0])
+        self.books = {sym: BookSync(sym) for sym in self.snapshots}
 
     @property
     def ws_url(self) -> str:
@@ -61,23 +73,48 @@ class ReplayExchange:
             return None  # go on with the WebSocket handshake
         if url.path == "/fapi/v1/depth":
             symbol = (parse_qs(url.query).get("symbol") or [""])[0].upper()
-            body = self.snapshots.get(symbol)
-            if body is None:
+            if symbol not in self.snapshots:
                 resp = connection.respond(400, '{"code":-1121,"msg":"Invalid symbol."}')
             else:
-                resp = connection.respond(200, body.decode())
+                resp = connection.respond(200, orjson.dumps(self._snapshot(symbol)).decode())
             del resp.headers["Content-Type"]
             resp.headers["Content-Type"] = "application/json"
             return resp
         return connection.respond(404, "not found\n")
+
+    def _snapshot(self, symbol: str) -> dict:
+        """The book as of the stream so far; the recorded snapshot until the stream has reached it."""
+        sync = self.books[symbol]
+        if not sync.synced:
+            return self.snapshots[symbol][1]
+        bids, asks = sync.book.top(1000)
+        t = sync.last_seen_ms
+        return {"lastUpdateId": sync.book.last_update_id, "E": t, "T": t,
+                "bids": [[repr(p), repr(q)] for p, q in bids], "asks": [[repr(p), repr(q)] for p, q in asks]}
+
+    def _advance_book(self, recv_ns: int, body: bytes) -> None:
+        data = orjson.loads(body)["data"]
+        sync = self.books.get(data.get("s", ""))
+        if sync is None:
+            return
+        snap_ns, snap = self.snapshots[sync.symbol]
+        if not sync.synced and recv_ns >= snap_ns and sync.book.last_update_id is None:
+            sync.on_rest_snapshot(snap)
+        sync.on_update(DepthUpdate.from_message(data))
 
     async def _handler(self, ws: ServerConnection) -> None:
         self.connections += 1
         wanted = set((parse_qs(urlparse(ws.request.path).query).get("streams") or [""])[0].split("/"))
         t_first = None
         start = asyncio.get_running_loop().time()
-        for recv_ns, stream, body in self.messages:
-            if stream not in wanted:
+        stream = sorted([(t, s, b, i) for i, (t, s, b) in enumerate(self.messages)]
+                        + [(t, s, raw.encode(), -1) for t, s, raw in self.inject], key=lambda m: m[0])
+        for recv_ns, name, body, index in stream:
+            if name not in wanted:
+                continue
+            if index >= 0 and "@depth" in name:
+                self._advance_book(recv_ns, body)
+            if index in self.drop:
                 continue
             if self.speed > 0:
                 t_first = t_first if t_first is not None else recv_ns

@@ -22,7 +22,7 @@ from tickray.errors import DataFormatError
 from tickray.sources import binance
 from tickray.validate import check_bars, check_book, check_trades
 
-# file kind → (lake dataset, reader, validator)
+# lake dataset → its row validator
 DATASETS = {"trades": check_trades, "book": check_book, "bars_1m": check_bars}
 
 
@@ -44,9 +44,11 @@ KIND_DATASETS = {
 }
 
 
-def discover(inputs: list[Path]) -> dict[str, list[tuple[str, str]]]:
-    """dataset → [(kind, path)] for every recognised file under the inputs (files or folders)."""
+def discover(inputs: list[Path]) -> tuple[dict[str, list[tuple[str, str]]], list[str]]:
+    """dataset → [(kind, path)] for every recognised file under the inputs (files or folders), and the
+    files that were not recognised (reported, never silently passed over)."""
     out: dict[str, list[tuple[str, str]]] = {d: [] for d in DATASETS}
+    skipped: list[str] = []
     for inp in inputs:
         inp = Path(inp)
         if not inp.exists():
@@ -54,9 +56,11 @@ def discover(inputs: list[Path]) -> dict[str, list[tuple[str, str]]]:
         files = sorted(p for p in inp.rglob("*") if p.is_file()) if inp.is_dir() else [inp]
         for f in files:
             kind = classify(f)
+            if kind is None:
+                skipped.append(str(f))
             for ds in KIND_DATASETS.get(kind, []):
                 out[ds].append((kind, str(f)))
-    return out
+    return out, skipped
 
 
 def read_file(kind: str, path: Path, dataset: str, levels: int = 10) -> pa.Table:
@@ -98,6 +102,7 @@ class IngestReport:
     rows: dict[str, int] = field(default_factory=dict)
     quarantined: dict[str, Counter] = field(default_factory=dict)
     partitions: dict[str, list[str]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def lines(self) -> list[str]:
@@ -107,6 +112,9 @@ class IngestReport:
             qs = ", ".join(f"{r}: {n}" for r, n in q.most_common()) or "none"
             out.append(f"{ds}: {self.rows[ds]:,} rows from {self.files[ds]} files into "
                        f"{len(self.partitions[ds])} partitions; quarantined {sum(q.values()):,} ({qs})")
+        if self.skipped:
+            shown = ", ".join(self.skipped[:5]) + (", ..." if len(self.skipped) > 5 else "")
+            out.append(f"skipped {len(self.skipped)} files of no known format: {shown}")
         return out
 
 
@@ -114,8 +122,8 @@ def ingest(inputs: list[Path], lake_root: Path, levels: int = 10) -> IngestRepor
     """Ingest every recognised file under ``inputs`` into the lake at ``lake_root``."""
     t0 = time.perf_counter()
     lake_root = Path(lake_root)
-    found = discover(inputs)
-    report = IngestReport()
+    found, skipped = discover(inputs)
+    report = IngestReport(skipped=skipped)
     for dataset, items in found.items():
         if not items:
             continue

@@ -13,6 +13,8 @@ from tickray.config import Settings
 
 def connect_ray(settings: Settings) -> str | None:
     """Connect this process to Ray; return the dashboard URL when there is one."""
+    # Ray Data logs every progress tick at INFO when stdout is not a terminal; keep its warnings only.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     if not ray.is_initialized():
         # RAY_ADDRESS is how `ray job submit` tells a job's driver where its cluster is.
         address = settings.ray_address or os.environ.get("RAY_ADDRESS") or stack.ray_head_address(settings)

@@ -53,11 +53,15 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _read_pid(path: Path) -> int | None:
+    """The live process a pid file names, if it is still what we started (the file's stem, e.g. `redis`,
+    appears in its command line): a recycled pid is never taken for ours."""
     try:
         pid = int(path.read_text().strip())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
     except (OSError, ValueError):
         return None
-    return pid if _pid_alive(pid) else None
+    return pid if _pid_alive(pid) and path.stem.encode() in cmdline else None
 
 
 def port_in_use(host: str, port: int) -> bool:

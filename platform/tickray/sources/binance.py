@@ -60,13 +60,14 @@ def read_bytes(path: Path) -> bytes:
         raise DataFormatError(f"{path}: unreadable ({e})") from None
 
 
-def _read_csv(path: Path, names: list[str]) -> pa.Table:
-    """A CSV with or without its header row (both occur in Binance's archives)."""
+def _read_csv(path: Path, names: list[str], optional_trailing: int = 0) -> pa.Table:
+    """A CSV with or without its header row (both occur in Binance's archives). The last
+    ``optional_trailing`` columns may be absent (spot aggTrades carry is_best_match, futures do not)."""
     data = read_bytes(path)
     first = data[: data.find(b"\n")].strip()
     has_header = bool(first) and not first[:1].isdigit() and first[:1] != b"-"
     ncols = first.count(b",") + 1
-    if ncols > len(names) or (ncols < len(names) - 1 and not names[0] == "symbol"):
+    if not len(names) - optional_trailing <= ncols <= len(names):
         raise DataFormatError(f"{path}: {ncols} columns, expected {len(names)} ({', '.join(names)})")
     try:
         return pacsv.read_csv(
@@ -86,7 +87,7 @@ def _to_ns(t: pa.Array) -> pa.Array:
 
 
 def read_agg_trades(path: Path, symbol: str | None = None) -> pa.Table:
-    t = _read_csv(path, AGG_TRADE_COLUMNS)
+    t = _read_csv(path, AGG_TRADE_COLUMNS, optional_trailing=1)
     symbol = symbol or symbol_from_filename(path)
     maker = t["is_buyer_maker"]
     if not pa.types.is_boolean(maker.type):

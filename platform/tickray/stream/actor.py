@@ -27,9 +27,11 @@ QUARANTINE_STREAM = "tickray:quarantine"
 QUARANTINE_MAXLEN = 100_000
 
 
-def stream_names(symbol: str) -> list[str]:
-    s = symbol.lower()
-    return [f"{s}@depth@0ms", f"{s}@aggTrade", f"{s}@bookTicker", f"{s}@kline_1m"]
+DEFAULT_STREAMS = ("depth@0ms", "aggTrade", "bookTicker", "kline_1m")
+
+
+def stream_names(symbol: str, streams: tuple[str, ...] = DEFAULT_STREAMS) -> list[str]:
+    return [f"{symbol.lower()}@{s}" for s in streams]
 
 
 def validate(data: dict) -> str | None:
@@ -55,8 +57,9 @@ def validate(data: dict) -> str | None:
 @ray.remote(num_cpus=0)
 class StreamIngestActor:
     def __init__(self, symbols: list[str], ws_url: str, rest_url: str, redis_url: str,
-                 read_timeout_s: float = 30.0):
+                 streams: tuple[str, ...] = DEFAULT_STREAMS, read_timeout_s: float = 30.0):
         self.symbols = [s.upper() for s in symbols]
+        self.streams = tuple(streams)
         self.ws_url, self.rest_url, self.redis_url = ws_url.rstrip("/"), rest_url.rstrip("/"), redis_url
         self.read_timeout_s = read_timeout_s
         self.pipes = {s: SymbolPipeline(s) for s in self.symbols}
@@ -64,17 +67,21 @@ class StreamIngestActor:
         self.quarantined: Counter = Counter()
         self.last_features: dict[str, dict] = {}
         self._task: asyncio.Task | None = None
+        self._snapshot_tasks: dict[str, asyncio.Task] = {}
         self._stop = False
 
     async def start(self) -> None:
         if self._task is None:
             self._redis = aioredis.from_url(self.redis_url)
+            self._http = httpx.AsyncClient(base_url=self.rest_url, timeout=10)
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
         self._stop = True
         if self._task:
             self._task.cancel()
+            await self._http.aclose()
+            await self._redis.aclose()
 
     def stats(self) -> dict:
         return {
@@ -85,34 +92,41 @@ class StreamIngestActor:
         }
 
     async def _run(self) -> None:
-        url = f"{self.ws_url}/stream?streams=" + "/".join(n for s in self.symbols for n in stream_names(s))
+        url = f"{self.ws_url}/stream?streams=" + "/".join(n for s in self.symbols for n in stream_names(s, self.streams))
         backoff = 0.5
         while not self._stop:
             try:
                 async with websockets.connect(url, max_size=None, ping_interval=20) as ws:
                     self.counts["connections"] += 1
                     backoff = 0.5
-                    snapshots = asyncio.get_running_loop().create_task(self._fetch_snapshots())
                     while not self._stop:
                         raw = await asyncio.wait_for(ws.recv(), timeout=self.read_timeout_s)
                         await self._on_raw(raw)
-                        if snapshots.done() and snapshots.exception():
-                            raise snapshots.exception()
             except asyncio.CancelledError:
                 raise
-            except (OSError, TimeoutError, websockets.ConnectionClosed, httpx.HTTPError) as e:
+            except (OSError, TimeoutError, websockets.ConnectionClosed) as e:
                 self.counts[f"reconnect: {type(e).__name__}"] += 1
                 for pipe in self.pipes.values():
-                    pipe.sync.synced = False  # a new connection needs a new snapshot
+                    pipe.sync.synced = False  # diffs were missed while disconnected: a new snapshot is due
                 await asyncio.sleep(backoff * (1 + random.random()))
                 backoff = min(backoff * 2, 30.0)
 
-    async def _fetch_snapshots(self) -> None:
-        async with httpx.AsyncClient(base_url=self.rest_url, timeout=10) as client:
-            for symbol, pipe in self.pipes.items():
-                r = await client.get("/fapi/v1/depth", params={"symbol": symbol, "limit": 1000})
-                r.raise_for_status()
-                await self._publish(pipe.on_snapshot(r.json()))
+    def _request_snapshot(self, symbol: str) -> None:
+        """Binance's recipe: buffer the diffs, fetch a snapshot, replay. At start and after every gap."""
+        if symbol not in self._snapshot_tasks:
+            self._snapshot_tasks[symbol] = asyncio.get_running_loop().create_task(self._fetch_snapshot(symbol))
+
+    async def _fetch_snapshot(self, symbol: str) -> None:
+        try:
+            r = await self._http.get("/fapi/v1/depth", params={"symbol": symbol, "limit": 1000})
+            r.raise_for_status()
+            self.counts["snapshots"] += 1
+            await self._publish(self.pipes[symbol].on_snapshot(r.json()))
+        except (httpx.HTTPError, ValueError, KeyError) as e:
+            self.counts[f"snapshot failed: {type(e).__name__}"] += 1
+            await asyncio.sleep(1.0)  # the next diff asks again
+        finally:
+            self._snapshot_tasks.pop(symbol, None)
 
     async def _on_raw(self, raw: str | bytes) -> None:
         self.counts["received"] += 1
@@ -124,19 +138,20 @@ class StreamIngestActor:
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
             return await self._quarantine(raw, f"unparsable or unknown message ({type(e).__name__}: {e})")
         reason = validate(data)
+        e = data.get("e")
+        if reason is None and e in ("aggTrade", "trade"):
+            reason = pipe.check_trade(data)
         if reason:
             return await self._quarantine(raw, reason)
-        e = data.get("e")
         self.counts[e or "bookTicker"] += 1
         if e == "depthUpdate":
             await self._publish(pipe.on_depth(data))
+            if pipe.sync.needs_snapshot:
+                self._request_snapshot(symbol)
         elif e in ("aggTrade", "trade"):
-            before = sum(pipe.quarantined.values())
             await self._publish(pipe.on_trade(data))
-            if sum(pipe.quarantined.values()) > before:
-                await self._quarantine(raw, "duplicate or out-of-order trade id", counted=True)
 
-    async def _quarantine(self, raw: str | bytes, reason: str, counted: bool = False) -> None:
+    async def _quarantine(self, raw: str | bytes, reason: str) -> None:
         self.quarantined[reason] += 1
         raw_s = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
         await self._redis.xadd(QUARANTINE_STREAM, {"reason": reason, "raw": raw_s[:4096]},

@@ -7,7 +7,7 @@ path, so online features equal offline ones on the same ticks.
 from __future__ import annotations
 
 import math
-from collections import Counter, deque
+from collections import deque
 from dataclasses import dataclass, field
 
 from tickray.book import BookSync, DepthUpdate
@@ -29,7 +29,6 @@ class SymbolPipeline:
     sync: BookSync = field(init=False)
     grid: GridBuilder = field(default_factory=GridBuilder)
     rows: deque = field(default_factory=lambda: deque(maxlen=LOOKBACK))
-    quarantined: Counter = field(default_factory=Counter)
     last_trade_id: int = -1
     _closed: list = field(default_factory=list)
 
@@ -48,13 +47,17 @@ class SymbolPipeline:
         self.sync.on_update(DepthUpdate.from_message(data))
         return self._emit()
 
+    @staticmethod
+    def trade_id(data: dict) -> int:
+        return int(data["a"] if "a" in data else data["t"])
+
+    def check_trade(self, data: dict) -> str | None:
+        """Why this trade cannot be used, or None (ids rise strictly within one stream)."""
+        return "duplicate or out-of-order trade id" if self.trade_id(data) <= self.last_trade_id else None
+
     def on_trade(self, data: dict) -> list[FeatureUpdate]:
         """A validated @aggTrade / @trade payload; returns the feature rows it closed."""
-        trade_id = int(data["a"] if "a" in data else data["t"])
-        if trade_id <= self.last_trade_id:
-            self.quarantined["duplicate or out-of-order trade id"] += 1
-            return []
-        self.last_trade_id = trade_id
+        self.last_trade_id = self.trade_id(data)
         self._closed.extend(self.grid.on_trade(int(data["T"]) * 1_000_000, float(data["q"]),
                                                -1 if data["m"] else 1))
         return self._emit()
