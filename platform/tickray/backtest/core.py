@@ -29,9 +29,15 @@ class BacktestResult:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def gross_per_trade_bps(self) -> float:
+        """The edge per round trip before costs: the fee per side it could pay is half of it."""
+        return self.gross_bps / self.trades if self.trades else 0.0
+
     def line(self) -> str:
         return (f"{self.trades} trades over {self.periods} periods, hit rate {self.hit_rate:.1%}, "
-                f"gross {self.gross_bps:+.1f} bps, net {self.net_bps:+.1f} bps, buy&hold {self.buy_hold_bps:+.1f} bps, "
+                f"gross {self.gross_bps:+.1f} bps ({self.gross_per_trade_bps:+.2f} per trade), "
+                f"net {self.net_bps:+.1f} bps, buy&hold {self.buy_hold_bps:+.1f} bps, "
                 f"Sharpe (net, annualised) {self.sharpe_net:.2f}, max drawdown {self.max_drawdown_bps:.1f} bps")
 
 

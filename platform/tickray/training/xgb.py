@@ -122,11 +122,11 @@ def train_xgboost(lake_root: Path, tracking_uri: str, artifact_root: str, storag
     logistic = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500))
     logistic.fit(train_df[list(FEATURE_NAMES)], train_df[label])
     p_log = logistic.predict_proba(test[list(FEATURE_NAMES)])[:, 1]
-    prior = float(train_df[label].mean())
+    p_prior = np.full(y_test.size, float(train_df[label].mean()))
     metrics = {
         "test_auc": roc_auc_score(y_test, test["prob_up"]), "test_logloss": log_loss(y_test, test["prob_up"]),
         "logistic_test_auc": roc_auc_score(y_test, p_log), "logistic_test_logloss": log_loss(y_test, p_log),
-        "prior_test_auc": 0.5, "prior_test_logloss": log_loss(y_test, np.full(y_test.size, prior)),
+        "prior_test_auc": roc_auc_score(y_test, p_prior), "prior_test_logloss": log_loss(y_test, p_prior),
         "best_iteration": float(booster.best_iteration) if booster.best_iteration is not None else -1.0,
     }
     metrics.update({f"valid_{k.split('-', 1)[-1]}": float(v) for k, v in result.metrics.items()
