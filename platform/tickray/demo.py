@@ -61,7 +61,8 @@ def run_demo(settings: Settings, symbols: list[str], days: int = 1, seed: int = 
 
     t = stage("2/8 Ray and Redis")
     dashboard = connect_ray(settings)
-    stack.start_redis(settings) if not stack.redis_status(settings).running else None
+    if not stack.redis_status(settings).running:
+        stack.start_redis(settings)
     stack.check_redis(settings)
     say(f"Ray {ray.__version__}: {ray.cluster_resources().get('CPU', 0):.0f} CPUs; dashboard {dashboard or 'off'}")
     say(f"Redis at {settings.redis_host}:{settings.redis_port} ({time.perf_counter() - t:.1f}s)")
