@@ -10,7 +10,7 @@ from tickray.exchange_sim import ReplayExchange
 from tickray.features import FEATURE_NAMES, compute_features, grid_from_events
 from tickray.sources.binance import read_ws_capture
 from tickray.stack import redis_client
-from tickray.stream.actor import FEATURES_KEY, QUARANTINE_STREAM, StreamIngestActor
+from tickray.stream.actor import FEATURES_KEY, QUARANTINE_STREAM, StreamIngestActor, wait_for_messages
 
 STREAMS = ("depth@0ms", "trade", "bookTicker")  # what the hftbacktest USD-M captures hold
 # Paced like a live feed (3 minutes in 6 s): the REST snapshot is the book as of what has been streamed,
@@ -22,12 +22,7 @@ def _run(exchange, settings, expect):
     actor = StreamIngestActor.remote(["BTCUSDT"], exchange.ws_url, exchange.rest_url, settings.redis_url,
                                      streams=STREAMS)
     ray.get(actor.start.remote())
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        stats = ray.get(actor.stats.remote())
-        if stats["messages"].get("received", 0) >= expect:
-            break
-        time.sleep(0.2)
+    wait_for_messages(actor, expect, timeout_s=120)
     time.sleep(0.5)  # let a snapshot request in flight finish
     stats = ray.get(actor.stats.remote())
     ray.get(actor.stop.remote())

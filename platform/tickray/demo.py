@@ -25,7 +25,7 @@ from tickray.features.job import build_features
 from tickray.ingest import ingest
 from tickray.runtime import connect_ray
 from tickray.serving.app import deploy
-from tickray.stream.actor import StreamIngestActor
+from tickray.stream.actor import StreamIngestActor, wait_for_messages
 from tickray.synth import generate
 from tickray.training.xgb import train_xgboost
 
@@ -95,13 +95,7 @@ def run_demo(settings: Settings, symbols: list[str], days: int = 1, seed: int = 
     try:
         ray.get(actor.start.remote())
         total = len(exchange.messages)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            stats = ray.get(actor.stats.remote())
-            if stats["messages"].get("received", 0) >= total:
-                break
-            time.sleep(0.5)
-        result.stream_stats = stats
+        stats = result.stream_stats = wait_for_messages(actor, total)
         say(f"{stats['messages'].get('received', 0):,} of {total:,} messages from {exchange.ws_url}; "
             f"features published {stats['features_published']}; quarantined {stats['quarantined'] or 'none'}; "
             f"book {stats['book']} ({time.perf_counter() - t:.1f}s)")

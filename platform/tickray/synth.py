@@ -11,7 +11,7 @@ Trades are generated vectorised (>= 1M trades/s, see benchmarks/bench_generate.p
 persistent price ladder whose top levels breathe with ``ofi``; its diffs carry Binance USD-M update ids
 (U, u, pu) that chain exactly, so the same book code that rebuilds real captures rebuilds these.
 
-Outputs under ``--out`` mirror ../shared/data/binance/: public-data zips for aggTrades, 1m klines and
+Outputs under ``--out`` follow Binance's public-data layout: zips for aggTrades, 1m klines and
 bookDepth (snap/set rows), and a WebSocket capture (``<recv_ts_ns> <json>`` lines, gzip) that carries one
 REST depth snapshot line, like the hftbacktest captures.
 """

@@ -168,3 +168,13 @@ class StreamIngestActor:
                 await p.execute()
             n = self.last_features.get(up.symbol, {}).get("n", 0) + 1
             self.last_features[up.symbol] = {"n": n, "ts_ns": up.ts_ns}
+
+
+def wait_for_messages(actor, count: int, timeout_s: float = 300.0, poll_s: float = 0.2) -> dict:
+    """Poll the actor until it has received ``count`` messages (or time runs out); return its stats."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stats = ray.get(actor.stats.remote())
+        if stats["messages"].get("received", 0) >= count or time.monotonic() >= deadline:
+            return stats
+        time.sleep(poll_s)
