@@ -102,6 +102,8 @@ class BookSync:
     symbol: str
     spot: bool = False
     on_change: Callable[[int], None] | None = None
+    # Called for each diff thrown away as older than the snapshot (the recipe drops them by design).
+    on_drop: Callable[[DepthUpdate, str], None] | None = None
     book: OrderBook = field(init=False)
     synced: bool = field(default=False, init=False)
     counters: BookCounters = field(default_factory=BookCounters, init=False)
@@ -115,6 +117,10 @@ class BookSync:
     @property
     def needs_snapshot(self) -> bool:
         return not self.synced
+
+    def pending(self) -> list[DepthUpdate]:
+        """Diffs buffered for a snapshot that has not come (yet): at the end of an input, never applied."""
+        return list(self._buffer)
 
     def on_update(self, up: DepthUpdate) -> bool:
         """Apply (or buffer) one diff. Returns True when the book changed."""
@@ -160,6 +166,8 @@ class BookSync:
         if self._first_after_snapshot:
             if up.u < lid:
                 self.counters.stale_dropped += 1
+                if self.on_drop:
+                    self.on_drop(up, "diff older than the snapshot")
                 return False
             lo = lid + 1 if self.spot else lid
             # bookDepth files snapshot at an event boundary: the next diff then chains by pu.

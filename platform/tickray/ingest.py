@@ -19,7 +19,8 @@ import ray
 
 from tickray import lake
 from tickray.errors import DataFormatError
-from tickray.sources import binance
+from tickray.schema import TS
+from tickray.sources import binance, cme, lobster
 from tickray.validate import check_bars, check_book, check_trades
 
 # lake dataset → its row validator
@@ -36,53 +37,116 @@ def classify(path: Path) -> str | None:
         return "klines"
     if name.endswith(".gz") and name.split("_")[0] in ("usdm", "spot", "cm"):
         return "ws_capture"
+    if ".ws." in name and name.endswith((".txt", ".jsonl")):
+        return "cryptofeed_ws"
+    if ".http." in name and name.endswith(".txt"):
+        return "cryptofeed_http"  # read with its .ws. twin
+    if "_message_" in name and name.endswith(".csv"):
+        return "lobster"
+    if "_orderbook_" in name and name.endswith(".csv"):
+        return "lobster_orderbook"  # read with its message twin
+    if "mbp-1" in name and name.endswith((".csv", ".csv.gz")):
+        return "databento_mbp1"
+    if "_1min_bars_" in name and name.endswith((".csv", ".csv.gz")):
+        return "bars_csv"
     return None
 
 
 KIND_DATASETS = {
     "agg_trades": ["trades"], "book_depth": ["book"], "klines": ["bars_1m"], "ws_capture": ["trades", "book"],
+    "cryptofeed_ws": ["trades", "book"], "lobster": ["trades", "book"], "databento_mbp1": ["trades", "book"],
+    "bars_csv": ["bars_1m"],
 }
+
+
+def _cryptofeed_snapshots(ws_path: Path) -> Path | None:
+    """BINANCE_FUTURES.ws.1.0.txt → BINANCE_FUTURES.http.0.0.txt beside it (its REST log)."""
+    exchange = ws_path.name.split(".ws.")[0]
+    found = sorted(ws_path.parent.glob(f"{exchange}.http.*.txt"))
+    return found[0] if found else None
+
+
+def _is_twin_of_consumed(f: Path, files: set[Path]) -> str | None:
+    """Why a file is read through another one (so it is neither ingested twice nor 'unknown')."""
+    kind = classify(f)
+    if kind == "cryptofeed_ws" and f.suffix == ".jsonl" and f.with_suffix(".txt") in files:
+        return f"same capture as {f.with_suffix('.txt').name}"
+    if kind == "cryptofeed_http" and any(classify(g) == "cryptofeed_ws" and _cryptofeed_snapshots(g) == f
+                                          for g in files):
+        return "read with its WebSocket capture"
+    if kind == "lobster_orderbook" and Path(str(f).replace("_orderbook_", "_message_")) in files:
+        return "read with its message file"
+    return None
 
 
 def discover(inputs: list[Path]) -> tuple[dict[str, list[tuple[str, str]]], list[str]]:
     """dataset → [(kind, path)] for every recognised file under the inputs (files or folders), and the
-    files that were not recognised (reported, never silently passed over)."""
+    files not ingested, each with the reason (reported, never silently passed over)."""
     out: dict[str, list[tuple[str, str]]] = {d: [] for d in DATASETS}
     skipped: list[str] = []
+    files: list[Path] = []
     for inp in inputs:
         inp = Path(inp)
         if not inp.exists():
             raise DataFormatError(f"input {inp} does not exist")
-        files = sorted(p for p in inp.rglob("*") if p.is_file()) if inp.is_dir() else [inp]
-        for f in files:
-            kind = classify(f)
-            if kind is None:
-                skipped.append(str(f))
-            for ds in KIND_DATASETS.get(kind, []):
+        files += sorted(p for p in inp.rglob("*") if p.is_file()) if inp.is_dir() else [inp]
+    present = set(files)
+    for f in files:
+        kind = classify(f)
+        twin = _is_twin_of_consumed(f, present)
+        if twin:
+            skipped.append(f"{f} ({twin})")
+        elif kind not in KIND_DATASETS:
+            skipped.append(f"{f} (no known format)")
+        else:
+            for ds in KIND_DATASETS[kind]:
                 out[ds].append((kind, str(f)))
     return out, skipped
 
 
-def read_file(kind: str, path: Path, dataset: str, levels: int = 10) -> pa.Table:
+def read_file(kind: str, path: Path, dataset: str, levels: int = 10) -> tuple[pa.Table, list]:
+    """The file's rows for ``dataset``, and events that could not become rows: (ts ms, symbol, reason)."""
     if kind == "agg_trades":
-        return binance.read_agg_trades(path)
+        return binance.read_agg_trades(path), []
     if kind == "klines":
-        return binance.read_klines(path)
+        return binance.read_klines(path), []
+    if kind == "bars_csv":
+        return cme.read_bars_csv(path), []
     if kind == "book_depth":
-        return binance.rebuild_book_depth(path, levels).book
-    if kind == "ws_capture":
-        cap = binance.read_ws_capture(path, levels)
-        return cap.trades if dataset == "trades" else cap.book.book
+        rebuilt = binance.rebuild_book_depth(path, levels)
+        return rebuilt.book, rebuilt.dropped
+    if kind in ("ws_capture", "cryptofeed_ws"):
+        snaps = _cryptofeed_snapshots(path) if kind == "cryptofeed_ws" else None
+        if kind == "cryptofeed_ws" and snaps is None:
+            raise DataFormatError(f"{path}: no REST snapshot log (<exchange>.http.*.txt) beside it")
+        cap = binance.read_ws_capture(path, levels, snapshots=snaps)
+        return (cap.trades, []) if dataset == "trades" else (cap.book.book, cap.book.dropped)
+    if kind == "lobster":
+        trades, book = lobster.read_lobster(path, levels)
+        return (trades if dataset == "trades" else book), []
+    if kind == "databento_mbp1":
+        trades, book = cme.read_mbp1(path, levels)
+        return (trades if dataset == "trades" else book), []
     raise DataFormatError(f"{path}: unknown file kind {kind!r}")
+
+
+def _dropped_rows(dropped: list, schema: pa.Schema) -> pa.Table:
+    """Events a reader could not turn into rows, as quarantine rows: time, symbol, reason, the rest null."""
+    n = len(dropped)
+    cols = {"ts": pa.array([d[0] * 1_000_000 for d in dropped], pa.int64()).cast(TS),
+            "symbol": pa.array([d[1] for d in dropped], pa.string())}
+    t = pa.table({f.name: cols.get(f.name, pa.nulls(n, f.type)) for f in schema}, schema=schema)
+    return t.append_column("reason", pa.array([d[2] for d in dropped], pa.string()))
 
 
 def _read_and_validate(batch: pa.Table, dataset: str, levels: int) -> pa.Table:
     """Ray Data map function: one input file → its rows, each with a quarantine reason or null."""
     tables = []
     for kind, path in zip(batch["kind"].to_pylist(), batch["path"].to_pylist()):
-        t = read_file(kind, Path(path), dataset, levels)
-        reason = DATASETS[dataset](t)
-        t = t.append_column("reason", reason)
+        t, dropped = read_file(kind, Path(path), dataset, levels)
+        t = t.append_column("reason", DATASETS[dataset](t))
+        if dropped:
+            t = pa.concat_tables([t, _dropped_rows(dropped, t.schema.remove(t.schema.get_field_index("reason")))])
         date = pc.strftime(t["ts"], format="%Y-%m-%d")
         tables.append(t.append_column("date", date).append_column("source", pa.array([path] * t.num_rows)))
     return pa.concat_tables(tables)
@@ -114,7 +178,7 @@ class IngestReport:
                        f"{len(self.partitions[ds])} partitions; quarantined {sum(q.values()):,} ({qs})")
         if self.skipped:
             shown = ", ".join(self.skipped[:5]) + (", ..." if len(self.skipped) > 5 else "")
-            out.append(f"skipped {len(self.skipped)} files of no known format: {shown}")
+            out.append(f"not ingested on their own: {len(self.skipped)} files: {shown}")
         return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 
 TS = pa.timestamp("ns", tz="UTC")
@@ -25,11 +26,26 @@ PREDICTION = pa.schema([
 
 
 def book_schema(levels: int) -> pa.Schema:
+    """Top-N book: price and size per level and side, plus the order count where the venue gives it
+    (CME, LOBSTER-style feeds; null for Binance). One schema for every venue, so one lake dataset."""
     fields = [("ts", TS), ("symbol", pa.string())]
     for side in ("bid", "ask"):
         fields += [(f"{side}_px_{i}", pa.float64()) for i in range(1, levels + 1)]
         fields += [(f"{side}_sz_{i}", pa.float64()) for i in range(1, levels + 1)]
+    for side in ("bid", "ask"):
+        fields += [(f"{side}_ct_{i}", pa.int64()) for i in range(1, levels + 1)]
     return pa.schema(fields)
+
+
+def conform_book(columns: dict[str, pa.Array | np.ndarray], n_rows: int, levels: int) -> pa.Table:
+    """A book table in book_schema(levels) from whatever levels a source has: missing levels and counts
+    are null, deeper levels are dropped."""
+    schema = book_schema(levels)
+    out = []
+    for f in schema:
+        col = columns.get(f.name)
+        out.append(pa.nulls(n_rows, f.type) if col is None else pa.array(col, type=f.type, from_pandas=True))
+    return pa.Table.from_arrays(out, schema=schema)
 
 
 def with_quarantine_reason(schema: pa.Schema) -> pa.Schema:

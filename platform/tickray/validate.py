@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -26,18 +27,14 @@ def _le0(col: pa.ChunkedArray) -> np.ndarray:
 
 
 def check_trades(t: pa.Table) -> pa.Array:
-    """Reasons for trade rows (None = valid): nulls, non-positive price/size, time going backwards,
-    duplicate trade ids. Expects one symbol's rows in file order."""
-    ts = pc.cast(t["ts"], pa.int64()).to_numpy(zero_copy_only=False)
-    back = np.zeros(t.num_rows, bool)
-    if t.num_rows > 1:
-        back[1:] = ts[1:] < np.maximum.accumulate(ts)[:-1]
-    ids = t["trade_id"].to_numpy(zero_copy_only=False)
-    dup = np.zeros(t.num_rows, bool)
-    if t.num_rows:
-        _, first = np.unique(ids, return_index=True)
-        dup[:] = True
-        dup[first] = False
+    """Reasons for trade rows (None = valid): nulls, non-positive price/size, time going backwards
+    within a symbol's stream, duplicate trade ids within a symbol. Rows in file order."""
+    df = pd.DataFrame({"ts": pc.cast(t["ts"], pa.int64()).to_numpy(zero_copy_only=False),
+                       "symbol": t["symbol"].to_numpy(zero_copy_only=False),
+                       "id": t["trade_id"].to_numpy(zero_copy_only=False)})
+    by_symbol = df.groupby("symbol", sort=False)["ts"]
+    back = (df["ts"] < by_symbol.cummax().groupby(df["symbol"], sort=False).shift()).to_numpy()
+    dup = df.duplicated(["symbol", "id"]).to_numpy()
     return _first_reason(t, [
         ("null field", _null(t, ["ts", "price", "qty", "side", "trade_id"])),
         ("non-positive price", _le0(t["price"])),

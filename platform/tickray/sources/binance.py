@@ -7,12 +7,14 @@ each with a reason, so the caller can quarantine it. Only an unreadable file rai
 from __future__ import annotations
 
 import gzip
+import heapq
 import io
 import zipfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import orjson
@@ -22,12 +24,13 @@ from pyarrow import csv as pacsv
 
 from tickray.book import BookSync, DepthUpdate
 from tickray.errors import DataFormatError
-from tickray.schema import BAR, TRADE, book_schema
+from tickray.schema import BAR, TRADE, TS, conform_book
 
 AGG_TRADE_COLUMNS = ["agg_trade_id", "price", "qty", "first_trade_id", "last_trade_id", "time",
                      "is_buyer_maker", "is_best_match"]
 KLINE_COLUMNS = ["open_time", "open", "high", "low", "close", "volume", "close_time", "quote_volume",
                  "count", "taker_buy_volume", "taker_buy_quote_volume", "ignore"]
+NO_BOOK = "diff with no book to apply to (no snapshot after it, or after a gap)"
 DEPTH_COLUMNS = ["symbol", "timestamp", "first_update_id", "last_update_id", "side", "update_type",
                  "price", "qty", "pu"]
 
@@ -125,6 +128,7 @@ class BookRebuild:
     resyncs: int = 0
     stale_dropped: int = 0
     unsynced_dropped: int = 0
+    dropped: list[tuple[int, str, str]] = field(default_factory=list)  # (ts ms, symbol, reason)
 
 
 class _TopNWriter:
@@ -142,13 +146,13 @@ class _TopNWriter:
         self.rows.append([p for p, _ in bids] + [q for _, q in bids] + [p for p, _ in asks] + [q for _, q in asks])
 
     def table(self) -> pa.Table:
-        schema = book_schema(self.levels)
-        m = np.array(self.rows, dtype=np.float64).reshape(len(self.rows), 4 * self.levels)
-        cols = {"ts": pa.array(np.array(self.ts, dtype=np.int64)).cast(schema.field("ts").type),
-                "symbol": pa.array([self.symbol] * len(self.ts), pa.string())}
-        for j, name in enumerate(schema.names[2:]):
-            cols[name] = pa.array(m[:, j])
-        return pa.table(cols, schema=schema)
+        n, k = len(self.rows), self.levels
+        m = np.array(self.rows, dtype=np.float64).reshape(n, 4 * k)
+        names = [f"{side}_{what}_{i}" for side in ("bid", "ask") for what in ("px", "sz") for i in range(1, k + 1)]
+        cols = {name: m[:, j] for j, name in enumerate(names)}
+        cols["ts"] = pa.array(np.array(self.ts, dtype=np.int64)).cast(TS)
+        cols["symbol"] = pa.array([self.symbol] * n, pa.string())
+        return conform_book(cols, n, k)
 
 
 def rebuild_book_depth(path: Path, levels: int = 10) -> BookRebuild:
@@ -164,8 +168,9 @@ def rebuild_book_depth(path: Path, levels: int = 10) -> BookRebuild:
     price = pc.cast(t["price"], pa.string()).to_pylist()
     qty = pc.cast(t["qty"], pa.string()).to_pylist()
     out = _TopNWriter(symbol, levels)
-    sync = BookSync(symbol, on_change=lambda ts_ms: out.add(ts_ms * 1_000_000, sync))
-    unsynced = 0
+    dropped: list[tuple[int, str, str]] = []
+    sync = BookSync(symbol, on_change=lambda ts_ms: out.add(ts_ms * 1_000_000, sync),
+                    on_drop=lambda up, why: dropped.append((up.ts_ms, symbol, why)))
     # Rows of one event share (timestamp, last_update_id, update_type).
     n = t.num_rows
     bounds = np.flatnonzero((np.diff(last) != 0) | (np.diff(ts) != 0)) + 1
@@ -177,34 +182,55 @@ def rebuild_book_depth(path: Path, levels: int = 10) -> BookRebuild:
         if kind[s] == "snap":
             sync.on_snapshot(int(last[s]), bids, asks, int(ts[s]))
             continue
-        was_synced = sync.synced
-        applied = sync.on_update(DepthUpdate(int(first[s]), int(last[s]), int(pu[s]), bids, asks, int(ts[s])))
-        if not applied and (not was_synced or not sync.synced):
-            unsynced += 1
+        sync.on_update(DepthUpdate(int(first[s]), int(last[s]), int(pu[s]), bids, asks, int(ts[s])))
+    leftover = [(up.ts_ms, symbol, NO_BOOK) for up in sync.pending()]
     c = sync.counters
-    return BookRebuild(out.table(), c.applied, c.gaps, c.resyncs, c.stale_dropped, unsynced)
+    return BookRebuild(out.table(), c.applied, c.gaps, c.resyncs, c.stale_dropped, len(leftover),
+                       dropped + leftover)
 
 
 # ------------------------------------------------------------------------------ WebSocket captures
 
 
+def _recv_ns(recv: float) -> int:
+    # ns in hftbacktest captures, µs in its 2023 files, seconds in cryptofeed's.
+    return int(recv * 1e9) if recv < 1e11 else int(recv * 1e3) if recv < 1e17 else int(recv)
+
+
 def iter_capture(path: Path, bad: Counter | None = None) -> Iterator[tuple[int, dict]]:
-    """``<recv_ts> <json>`` lines → (receive time in ns, message). Unparsable lines are counted in
-    ``bad`` (by reason) and skipped."""
-    for lineno, line in enumerate(read_bytes(path).splitlines(), 1):
-        if not line.strip():
+    """(receive time in ns, message) from a capture: ``<recv_ts> <json>`` lines (hftbacktest),
+    ``<recv_ts>: <json>`` lines (cryptofeed, whose ``wss://... <-> ts`` connection lines are skipped)
+    or JSONL ``{"recv_ts", "msg"}``. Unparsable lines are counted in ``bad`` and skipped."""
+    for line in read_bytes(path).splitlines():
+        line = line.strip()
+        if not line or line.startswith((b"wss://", b"ws://")):
             continue
-        head, _, body = line.partition(b" ")
         try:
-            recv = float(head.rstrip(b":"))
-            msg = orjson.loads(body)
-        except (ValueError, orjson.JSONDecodeError):
+            if line.startswith(b"{"):
+                doc = orjson.loads(line)
+                recv, msg = float(doc["recv_ts"]), doc["msg"]
+            else:
+                head, _, body = line.partition(b" ")
+                recv, msg = float(head.rstrip(b":")), orjson.loads(body)
+        except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
             if bad is not None:
                 bad["unparsable line"] += 1
             continue
-        # ns in hftbacktest captures, µs in its 2023 files, seconds in cryptofeed's.
-        recv_ns = int(recv * 1e9) if recv < 1e11 else int(recv * 1e3) if recv < 1e17 else int(recv)
-        yield recv_ns, msg
+        yield _recv_ns(recv), msg
+
+
+def iter_rest_snapshots(path: Path) -> Iterator[tuple[int, str, dict]]:
+    """(receive time ns, symbol, snapshot) from cryptofeed's HTTP log: ``<url> -> <recv_ts>: <json>``."""
+    for line in read_bytes(path).splitlines():
+        url, sep, rest = line.partition(b" -> ")
+        if not sep or b"/depth" not in url:
+            continue  # exchangeInfo and other calls
+        ts, _, body = rest.partition(b": ")
+        symbol = (parse_qs(urlparse(url.decode()).query).get("symbol") or [""])[0].upper()
+        try:
+            yield _recv_ns(float(ts)), symbol, orjson.loads(body)
+        except (ValueError, orjson.JSONDecodeError) as e:
+            raise DataFormatError(f"{path}: unreadable snapshot line for {symbol} ({e})") from None
 
 
 @dataclass
@@ -215,20 +241,49 @@ class CaptureRead:
     streams: Counter = field(default_factory=Counter)
 
 
-def read_ws_capture(path: Path, levels: int = 10, symbol: str | None = None) -> CaptureRead:
-    """Trades and a rebuilt book from one symbol's capture (snapshot line + combined-stream diffs)."""
-    symbol = (symbol or symbol_from_filename(path)).upper()
+class _SymbolRebuild:
+    def __init__(self, symbol: str, levels: int, spot: bool, dropped: list):
+        self.out = _TopNWriter(symbol, levels)
+        self.sync = BookSync(symbol, spot=spot, on_change=lambda ts_ms: self.out.add(ts_ms * 1_000_000, self.sync),
+                             on_drop=lambda up, why: dropped.append((up.ts_ms, symbol, why)))
+        self.trades: dict[str, list] = {"ts": [], "price": [], "qty": [], "side": [], "trade_id": []}
+
+    def trade_table(self) -> pa.Table:
+        t = self.trades
+        return pa.table({
+            "ts": pa.array(t["ts"], pa.int64()).cast(TS), "symbol": pa.array([self.sync.symbol] * len(t["ts"])),
+            "price": pa.array(t["price"], pa.float64()), "qty": pa.array(t["qty"], pa.float64()),
+            "side": pa.array(t["side"], pa.int8()), "trade_id": pa.array(t["trade_id"], pa.int64()),
+        }, schema=TRADE)
+
+
+def read_ws_capture(path: Path, levels: int = 10, symbol: str | None = None,
+                    snapshots: Path | None = None) -> CaptureRead:
+    """Trades and rebuilt books from a capture of combined-stream messages, one symbol (hftbacktest:
+    its snapshot line is in the file) or many (cryptofeed: REST snapshots in the ``snapshots`` log,
+    merged in by receive time). Diffs that find no book (before a snapshot, after a gap) are counted
+    and listed in ``book.dropped``, never applied."""
+    path = Path(path)
+    name = path.name
+    spot = name.startswith(("spot", "BINANCE."))  # hftbacktest spot, cryptofeed spot
+    default_symbol = (symbol or (symbol_from_filename(path) if snapshots is None else "")).upper()
     bad: Counter = Counter()
-    out = _TopNWriter(symbol, levels)
-    sync = BookSync(symbol, spot=Path(path).name.startswith("spot"),
-                    on_change=lambda ts_ms: out.add(ts_ms * 1_000_000, sync))
-    trades: dict[str, list] = {"ts": [], "price": [], "qty": [], "side": [], "trade_id": []}
+    books: dict[str, _SymbolRebuild] = {}
     quarantine: list[tuple[int, str, str]] = []
     streams: Counter = Counter()
-    unsynced = 0
-    for recv_ns, msg in iter_capture(path, bad):
+    dropped: list[tuple[int, str, str]] = []
+    events: Iterator = ((t, None, m) for t, m in iter_capture(path, bad))
+    if snapshots is not None:
+        events = heapq.merge(events, iter_rest_snapshots(snapshots), key=lambda e: e[0])
+
+    def state(sym: str) -> _SymbolRebuild:
+        if sym not in books:
+            books[sym] = _SymbolRebuild(sym, levels, spot, dropped)
+        return books[sym]
+
+    for recv_ns, snap_symbol, msg in events:
         if "lastUpdateId" in msg:
-            sync.on_rest_snapshot(msg)
+            state(snap_symbol or default_symbol).sync.on_rest_snapshot(msg)
             streams["snapshot"] += 1
             continue
         data = msg.get("data", msg)
@@ -238,25 +293,23 @@ def read_ws_capture(path: Path, levels: int = 10, symbol: str | None = None) -> 
         streams[etype or "unknown"] += 1
         try:
             if etype == "depthUpdate":
-                was = sync.synced
-                if not sync.on_update(DepthUpdate.from_message(data)) and (not was or not sync.synced):
-                    unsynced += 1
+                state(data["s"].upper()).sync.on_update(DepthUpdate.from_message(data))
             elif etype in ("aggTrade", "trade"):
-                trades["ts"].append(int(data["T"]) * 1_000_000)
-                trades["price"].append(float(data["p"]))
-                trades["qty"].append(float(data["q"]))
-                trades["side"].append(-1 if data["m"] else 1)
-                trades["trade_id"].append(int(data["a"] if etype == "aggTrade" else data["t"]))
-        except (KeyError, TypeError, ValueError) as e:
+                t = state(data["s"].upper()).trades
+                t["ts"].append(int(data["T"]) * 1_000_000)
+                t["price"].append(float(data["p"]))
+                t["qty"].append(float(data["q"]))
+                t["side"].append(-1 if data["m"] else 1)
+                t["trade_id"].append(int(data["a"] if etype == "aggTrade" else data["t"]))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             quarantine.append((recv_ns, f"malformed {etype}: {type(e).__name__} {e}", orjson.dumps(msg).decode()))
     for reason, n in bad.items():
         quarantine.extend([(0, reason, "")] * n)
-    c = sync.counters
-    table = pa.table({
-        "ts": pa.array(trades["ts"], pa.int64()).cast(TRADE.field("ts").type),
-        "symbol": pa.array([symbol] * len(trades["ts"]), pa.string()),
-        "price": pa.array(trades["price"], pa.float64()), "qty": pa.array(trades["qty"], pa.float64()),
-        "side": pa.array(trades["side"], pa.int8()), "trade_id": pa.array(trades["trade_id"], pa.int64()),
-    }, schema=TRADE)
-    rebuild = BookRebuild(out.table(), c.applied, c.gaps, c.resyncs, c.stale_dropped, unsynced)
-    return CaptureRead(table, rebuild, quarantine, streams)
+    ordered = [books[s] for s in sorted(books)]
+    leftover = [(up.ts_ms, b.sync.symbol, NO_BOOK) for b in ordered for up in b.sync.pending()]
+    trades = pa.concat_tables([b.trade_table() for b in ordered]) if ordered else TRADE.empty_table()
+    book = pa.concat_tables([b.out.table() for b in ordered]) if ordered else _TopNWriter("", levels).table()
+    rebuild = BookRebuild(book, *(sum(getattr(b.sync.counters, k) for b in ordered)
+                                  for k in ("applied", "gaps", "resyncs", "stale_dropped")),
+                          unsynced_dropped=len(leftover), dropped=dropped + leftover)
+    return CaptureRead(trades, rebuild, quarantine, streams)

@@ -1,0 +1,42 @@
+"""Readers of the non-Binance venues and of cryptofeed's multi-symbol captures, on the real files."""
+
+import numpy as np
+import pyarrow.compute as pc
+from tickray.sources.binance import read_ws_capture
+from tickray.sources.cme import read_bars_csv, read_mbp1
+from tickray.sources.lobster import read_lobster
+
+
+def test_lobster_times_are_new_york_and_aggressor_is_opposite_the_resting_order(shared_data):
+    trades, book = read_lobster(shared_data / "lobster" / "TRUNCATED_AAPL_2012-06-21_34200000_57600000_message_10.csv")
+    assert book.num_rows == 999 and trades.num_rows == 98 + 61  # executions: visible (4) and hidden (5)
+    assert str(book["ts"][0]) == "2012-06-21 13:30:00.004241176+00:00"  # 09:30 in New York (EDT)
+    first = trades.slice(0, 1).to_pylist()[0]
+    assert first["price"] == 585.74 and first["side"] == 1  # a resting sell (-1) executed: a buy
+    assert pc.all(pc.less(book["bid_px_1"], book["ask_px_1"])).as_py()
+    assert book["bid_px_10"].null_count == 0 and book["bid_ct_1"].null_count == 999
+
+
+def test_mbp1_keeps_every_fill_and_the_order_counts(shared_data):
+    trades, book = read_mbp1(shared_data / "cme" / "futures_mbp-1_2024-07-01T23-58_2024-07-02T00-02.csv")
+    assert trades.num_rows == 120 and book.num_rows == 2288
+    ids = trades["trade_id"].to_numpy()
+    assert np.unique(ids).size == ids.size  # fills sharing a packet sequence stay distinct
+    assert set(trades["side"].to_pylist()) == {-1, 1}
+    assert book["bid_ct_1"].null_count == 0 and book["bid_px_2"].null_count == 2288
+
+
+def test_cme_bars(shared_data):
+    bars = read_bars_csv(shared_data / "cme" / "6EH4.XCME_1min_bars_20240101_20240131.csv.gz")
+    assert bars.num_rows == 29_996 and set(bars["symbol"].to_pylist()) == {"6EH4"}
+    assert bars["vwap"].null_count == bars.num_rows  # not given by the vendor: null, not invented
+
+
+def test_cryptofeed_capture_rebuilds_four_books_from_the_rest_log(shared_data):
+    d = shared_data / "binance" / "ws_cryptofeed"
+    cap = read_ws_capture(d / "BINANCE_FUTURES.ws.1.0.txt", snapshots=d / "BINANCE_FUTURES.http.0.0.txt")
+    assert set(cap.book.book["symbol"].to_pylist()) == {"SUSHIUSDT", "AKROUSDT", "KEEPUSDT", "CTKUSDT"}
+    assert cap.book.gaps == 0 and cap.book.unsynced_dropped == 0 and cap.streams["snapshot"] == 4
+    assert cap.trades.num_rows == 8 + 38 + 5 + 40
+    jsonl = read_ws_capture(d / "BINANCE_FUTURES.ws.1.0.jsonl", snapshots=d / "BINANCE_FUTURES.http.0.0.txt")
+    assert jsonl.trades.equals(cap.trades) and jsonl.book.book.equals(cap.book.book)
