@@ -83,3 +83,20 @@ def test_every_real_file_ingests_with_its_quarantine_counted(ray_cluster, shared
     assert {("2012-06-21", "AAPL"), ("2024-07-01", "ESU4"), ("2021-07-22", "SUSHIUSDT"),
             ("2019-10-11", "XRPETH")} <= parts
     assert ("2024-01-02", "6EH4") in set(lake.partitions(root, "bars_1m"))
+
+
+def test_lake_parquet_round_trips_and_a_foreign_parquet_is_refused(ray_cluster, market, tmp_path):
+    import pyarrow as pa
+
+    out, files = market
+    first = tmp_path / "a"
+    ingest([out / "aggtrades", out / "depth"], first)
+    again = ingest([first / "trades", first / "book"], tmp_path / "b")  # files already in the lake schema
+    assert again.rows == {"trades": files.n_trades, "book": 2 * 86_400}
+    assert lake.read_partition(tmp_path / "b", "trades", "2024-01-01", "ETHUSDT").equals(
+        lake.read_partition(first, "trades", "2024-01-01", "ETHUSDT"))
+    foreign = tmp_path / "in" / "foreign.parquet"
+    foreign.parent.mkdir()
+    pq.write_table(pa.table({"when": [1], "what": ["x"]}), foreign)
+    with pytest.raises(DataFormatError, match=f"{foreign}: its columns"):
+        ingest([foreign.parent], tmp_path / "c")

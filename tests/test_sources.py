@@ -40,3 +40,22 @@ def test_cryptofeed_capture_rebuilds_four_books_from_the_rest_log(shared_data):
     assert cap.trades.num_rows == 8 + 38 + 5 + 40
     jsonl = read_ws_capture(d / "BINANCE_FUTURES.ws.1.0.jsonl", snapshots=d / "BINANCE_FUTURES.http.0.0.txt")
     assert jsonl.trades.equals(cap.trades) and jsonl.book.book.equals(cap.book.book)
+
+
+def test_binance_trades_and_book_ticker_files(tmp_path):
+    from tickray.sources.binance import read_book_ticker, read_trades
+
+    futures = tmp_path / "BTCUSDT-trades-2024-01-01.csv"
+    futures.write_text("id,price,qty,quote_qty,time,is_buyer_maker\n"
+                       "1,42000.1,0.5,21000.05,1704067200001,true\n2,42000.2,0.1,4200.02,1704067200002,false\n")
+    spot = tmp_path / "ETHBTC-trades-2025-01-01.csv"  # spot: no header, is_best_match, µs since 2025
+    spot.write_text("7,0.05,1.0,0.05,1735689600000001,False,True\n")
+    t = read_trades(futures)
+    assert t["side"].to_pylist() == [-1, 1] and t["trade_id"].to_pylist() == [1, 2]
+    s = read_trades(spot).to_pylist()[0]
+    assert s["symbol"] == "ETHBTC" and str(s["ts"]) == "2025-01-01 00:00:00.000001+00:00" and s["side"] == 1
+    ticker = tmp_path / "BTCUSDT-bookTicker-2024-01-01.csv"
+    ticker.write_text("update_id,best_bid_price,best_bid_qty,best_ask_price,best_ask_qty,transaction_time,event_time\n"
+                      "10,42000.0,1.5,42000.1,2.0,1704067200005,1704067200006\n")
+    b = read_book_ticker(ticker).to_pylist()[0]
+    assert (b["bid_px_1"], b["ask_sz_1"], b["bid_px_2"]) == (42000.0, 2.0, None)

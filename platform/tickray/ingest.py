@@ -20,7 +20,7 @@ import ray
 from tickray import lake
 from tickray.errors import DataFormatError
 from tickray.schema import TS
-from tickray.sources import binance, cme, lobster
+from tickray.sources import binance, cme, lake_parquet, lobster
 from tickray.validate import check_bars, check_book, check_trades
 
 # lake dataset → its row validator
@@ -31,6 +31,12 @@ def classify(path: Path) -> str | None:
     name = path.name.lower()
     if "aggtrades" in name:
         return "agg_trades"
+    if "-trades-" in name:
+        return "trades"
+    if "-bookticker-" in name:
+        return "book_ticker"
+    if name.endswith(".parquet"):
+        return "lake_parquet"
     if "bookdepth" in name or "-depth-" in name:
         return "book_depth"
     if "-1m-" in name:
@@ -55,7 +61,7 @@ def classify(path: Path) -> str | None:
 KIND_DATASETS = {
     "agg_trades": ["trades"], "book_depth": ["book"], "klines": ["bars_1m"], "ws_capture": ["trades", "book"],
     "cryptofeed_ws": ["trades", "book"], "lobster": ["trades", "book"], "databento_mbp1": ["trades", "book"],
-    "bars_csv": ["bars_1m"],
+    "bars_csv": ["bars_1m"], "trades": ["trades"], "book_ticker": ["book"],
 }
 
 
@@ -79,7 +85,7 @@ def _is_twin_of_consumed(f: Path, files: set[Path]) -> str | None:
     return None
 
 
-def discover(inputs: list[Path]) -> tuple[dict[str, list[tuple[str, str]]], list[str]]:
+def discover(inputs: list[Path], levels: int = 10) -> tuple[dict[str, list[tuple[str, str]]], list[str]]:
     """dataset → [(kind, path)] for every recognised file under the inputs (files or folders), and the
     files not ingested, each with the reason (reported, never silently passed over)."""
     out: dict[str, list[tuple[str, str]]] = {d: [] for d in DATASETS}
@@ -96,6 +102,8 @@ def discover(inputs: list[Path]) -> tuple[dict[str, list[tuple[str, str]]], list
         twin = _is_twin_of_consumed(f, present)
         if twin:
             skipped.append(f"{f} ({twin})")
+        elif kind == "lake_parquet":
+            out[lake_parquet.dataset_of(f, levels)].append((kind, str(f)))
         elif kind not in KIND_DATASETS:
             skipped.append(f"{f} (no known format)")
         else:
@@ -110,6 +118,12 @@ def read_file(kind: str, path: Path, dataset: str, levels: int = 10) -> tuple[pa
         return binance.read_agg_trades(path), []
     if kind == "klines":
         return binance.read_klines(path), []
+    if kind == "trades":
+        return binance.read_trades(path), []
+    if kind == "book_ticker":
+        return binance.read_book_ticker(path, levels), []
+    if kind == "lake_parquet":
+        return lake_parquet.read_lake_parquet(path, dataset, levels), []
     if kind == "bars_csv":
         return cme.read_bars_csv(path), []
     if kind == "book_depth":
@@ -186,7 +200,7 @@ def ingest(inputs: list[Path], lake_root: Path, levels: int = 10) -> IngestRepor
     """Ingest every recognised file under ``inputs`` into the lake at ``lake_root``."""
     t0 = time.perf_counter()
     lake_root = Path(lake_root)
-    found, skipped = discover(inputs)
+    found, skipped = discover(inputs, levels)
     report = IngestReport(skipped=skipped)
     for dataset, items in found.items():
         if not items:

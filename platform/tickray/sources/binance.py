@@ -28,6 +28,9 @@ from tickray.schema import BAR, TRADE, TS, conform_book
 
 AGG_TRADE_COLUMNS = ["agg_trade_id", "price", "qty", "first_trade_id", "last_trade_id", "time",
                      "is_buyer_maker", "is_best_match"]
+TRADE_COLUMNS = ["id", "price", "qty", "quote_qty", "time", "is_buyer_maker", "is_best_match"]
+BOOK_TICKER_COLUMNS = ["update_id", "best_bid_price", "best_bid_qty", "best_ask_price", "best_ask_qty",
+                       "transaction_time", "event_time"]
 KLINE_COLUMNS = ["open_time", "open", "high", "low", "close", "volume", "close_time", "quote_volume",
                  "count", "taker_buy_volume", "taker_buy_quote_volume", "ignore"]
 NO_BOOK = "diff with no book to apply to (no snapshot after it, or after a gap)"
@@ -89,9 +92,7 @@ def _to_ns(t: pa.Array) -> pa.Array:
     return pa.array(arr * unit, type=pa.int64()).cast(pa.timestamp("ns", tz="UTC"))
 
 
-def read_agg_trades(path: Path, symbol: str | None = None) -> pa.Table:
-    t = _read_csv(path, AGG_TRADE_COLUMNS, optional_trailing=1)
-    symbol = symbol or symbol_from_filename(path)
+def _trades_table(t: pa.Table, id_column: str, symbol: str) -> pa.Table:
     maker = t["is_buyer_maker"]
     if not pa.types.is_boolean(maker.type):
         maker = pc.equal(pc.utf8_lower(pc.cast(maker, pa.string())), "true")
@@ -99,8 +100,31 @@ def read_agg_trades(path: Path, symbol: str | None = None) -> pa.Table:
     return pa.table({
         "ts": _to_ns(t["time"]), "symbol": pa.array([symbol] * t.num_rows, pa.string()),
         "price": pc.cast(t["price"], pa.float64()), "qty": pc.cast(t["qty"], pa.float64()),
-        "side": side, "trade_id": pc.cast(t["agg_trade_id"], pa.int64()),
+        "side": side, "trade_id": pc.cast(t[id_column], pa.int64()),
     }, schema=TRADE)
+
+
+def read_agg_trades(path: Path, symbol: str | None = None) -> pa.Table:
+    t = _read_csv(path, AGG_TRADE_COLUMNS, optional_trailing=1)
+    return _trades_table(t, "agg_trade_id", symbol or symbol_from_filename(path))
+
+
+def read_trades(path: Path, symbol: str | None = None) -> pa.Table:
+    """Public-data ``trades`` (every fill): id, price, qty, quote_qty, time, is_buyer_maker
+    (+ is_best_match on spot)."""
+    t = _read_csv(path, TRADE_COLUMNS, optional_trailing=1)
+    return _trades_table(t, "id", symbol or symbol_from_filename(path))
+
+
+def read_book_ticker(path: Path, levels: int = 10, symbol: str | None = None) -> pa.Table:
+    """Public-data ``bookTicker`` (USD-M): the best bid and ask after each update, as level 1 of the book."""
+    t = _read_csv(path, BOOK_TICKER_COLUMNS)
+    symbol = symbol or symbol_from_filename(path)
+    cols = {"ts": _to_ns(t["transaction_time"]), "symbol": pa.array([symbol] * t.num_rows, pa.string()),
+            "bid_px_1": t["best_bid_price"], "bid_sz_1": t["best_bid_qty"],
+            "ask_px_1": t["best_ask_price"], "ask_sz_1": t["best_ask_qty"]}
+    return conform_book({k: pc.cast(v, pa.float64()) if k not in ("ts", "symbol") else v for k, v in cols.items()},
+                        t.num_rows, levels)
 
 
 def read_klines(path: Path, symbol: str | None = None) -> pa.Table:

@@ -1,0 +1,45 @@
+"""Parquet files already in a lake schema (tickray.schema): checked, not trusted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tickray.errors import DataFormatError
+from tickray.schema import BAR, TRADE, book_schema
+
+
+def expected_schema(dataset: str, levels: int) -> pa.Schema:
+    return {"trades": TRADE, "bars_1m": BAR}.get(dataset) or book_schema(levels)
+
+
+def _hive_values(path: Path) -> dict[str, str]:
+    """``symbol=BTCUSDT`` folder names above a file (a partitioned lake keeps them out of the file)."""
+    return dict(p.split("=", 1) for p in Path(path).parent.parts if "=" in p)
+
+
+def dataset_of(path: Path, levels: int) -> str:
+    """Which lake dataset a Parquet file's columns belong to (trades, book or bars_1m)."""
+    try:
+        names = set(pq.read_schema(path).names) | set(_hive_values(path))
+    except (OSError, pa.ArrowInvalid) as e:
+        raise DataFormatError(f"{path}: not a readable Parquet file ({e})") from None
+    for dataset in ("trades", "bars_1m", "book"):
+        if set(expected_schema(dataset, levels).names) <= names:
+            return dataset
+    raise DataFormatError(f"{path}: its columns {sorted(names)} match no lake schema (trades, book, bars_1m)")
+
+
+def read_lake_parquet(path: Path, dataset: str, levels: int = 10) -> pa.Table:
+    """The file's rows in the dataset's schema: every field present and castable, or an error naming it."""
+    schema = expected_schema(dataset, levels)
+    t = pq.read_table(path)
+    for key, value in _hive_values(path).items():
+        if key not in t.column_names:
+            t = t.append_column(key, pa.array([value] * t.num_rows, pa.string()))
+    try:
+        return pa.Table.from_arrays([t[f.name].cast(f.type) for f in schema], schema=schema)
+    except (KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise DataFormatError(f"{path}: does not fit the {dataset} schema ({e})") from None
