@@ -100,3 +100,19 @@ def test_lake_parquet_round_trips_and_a_foreign_parquet_is_refused(ray_cluster, 
     pq.write_table(pa.table({"when": [1], "what": ["x"]}), foreign)
     with pytest.raises(DataFormatError, match=f"{foreign}: its columns"):
         ingest([foreign.parent], tmp_path / "c")
+
+
+def test_unusable_capture_messages_are_quarantined_not_lost(ray_cluster, shared_data, tmp_path):
+    import gzip
+
+    src = tmp_path / "in" / "usdm_btcusdt_20240718.gz"
+    src.parent.mkdir()
+    lines = gzip.decompress((shared_data / "binance/ws/usdm_btcusdt_20240718.gz").read_bytes()).splitlines()
+    lines.insert(100, b"1721347021500000000 {this is not json")
+    lines.insert(200, b'1721347021600000000 {"stream":"btcusdt@trade","data":{"e":"trade","s":"BTCUSDT","T":1}}')
+    src.write_bytes(gzip.compress(b"\n".join(lines) + b"\n"))
+    rep = ingest([src.parent], tmp_path / "lake")
+    assert rep.rows["trades"] == 974
+    assert dict(rep.quarantined["trades"]) == {"unparsable line": 1, "malformed trade message (KeyError)": 1}
+    q = pq.read_table(tmp_path / "lake" / "quarantine" / "trades")
+    assert set(q["symbol"].to_pylist()) == {"BTCUSDT"} and q["ts"].null_count == 0

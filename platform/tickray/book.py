@@ -85,9 +85,6 @@ class OrderBook:
         a = min(self.asks) if self.asks else nan
         return b, self.bids.get(b, nan), a, self.asks.get(a, nan)
 
-    def crossed(self) -> bool:
-        return bool(self.bids and self.asks and max(self.bids) >= min(self.asks))
-
 
 @dataclass
 class BookSync:

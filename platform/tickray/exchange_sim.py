@@ -40,7 +40,6 @@ class ReplayExchange:
     messages: list[tuple[int, str, bytes]] = field(default_factory=list, init=False)
     snapshots: dict[str, tuple[int, dict]] = field(default_factory=dict, init=False)  # recorded: (recv_ns, body)
     books: dict[str, BookSync] = field(default_factory=dict, init=False)
-    connections: int = field(default=0, init=False)
     _server: Server | None = field(default=None, init=False)
     _loop: asyncio.AbstractEventLoop | None = field(default=None, init=False)
     _thread: threading.Thread | None = field(default=None, init=False)
@@ -63,9 +62,6 @@ class ReplayExchange:
     @property
     def rest_url(self) -> str:
         return f"http://{self.host}:{self.port}"
-
-    def streams(self) -> set[str]:
-        return {s for _, s, _ in self.messages}
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlparse(request.path)
@@ -103,7 +99,6 @@ class ReplayExchange:
         sync.on_update(DepthUpdate.from_message(data))
 
     async def _handler(self, ws: ServerConnection) -> None:
-        self.connections += 1
         wanted = set((parse_qs(urlparse(ws.request.path).query).get("streams") or [""])[0].split("/"))
         t_first = None
         start = asyncio.get_running_loop().time()

@@ -134,7 +134,9 @@ def read_file(kind: str, path: Path, dataset: str, levels: int = 10) -> tuple[pa
         if kind == "cryptofeed_ws" and snaps is None:
             raise DataFormatError(f"{path}: no REST snapshot log (<exchange>.http.*.txt) beside it")
         cap = binance.read_ws_capture(path, levels, snapshots=snaps)
-        return (cap.trades, []) if dataset == "trades" else (cap.book.book, cap.book.dropped)
+        if dataset == "trades":  # unusable messages are counted once, with the trades
+            return cap.trades, [(t // 1_000_000, sym, why) for t, sym, why, _ in cap.quarantine]
+        return cap.book.book, cap.book.dropped
     if kind == "lobster":
         trades, book = lobster.read_lobster(path, levels)
         return (trades if dataset == "trades" else book), []

@@ -19,12 +19,6 @@ BAR = pa.schema([
     ("quote_volume", pa.float64()), ("trades", pa.int64()), ("vwap", pa.float64()),
 ])
 
-PREDICTION = pa.schema([
-    ("ts", TS), ("symbol", pa.string()), ("horizon", pa.string()), ("prob_up", pa.float64()),
-    ("confidence", pa.float64()), ("model_version", pa.string()),
-])
-
-
 def book_schema(levels: int) -> pa.Schema:
     """Top-N book: price and size per level and side, plus the order count where the venue gives it
     (CME, LOBSTER-style feeds; null for Binance). One schema for every venue, so one lake dataset."""
@@ -46,7 +40,3 @@ def conform_book(columns: dict[str, pa.Array | np.ndarray], n_rows: int, levels:
         col = columns.get(f.name)
         out.append(pa.nulls(n_rows, f.type) if col is None else pa.array(col, type=f.type, from_pandas=True))
     return pa.Table.from_arrays(out, schema=schema)
-
-
-def with_quarantine_reason(schema: pa.Schema) -> pa.Schema:
-    return schema.append(pa.field("reason", pa.string()))

@@ -221,11 +221,12 @@ def _recv_ns(recv: float) -> int:
     return int(recv * 1e9) if recv < 1e11 else int(recv * 1e3) if recv < 1e17 else int(recv)
 
 
-def iter_capture(path: Path, bad: Counter | None = None) -> Iterator[tuple[int, dict]]:
+def iter_capture(path: Path, bad: list | None = None) -> Iterator[tuple[int, dict]]:
     """(receive time in ns, message) from a capture: ``<recv_ts> <json>`` lines (hftbacktest),
     ``<recv_ts>: <json>`` lines (cryptofeed, whose ``wss://... <-> ts`` connection lines are skipped)
-    or JSONL ``{"recv_ts", "msg"}``. Unparsable lines are counted in ``bad`` and skipped."""
-    for line in read_bytes(path).splitlines():
+    or JSONL ``{"recv_ts", "msg"}``. Unparsable lines are skipped and listed in ``bad`` as
+    (line number, the line)."""
+    for lineno, line in enumerate(read_bytes(path).splitlines(), 1):
         line = line.strip()
         if not line or line.startswith((b"wss://", b"ws://")):
             continue
@@ -238,7 +239,7 @@ def iter_capture(path: Path, bad: Counter | None = None) -> Iterator[tuple[int, 
                 recv, msg = float(head.rstrip(b":")), orjson.loads(body)
         except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
             if bad is not None:
-                bad["unparsable line"] += 1
+                bad.append((lineno, line[:4096].decode(errors="replace")))
             continue
         yield _recv_ns(recv), msg
 
@@ -261,7 +262,8 @@ def iter_rest_snapshots(path: Path) -> Iterator[tuple[int, str, dict]]:
 class CaptureRead:
     trades: pa.Table
     book: BookRebuild
-    quarantine: list[tuple[int, str, str]] = field(default_factory=list)  # (recv_ns, reason, raw)
+    # Messages that could not be used: (receive time ns, symbol, reason, raw text).
+    quarantine: list[tuple[int, str, str, str]] = field(default_factory=list)
     streams: Counter = field(default_factory=Counter)
 
 
@@ -291,9 +293,10 @@ def read_ws_capture(path: Path, levels: int = 10, symbol: str | None = None,
     name = path.name
     spot = name.startswith(("spot", "BINANCE."))  # hftbacktest spot, cryptofeed spot
     default_symbol = (symbol or (symbol_from_filename(path) if snapshots is None else "")).upper()
-    bad: Counter = Counter()
+    bad: list[tuple[int, str]] = []
     books: dict[str, _SymbolRebuild] = {}
-    quarantine: list[tuple[int, str, str]] = []
+    quarantine: list[tuple[int, str, str, str]] = []
+    unknown = default_symbol or "UNKNOWN"
     streams: Counter = Counter()
     dropped: list[tuple[int, str, str]] = []
     events: Iterator = ((t, None, m) for t, m in iter_capture(path, bad))
@@ -305,7 +308,16 @@ def read_ws_capture(path: Path, levels: int = 10, symbol: str | None = None,
             books[sym] = _SymbolRebuild(sym, levels, spot, dropped)
         return books[sym]
 
+    last_recv = 0
+
+    def flush_bad(at_ns: int) -> None:
+        # An unparsable line has no time of its own: it is stamped with the last good line's.
+        quarantine.extend((at_ns, unknown, "unparsable line", f"line {n}: {raw}") for n, raw in bad)
+        bad.clear()
+
     for recv_ns, snap_symbol, msg in events:
+        flush_bad(last_recv or recv_ns)
+        last_recv = recv_ns
         if "lastUpdateId" in msg:
             state(snap_symbol or default_symbol).sync.on_rest_snapshot(msg)
             streams["snapshot"] += 1
@@ -319,16 +331,17 @@ def read_ws_capture(path: Path, levels: int = 10, symbol: str | None = None,
             if etype == "depthUpdate":
                 state(data["s"].upper()).sync.on_update(DepthUpdate.from_message(data))
             elif etype in ("aggTrade", "trade"):
+                # Parse every field before appending any: a bad message must not leave ragged columns.
+                row = {"ts": int(data["T"]) * 1_000_000, "price": float(data["p"]), "qty": float(data["q"]),
+                       "side": -1 if data["m"] else 1, "trade_id": int(data["a"] if etype == "aggTrade" else data["t"])}
                 t = state(data["s"].upper()).trades
-                t["ts"].append(int(data["T"]) * 1_000_000)
-                t["price"].append(float(data["p"]))
-                t["qty"].append(float(data["q"]))
-                t["side"].append(-1 if data["m"] else 1)
-                t["trade_id"].append(int(data["a"] if etype == "aggTrade" else data["t"]))
+                for key, value in row.items():
+                    t[key].append(value)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
-            quarantine.append((recv_ns, f"malformed {etype}: {type(e).__name__} {e}", orjson.dumps(msg).decode()))
-    for reason, n in bad.items():
-        quarantine.extend([(0, reason, "")] * n)
+            sym = data.get("s") if isinstance(data, dict) and isinstance(data.get("s"), str) else unknown
+            quarantine.append((recv_ns, sym.upper(), f"malformed {etype} message ({type(e).__name__})",
+                               orjson.dumps(msg).decode()))
+    flush_bad(last_recv)
     ordered = [books[s] for s in sorted(books)]
     leftover = [(up.ts_ms, b.sync.symbol, NO_BOOK) for b in ordered for up in b.sync.pending()]
     trades = pa.concat_tables([b.trade_table() for b in ordered]) if ordered else TRADE.empty_table()
