@@ -101,8 +101,8 @@ def test_order_flow_imbalance_predicts_short_horizon_moves(market):
     book = binance.rebuild_book_depth(files.book_depth[0]).book
     grid = grid_from_events(trades, book)
     feats = compute_features(grid)
-    fwd = forward_labels((grid["bid_px"] + grid["ask_px"]) / 2)["fwd_ret_10s"]
-    ok = ~np.isnan(feats["depth_imb"]) & ~np.isnan(fwd)
-    corr = np.corrcoef(feats["depth_imb"][ok], fwd[ok])[0, 1]
+    fwd = forward_labels((grid["bid_px_1"] + grid["ask_px_1"]) / 2)["fwd_ret_10s"]
+    ok = ~np.isnan(feats["imb_l1"]) & ~np.isnan(fwd)
+    corr = np.corrcoef(feats["imb_l1"][ok], fwd[ok])[0, 1]
     assert 0.05 < corr < 0.6
     assert set(FEATURE_NAMES) == set(feats)

@@ -11,7 +11,7 @@ A break in the chain is a gap: the book is marked unsynced and must be rebuilt f
 
 from __future__ import annotations
 
-import heapq
+import bisect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -44,45 +44,52 @@ class BookCounters:
 
 
 class OrderBook:
-    """Price → size on each side, updated with absolute sizes (size 0 removes a level)."""
+    """Price → size on each side, updated with absolute sizes (size 0 removes a level).
+
+    Prices are also kept sorted, so the top levels are read in O(levels) after every diff instead of
+    scanning the whole (often 1,000-level) book.
+    """
 
     def __init__(self, symbol: str):
         self.symbol = symbol
         self.bids: dict[float, float] = {}
         self.asks: dict[float, float] = {}
+        self._bid_px: list[float] = []  # ascending
+        self._ask_px: list[float] = []  # ascending
         self.last_update_id: int | None = None
 
     def reset(self, last_update_id: int, bids: Levels, asks: Levels) -> None:
-        self.bids = {}
-        self.asks = {}
-        self._set(self.bids, bids)
-        self._set(self.asks, asks)
-        self.last_update_id = last_update_id
+        self.bids, self.asks, self._bid_px, self._ask_px = {}, {}, [], []
+        self.apply_levels(bids, asks, last_update_id)
 
     @staticmethod
-    def _set(side: dict[float, float], levels: Levels) -> None:
+    def _set(side: dict[float, float], prices: list[float], levels: Levels) -> None:
         for p, q in levels:
             px, qty = float(p), float(q)
             if qty == 0.0:
-                side.pop(px, None)
+                if side.pop(px, None) is not None:
+                    del prices[bisect.bisect_left(prices, px)]
             else:
+                if px not in side:
+                    bisect.insort(prices, px)
                 side[px] = qty
 
     def apply_levels(self, bids: Levels, asks: Levels, last_update_id: int) -> None:
-        self._set(self.bids, bids)
-        self._set(self.asks, asks)
+        self._set(self.bids, self._bid_px, bids)
+        self._set(self.asks, self._ask_px, asks)
         self.last_update_id = last_update_id
 
     def top(self, n: int) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
-        bids = heapq.nlargest(n, self.bids.items())
-        asks = heapq.nsmallest(n, self.asks.items())
+        """The best n levels of each side, best first."""
+        bids = [(p, self.bids[p]) for p in self._bid_px[:-n - 1:-1]]
+        asks = [(p, self.asks[p]) for p in self._ask_px[:n]]
         return bids, asks
 
     def best(self) -> tuple[float, float, float, float]:
         """best bid, bid size, best ask, ask size (NaN where a side is empty)."""
         nan = float("nan")
-        b = max(self.bids) if self.bids else nan
-        a = min(self.asks) if self.asks else nan
+        b = self._bid_px[-1] if self._bid_px else nan
+        a = self._ask_px[0] if self._ask_px else nan
         return b, self.bids.get(b, nan), a, self.asks.get(a, nan)
 
 

@@ -1,20 +1,28 @@
 """Historical ingestion on Ray Data: files → validated, normalised rows → the Parquet lake.
 
-One Ray Data read task per file (blocking is controlled: a block never spans two files). Bad rows go
-to ``<root>/quarantine/<dataset>/`` with a ``reason`` column and are counted; the job fails only for an
-unreadable input, naming the file.
+One Ray Data task per input (a file, or the files of one capture session): it reads the input once,
+validates and normalises its rows and writes them into a staging copy of every dataset it feeds, so
+memory is bounded by the largest input, never by the dataset, and nothing passes through the object
+store but counts. Bad rows go to ``<root>/quarantine/<dataset>/`` with ``reason`` and ``source``
+columns and are counted; the job fails only for an unreadable input, naming the file. Partitions are
+then swapped into the lake atomically (see lake.py).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import re
 import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import ray
 
 from tickray import lake
@@ -85,10 +93,42 @@ def _is_twin_of_consumed(f: Path, files: set[Path]) -> str | None:
     return None
 
 
-def discover(inputs: list[Path], levels: int = 10) -> tuple[dict[str, list[tuple[str, str]]], list[str]]:
-    """dataset → [(kind, path)] for every recognised file under the inputs (files or folders), and the
-    files not ingested, each with the reason (reported, never silently passed over)."""
-    out: dict[str, list[tuple[str, str]]] = {d: [] for d in DATASETS}
+_CAPTURE_DAY = re.compile(r"^(?P<stream>.+)_(?P<day>\d{8})\.gz$")
+
+
+def capture_sessions(files: list[Path]) -> list[list[Path]]:
+    """Group daily capture files (``usdm_btcusdt_20240718.gz``, ``…_20240719.gz``) of one stream on
+    consecutive days into recording sessions, read as one so the order book carries across midnight."""
+    by_stream: dict[tuple[Path, str], list[tuple[dt.date, Path]]] = {}
+    for f in files:
+        m = _CAPTURE_DAY.match(f.name)
+        if m is None:
+            by_stream[(f, "")] = [(dt.date.min, f)]
+            continue
+        by_stream.setdefault((f.parent, m["stream"]), []).append((dt.datetime.strptime(m["day"], "%Y%m%d").date(), f))
+    sessions: list[list[Path]] = []
+    for days in by_stream.values():
+        days.sort()
+        for i, (day, f) in enumerate(days):
+            if i and (day - days[i - 1][0]).days == 1:
+                sessions[-1].append(f)
+            else:
+                sessions.append([f])
+    return sorted(sessions)
+
+
+@dataclass(frozen=True)
+class Input:
+    """One unit of ingest work: a file, or the files of one capture session, and the datasets it feeds."""
+    kind: str
+    paths: tuple[str, ...]
+    datasets: tuple[str, ...]
+
+
+def discover(inputs: list[Path], levels: int = 10) -> tuple[list[Input], list[str]]:
+    """Every recognised input under ``inputs`` (files or folders), and the files not ingested, each with
+    the reason (reported, never silently passed over)."""
+    found: list[Input] = []
     skipped: list[str] = []
     files: list[Path] = []
     for inp in inputs:
@@ -97,83 +137,122 @@ def discover(inputs: list[Path], levels: int = 10) -> tuple[dict[str, list[tuple
             raise DataFormatError(f"input {inp} does not exist")
         files += sorted(p for p in inp.rglob("*") if p.is_file()) if inp.is_dir() else [inp]
     present = set(files)
+    captures = []
     for f in files:
         kind = classify(f)
         twin = _is_twin_of_consumed(f, present)
         if twin:
             skipped.append(f"{f} ({twin})")
         elif kind == "lake_parquet":
-            out[lake_parquet.dataset_of(f, levels)].append((kind, str(f)))
+            found.append(Input(kind, (str(f),), (lake_parquet.dataset_of(f, levels),)))
+        elif kind == "ws_capture":
+            captures.append(f)
         elif kind not in KIND_DATASETS:
             skipped.append(f"{f} (no known format)")
         else:
-            for ds in KIND_DATASETS[kind]:
-                out[ds].append((kind, str(f)))
-    return out, skipped
+            found.append(Input(kind, (str(f),), tuple(KIND_DATASETS[kind])))
+    found += [Input("ws_capture", tuple(str(f) for f in session), tuple(KIND_DATASETS["ws_capture"]))
+              for session in capture_sessions(captures)]
+    return found, skipped
 
 
-def read_file(kind: str, path: Path, dataset: str, levels: int = 10) -> tuple[pa.Table, list]:
-    """The file's rows for ``dataset``, and events that could not become rows: (ts ms, symbol, reason)."""
+Rows = dict[str, tuple[pa.Table, list]]  # dataset → (rows, events that could not become rows)
+
+
+def _capture_rows(cap: binance.CaptureRead) -> Rows:
+    # unusable messages are counted once, with the trades
+    return {"trades": (cap.trades, [(t // 1_000_000, sym, why) for t, sym, why, _ in cap.quarantine]),
+            "book": (cap.book.book, cap.book.dropped)}
+
+
+def read_input(item: Input, levels: int = 10) -> Rows:
+    """Read an input once, into the rows of every dataset it feeds, and for each the events that could
+    not become rows: (ts ms, symbol, reason)."""
+    kind, paths = item.kind, [Path(p) for p in item.paths]
+    if kind == "ws_capture":
+        return _capture_rows(binance.read_ws_capture(paths, levels))
+    (path,) = paths
     if kind == "agg_trades":
-        return binance.read_agg_trades(path), []
+        return {"trades": (binance.read_agg_trades(path), [])}
     if kind == "klines":
-        return binance.read_klines(path), []
+        return {"bars_1m": (binance.read_klines(path), [])}
     if kind == "trades":
-        return binance.read_trades(path), []
+        return {"trades": (binance.read_trades(path), [])}
     if kind == "book_ticker":
-        return binance.read_book_ticker(path, levels), []
+        return {"book": (binance.read_book_ticker(path, levels), [])}
     if kind == "lake_parquet":
-        return lake_parquet.read_lake_parquet(path, dataset, levels), []
+        (dataset,) = item.datasets
+        return {dataset: (lake_parquet.read_lake_parquet(path, dataset, levels), [])}
     if kind == "bars_csv":
-        return cme.read_bars_csv(path), []
+        return {"bars_1m": (cme.read_bars_csv(path), [])}
     if kind == "book_depth":
         rebuilt = binance.rebuild_book_depth(path, levels)
-        return rebuilt.book, rebuilt.dropped
-    if kind in ("ws_capture", "cryptofeed_ws"):
-        snaps = _cryptofeed_snapshots(path) if kind == "cryptofeed_ws" else None
-        if kind == "cryptofeed_ws" and snaps is None:
+        return {"book": (rebuilt.book, rebuilt.dropped)}
+    if kind == "cryptofeed_ws":
+        snaps = _cryptofeed_snapshots(path)
+        if snaps is None:
             raise DataFormatError(f"{path}: no REST snapshot log (<exchange>.http.*.txt) beside it")
-        cap = binance.read_ws_capture(path, levels, snapshots=snaps)
-        if dataset == "trades":  # unusable messages are counted once, with the trades
-            return cap.trades, [(t // 1_000_000, sym, why) for t, sym, why, _ in cap.quarantine]
-        return cap.book.book, cap.book.dropped
+        return _capture_rows(binance.read_ws_capture(path, levels, snapshots=snaps))
     if kind == "lobster":
         trades, book = lobster.read_lobster(path, levels)
-        return (trades if dataset == "trades" else book), []
+        return {"trades": (trades, []), "book": (book, [])}
     if kind == "databento_mbp1":
         trades, book = cme.read_mbp1(path, levels)
-        return (trades if dataset == "trades" else book), []
+        return {"trades": (trades, []), "book": (book, [])}
     raise DataFormatError(f"{path}: unknown file kind {kind!r}")
 
 
 def _dropped_rows(dropped: list, schema: pa.Schema) -> pa.Table:
-    """Events a reader could not turn into rows, as quarantine rows: time, symbol, reason, the rest null."""
+    """Events a reader could not turn into rows, as rows of ``schema``: time and symbol, the rest null."""
     n = len(dropped)
     cols = {"ts": pa.array([d[0] * 1_000_000 for d in dropped], pa.int64()).cast(TS),
             "symbol": pa.array([d[1] for d in dropped], pa.string())}
-    t = pa.table({f.name: cols.get(f.name, pa.nulls(n, f.type)) for f in schema}, schema=schema)
-    return t.append_column("reason", pa.array([d[2] for d in dropped], pa.string()))
+    return pa.table({f.name: cols.get(f.name, pa.nulls(n, f.type)) for f in schema}, schema=schema)
 
 
-def _read_and_validate(batch: pa.Table, dataset: str, levels: int) -> pa.Table:
-    """Ray Data map function: one input file → its rows, each with a quarantine reason or null."""
-    tables = []
-    for kind, path in zip(batch["kind"].to_pylist(), batch["path"].to_pylist()):
-        t, dropped = read_file(kind, Path(path), dataset, levels)
-        t = t.append_column("reason", DATASETS[dataset](t))
-        if dropped:
-            t = pa.concat_tables([t, _dropped_rows(dropped, t.schema.remove(t.schema.get_field_index("reason")))])
-        date = pc.strftime(t["ts"], format="%Y-%m-%d")
-        tables.append(t.append_column("date", date).append_column("source", pa.array([path] * t.num_rows)))
-    return pa.concat_tables(tables)
+def _write_partitions(t: pa.Table, dataset_dir: Path, name: str) -> list[tuple[str, str, int]]:
+    """Write rows into ``date=/symbol=`` folders (one file per partition, sorted by time); return
+    (date, symbol, rows) per partition."""
+    out = []
+    keys = t.select(["date", "symbol"]).group_by(["date", "symbol"]).aggregate([])
+    for date, symbol in zip(keys["date"].to_pylist(), keys["symbol"].to_pylist()):
+        mask = pc.and_(pc.equal(t["date"], date), pc.equal(t["symbol"], symbol))
+        part = t.filter(mask).drop_columns(["date", "symbol"]).sort_by("ts")
+        folder = dataset_dir / f"date={date}" / f"symbol={symbol}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(part, folder / f"part-{name}.parquet")
+        out.append((date, symbol, part.num_rows))
+    return out
 
 
-def _good(t: pa.Table) -> pa.Table:
-    return t.filter(pc.is_null(t["reason"])).drop_columns(["reason", "source"])
-
-
-def _bad(t: pa.Table) -> pa.Table:
-    return t.filter(pc.is_valid(t["reason"]))
+def _ingest_inputs(batch: dict, levels: int, stage: str) -> dict:
+    """Ray Data map function: read one input, validate its rows and write them (good ones into the staged
+    datasets, bad ones into the staged quarantine) in this task, so no dataset ever passes through the
+    object store or the driver; return only counts: (dataset, reason or "", rows)."""
+    counts: list[tuple[str, str, int]] = []
+    for kind, paths, datasets in zip(batch["kind"], batch["paths"], batch["datasets"]):
+        item = Input(str(kind), tuple(paths), tuple(datasets))
+        name = hashlib.sha1("\n".join(item.paths).encode()).hexdigest()[:16]
+        for dataset, (t, dropped) in read_input(item, levels).items():
+            reason = DATASETS[dataset](t)
+            if dropped:
+                t = pa.concat_tables([t, _dropped_rows(dropped, t.schema)])
+                reason = pa.concat_arrays([reason, pa.array([d[2] for d in dropped], pa.string())])
+            t = t.append_column("date", pc.strftime(t["ts"], format="%Y-%m-%d"))
+            good = pc.is_null(reason)
+            written = _write_partitions(t.filter(good), Path(stage) / dataset, name)
+            counts.append((dataset, "", sum(n for *_, n in written)))
+            bad = t.filter(pc.invert(good))
+            if bad.num_rows:
+                bad_reason = reason.filter(pc.invert(good))
+                bad = bad.append_column("reason", bad_reason).append_column(
+                    "source", pa.array(["+".join(item.paths)] * bad.num_rows))
+                _write_partitions(bad, Path(stage) / lake.QUARANTINE / dataset, name)
+                for r, n in Counter(bad_reason.to_pylist()).items():
+                    counts.append((dataset, r, n))
+    return {"dataset": np.array([c[0] for c in counts], dtype=object),
+            "reason": np.array([c[1] for c in counts], dtype=object),
+            "rows": np.array([c[2] for c in counts], dtype=np.int64)}
 
 
 @dataclass
@@ -204,28 +283,29 @@ def ingest(inputs: list[Path], lake_root: Path, levels: int = 10) -> IngestRepor
     lake_root = Path(lake_root)
     found, skipped = discover(inputs, levels)
     report = IngestReport(skipped=skipped)
-    for dataset, items in found.items():
-        if not items:
-            continue
-        # One block per file: a read task never packs several files, and batches never cross files.
-        ds = ray.data.from_items([{"kind": k, "path": p} for k, p in items], override_num_blocks=len(items))
-        rows = ds.map_batches(_read_and_validate, batch_size=1, batch_format="pyarrow",
-                              fn_kwargs={"dataset": dataset, "levels": levels}).materialize()
-        stage = lake.staging_dir(lake_root)
-        good = rows.map_batches(_good, batch_format="pyarrow", batch_size=None)
-        good.write_parquet(str(stage / dataset), partition_cols=["date", "symbol"])
-        bad = rows.map_batches(_bad, batch_format="pyarrow", batch_size=None)
-        q = Counter()
-        bad_rows = bad.materialize()
-        if bad_rows.count():
-            for r in bad_rows.groupby("reason").count().take_all():
-                q[r["reason"]] = r["count()"]
-            bad_rows.write_parquet(str(stage / lake.QUARANTINE / dataset), partition_cols=["date", "symbol"])
+    if not found:
+        return report
+    stage = lake.staging_dir(lake_root)
+    try:
+        # One block, one task per input (a file or a capture session): a task never packs several, and
+        # each input is read once even when it feeds two datasets.
+        items = [{"kind": i.kind, "paths": list(i.paths), "datasets": list(i.datasets)} for i in found]
+        counts = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            _ingest_inputs, batch_size=1, fn_kwargs={"levels": levels, "stage": str(stage)}).take_all()
+        for dataset in DATASETS:
+            fed = [i for i in found if dataset in i.datasets]
+            if not fed:
+                continue
+            rows = [c for c in counts if c["dataset"] == dataset]
+            report.files[dataset] = sum(len(i.paths) for i in fed)
+            report.rows[dataset] = sum(int(c["rows"]) for c in rows if not c["reason"])
+            report.quarantined[dataset] = Counter()
+            for c in rows:
+                if c["reason"]:
+                    report.quarantined[dataset][c["reason"]] += int(c["rows"])
             lake.commit(stage / lake.QUARANTINE / dataset, lake_root / lake.QUARANTINE / dataset)
-        report.partitions[dataset] = lake.commit(stage / dataset, lake_root / dataset)
-        report.rows[dataset] = good.count()
-        report.files[dataset] = len(items)
-        report.quarantined[dataset] = q
+            report.partitions[dataset] = lake.commit(stage / dataset, lake_root / dataset)
+    finally:
         shutil.rmtree(stage, ignore_errors=True)
     report.seconds = time.perf_counter() - t0
     return report

@@ -1,20 +1,52 @@
-"""Labels look forward (features never do): did the mid-price rise over the next h seconds?"""
+"""Labels look forward (features never do): how did the mid-price move over the next horizon?
+
+``fwd_ret_<h>`` is the log return in bps; ``up_<h>`` is 1 above ``+dead_band_bps``, 0 below
+``-dead_band_bps`` and NaN inside the band (a flat move is neither, and is left out of a binary fit);
+``dir_<h>`` is the same as +1 / 0 / -1. A row whose horizon runs past the data gets NaN everywhere,
+never a label computed from a shorter horizon.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
 HORIZONS_S = (10, 60)
+DEAD_BAND_BPS = 0.0
 
 
-def forward_labels(mid: np.ndarray, horizons: tuple[int, ...] = HORIZONS_S) -> dict[str, np.ndarray]:
-    """``up_<h>s`` (1.0 / 0.0, NaN where the horizon runs past the data) and ``fwd_ret_<h>s`` in bps,
-    for a one-second grid."""
+def _from_returns(fwd: np.ndarray, suffix: str, dead_band_bps: float) -> dict[str, np.ndarray]:
+    up = np.where(fwd > dead_band_bps, 1.0, np.where(fwd < -dead_band_bps, 0.0, np.nan))
+    direction = np.where(np.isnan(fwd), np.nan, np.sign(fwd) * (np.abs(fwd) > dead_band_bps))
+    up[np.isnan(fwd)] = np.nan
+    return {f"fwd_ret_{suffix}": fwd, f"up_{suffix}": up, f"dir_{suffix}": direction}
+
+
+def forward_labels(mid: np.ndarray, horizons: tuple[int, ...] = HORIZONS_S, dead_band_bps: float = DEAD_BAND_BPS,
+                   unit: str = "s") -> dict[str, np.ndarray]:
+    """Labels at horizons counted in rows: seconds on the one-second grid (``unit="s"``), events on an
+    event series (``unit="ev"``)."""
     out: dict[str, np.ndarray] = {}
     logmid = np.log(np.asarray(mid, float))
     for h in horizons:
         fwd = np.full(logmid.size, np.nan)
-        fwd[: logmid.size - h] = (logmid[h:] - logmid[: logmid.size - h]) * 1e4
-        out[f"fwd_ret_{h}s"] = fwd
-        out[f"up_{h}s"] = np.where(np.isnan(fwd), np.nan, (fwd > 0).astype(float))
+        fwd[: max(logmid.size - h, 0)] = (logmid[h:] - logmid[: logmid.size - h]) * 1e4
+        out.update(_from_returns(fwd, f"{h}{unit}", dead_band_bps))
+    return out
+
+
+def forward_labels_at_times(ts_ns: np.ndarray, mid: np.ndarray, horizons_s: tuple[float, ...] = HORIZONS_S,
+                            dead_band_bps: float = DEAD_BAND_BPS) -> dict[str, np.ndarray]:
+    """Labels for irregular events (e.g. every book update): the mid in force ``h`` seconds after each
+    event (the last event at or before t + h) against the event's own mid."""
+    ts_ns = np.asarray(ts_ns, np.int64)
+    logmid = np.log(np.asarray(mid, float))
+    out: dict[str, np.ndarray] = {}
+    if ts_ns.size == 0:
+        return {f"{k}_{h:g}s": np.zeros(0) for h in horizons_s for k in ("fwd_ret", "up", "dir")}
+    for h in horizons_s:
+        target = ts_ns + round(h * 1e9)
+        j = np.searchsorted(ts_ns, target, side="right") - 1
+        fwd = (logmid[j] - logmid) * 1e4
+        fwd[target > ts_ns[-1]] = np.nan  # past the data: no label
+        out.update(_from_returns(fwd, f"{h:g}s", dead_band_bps))
     return out

@@ -1,15 +1,17 @@
-"""One feature definition for batch (Ray Data) and streaming (actors): see definitions.py."""
+"""One feature library for batch (Ray Data) and streaming (actors): see definitions.py."""
 
 from tickray.features.definitions import (
     FEATURE_NAMES,
     FEATURE_SET_VERSION,
+    FEATURE_SETS,
+    FEATURES,
     LOOKBACK,
+    OnlineFeatures,
     compute_features,
-    latest_features,
 )
-from tickray.features.grid import GRID_FIELDS, GridBuilder, grid_from_events
+from tickray.features.grid import BOOK_LEVELS, GRID_FIELDS, GridBuilder, grid_from_events
 
 __all__ = [
-    "FEATURE_NAMES", "FEATURE_SET_VERSION", "GRID_FIELDS", "LOOKBACK", "GridBuilder", "compute_features",
-    "grid_from_events", "latest_features",
+    "BOOK_LEVELS", "FEATURES", "FEATURE_NAMES", "FEATURE_SETS", "FEATURE_SET_VERSION", "GRID_FIELDS", "LOOKBACK",
+    "GridBuilder", "OnlineFeatures", "compute_features", "grid_from_events",
 ]

@@ -1,86 +1,330 @@
-"""Feature definitions, written once over a one-second grid and used by batch and streaming alike.
+"""The feature library: pure functions over the one-second grid, each with a name, a look-back and a
+version, grouped in named feature sets. Batch jobs and stream actors call the same functions.
 
-Every feature at row t depends on rows t-LOOKBACK+1 .. t only (no look-ahead). Windowed sums are taken
-window by window (not by a running cumsum), so a feature computed on the last LOOKBACK rows is the same
-number, bit for bit, as on the whole day: that is what lets a stream actor call this very function.
+A feature at row t reads rows t-lookback .. t only (never ahead). Window sums come from
+``rolling.window_sum``, whose result depends only on the rows of the window, so computing over the last
+``LOOKBACK`` rows gives the same bits as computing over a whole day: that is the streaming form
+(:class:`OnlineFeatures`). Windowed features are NaN until their window is full, except the long
+baselines of activity (``*_900s`` rates), which start once 60 rows exist and average the rows they have.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
-FEATURE_SET_VERSION = "v1"
-WINDOWS = (5, 30)
-LOOKBACK = max(WINDOWS) + 1  # rows needed for one complete feature row (+1 for one-step differences)
+from tickray.features.grid import BOOK_LEVELS, GRID_FIELDS, NS
+from tickray.features.rolling import full_window_sum, lag, window_mean
 
-FEATURE_NAMES = (
-    "ret_1s", "ret_5s", "ret_30s",
-    "ofi_5s", "ofi_30s",  # order-flow imbalance (Cont, Kukanov, Stoikov 2014), per unit of top depth
-    "tflow_5s", "tflow_30s",  # signed trade volume / total trade volume
-    "depth_imb", "spread_bps", "rv_30s", "logvol_30s", "trades_30s",
-)
+BASELINE_S = 900  # the "normal activity" window that rates and thresholds are measured against
+BASELINE_MIN_ROWS = 60
+LARGE_TRADE_Z = 3.0  # a trade is large above exp(mean + 3 sd) of log trade size: robust to fat tails
 
 
-def _shift(x: np.ndarray, k: int) -> np.ndarray:
-    out = np.full_like(x, np.nan, dtype=np.float64)
-    if k < x.size:
-        out[k:] = x[: x.size - k]
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    lookback: int  # rows before the current one that the value depends on
+    version: int
+    fn: Callable[[Grid], np.ndarray]
+    doc: str
+    # Averages over the rows there are until its window fills, so until then its value depends on where
+    # the data starts (a stream actor's data starts when it connects).
+    from_start: bool = False
+
+
+FEATURES: dict[str, Feature] = {}
+
+
+def _register(name: str, lookback: int, doc: str, version: int = 1, from_start: bool = False):
+    def wrap(fn: Callable[[Grid], np.ndarray]) -> Callable[[Grid], np.ndarray]:
+        FEATURES[name] = Feature(name, lookback, version, fn, doc, from_start)
+        return fn
+    return wrap
+
+
+def _ratio(num: np.ndarray, den: np.ndarray, empty: np.ndarray | float) -> np.ndarray:
+    """num/den where den > 0, ``empty`` where den == 0, NaN where either is NaN."""
+    out = np.where(den > 0, num / np.where(den > 0, den, 1.0), empty)
+    out[np.isnan(num) | np.isnan(den)] = np.nan
     return out
 
 
-def _rolling_sum(x: np.ndarray, w: int) -> np.ndarray:
-    out = np.full(x.size, np.nan)
-    if x.size >= w:
-        out[w - 1:] = sliding_window_view(x, w).sum(axis=1)
-    return out
+class Grid:
+    """The grid columns of one symbol plus shared intermediate series, computed once per call."""
+
+    def __init__(self, grid: dict[str, np.ndarray]):
+        self.cols = {k: np.asarray(grid[k], dtype=np.float64) for k in GRID_FIELDS if k != "ts"}
+        self.ts = np.asarray(grid["ts"], dtype=np.int64)
+        self.n = self.ts.size
+        self.origin = int(self.ts[0] // NS) if self.n else 0  # absolute second of row 0: window alignment
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.cols[name]
+
+    def levels(self, side: str, kind: str) -> np.ndarray:
+        """(rows, BOOK_LEVELS) matrix of one side's prices or sizes, best level first."""
+        return np.column_stack([self.cols[f"{side}_{kind}_{i}"] for i in range(1, BOOK_LEVELS + 1)])
+
+    def level_sum(self, side: str, fn: Callable[[int], np.ndarray] | None = None) -> np.ndarray:
+        """Sum over the top levels of ``fn(i)`` (default: the size at level i), added level by level so
+        the result does not depend on how many rows are computed at once (a BLAS dot product might)."""
+        fn = fn or (lambda i: self.cols[f"{side}_sz_{i}"])
+        out = fn(1)
+        for i in range(2, BOOK_LEVELS + 1):
+            out = out + fn(i)
+        return out
+
+    def wsum(self, x: np.ndarray, w: int) -> np.ndarray:
+        return full_window_sum(x, w, self.origin)
+
+    def baseline(self, x: np.ndarray) -> np.ndarray:
+        return window_mean(x, BASELINE_S, self.origin, BASELINE_MIN_ROWS)
+
+    @cached_property
+    def mid(self) -> np.ndarray:
+        return (self["bid_px_1"] + self["ask_px_1"]) / 2
+
+    @cached_property
+    def logmid(self) -> np.ndarray:
+        return np.log(self.mid)
+
+    @cached_property
+    def ret1(self) -> np.ndarray:
+        return (self.logmid - lag(self.logmid, 1)) * 1e4
+
+    @cached_property
+    def qty(self) -> np.ndarray:
+        return self["buy_qty"] + self["sell_qty"]
+
+    @cached_property
+    def depth_bid(self) -> np.ndarray:
+        return self.level_sum("bid")
+
+    @cached_property
+    def depth_ask(self) -> np.ndarray:
+        return self.level_sum("ask")
+
+    @cached_property
+    def ofi_event(self) -> np.ndarray:
+        """Cont-Kukanov-Stoikov order-flow imbalance of the best quotes between consecutive rows."""
+        b, a, qb, qa = self["bid_px_1"], self["ask_px_1"], self["bid_sz_1"], self["ask_sz_1"]
+        pb, pa, pqb, pqa = lag(b, 1), lag(a, 1), lag(qb, 1), lag(qa, 1)
+        e = (np.where(b >= pb, qb, 0.0) - np.where(b <= pb, pqb, 0.0)
+             - np.where(a <= pa, qa, 0.0) + np.where(a >= pa, pqa, 0.0))
+        e[np.isnan(pb) | np.isnan(b)] = np.nan
+        return e
+
+    @cached_property
+    def trade_baseline(self) -> np.ndarray:
+        return self.baseline(self.qty)
 
 
-def _rolling_mean(x: np.ndarray, w: int) -> np.ndarray:
-    return _rolling_sum(x, w) / w
+# --- order book (this row only) ---------------------------------------------------------------------
+
+@_register("spread_bps", 0, "best ask minus best bid, in bps of the mid")
+def _spread_bps(g: Grid) -> np.ndarray:
+    return (g["ask_px_1"] - g["bid_px_1"]) / g.mid * 1e4
 
 
-def compute_features(grid: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Feature columns for every grid row (NaN where the lookback is not yet full)."""
-    bid, ask = np.asarray(grid["bid_px"], float), np.asarray(grid["ask_px"], float)
-    qb, qa = np.asarray(grid["bid_sz"], float), np.asarray(grid["ask_sz"], float)
-    buy, sell = np.asarray(grid["buy_qty"], float), np.asarray(grid["sell_qty"], float)
-    mid = (bid + ask) / 2
-    logmid = np.log(mid)
-    out: dict[str, np.ndarray] = {}
-    ret1 = logmid - _shift(logmid, 1)
-    out["ret_1s"] = ret1 * 1e4
-    for w in WINDOWS:
-        out[f"ret_{w}s"] = (logmid - _shift(logmid, w)) * 1e4
-    # CKS order-flow imbalance of the best quotes between consecutive seconds.
-    pb, pa_, pqb, pqa = _shift(bid, 1), _shift(ask, 1), _shift(qb, 1), _shift(qa, 1)
-    e = (np.where(bid >= pb, qb, 0.0) - np.where(bid <= pb, pqb, 0.0)
-         - np.where(ask <= pa_, qa, 0.0) + np.where(ask >= pa_, pqa, 0.0))
-    e[np.isnan(pb)] = np.nan
-    depth = (qb + qa) / 2
-    signed, total = buy - sell, buy + sell
-    for w in WINDOWS:
-        out[f"ofi_{w}s"] = _rolling_sum(e, w) / _rolling_mean(depth, w)
-        t = _rolling_sum(total, w)
-        out[f"tflow_{w}s"] = np.where(t > 0, _rolling_sum(signed, w) / np.where(t > 0, t, 1.0), 0.0)
-        out[f"tflow_{w}s"][np.isnan(t)] = np.nan
-    out["depth_imb"] = (qb - qa) / (qb + qa)
-    out["spread_bps"] = (ask - bid) / mid * 1e4
-    out["rv_30s"] = np.sqrt(_rolling_sum(np.square(ret1 * 1e4), 30))
-    out["logvol_30s"] = np.log1p(_rolling_sum(total, 30))
-    out["trades_30s"] = _rolling_sum(np.asarray(grid["n_trades"], float), 30)
-    # The lookback is not full in the first rows: all features NaN there, never partial.
-    incomplete = np.arange(mid.size) < LOOKBACK - 1
-    for name in FEATURE_NAMES:
-        out[name][incomplete] = np.nan
-    return {name: out[name] for name in FEATURE_NAMES}
+@_register("spread_ticks", 0, "spread in units of the smallest gap between adjacent levels (the tick "
+                              "where the book is dense; NaN with one level)")
+def _spread_ticks(g: Grid) -> np.ndarray:
+    gaps = np.column_stack([-np.diff(g.levels("bid", "px"), axis=1), np.diff(g.levels("ask", "px"), axis=1)])
+    gaps = np.where(gaps > 0, gaps, np.nan)
+    ok = ~np.all(np.isnan(gaps), axis=1)
+    tick = np.full(g.n, np.nan)
+    tick[ok] = np.nanmin(gaps[ok], axis=1)
+    return (g["ask_px_1"] - g["bid_px_1"]) / tick
 
 
-def latest_features(rows: list[dict]) -> dict[str, float] | None:
-    """Features of the last row, from the last LOOKBACK grid rows (the streaming call)."""
-    if len(rows) < LOOKBACK:
-        return None
-    window = rows[-LOOKBACK:]
-    grid = {k: np.array([r[k] for r in window], dtype=np.float64) for k in window[0] if k != "ts"}
-    feats = compute_features(grid)
-    return {name: float(v[-1]) for name, v in feats.items()}
+@_register("imb_l1", 0, "(bid size - ask size) / (bid size + ask size) at the best level")
+def _imb_l1(g: Grid) -> np.ndarray:
+    return (g["bid_sz_1"] - g["ask_sz_1"]) / (g["bid_sz_1"] + g["ask_sz_1"])
+
+
+@_register(f"imb_l{BOOK_LEVELS}", 0, "depth-weighted imbalance over the top levels, level i weighted 1/i")
+def _imb_depth(g: Grid) -> np.ndarray:
+    qb = g.level_sum("bid", lambda i: g[f"bid_sz_{i}"] / i)
+    qa = g.level_sum("ask", lambda i: g[f"ask_sz_{i}"] / i)
+    return (qb - qa) / (qb + qa)
+
+
+@_register(f"pressure_l{BOOK_LEVELS}", 0, "log of bid depth over ask depth in the top levels")
+def _pressure(g: Grid) -> np.ndarray:
+    return np.log(g.depth_bid / g.depth_ask)
+
+
+@_register(f"depth_l{BOOK_LEVELS}", 0, "log(1 + size resting in the top levels of both sides)")
+def _depth(g: Grid) -> np.ndarray:
+    return np.log1p(g.depth_bid + g.depth_ask)
+
+
+@_register("microprice_bps", 0, "size-weighted mid of the best level (leans to the thinner side), bps "
+                                "from the mid")
+def _microprice(g: Grid) -> np.ndarray:
+    qb, qa = g["bid_sz_1"], g["ask_sz_1"]
+    micro = (g["bid_px_1"] * qa + g["ask_px_1"] * qb) / (qb + qa)
+    return (micro - g.mid) / g.mid * 1e4
+
+
+@_register(f"wmid_l{BOOK_LEVELS}_bps", 0, "depth-weighted mid of the top levels, bps from the mid")
+def _wmid(g: Grid) -> np.ndarray:
+    vb = g.level_sum("bid", lambda i: g[f"bid_px_{i}"] * g[f"bid_sz_{i}"]) / g.depth_bid
+    va = g.level_sum("ask", lambda i: g[f"ask_px_{i}"] * g[f"ask_sz_{i}"]) / g.depth_ask
+    wmid = (vb * g.depth_ask + va * g.depth_bid) / (g.depth_bid + g.depth_ask)
+    return (wmid - g.mid) / g.mid * 1e4
+
+
+def _slope(g: Grid, side: str) -> np.ndarray:
+    far = g[f"{side}_px_{BOOK_LEVELS}"]
+    dist_bps = np.abs(g.mid - far) / g.mid * 1e4
+    depth = g.depth_bid if side == "bid" else g.depth_ask
+    return np.log1p(depth / dist_bps)
+
+
+for _side in ("bid", "ask"):
+    _register(f"slope_{_side}_l{BOOK_LEVELS}", 0, f"book slope: log(1 + {_side} depth per bps of distance to "
+              f"the level-{BOOK_LEVELS} price)")(lambda g, s=_side: _slope(g, s))
+
+
+# --- returns, order flow and volatility (full windows) ---------------------------------------------
+
+_register("ret_1s", 1, "log mid return over 1 s, bps")(lambda g: g.ret1)
+for _k in (5, 30, 60, 300):
+    _register(f"ret_{_k}s", _k, f"log mid return (momentum) over {_k} s, bps")(
+        lambda g, k=_k: (g.logmid - lag(g.logmid, k)) * 1e4)
+
+for _w in (5, 30, 60, 300):
+    _register(f"ofi_{_w}s", _w, f"order-flow imbalance of the best quotes over {_w} s, per unit of mean "
+              "best-level depth")(
+        lambda g, w=_w: g.wsum(g.ofi_event, w) / (g.wsum((g["bid_sz_1"] + g["ask_sz_1"]) / 2, w) / w))
+
+for _w in (5, 30, 60):
+    _register(f"tflow_{_w}s", _w - 1, f"trade imbalance over {_w} s: signed / total traded quantity "
+              "(0 without trades)")(
+        lambda g, w=_w: _ratio(g.wsum(g["buy_qty"] - g["sell_qty"], w), g.wsum(g.qty, w), 0.0))
+
+for _w in (30, 300):
+    _register(f"rv_{_w}s", _w, f"realised volatility: root of summed squared 1 s returns over {_w} s, bps")(
+        lambda g, w=_w: np.sqrt(g.wsum(np.square(g.ret1), w)))
+
+
+# --- trades ------------------------------------------------------------------------------------------
+
+@_register("signed_vol_60s", 59, "asinh of the signed traded quantity over 60 s")
+def _signed_vol(g: Grid) -> np.ndarray:
+    return np.arcsinh(g.wsum(g["buy_qty"] - g["sell_qty"], 60))
+
+
+@_register("vwap_dev_60s_bps", 59, "60 s VWAP minus the mid, bps (0 without trades)")
+def _vwap_dev(g: Grid) -> np.ndarray:
+    vwap = _ratio(g.wsum(g["notional"], 60), g.wsum(g.qty, 60), g.mid)
+    return (vwap - g.mid) / g.mid * 1e4
+
+
+@_register("eff_spread_60s_bps", 59, "effective spread over 60 s: twice the quantity-weighted distance of "
+                                     "trade prices from the mid prevailing before each trade, bps (the "
+                                     "quoted spread without trades)")
+def _eff_spread(g: Grid) -> np.ndarray:
+    quoted = (g["ask_px_1"] - g["bid_px_1"]) / g.mid * 1e4
+    return _ratio(2 * g.wsum(g["asof_cost_bps"], 60), g.wsum(g["asof_qty"], 60), quoted)
+
+
+_register("vol_rate_60s", 59, "log(1 + traded quantity per second) over 60 s")(
+    lambda g: np.log1p(g.wsum(g.qty, 60) / 60))
+for _w in (300, BASELINE_S):
+    _register(f"vol_rate_{_w}s", _w - 1, f"log(1 + traded quantity per second) over {_w} s "
+              f"(from {BASELINE_MIN_ROWS} rows on, over the rows there are)", from_start=True)(
+        lambda g, w=_w: np.log1p(window_mean(g.qty, w, g.origin, BASELINE_MIN_ROWS)))
+
+for _side in ("buy", "sell"):
+    _register(f"{_side}_pressure_60s", BASELINE_S - 1, f"{_side} quantity over 60 s relative to the normal "
+              f"total per 60 s ({BASELINE_S} s baseline)", from_start=True)(
+        lambda g, s=_side: _ratio(g.wsum(g[f"{s}_qty"], 60), 60 * g.trade_baseline, 0.0))
+
+
+@_register("trades_30s", 29, "number of trades in 30 s")
+def _trades(g: Grid) -> np.ndarray:
+    return g.wsum(g["n_trades"], 30)
+
+
+@_register("intensity_30s", BASELINE_S - 1, "log trade rate over 30 s minus log trade rate over the "
+                                            f"{BASELINE_S} s baseline", from_start=True)
+def _intensity(g: Grid) -> np.ndarray:
+    return np.log1p(g.wsum(g["n_trades"], 30) / 30) - np.log1p(g.baseline(g["n_trades"]))
+
+
+@_register("large_trades_60s", 59 + BASELINE_S, "seconds of the last 60 with a trade larger than exp(mean + "
+                                                f"{LARGE_TRADE_Z:g} sd) of the log mean trade size over the "
+                                                f"previous {BASELINE_S} s", from_start=True)
+def _large_trades(g: Grid) -> np.ndarray:
+    has = g["n_trades"] > 0
+    logsize = np.where(has, np.log(_ratio(g.qty, g["n_trades"], 1.0)), 0.0)
+    n = window_mean(has.astype(float), BASELINE_S, g.origin, BASELINE_MIN_ROWS)
+    m1 = window_mean(logsize, BASELINE_S, g.origin, BASELINE_MIN_ROWS)
+    m2 = window_mean(np.square(logsize), BASELINE_S, g.origin, BASELINE_MIN_ROWS)
+    mean = _ratio(m1, n, np.nan)
+    sd = np.sqrt(np.maximum(_ratio(m2, n, np.nan) - np.square(mean), 0.0))
+    threshold = lag(np.exp(mean + LARGE_TRADE_Z * sd), 1)  # from earlier rows only
+    flag = np.where(np.isnan(threshold), np.nan, (g["max_qty"] > threshold).astype(float))
+    return g.wsum(flag, 60)
+
+
+# --- time of day (UTC) -------------------------------------------------------------------------------
+
+def _day_fraction(g: Grid) -> np.ndarray:
+    return (g.ts // NS % 86_400) / 86_400
+
+
+_register("tod_sin", 0, "time of day (UTC) on the unit circle, sine")(
+    lambda g: np.sin(2 * np.pi * _day_fraction(g)))
+_register("tod_cos", 0, "time of day (UTC) on the unit circle, cosine")(
+    lambda g: np.cos(2 * np.pi * _day_fraction(g)))
+for _name, (_h0, _h1) in {"asia": (0, 8), "europe": (7, 16), "us": (13, 21)}.items():
+    _register(f"session_{_name}", 0, f"1 inside the {_name} trading session, {_h0:02d}:00-{_h1:02d}:00 UTC")(
+        lambda g, h0=_h0, h1=_h1: ((_day_fraction(g) * 24 >= h0) & (_day_fraction(g) * 24 < h1)).astype(float))
+
+
+FEATURE_SETS: dict[str, tuple[str, ...]] = {"tick-v2": tuple(FEATURES)}
+FEATURE_SET_VERSION = "tick-v2"  # the default set: what the jobs write, the models train on and stream
+FEATURE_NAMES = FEATURE_SETS[FEATURE_SET_VERSION]
+LOOKBACK = max(FEATURES[n].lookback for n in FEATURE_NAMES) + 1  # grid rows one feature row needs
+
+
+def compute_features(grid: dict[str, np.ndarray], names: tuple[str, ...] = FEATURE_NAMES) -> dict[str, np.ndarray]:
+    """Feature columns for every grid row (NaN where a look-back is not yet covered)."""
+    g = Grid(grid)
+    return {name: FEATURES[name].fn(g) for name in names}
+
+
+class OnlineFeatures:
+    """The streaming form: add one grid row, read the features of that row.
+
+    It keeps the last LOOKBACK rows in a ring and evaluates the same definitions on them; window sums do
+    not depend on what lies outside a window, so the values are the batch values bit for bit.
+    """
+
+    def __init__(self, names: tuple[str, ...] = FEATURE_NAMES):
+        self.names = names
+        self.lookback = max(FEATURES[n].lookback for n in names) + 1
+        self._fields = [k for k in GRID_FIELDS if k != "ts"]
+        self._buf = np.empty((2 * self.lookback, len(self._fields)))
+        self._ts = np.empty(2 * self.lookback, np.int64)
+        self._n = 0
+
+    def update(self, row: dict) -> dict[str, float]:
+        if self._n == self._buf.shape[0]:  # keep the newest lookback-1 rows, in one copy per lookback rows
+            keep = self.lookback - 1
+            self._buf[:keep] = self._buf[self._n - keep:self._n]
+            self._ts[:keep] = self._ts[self._n - keep:self._n]
+            self._n = keep
+        self._buf[self._n] = [row[k] for k in self._fields]
+        self._ts[self._n] = row["ts"]
+        self._n += 1
+        lo = max(0, self._n - self.lookback)
+        grid = {"ts": self._ts[lo:self._n], **{k: self._buf[lo:self._n, i] for i, k in enumerate(self._fields)}}
+        return {name: float(v[-1]) for name, v in compute_features(grid, self.names).items()}

@@ -1,14 +1,18 @@
 """The one-second market grid that features are computed on, built two ways from the same events.
 
-Row ``s`` (``ts`` = second start, ns) holds the top of book as of the end of second ``s`` (the last
-update with ts < (s+1)·1e9, carried forward) and the trades with ts in [s, s+1). The grid starts at the
-second of the first book state. ``grid_from_events`` builds it in one vectorised pass (batch);
-``GridBuilder`` builds the same rows incrementally (stream actors), closing a second once events
+Row ``s`` (``ts`` = second start, ns) holds the top ``BOOK_LEVELS`` of the book as of the end of second
+``s`` (the last update with ts < (s+1)·1e9, carried forward) and the trades with ts in [s, s+1). The grid
+starts at the second of the first book state. ``grid_from_events`` builds it in one vectorised pass
+(batch); ``GridBuilder`` builds the same rows incrementally (stream actors), closing a second once events
 ``lag_s`` seconds later have been seen, so streams that interleave slightly out of order still agree.
+
+Each trade is also matched to the book by an as-of join that never looks ahead: the last book state
+strictly before the trade (a book update stamped the same instant may already contain the trade).
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import defaultdict
 
@@ -16,11 +20,33 @@ import numpy as np
 import pyarrow as pa
 
 NS = 1_000_000_000
-GRID_FIELDS = ("ts", "bid_px", "bid_sz", "ask_px", "ask_sz", "buy_qty", "sell_qty", "n_trades")
+BOOK_LEVELS = 5
+LEVEL_FIELDS = tuple(f"{side}_{kind}_{i}" for side in ("bid", "ask") for kind in ("px", "sz")
+                     for i in range(1, BOOK_LEVELS + 1))
+TRADE_FIELDS = ("buy_qty", "sell_qty", "n_trades", "notional", "max_qty", "asof_qty", "asof_cost_bps")
+GRID_FIELDS = ("ts", *LEVEL_FIELDS, *TRADE_FIELDS)
 
 
 def _ns(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return col.cast(pa.int64()).to_numpy(zero_copy_only=False) if len(col) else np.zeros(0, np.int64)
+
+
+def _float(table: pa.Table, name: str) -> np.ndarray:
+    if name not in table.column_names:  # a source with fewer levels: the deeper ones are unknown
+        return np.full(table.num_rows, np.nan)
+    return table[name].to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+def asof_mid(book_ts: np.ndarray, book_mid: np.ndarray, trade_ts: np.ndarray) -> np.ndarray:
+    """Mid of the last book state strictly before each trade (NaN when there is none)."""
+    idx = np.searchsorted(book_ts, trade_ts, side="left") - 1
+    out = np.where(idx >= 0, book_mid[np.maximum(idx, 0)], np.nan)
+    return out
+
+
+def _cost_bps(price: np.ndarray, qty: np.ndarray, mid: np.ndarray) -> np.ndarray:
+    """Quantity-weighted distance of the trade price from the prevailing mid, in bps."""
+    return qty * np.abs(price - mid) / mid * 1e4
 
 
 def grid_from_events(trades: pa.Table, book: pa.Table) -> dict[str, np.ndarray]:
@@ -34,16 +60,29 @@ def grid_from_events(trades: pa.Table, book: pa.Table) -> dict[str, np.ndarray]:
     secs = np.arange(s0, s1 + 1)
     idx = np.searchsorted(bts, (secs + 1) * NS, side="left") - 1
     grid = {"ts": secs * NS}
-    for name, col in (("bid_px", "bid_px_1"), ("bid_sz", "bid_sz_1"), ("ask_px", "ask_px_1"), ("ask_sz", "ask_sz_1")):
-        grid[name] = book[col].to_numpy(zero_copy_only=False)[idx]
+    for name in LEVEL_FIELDS:
+        grid[name] = _float(book, name)[idx]
     keep = tts >= s0 * NS
     tsec = tts[keep] // NS - s0
-    qty = trades["qty"].to_numpy(zero_copy_only=False)[keep]
+    price = _float(trades, "price")[keep]
+    qty = _float(trades, "qty")[keep]
     buy = trades["side"].to_numpy(zero_copy_only=False)[keep] > 0
     n = secs.size
-    grid["buy_qty"] = np.bincount(tsec, weights=qty * buy, minlength=n)[:n]
-    grid["sell_qty"] = np.bincount(tsec, weights=qty * ~buy, minlength=n)[:n]
-    grid["n_trades"] = np.bincount(tsec, minlength=n)[:n].astype(np.float64)
+    mid = asof_mid(bts, (_float(book, "bid_px_1") + _float(book, "ask_px_1")) / 2, tts[keep])
+    matched = ~np.isnan(mid)
+
+    def per_second(weights: np.ndarray | None) -> np.ndarray:
+        return np.bincount(tsec, weights=weights, minlength=n)[:n].astype(np.float64)
+
+    grid["buy_qty"] = per_second(qty * buy)
+    grid["sell_qty"] = per_second(qty * ~buy)
+    grid["n_trades"] = per_second(None)
+    grid["notional"] = per_second(price * qty)
+    max_qty = np.zeros(n)
+    np.maximum.at(max_qty, tsec, qty)
+    grid["max_qty"] = max_qty
+    grid["asof_qty"] = per_second(np.where(matched, qty, 0.0))
+    grid["asof_cost_bps"] = per_second(np.where(matched, _cost_bps(price, qty, np.where(matched, mid, 1.0)), 0.0))
     return grid
 
 
@@ -53,34 +92,42 @@ class GridBuilder:
     def __init__(self, lag_s: int = 2):
         self.lag_ns = lag_s * NS
         self.next_sec: int | None = None  # the next second to close
-        self.top = (math.nan, math.nan, math.nan, math.nan)
-        self._pending_book: list[tuple[int, tuple[float, float, float, float]]] = []
-        self._trades: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+        self.levels: tuple[float, ...] = (math.nan,) * len(LEVEL_FIELDS)
+        self._pending_book: list[tuple[int, tuple[float, ...]]] = []
+        self._trades: dict[int, list[tuple[int, float, float, int]]] = defaultdict(list)
         self._max_ts = 0
         self.late = 0
         self.before_book = 0
 
-    def on_book(self, ts_ns: int, bid_px: float, bid_sz: float, ask_px: float, ask_sz: float) -> list[dict]:
+    @staticmethod
+    def flatten(bids: list[tuple[float, float]], asks: list[tuple[float, float]]) -> tuple[float, ...]:
+        """Book levels (best first) in LEVEL_FIELDS order, NaN where a side has fewer levels."""
+        out = []
+        for side in (bids, asks):
+            side = list(side[:BOOK_LEVELS]) + [(math.nan, math.nan)] * (BOOK_LEVELS - len(side))
+            out += [p for p, _ in side] + [q for _, q in side]
+        return tuple(out)
+
+    def on_book(self, ts_ns: int, levels: tuple[float, ...]) -> list[dict]:
+        """A new book state (``levels`` from :meth:`flatten`); returns the grid rows it closed."""
         if ts_ns <= 0:
             raise ValueError(f"book state without a time (ts={ts_ns}): the grid cannot place it")
         if self.next_sec is None:
             # The grid starts at the first book state; trades held until now from earlier seconds go.
             self.next_sec = ts_ns // NS
             for sec in [s for s in self._trades if s < self.next_sec]:
-                self.before_book += int(self._trades.pop(sec)[2])
+                self.before_book += len(self._trades.pop(sec))
         elif ts_ns < self.next_sec * NS:
             self.late += 1
             return self._advance(ts_ns)
-        self._pending_book.append((ts_ns, (bid_px, bid_sz, ask_px, ask_sz)))
+        self._pending_book.append((ts_ns, levels))
         return self._advance(ts_ns)
 
-    def on_trade(self, ts_ns: int, qty: float, side: int) -> list[dict]:
+    def on_trade(self, ts_ns: int, price: float, qty: float, side: int) -> list[dict]:
         if self.next_sec is not None and ts_ns < self.next_sec * NS:
             self.late += 1
             return self._advance(ts_ns)
-        acc = self._trades[ts_ns // NS]
-        acc[0 if side > 0 else 1] += qty
-        acc[2] += 1
+        self._trades[ts_ns // NS].append((ts_ns, price, qty, side))
         if self.next_sec is None:  # before the first book state trades are only held
             self._max_ts = max(self._max_ts, ts_ns)
             return []
@@ -96,13 +143,30 @@ class GridBuilder:
 
     def _close(self, sec: int) -> dict:
         end = (sec + 1) * NS
-        if self._pending_book:
-            self._pending_book.sort(key=lambda x: x[0])
-            applied = [b for b in self._pending_book if b[0] < end]
-            if applied:
-                self.top = applied[-1][1]
-                self._pending_book = self._pending_book[len(applied):]
-        buy, sell, n = self._trades.pop(sec, (0.0, 0.0, 0.0))
-        bid_px, bid_sz, ask_px, ask_sz = self.top
-        return {"ts": sec * NS, "bid_px": bid_px, "bid_sz": bid_sz, "ask_px": ask_px, "ask_sz": ask_sz,
-                "buy_qty": buy, "sell_qty": sell, "n_trades": n}
+        self._pending_book.sort(key=lambda x: x[0])
+        n_applied = bisect.bisect_left([b[0] for b in self._pending_book], end)
+        applied = self._pending_book[:n_applied]
+        self._pending_book = self._pending_book[n_applied:]
+        # As-of join: the states of this second, preceded by the one carried in from the last.
+        states_ts = [-1] + [b[0] for b in applied]
+        states = [self.levels] + [b[1] for b in applied]
+        if applied:
+            self.levels = applied[-1][1]
+        buy = sell = notional = max_qty = asof_qty = asof_cost = 0.0
+        trades = sorted(self._trades.pop(sec, []), key=lambda t: t[0])  # stable: arrival order on ties
+        for ts, price, qty, side in trades:
+            if side > 0:
+                buy += qty
+            else:
+                sell += qty
+            notional += price * qty
+            max_qty = max(max_qty, qty)
+            lv = states[bisect.bisect_left(states_ts, ts) - 1]
+            mid = (lv[0] + lv[2 * BOOK_LEVELS]) / 2
+            if not math.isnan(mid):
+                asof_qty += qty
+                asof_cost += qty * abs(price - mid) / mid * 1e4
+        row = {"ts": sec * NS, **dict(zip(LEVEL_FIELDS, self.levels))}
+        row.update(buy_qty=buy, sell_qty=sell, n_trades=float(len(trades)), notional=notional,
+                   max_qty=max_qty, asof_qty=asof_qty, asof_cost_bps=asof_cost)
+        return row

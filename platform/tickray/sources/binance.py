@@ -11,7 +11,7 @@ import heapq
 import io
 import zipfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -283,13 +283,18 @@ class _SymbolRebuild:
         }, schema=TRADE)
 
 
-def read_ws_capture(path: Path, levels: int = 10, symbol: str | None = None,
+def read_ws_capture(path: Path | Sequence[Path], levels: int = 10, symbol: str | None = None,
                     snapshots: Path | None = None) -> CaptureRead:
     """Trades and rebuilt books from a capture of combined-stream messages, one symbol (hftbacktest:
     its snapshot line is in the file) or many (cryptofeed: REST snapshots in the ``snapshots`` log,
     merged in by receive time). Diffs that find no book (before a snapshot, after a gap) are counted
-    and listed in ``book.dropped``, never applied."""
-    path = Path(path)
+    and listed in ``book.dropped``, never applied.
+
+    A sequence of paths is one recording session split across files (a collector rotates its file at
+    midnight UTC): the books carry over from file to file, so the next file needs no snapshot of its own.
+    """
+    paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
+    path = paths[0]
     name = path.name
     spot = name.startswith(("spot", "BINANCE."))  # hftbacktest spot, cryptofeed spot
     default_symbol = (symbol or (symbol_from_filename(path) if snapshots is None else "")).upper()
@@ -299,7 +304,7 @@ def read_ws_capture(path: Path, levels: int = 10, symbol: str | None = None,
     unknown = default_symbol or "UNKNOWN"
     streams: Counter = Counter()
     dropped: list[tuple[int, str, str]] = []
-    events: Iterator = ((t, None, m) for t, m in iter_capture(path, bad))
+    events: Iterator = ((t, None, m) for p in paths for t, m in iter_capture(p, bad))
     if snapshots is not None:
         events = heapq.merge(events, iter_rest_snapshots(snapshots), key=lambda e: e[0])
 

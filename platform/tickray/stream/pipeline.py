@@ -6,19 +6,17 @@ path, so online features equal offline ones on the same ticks.
 
 from __future__ import annotations
 
-import math
-from collections import deque
 from dataclasses import dataclass, field
 
 from tickray.book import BookSync, DepthUpdate
-from tickray.features import LOOKBACK, GridBuilder, latest_features
+from tickray.features import BOOK_LEVELS, GridBuilder, OnlineFeatures
 
 
 @dataclass
 class FeatureUpdate:
     symbol: str
     ts_ns: int  # second start of the grid row the features belong to
-    features: dict[str, float]
+    features: dict[str, float]  # NaN while a feature's look-back is not yet covered
     mid: float
 
 
@@ -28,7 +26,7 @@ class SymbolPipeline:
     spot: bool = False
     sync: BookSync = field(init=False)
     grid: GridBuilder = field(default_factory=GridBuilder)
-    rows: deque = field(default_factory=lambda: deque(maxlen=LOOKBACK))
+    online: OnlineFeatures = field(default_factory=OnlineFeatures)
     last_trade_id: int = -1
     _closed: list = field(default_factory=list)
 
@@ -36,8 +34,8 @@ class SymbolPipeline:
         self.sync = BookSync(self.symbol, spot=self.spot, on_change=self._book_changed)
 
     def _book_changed(self, ts_ms: int) -> None:
-        b, bq, a, aq = self.sync.book.best()
-        self._closed.extend(self.grid.on_book(ts_ms * 1_000_000, b, bq, a, aq))
+        levels = GridBuilder.flatten(*self.sync.book.top(BOOK_LEVELS))
+        self._closed.extend(self.grid.on_book(ts_ms * 1_000_000, levels))
 
     def on_snapshot(self, snap: dict) -> list[FeatureUpdate]:
         self.sync.on_rest_snapshot(snap)
@@ -58,16 +56,14 @@ class SymbolPipeline:
     def on_trade(self, data: dict) -> list[FeatureUpdate]:
         """A validated @aggTrade / @trade payload; returns the feature rows it closed."""
         self.last_trade_id = self.trade_id(data)
-        self._closed.extend(self.grid.on_trade(int(data["T"]) * 1_000_000, float(data["q"]),
+        self._closed.extend(self.grid.on_trade(int(data["T"]) * 1_000_000, float(data["p"]), float(data["q"]),
                                                -1 if data["m"] else 1))
         return self._emit()
 
     def _emit(self) -> list[FeatureUpdate]:
         out = []
         for row in self._closed:
-            self.rows.append(row)
-            feats = latest_features(list(self.rows))
-            if feats is not None and not any(math.isnan(v) for v in feats.values()):
-                out.append(FeatureUpdate(self.symbol, row["ts"], feats, (row["bid_px"] + row["ask_px"]) / 2))
+            feats = self.online.update(row)
+            out.append(FeatureUpdate(self.symbol, row["ts"], feats, (row["bid_px_1"] + row["ask_px_1"]) / 2))
         self._closed = []
         return out

@@ -1,0 +1,151 @@
+"""The batch feature side: capture sessions across midnight, sharding without seams, the bar indicators
+against an independent reference, labels, sequence windows and the as-of join."""
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import ta
+from tickray import lake
+from tickray.features import FEATURE_NAMES, compute_features, grid_from_events
+from tickray.features.grid import NS, asof_mid
+from tickray.features.indicators import BAR_FEATURE_NAMES, OnlineIndicators, bar_features
+from tickray.features.job import build_features
+from tickray.features.windows import window_dataset, windows_from_table
+from tickray.ingest import ingest
+from tickray.labels import forward_labels, forward_labels_at_times
+from tickray.sources.binance import read_klines, read_ws_capture
+
+
+@pytest.fixture(scope="module")
+def session_lake(ray_cluster, shared_data, tmp_path_factory):
+    """The real USD-M BTCUSDT session 2024-07-18 23:57 → 07-19 00:05, ingested and featurised."""
+    ws = shared_data / "binance" / "ws"
+    files = [ws / "usdm_btcusdt_20240718.gz", ws / "usdm_btcusdt_20240719.gz"]
+    root = tmp_path_factory.mktemp("session") / "lake"
+    report = ingest(files, root)
+    build_features(root)
+    return files, root, report
+
+
+def test_a_capture_session_across_midnight_keeps_one_book(session_lake):
+    _, root, report = session_lake
+    # The 0719 file has no snapshot of its own: its first diff chains (pu) onto the 0718 file's last.
+    assert report.rows == {"trades": 10_701, "book": 9_018}  # the snapshot + 9,017 diffs, 0 gaps
+    assert dict(report.quarantined["book"]) == {"diff older than the snapshot": 5}
+    assert sorted(lake.partitions(root, "book")) == [("2024-07-18", "BTCUSDT"), ("2024-07-19", "BTCUSDT")]
+
+
+def test_features_across_midnight_equal_an_unsharded_run(session_lake):
+    files, root, _ = session_lake
+    cap = read_ws_capture(files)
+    grid = grid_from_events(cap.trades, cap.book.book)
+    whole = compute_features(grid)
+    sharded = pq.read_table(root / "features" / "date=2024-07-19")
+    ts = pc.cast(sharded["ts"], pa.int64()).to_numpy()
+    idx = np.searchsorted(grid["ts"], ts)
+    assert np.array_equal(grid["ts"][idx], ts) and ts[0] == 1_721_347_200 * NS  # starts at 00:00:00
+    for f in FEATURE_NAMES:
+        assert np.array_equal(sharded[f].to_numpy(), whole[f][idx], equal_nan=True), f
+    # The previous day's tail is what makes them equal: the 07-19 rows alone lack the look-back.
+    alone = compute_features(grid_from_events(lake.read_partition(root, "trades", "2024-07-19", "BTCUSDT"),
+                                              lake.read_partition(root, "book", "2024-07-19", "BTCUSDT")))
+    assert np.isnan(alone["ret_60s"][:60]).all() and not np.isnan(sharded["ret_60s"].to_numpy()[:60]).any()
+    # Labels of 07-18's last minute look into 07-19 instead of going missing at the partition's edge.
+    last = pq.read_table(root / "features" / "date=2024-07-18")
+    assert not np.isnan(last["fwd_ret_10s"].to_numpy()[-10:]).any()
+
+
+@pytest.fixture(scope="module")
+def klines(shared_data):
+    path = min((shared_data / "binance" / "klines").glob("*.zip"))
+    b = read_klines(path)
+    return {k: b[k].to_numpy() for k in ("high", "low", "close")}
+
+
+def test_bar_indicators_match_the_ta_package_on_real_klines(klines):
+    h, lo, c = klines["high"], klines["low"], klines["close"]
+    ours = bar_features(h, lo, c)
+    H, L, C = pd.Series(h), pd.Series(lo), pd.Series(c)
+    m, bb = ta.trend.MACD(C), ta.volatility.BollingerBands(C, 20, 2)
+    ref = {"rsi_14": ta.momentum.RSIIndicator(C, 14).rsi(), "macd": m.macd(), "macd_signal": m.macd_signal(),
+           "macd_hist": m.macd_diff(), "bb_pctb_20": bb.bollinger_pband(), "bb_width_20": bb.bollinger_wband(),
+           "atr_14_bps": ta.volatility.AverageTrueRange(H, L, C, 14).average_true_range() / C * 1e4}
+    for name in BAR_FEATURE_NAMES:
+        r = ref[name].to_numpy()
+        defined = ~np.isnan(ours[name])
+        assert defined.sum() > c.size - 40, name
+        # pandas' rolling variance is an online algorithm good to ~1e-9; everything else agrees to ~1e-14
+        np.testing.assert_allclose(ours[name][defined], r[defined], rtol=1e-6, atol=1e-7, err_msg=name)
+    assert np.isnan(ours["rsi_14"][:13]).all() and np.isnan(ours["macd_signal"][:33]).all()
+
+
+def test_bar_indicators_online_equal_batch(klines):
+    h, lo, c = (klines[k][:5000] for k in ("high", "low", "close"))
+    batch = bar_features(h, lo, c)
+    online = OnlineIndicators()
+    rows = [online.update(*bar) for bar in zip(h, lo, c)]
+    for name in BAR_FEATURE_NAMES:
+        np.testing.assert_allclose([r[name] for r in rows], batch[name], rtol=1e-9, atol=0, equal_nan=True,
+                                   err_msg=name)
+
+
+def test_bar_features_are_computed_per_symbol_over_its_whole_history(ray_cluster, shared_data, tmp_path):
+    path = min((shared_data / "binance" / "klines").glob("*.zip"))
+    root = tmp_path / "lake"
+    ingest([path], root)
+    report = build_features(root)
+    assert set(report.rows) == {"bar_features"} and report.rows["bar_features"] == 43_200
+    got = pq.read_table(root / "bar_features").sort_by("ts")
+    ref = bar_features(*(read_klines(path)[k].to_numpy() for k in ("high", "low", "close")))
+    # day 2's first RSI continues from day 1 (not restarted at midnight)
+    assert np.array_equal(got["rsi_14"].to_numpy(), ref["rsi_14"], equal_nan=True)
+
+
+def test_labels_have_a_dead_band_and_no_label_past_the_data():
+    mid = np.array([100.0, 100.0, 100.02, 100.0, 100.5, 100.5])
+    lab = forward_labels(mid, horizons=(1,), dead_band_bps=3.0)  # moves: 0, +2, -2, +50, 0 bps, then none
+    np.testing.assert_array_equal(lab["up_1s"], [np.nan, np.nan, np.nan, 1.0, np.nan, np.nan])
+    np.testing.assert_array_equal(lab["dir_1s"], [0, 0, 0, 1, 0, np.nan])
+    np.testing.assert_array_equal(forward_labels(mid, horizons=(1,))["up_1s"], [np.nan, 1, 0, 1, np.nan, np.nan])
+    assert np.isnan(lab["fwd_ret_1s"][-1])
+    ev = forward_labels(mid, horizons=(2,), unit="ev")
+    assert list(ev) == ["fwd_ret_2ev", "up_2ev", "dir_2ev"] and np.isnan(ev["up_2ev"][-2:]).all()
+    ts = np.array([0, 1, 2, 10, 11]) * NS
+    at = forward_labels_at_times(ts, np.array([1.0, 2.0, 3.0, 4.0, 5.0]), horizons_s=(1.5,))
+    # the mid in force 1.5 s later: at t=0 that is the event at 1 s; at 2 s it is still that event's own
+    np.testing.assert_allclose(at["fwd_ret_1.5s"][:3], np.log([2.0, 3 / 2, 1.0]) * 1e4)
+    assert np.isnan(at["fwd_ret_1.5s"][3:]).all()  # 11.5 s and 12.5 s are past the last event
+
+
+def test_windows_are_contiguous_complete_and_per_shard():
+    n = 12
+    ts = (1_000 + np.arange(n)) * NS
+    ts[8:] += 5 * NS  # a gap in the grid after row 7
+    f1 = np.arange(n, dtype=float)
+    f1[3] = np.nan
+    t = pa.table({"ts": ts, "a": f1, "b": f1 * 10, "up": np.r_[np.ones(n - 1), np.nan]})
+    w = windows_from_table(t, ["a", "b"], "up", 3)
+    # windows end at rows 2..11; those holding row 3, crossing the gap, or ending on the unlabelled row go
+    assert list(w["ts"] // NS - 1_000) == [2, 6, 7, 15]
+    assert w["x"].shape == (4, 3, 2) and w["x"].dtype == np.float32
+    np.testing.assert_array_equal(w["x"][1, :, 0], [4, 5, 6])
+
+
+def test_window_dataset_streams_shards_from_the_feature_lake(session_lake):
+    _, root, _ = session_lake
+    ds = window_dataset(root, list(FEATURE_NAMES[:4]), "up_10s", 30)
+    total = 0
+    for batch in ds.iter_batches(batch_size=64, batch_format="numpy"):
+        assert batch["x"].shape[1:] == (30, 4)
+        total += len(batch["y"])
+    assert total > 100
+
+
+def test_as_of_join_takes_the_book_strictly_before_the_trade():
+    book_ts = np.array([10, 20, 30])
+    mid = np.array([1.0, 2.0, 3.0])
+    got = asof_mid(book_ts, mid, np.array([5, 10, 11, 20, 35]))
+    np.testing.assert_array_equal(got, [np.nan, np.nan, 1.0, 1.0, 3.0])  # a book stamped with the trade is after it
