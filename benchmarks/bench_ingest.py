@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 import tickray  # noqa: F401  (sets RAY_AUTH_MODE before Ray starts)
+from tickray import lake
 from tickray.ingest import ingest
 from tickray.sources.binance import read_agg_trades
 from tickray.synth import simulate_day, spec_for, write_agg_trades
@@ -46,7 +47,7 @@ def pyarrow_baseline(files: list[Path], root: Path) -> int:
         t = read_agg_trades(f)
         t = t.append_column("reason", check_trades(t))
         good = t.filter(pc.is_null(t["reason"])).drop_columns(["reason"])
-        good = good.append_column("date", pc.strftime(good["ts"], format="%Y-%m-%d"))
+        good = good.append_column("date", lake.date_column(good["ts"]))
         pq.write_to_dataset(good, root, partition_cols=["date", "symbol"],
                             basename_template=f"{f.stem}-{{i}}.parquet")
         rows += good.num_rows

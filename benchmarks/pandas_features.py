@@ -75,7 +75,7 @@ def pandas_features(g: pd.DataFrame) -> pd.DataFrame:
         out[f"rv_{w_}s"] = np.sqrt((ret1 ** 2).rolling(w_, min_periods=w_).sum())
     q60 = qty.rolling(60, min_periods=60).sum()
     out["signed_vol_60s"] = np.arcsinh(signed.rolling(60, min_periods=60).sum())
-    vwap = (g["notional"].rolling(60, min_periods=60).sum() / q60).where(q60 > 0, mid)
+    vwap = (g["notional"].rolling(60, min_periods=60).sum() / q60).where(q60 > 0, mid).where(q60.notna())
     out["vwap_dev_60s_bps"] = (vwap - mid) / mid * 1e4
     aq = g["asof_qty"].rolling(60, min_periods=60).sum()
     out["eff_spread_60s_bps"] = (2 * g["asof_cost_bps"].rolling(60, min_periods=60).sum() / aq).where(

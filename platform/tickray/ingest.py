@@ -22,17 +22,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import ray
 
 from tickray import lake
 from tickray.errors import DataFormatError
 from tickray.schema import TS
-from tickray.sources import binance, cme, lake_parquet, lobster
-from tickray.validate import check_bars, check_book, check_trades
+from tickray.sources import binance, cme, generic, lake_parquet, lobster
+from tickray.validate import check_bars, check_book, check_open_interest, check_trades
 
 # lake dataset → its row validator
-DATASETS = {"trades": check_trades, "book": check_book, "bars_1m": check_bars}
+DATASETS = {"trades": check_trades, "book": check_book, "bars_1m": check_bars, "open_interest": check_open_interest}
 
 
 def classify(path: Path) -> str | None:
@@ -123,6 +122,7 @@ class Input:
     kind: str
     paths: tuple[str, ...]
     datasets: tuple[str, ...]
+    schema: str = ""  # the .tickschema.yaml mapping a generic file
 
 
 def discover(inputs: list[Path], levels: int = 10) -> tuple[list[Input], list[str]]:
@@ -137,8 +137,21 @@ def discover(inputs: list[Path], levels: int = 10) -> tuple[list[Input], list[st
             raise DataFormatError(f"input {inp} does not exist")
         files += sorted(p for p in inp.rglob("*") if p.is_file()) if inp.is_dir() else [inp]
     present = set(files)
+    mapped: dict[Path, Path] = {}  # file → the tick schema that maps it (wins over its name)
+    for f in files:
+        if f.name.endswith(generic.SCHEMA_SUFFIX):
+            schema = generic.load_schema(f)
+            targets = [g for g in generic.schema_files(f, schema) if g in present]
+            mapped.update(dict.fromkeys(targets, f))
+            skipped.append(f"{f} (a tick schema: maps {len(targets)} files)")
     captures = []
     for f in files:
+        if f in mapped:
+            schema = generic.load_schema(mapped[f])
+            found.append(Input("generic", (str(f),), generic.datasets_of(schema), str(mapped[f])))
+            continue
+        if f.name.endswith(generic.SCHEMA_SUFFIX):
+            continue
         kind = classify(f)
         twin = _is_twin_of_consumed(f, present)
         if twin:
@@ -172,6 +185,9 @@ def read_input(item: Input, levels: int = 10) -> Rows:
     if kind == "ws_capture":
         return _capture_rows(binance.read_ws_capture(paths, levels))
     (path,) = paths
+    if kind == "generic":
+        tables = generic.read_generic(path, generic.load_schema(Path(item.schema)), levels)
+        return {dataset: (t, []) for dataset, t in tables.items()}
     if kind == "agg_trades":
         return {"trades": (binance.read_agg_trades(path), [])}
     if kind == "klines":
@@ -210,44 +226,29 @@ def _dropped_rows(dropped: list, schema: pa.Schema) -> pa.Table:
     return pa.table({f.name: cols.get(f.name, pa.nulls(n, f.type)) for f in schema}, schema=schema)
 
 
-def _write_partitions(t: pa.Table, dataset_dir: Path, name: str) -> list[tuple[str, str, int]]:
-    """Write rows into ``date=/symbol=`` folders (one file per partition, sorted by time); return
-    (date, symbol, rows) per partition."""
-    out = []
-    keys = t.select(["date", "symbol"]).group_by(["date", "symbol"]).aggregate([])
-    for date, symbol in zip(keys["date"].to_pylist(), keys["symbol"].to_pylist()):
-        mask = pc.and_(pc.equal(t["date"], date), pc.equal(t["symbol"], symbol))
-        part = t.filter(mask).drop_columns(["date", "symbol"]).sort_by("ts")
-        folder = dataset_dir / f"date={date}" / f"symbol={symbol}"
-        folder.mkdir(parents=True, exist_ok=True)
-        pq.write_table(part, folder / f"part-{name}.parquet")
-        out.append((date, symbol, part.num_rows))
-    return out
-
-
 def _ingest_inputs(batch: dict, levels: int, stage: str) -> dict:
     """Ray Data map function: read one input, validate its rows and write them (good ones into the staged
     datasets, bad ones into the staged quarantine) in this task, so no dataset ever passes through the
     object store or the driver; return only counts: (dataset, reason or "", rows)."""
     counts: list[tuple[str, str, int]] = []
-    for kind, paths, datasets in zip(batch["kind"], batch["paths"], batch["datasets"]):
-        item = Input(str(kind), tuple(paths), tuple(datasets))
+    for kind, paths, datasets, schema in zip(batch["kind"], batch["paths"], batch["datasets"], batch["schema"]):
+        item = Input(str(kind), tuple(paths), tuple(datasets), str(schema))
         name = hashlib.sha1("\n".join(item.paths).encode()).hexdigest()[:16]
         for dataset, (t, dropped) in read_input(item, levels).items():
             reason = DATASETS[dataset](t)
             if dropped:
                 t = pa.concat_tables([t, _dropped_rows(dropped, t.schema)])
                 reason = pa.concat_arrays([reason, pa.array([d[2] for d in dropped], pa.string())])
-            t = t.append_column("date", pc.strftime(t["ts"], format="%Y-%m-%d"))
+            t = t.append_column("date", lake.date_column(t["ts"]))
             good = pc.is_null(reason)
-            written = _write_partitions(t.filter(good), Path(stage) / dataset, name)
+            written = lake.write_partitions(t.filter(good), Path(stage) / dataset, name)
             counts.append((dataset, "", sum(n for *_, n in written)))
             bad = t.filter(pc.invert(good))
             if bad.num_rows:
                 bad_reason = reason.filter(pc.invert(good))
                 bad = bad.append_column("reason", bad_reason).append_column(
                     "source", pa.array(["+".join(item.paths)] * bad.num_rows))
-                _write_partitions(bad, Path(stage) / lake.QUARANTINE / dataset, name)
+                lake.write_partitions(bad, Path(stage) / lake.QUARANTINE / dataset, name)
                 for r, n in Counter(bad_reason.to_pylist()).items():
                     counts.append((dataset, r, n))
     return {"dataset": np.array([c[0] for c in counts], dtype=object),
@@ -289,7 +290,8 @@ def ingest(inputs: list[Path], lake_root: Path, levels: int = 10) -> IngestRepor
     try:
         # One block, one task per input (a file or a capture session): a task never packs several, and
         # each input is read once even when it feeds two datasets.
-        items = [{"kind": i.kind, "paths": list(i.paths), "datasets": list(i.datasets)} for i in found]
+        items = [{"kind": i.kind, "paths": list(i.paths), "datasets": list(i.datasets), "schema": i.schema}
+                 for i in found]
         counts = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             _ingest_inputs, batch_size=1, fn_kwargs={"levels": levels, "stage": str(stage)}).take_all()
         for dataset in DATASETS:

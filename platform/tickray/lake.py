@@ -12,9 +12,12 @@ import uuid
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 QUARANTINE = "quarantine"
+UNKNOWN = "unknown"
+ROW_GROUP_ROWS = 65_536  # small enough that a reader filtering on time (a day's edge) skips most groups
 
 
 def staging_dir(root: Path) -> Path:
@@ -25,6 +28,31 @@ def staging_dir(root: Path) -> Path:
 
 def _partition_dirs(dataset_dir: Path) -> list[Path]:
     return sorted(p for p in dataset_dir.glob("date=*/symbol=*") if p.is_dir())
+
+
+def date_column(ts: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """``YYYY-MM-DD`` (UTC) of each timestamp: the ``date=`` partition key (a date32 cast, an order of
+    magnitude faster than strftime)."""
+    return pc.cast(pc.cast(ts, pa.date32()), pa.string())
+
+
+def write_partitions(t: pa.Table, dataset_dir: Path, name: str) -> list[tuple[str, str, int]]:
+    """Write rows into ``date=/symbol=`` folders (one file per partition, sorted by time); return
+    (date, symbol, rows) per partition."""
+    out = []
+    for key in ("date", "symbol"):  # a row without a time or symbol (quarantined) still has a home
+        t = t.set_column(t.schema.get_field_index(key), key, pc.fill_null(t[key], UNKNOWN))
+    keys = t.select(["date", "symbol"]).group_by(["date", "symbol"]).aggregate([])
+    for date, symbol in zip(keys["date"].to_pylist(), keys["symbol"].to_pylist()):
+        part = t if keys.num_rows == 1 else t.filter(pc.and_(pc.equal(t["date"], date), pc.equal(t["symbol"], symbol)))
+        part = part.drop_columns(["date", "symbol"])
+        if not _is_sorted(part["ts"]):
+            part = part.sort_by("ts")
+        folder = dataset_dir / f"date={date}" / f"symbol={symbol}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(part, folder / f"part-{name}.parquet", row_group_size=ROW_GROUP_ROWS)
+        out.append((date, symbol, part.num_rows))
+    return out
 
 
 def commit(staged_dataset: Path, final_dataset: Path) -> list[str]:
@@ -51,15 +79,30 @@ def partitions(root: Path, dataset: str) -> list[tuple[str, str]]:
             for p in _partition_dirs(Path(root) / dataset)]
 
 
-def read_partition(root: Path, dataset: str, date: str, symbol: str, sort_by: str = "ts") -> pa.Table:
+def read_partition(root: Path, dataset: str, date: str, symbol: str, sort_by: str = "ts",
+                   columns: list[str] | None = None, filters: list | None = None) -> pa.Table:
+    """One partition's rows (with its ``symbol``), sorted by ``sort_by``. ``columns`` and ``filters``
+    (pyarrow filter tuples, e.g. ``[("ts", ">=", t)]``) are pushed down to the Parquet reader, which
+    skips row groups by their statistics."""
     part = Path(root) / dataset / f"date={date}" / f"symbol={symbol}"
     files = sorted(part.glob("*.parquet"))
     if not files:
         raise FileNotFoundError(f"no Parquet files in partition {part}")
-    t = pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
-    if "symbol" not in t.column_names:
+    cols = None if columns is None else [c for c in columns if c != "symbol"]
+    t = pa.concat_tables([pq.read_table(f, columns=cols, filters=filters) for f in files],
+                         promote_options="default")
+    if "symbol" not in t.column_names and (columns is None or "symbol" in columns):
         t = t.append_column("symbol", pa.array([symbol] * t.num_rows, pa.string()))
-    return t.sort_by(sort_by) if sort_by in t.column_names else t
+    if sort_by in t.column_names and (len(files) > 1 or not _is_sorted(t[sort_by])):
+        t = t.sort_by(sort_by)  # jobs write each partition sorted: usually nothing to do
+    return t
+
+
+def _is_sorted(col: pa.ChunkedArray) -> bool:
+    if pa.types.is_timestamp(col.type):
+        col = col.cast(pa.int64())
+    a = col.to_numpy()
+    return bool((a[1:] >= a[:-1]).all())
 
 
 def dataset_rows(root: Path, dataset: str) -> int:

@@ -61,3 +61,11 @@ def check_bars(t: pa.Table) -> pa.Array:
         ("non-positive price", _le0(t["open"]) | _le0(t["close"]) | _le0(t["low"])),
         ("high below low", hl),
     ])
+
+
+def check_open_interest(t: pa.Table) -> pa.Array:
+    negative = pc.fill_null(pc.less(t["open_interest"], 0), False).to_numpy(zero_copy_only=False)
+    return _first_reason(t, [
+        ("null field", _null(t, ["ts", "symbol", "open_interest"])),
+        ("negative open interest", negative),
+    ])

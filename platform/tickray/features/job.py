@@ -24,7 +24,7 @@ import ray
 
 from tickray import lake
 from tickray.features.definitions import FEATURE_NAMES, FEATURE_SET_VERSION, LOOKBACK, compute_features
-from tickray.features.grid import NS, grid_from_events
+from tickray.features.grid import LEVEL_FIELDS, NS, grid_from_events
 from tickray.features.indicators import BAR_FEATURE_NAMES, BAR_FEATURE_SET, bar_features
 from tickray.labels import HORIZONS_S, forward_labels
 from tickray.schema import TS
@@ -36,42 +36,57 @@ def _ts(t: pa.Table) -> np.ndarray:
     return pc.cast(t["ts"], pa.int64()).to_numpy(zero_copy_only=False)
 
 
-def _neighbour(root: Path, date: str, symbol: str, days: int) -> tuple[pa.Table, pa.Table] | None:
-    day = (dt.date.fromisoformat(date) + dt.timedelta(days=days)).isoformat()
-    try:
-        return (lake.read_partition(root, "trades", day, symbol), lake.read_partition(root, "book", day, symbol))
-    except FileNotFoundError:
-        return None
+TRADE_COLUMNS = ["ts", "price", "qty", "side"]
+BOOK_COLUMNS = ["ts", *LEVEL_FIELDS]
+
+
+def _ts_scalar(ns: int) -> pa.Scalar:
+    return pa.scalar(int(ns), pa.int64()).cast(TS)
+
+
+def _read(root: Path, date: str, symbol: str, filters: list | None = None) -> tuple[pa.Table, pa.Table]:
+    return (lake.read_partition(root, "trades", date, symbol, columns=TRADE_COLUMNS, filters=filters),
+            lake.read_partition(root, "book", date, symbol, columns=BOOK_COLUMNS, filters=filters))
+
+
+def _day(date: str, days: int) -> str:
+    return (dt.date.fromisoformat(date) + dt.timedelta(days=days)).isoformat()
+
+
+def _exists(root: Path, date: str, symbol: str) -> bool:
+    return all((root / ds / f"date={date}" / f"symbol={symbol}").is_dir() for ds in ("trades", "book"))
 
 
 def partition_events(root: Path, date: str, symbol: str) -> tuple[pa.Table, pa.Table, int, int]:
     """Trades and book rows for one partition's features: its own, the previous day's last LOOKBACK
     seconds (with the book state in force at their start) and the next day's first seconds up to the
-    longest label horizon. Returns them with the partition's [start, end) in ns."""
-    trades = [lake.read_partition(root, "trades", date, symbol)]
-    book = [lake.read_partition(root, "book", date, symbol)]
+    longest label horizon. Returns them with the partition's [start, end) in ns. Only the needed columns,
+    and of the next day only the needed row groups, are read."""
+    own_trades, own_book = _read(root, date, symbol)
+    trades, book = [own_trades], [own_book]
     start = int(dt.datetime.fromisoformat(date).replace(tzinfo=dt.UTC).timestamp()) * NS
     end = start + DAY_NS
-    prev = _neighbour(root, date, symbol, -1)
-    if prev is not None:
+    prev = _day(date, -1)
+    if _exists(root, prev, symbol):
         cutoff = start - LOOKBACK * NS
-        pt, pb = prev
-        bts = _ts(pb)
+        # the book state in force at the cutoff is the last one before it: find its time first
+        bts = _ts(lake.read_partition(root, "book", prev, symbol, columns=["ts"]))
         first = int(np.searchsorted(bts, cutoff, side="left"))
-        tail = pb.slice(first)
-        if first > 0:  # the state in force at the cutoff, restamped just before it
-            carried = pb.slice(first - 1, 1)
-            carried = carried.set_column(0, "ts", pa.array([cutoff - 1], pa.int64()).cast(TS))
+        since = _ts_scalar(bts[first - 1] if first > 0 else cutoff)
+        pt, pb = _read(root, prev, symbol, filters=[("ts", ">=", since)])
+        k = int(np.searchsorted(_ts(pb), cutoff, side="left"))
+        tail = pb.slice(k)
+        if k > 0:  # that state, restamped just before the cutoff
+            carried = pb.slice(k - 1, 1).set_column(0, "ts", pa.array([cutoff - 1], pa.int64()).cast(TS))
             tail = pa.concat_tables([carried, tail])
         book.insert(0, tail)
-        trades.insert(0, pt.filter(pc.greater_equal(pc.cast(pt["ts"], pa.int64()), cutoff - 1)))
-    nxt = _neighbour(root, date, symbol, +1)
-    if nxt is not None:
-        horizon_end = end + (max(HORIZONS_S) + 1) * NS
-        for tables, t in ((trades, nxt[0]), (book, nxt[1])):
-            tables.append(t.filter(pc.less(pc.cast(t["ts"], pa.int64()), horizon_end)))
-    cat = lambda ts: pa.concat_tables(ts, promote_options="default")
-    return cat(trades), cat(book), start, end
+        trades.insert(0, pt.slice(int(np.searchsorted(_ts(pt), cutoff - 1, side="left"))))
+    nxt = _day(date, +1)
+    if _exists(root, nxt, symbol):
+        nt, nb = _read(root, nxt, symbol, filters=[("ts", "<", _ts_scalar(end + (max(HORIZONS_S) + 1) * NS))])
+        trades.append(nt)
+        book.append(nb)
+    return pa.concat_tables(trades), pa.concat_tables(book), start, end
 
 
 def features_for_partition(root: Path, date: str, symbol: str) -> pa.Table:
@@ -92,11 +107,6 @@ def features_for_partition(root: Path, date: str, symbol: str) -> pa.Table:
     return pa.table(cols)
 
 
-def _map(batch: pa.Table, root: str) -> pa.Table:
-    return pa.concat_tables([features_for_partition(Path(root), d, s)
-                             for d, s in zip(batch["date"].to_pylist(), batch["symbol"].to_pylist())])
-
-
 def bar_features_for_symbol(root: Path, symbol: str) -> pa.Table:
     dates = sorted(d for d, s in lake.partitions(root, "bars_1m") if s == symbol)
     bars = pa.concat_tables([lake.read_partition(root, "bars_1m", d, symbol) for d in dates],
@@ -104,15 +114,25 @@ def bar_features_for_symbol(root: Path, symbol: str) -> pa.Table:
     feats = bar_features(*(bars[k].to_numpy(zero_copy_only=False) for k in ("high", "low", "close")))
     n = bars.num_rows
     cols = {"ts": bars["ts"], "symbol": pa.array([symbol] * n, pa.string()),
-            "date": pc.strftime(bars["ts"], format="%Y-%m-%d"),
+            "date": lake.date_column(bars["ts"]),
             "feature_set": pa.array([BAR_FEATURE_SET] * n, pa.string()).dictionary_encode(),
             "close": bars["close"]}
     cols.update({k: pa.array(feats[k]) for k in BAR_FEATURE_NAMES})
     return pa.table(cols)
 
 
-def _map_symbols(batch: pa.Table, root: str) -> pa.Table:
-    return pa.concat_tables([bar_features_for_symbol(Path(root), s) for s in batch["symbol"].to_pylist()])
+def _compute_and_write(batch: dict, root: str, stage: str, dataset: str) -> dict:
+    """Ray Data map function: compute one shard ((date, symbol) or a symbol) and write it into the
+    staged dataset from the task itself; only the row count goes back."""
+    rows = 0
+    for item in (dict(zip(batch, values)) for values in zip(*batch.values())):
+        if dataset == "features":
+            t = features_for_partition(Path(root), item["date"], item["symbol"])
+        else:
+            t = bar_features_for_symbol(Path(root), item["symbol"])
+        name = f"{item.get('date', 'all')}-{item['symbol']}"
+        rows += sum(n for *_, n in lake.write_partitions(t, Path(stage) / dataset, name))
+    return {"rows": np.array([rows])}
 
 
 @dataclass
@@ -128,14 +148,15 @@ class FeaturesReport:
                 f"{len(self.partitions[ds])} partitions" for ds in self.rows] + [f"({self.seconds:.1f}s)"]
 
 
-def _run(lake_root: Path, dataset: str, items: list[dict], fn) -> list[str]:
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    out = ds.map_batches(fn, batch_size=1, batch_format="pyarrow", fn_kwargs={"root": str(lake_root)})
+def _run(lake_root: Path, dataset: str, items: list[dict]) -> tuple[list[str], int]:
     stage = lake.staging_dir(lake_root)
-    out.write_parquet(str(stage / dataset), partition_cols=["date", "symbol"])
-    committed = lake.commit(stage / dataset, lake_root / dataset)
-    shutil.rmtree(stage, ignore_errors=True)
-    return committed
+    try:
+        counts = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            _compute_and_write, batch_size=1,
+            fn_kwargs={"root": str(lake_root), "stage": str(stage), "dataset": dataset}).take_all()
+        return lake.commit(stage / dataset, lake_root / dataset), sum(int(c["rows"]) for c in counts)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def build_features(lake_root: Path) -> FeaturesReport:
@@ -149,10 +170,10 @@ def build_features(lake_root: Path) -> FeaturesReport:
                                 f"{lake_root}; run `tickray ingest` first")
     report = FeaturesReport({}, {}, 0.0)
     if parts:
-        report.partitions["features"] = _run(lake_root, "features", [{"date": d, "symbol": s} for d, s in parts], _map)
+        report.partitions["features"], report.rows["features"] = _run(
+            lake_root, "features", [{"date": d, "symbol": s} for d, s in parts])
     if bar_symbols:
-        report.partitions["bar_features"] = _run(lake_root, "bar_features", [{"symbol": s} for s in bar_symbols],
-                                                 _map_symbols)
-    report.rows = {ds: lake.dataset_rows(lake_root, ds) for ds in report.partitions}
+        report.partitions["bar_features"], report.rows["bar_features"] = _run(
+            lake_root, "bar_features", [{"symbol": s} for s in bar_symbols])
     report.seconds = time.perf_counter() - t0
     return report
