@@ -31,6 +31,9 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_generate.py
+	$(BIN)/python benchmarks/bench_ingest.py
+	$(BIN)/python benchmarks/bench_features.py
+	$(BIN)/python benchmarks/bench_memory.py
 
 lint: setup
 	$(BIN)/ruff check platform jobs tests benchmarks

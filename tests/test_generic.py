@@ -51,13 +51,14 @@ def test_options_with_open_interest_and_inferred_sides(ray_cluster, tmp_path):
     data = tmp_path / "opts"
     data.mkdir()
     # no header; no aggressor column: sides come from the quote, then the tick rule
-    (data / "opt_ticks_1.csv").write_text("\n".join([
+    rows = [
         "2024-12-02T14:30:00,ES,2024-12-20,6000,C,10.00,10.50,10.50,2,100",   # at the ask: buy
         "2024-12-02T14:30:01,ES,2024-12-20,6000,C,10.00,10.50,10.00,1,101",   # at the bid: sell
         "2024-12-02T14:30:02,ES,2024-12-20,6000,C,10.00,10.50,10.25,3,",      # inside, an uptick: buy
         "2024-12-02T14:30:03,ES,2024-12-20,5900,P,4.00,4.25,,,55",            # quote and OI only
         "2024-12-02T14:30:04,ES,2024-12-20,5900,P,4.00,4.25,4.25,5,-1",       # negative OI: quarantined
-    ]) + "\n")
+    ]
+    (data / "opt_ticks_1.csv").write_text("\n".join(rows) + "\n")
     (data / "opt.tickschema.yaml").write_text("""
 files: "opt_ticks_*.csv"
 header: false

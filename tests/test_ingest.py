@@ -8,6 +8,7 @@ from tickray import lake
 from tickray.errors import DataFormatError
 from tickray.features.job import build_features
 from tickray.ingest import ingest
+from tickray.sources.lake_parquet import row_group_shards
 
 
 def test_ingest_then_features(ray_cluster, market, tmp_path):
@@ -102,6 +103,26 @@ def test_lake_parquet_round_trips_and_a_foreign_parquet_is_refused(ray_cluster, 
     pq.write_table(pa.table({"when": [1], "what": ["x"]}), foreign)
     with pytest.raises(DataFormatError, match=f"{foreign}: its columns"):
         ingest([foreign.parent], tmp_path / "c")
+
+
+def test_a_large_parquet_file_is_read_by_several_tasks_one_run_of_row_groups_each(ray_cluster, market, tmp_path):
+    out, _ = market
+    trades = lake.read_partition(ingest_once(out, tmp_path / "a"), "trades", "2024-01-01", "BTCUSDT")
+    big = tmp_path / "in" / "symbol=BTCUSDT" / "big.parquet"
+    big.parent.mkdir(parents=True)
+    pq.write_table(trades.drop_columns(["symbol"]), big, row_group_size=2_000)
+    groups = pq.ParquetFile(big).metadata.num_row_groups
+    shard = sum(pq.ParquetFile(big).metadata.row_group(i).total_byte_size for i in range(3))
+    rep = ingest([big], tmp_path / "b", shard_bytes=shard)  # about 3 row groups per task
+    assert rep.rows == {"trades": trades.num_rows} and rep.files == {"trades": 1}
+    parts = list((tmp_path / "b" / "trades" / "date=2024-01-01" / "symbol=BTCUSDT").glob("*.parquet"))
+    assert len(parts) == len(row_group_shards(big, shard)) >= groups // 4  # one file per shard
+    assert lake.read_partition(tmp_path / "b", "trades", "2024-01-01", "BTCUSDT").equals(trades)
+
+
+def ingest_once(market_dir, root):
+    ingest([market_dir / "aggtrades"], root)
+    return root
 
 
 def test_unusable_capture_messages_are_quarantined_not_lost(ray_cluster, shared_data, tmp_path):

@@ -30,6 +30,9 @@ from tickray.schema import TS
 from tickray.sources import binance, cme, generic, lake_parquet, lobster
 from tickray.validate import check_bars, check_book, check_open_interest, check_trades
 
+# Parquet inputs above this (uncompressed) are read by several tasks, one run of row groups each; the
+# checks that span rows (time order, duplicate ids) then hold within each shard.
+SHARD_BYTES = 256 * 2**20
 # lake dataset → its row validator
 DATASETS = {"trades": check_trades, "book": check_book, "bars_1m": check_bars, "open_interest": check_open_interest}
 
@@ -123,11 +126,18 @@ class Input:
     paths: tuple[str, ...]
     datasets: tuple[str, ...]
     schema: str = ""  # the .tickschema.yaml mapping a generic file
+    row_groups: tuple[int, int] | None = None  # a shard [start, stop) of a large Parquet file
+
+    @property
+    def name(self) -> str:
+        shard = "" if self.row_groups is None else f"@{self.row_groups[0]}-{self.row_groups[1]}"
+        return "+".join(self.paths) + shard
 
 
-def discover(inputs: list[Path], levels: int = 10) -> tuple[list[Input], list[str]]:
+def discover(inputs: list[Path], levels: int = 10, shard_bytes: int = SHARD_BYTES) -> tuple[list[Input], list[str]]:
     """Every recognised input under ``inputs`` (files or folders), and the files not ingested, each with
-    the reason (reported, never silently passed over)."""
+    the reason (reported, never silently passed over). A Parquet file larger than ``shard_bytes`` is
+    split by row groups into several inputs."""
     found: list[Input] = []
     skipped: list[str] = []
     files: list[Path] = []
@@ -157,7 +167,9 @@ def discover(inputs: list[Path], levels: int = 10) -> tuple[list[Input], list[st
         if twin:
             skipped.append(f"{f} ({twin})")
         elif kind == "lake_parquet":
-            found.append(Input(kind, (str(f),), (lake_parquet.dataset_of(f, levels),)))
+            dataset = lake_parquet.dataset_of(f, levels)
+            found += [Input(kind, (str(f),), (dataset,), row_groups=shard)
+                      for shard in lake_parquet.row_group_shards(f, shard_bytes)]
         elif kind == "ws_capture":
             captures.append(f)
         elif kind not in KIND_DATASETS:
@@ -198,7 +210,7 @@ def read_input(item: Input, levels: int = 10) -> Rows:
         return {"book": (binance.read_book_ticker(path, levels), [])}
     if kind == "lake_parquet":
         (dataset,) = item.datasets
-        return {dataset: (lake_parquet.read_lake_parquet(path, dataset, levels), [])}
+        return {dataset: (lake_parquet.read_lake_parquet(path, dataset, levels, item.row_groups), [])}
     if kind == "bars_csv":
         return {"bars_1m": (cme.read_bars_csv(path), [])}
     if kind == "book_depth":
@@ -231,9 +243,11 @@ def _ingest_inputs(batch: dict, levels: int, stage: str) -> dict:
     datasets, bad ones into the staged quarantine) in this task, so no dataset ever passes through the
     object store or the driver; return only counts: (dataset, reason or "", rows)."""
     counts: list[tuple[str, str, int]] = []
-    for kind, paths, datasets, schema in zip(batch["kind"], batch["paths"], batch["datasets"], batch["schema"]):
-        item = Input(str(kind), tuple(paths), tuple(datasets), str(schema))
-        name = hashlib.sha1("\n".join(item.paths).encode()).hexdigest()[:16]
+    for kind, paths, datasets, schema, start, stop in zip(batch["kind"], batch["paths"], batch["datasets"],
+                                                          batch["schema"], batch["rg_start"], batch["rg_stop"]):
+        item = Input(str(kind), tuple(paths), tuple(datasets), str(schema),
+                     None if start < 0 else (int(start), int(stop)))
+        name = hashlib.sha1(item.name.encode()).hexdigest()[:16]
         for dataset, (t, dropped) in read_input(item, levels).items():
             reason = DATASETS[dataset](t)
             if dropped:
@@ -247,7 +261,7 @@ def _ingest_inputs(batch: dict, levels: int, stage: str) -> dict:
             if bad.num_rows:
                 bad_reason = reason.filter(pc.invert(good))
                 bad = bad.append_column("reason", bad_reason).append_column(
-                    "source", pa.array(["+".join(item.paths)] * bad.num_rows))
+                    "source", pa.array([item.name] * bad.num_rows))
                 lake.write_partitions(bad, Path(stage) / lake.QUARANTINE / dataset, name)
                 for r, n in Counter(bad_reason.to_pylist()).items():
                     counts.append((dataset, r, n))
@@ -278,11 +292,11 @@ class IngestReport:
         return out
 
 
-def ingest(inputs: list[Path], lake_root: Path, levels: int = 10) -> IngestReport:
+def ingest(inputs: list[Path], lake_root: Path, levels: int = 10, shard_bytes: int = SHARD_BYTES) -> IngestReport:
     """Ingest every recognised file under ``inputs`` into the lake at ``lake_root``."""
     t0 = time.perf_counter()
     lake_root = Path(lake_root)
-    found, skipped = discover(inputs, levels)
+    found, skipped = discover(inputs, levels, shard_bytes)
     report = IngestReport(skipped=skipped)
     if not found:
         return report
@@ -290,7 +304,8 @@ def ingest(inputs: list[Path], lake_root: Path, levels: int = 10) -> IngestRepor
     try:
         # One block, one task per input (a file or a capture session): a task never packs several, and
         # each input is read once even when it feeds two datasets.
-        items = [{"kind": i.kind, "paths": list(i.paths), "datasets": list(i.datasets), "schema": i.schema}
+        items = [{"kind": i.kind, "paths": list(i.paths), "datasets": list(i.datasets), "schema": i.schema,
+                  "rg_start": i.row_groups[0] if i.row_groups else -1, "rg_stop": i.row_groups[1] if i.row_groups else -1}
                  for i in found]
         counts = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             _ingest_inputs, batch_size=1, fn_kwargs={"levels": levels, "stage": str(stage)}).take_all()
@@ -299,7 +314,7 @@ def ingest(inputs: list[Path], lake_root: Path, levels: int = 10) -> IngestRepor
             if not fed:
                 continue
             rows = [c for c in counts if c["dataset"] == dataset]
-            report.files[dataset] = sum(len(i.paths) for i in fed)
+            report.files[dataset] = len({p for i in fed for p in i.paths})
             report.rows[dataset] = sum(int(c["rows"]) for c in rows if not c["reason"])
             report.quarantined[dataset] = Counter()
             for c in rows:
