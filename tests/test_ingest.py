@@ -8,6 +8,7 @@ from tickray import lake
 from tickray.errors import DataFormatError
 from tickray.features.job import build_features
 from tickray.ingest import ingest
+from tickray.sources.binance import byte_range_shards
 from tickray.sources.lake_parquet import row_group_shards
 
 
@@ -118,6 +119,26 @@ def test_a_large_parquet_file_is_read_by_several_tasks_one_run_of_row_groups_eac
     parts = list((tmp_path / "b" / "trades" / "date=2024-01-01" / "symbol=BTCUSDT").glob("*.parquet"))
     assert len(parts) == len(row_group_shards(big, shard)) >= groups // 4  # one file per shard
     assert lake.read_partition(tmp_path / "b", "trades", "2024-01-01", "BTCUSDT").equals(trades)
+
+
+def test_a_large_plain_csv_is_read_in_byte_ranges_of_whole_lines(ray_cluster, market, tmp_path):
+    import zipfile
+
+    out, _ = market
+    src = sorted((out / "aggtrades").glob("*.zip"))[0]
+    plain = tmp_path / "in" / src.name.replace(".zip", ".csv")
+    plain.parent.mkdir()
+    with zipfile.ZipFile(src) as z:
+        plain.write_bytes(z.read(z.namelist()[0]))  # with its header row
+    whole = ingest([plain], tmp_path / "whole")
+    shard = plain.stat().st_size // 7 + 13  # ranges that cut lines anywhere
+    sharded = ingest([plain], tmp_path / "sharded", shard_bytes=shard)
+    assert sharded.rows == whole.rows and not sharded.quarantined["trades"]
+    date, symbol = lake.partitions(tmp_path / "whole", "trades")[0]
+    parts = list((tmp_path / "sharded" / "trades" / f"date={date}" / f"symbol={symbol}").glob("*.parquet"))
+    assert len(parts) == len(byte_range_shards(plain, shard)) == 7
+    assert lake.read_partition(tmp_path / "sharded", "trades", date, symbol).equals(
+        lake.read_partition(tmp_path / "whole", "trades", date, symbol))
 
 
 def ingest_once(market_dir, root):

@@ -30,8 +30,9 @@ from tickray.schema import TS
 from tickray.sources import binance, cme, generic, lake_parquet, lobster
 from tickray.validate import check_bars, check_book, check_open_interest, check_trades
 
-# Parquet inputs above this (uncompressed) are read by several tasks, one run of row groups each; the
-# checks that span rows (time order, duplicate ids) then hold within each shard.
+# Inputs above this are read by several tasks: a Parquet file one run of row groups each, a plain CSV of
+# trades one byte range (of whole lines) each. The checks that span rows (time order, duplicate ids)
+# then hold within each shard.
 SHARD_BYTES = 256 * 2**20
 # lake dataset → its row validator
 DATASETS = {"trades": check_trades, "book": check_book, "bars_1m": check_bars, "open_interest": check_open_interest}
@@ -126,18 +127,18 @@ class Input:
     paths: tuple[str, ...]
     datasets: tuple[str, ...]
     schema: str = ""  # the .tickschema.yaml mapping a generic file
-    row_groups: tuple[int, int] | None = None  # a shard [start, stop) of a large Parquet file
+    shard: tuple[int, int] | None = None  # [start, stop) row groups of a Parquet file, bytes of a CSV
 
     @property
     def name(self) -> str:
-        shard = "" if self.row_groups is None else f"@{self.row_groups[0]}-{self.row_groups[1]}"
+        shard = "" if self.shard is None else f"@{self.shard[0]}-{self.shard[1]}"
         return "+".join(self.paths) + shard
 
 
 def discover(inputs: list[Path], levels: int = 10, shard_bytes: int = SHARD_BYTES) -> tuple[list[Input], list[str]]:
     """Every recognised input under ``inputs`` (files or folders), and the files not ingested, each with
-    the reason (reported, never silently passed over). A Parquet file larger than ``shard_bytes`` is
-    split by row groups into several inputs."""
+    the reason (reported, never silently passed over). A Parquet file or a plain trades CSV larger than
+    ``shard_bytes`` is split into several inputs (SHARD_BYTES)."""
     found: list[Input] = []
     skipped: list[str] = []
     files: list[Path] = []
@@ -168,8 +169,11 @@ def discover(inputs: list[Path], levels: int = 10, shard_bytes: int = SHARD_BYTE
             skipped.append(f"{f} ({twin})")
         elif kind == "lake_parquet":
             dataset = lake_parquet.dataset_of(f, levels)
-            found += [Input(kind, (str(f),), (dataset,), row_groups=shard)
+            found += [Input(kind, (str(f),), (dataset,), shard=shard)
                       for shard in lake_parquet.row_group_shards(f, shard_bytes)]
+        elif kind in ("agg_trades", "trades"):
+            found += [Input(kind, (str(f),), tuple(KIND_DATASETS[kind]), shard=shard)
+                      for shard in binance.byte_range_shards(f, shard_bytes)]
         elif kind == "ws_capture":
             captures.append(f)
         elif kind not in KIND_DATASETS:
@@ -201,16 +205,16 @@ def read_input(item: Input, levels: int = 10) -> Rows:
         tables = generic.read_generic(path, generic.load_schema(Path(item.schema)), levels)
         return {dataset: (t, []) for dataset, t in tables.items()}
     if kind == "agg_trades":
-        return {"trades": (binance.read_agg_trades(path), [])}
+        return {"trades": (binance.read_agg_trades(path, byte_range=item.shard), [])}
     if kind == "klines":
         return {"bars_1m": (binance.read_klines(path), [])}
     if kind == "trades":
-        return {"trades": (binance.read_trades(path), [])}
+        return {"trades": (binance.read_trades(path, byte_range=item.shard), [])}
     if kind == "book_ticker":
         return {"book": (binance.read_book_ticker(path, levels), [])}
     if kind == "lake_parquet":
         (dataset,) = item.datasets
-        return {dataset: (lake_parquet.read_lake_parquet(path, dataset, levels, item.row_groups), [])}
+        return {dataset: (lake_parquet.read_lake_parquet(path, dataset, levels, item.shard), [])}
     if kind == "bars_csv":
         return {"bars_1m": (cme.read_bars_csv(path), [])}
     if kind == "book_depth":
@@ -244,7 +248,7 @@ def _ingest_inputs(batch: dict, levels: int, stage: str) -> dict:
     object store or the driver; return only counts: (dataset, reason or "", rows)."""
     counts: list[tuple[str, str, int]] = []
     for kind, paths, datasets, schema, start, stop in zip(batch["kind"], batch["paths"], batch["datasets"],
-                                                          batch["schema"], batch["rg_start"], batch["rg_stop"]):
+                                                          batch["schema"], batch["shard_start"], batch["shard_stop"]):
         item = Input(str(kind), tuple(paths), tuple(datasets), str(schema),
                      None if start < 0 else (int(start), int(stop)))
         name = hashlib.sha1(item.name.encode()).hexdigest()[:16]
@@ -305,7 +309,7 @@ def ingest(inputs: list[Path], lake_root: Path, levels: int = 10, shard_bytes: i
         # One block, one task per input (a file or a capture session): a task never packs several, and
         # each input is read once even when it feeds two datasets.
         items = [{"kind": i.kind, "paths": list(i.paths), "datasets": list(i.datasets), "schema": i.schema,
-                  "rg_start": i.row_groups[0] if i.row_groups else -1, "rg_stop": i.row_groups[1] if i.row_groups else -1}
+                  "shard_start": i.shard[0] if i.shard else -1, "shard_stop": i.shard[1] if i.shard else -1}
                  for i in found]
         counts = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             _ingest_inputs, batch_size=1, fn_kwargs={"levels": levels, "stage": str(stage)}).take_all()

@@ -48,10 +48,38 @@ def symbol_from_filename(path: Path) -> str:
     return name.split("-")[0].upper()
 
 
-def read_bytes(path: Path) -> bytes:
-    """The content of a plain, gzip or zip (first member) file."""
+def byte_range_shards(path: Path, shard_bytes: int) -> list[tuple[int, int] | None]:
+    """Byte ranges of about ``shard_bytes`` for reading a large plain-text file in several tasks (each
+    range is widened to whole lines when read); a small or compressed file is one shard, ``None``."""
+    path = Path(path)
+    size = path.stat().st_size
+    if path.suffix in (".zip", ".gz") or size <= shard_bytes:
+        return [None]
+    return [(start, min(start + shard_bytes, size)) for start in range(0, size, shard_bytes)]
+
+
+def _read_lines(path: Path, start: int, stop: int) -> bytes:
+    """The whole lines that begin in [start, stop)."""
+    with open(path, "rb") as f:
+        if start > 0:
+            f.seek(start - 1)
+            f.readline()  # the rest of a line that began before start belongs to the previous range
+        begin = f.tell()
+        if begin >= stop:
+            return b""
+        data = f.read(stop - begin)
+        if not data.endswith(b"\n"):
+            data += f.readline()
+        return data
+
+
+def read_bytes(path: Path, byte_range: tuple[int, int] | None = None) -> bytes:
+    """The content of a plain, gzip or zip (first member) file; of a plain file, optionally only the
+    whole lines beginning in ``byte_range``."""
     path = Path(path)
     try:
+        if byte_range is not None:
+            return _read_lines(path, *byte_range)
         if path.suffix == ".zip":
             with zipfile.ZipFile(path) as z:
                 members = [n for n in z.namelist() if not n.endswith("/")]
@@ -66,10 +94,12 @@ def read_bytes(path: Path) -> bytes:
         raise DataFormatError(f"{path}: unreadable ({e})") from None
 
 
-def _read_csv(path: Path, names: list[str], optional_trailing: int = 0) -> pa.Table:
+def _read_csv(path: Path, names: list[str], optional_trailing: int = 0,
+              byte_range: tuple[int, int] | None = None) -> pa.Table:
     """A CSV with or without its header row (both occur in Binance's archives). The last
-    ``optional_trailing`` columns may be absent (spot aggTrades carry is_best_match, futures do not)."""
-    data = read_bytes(path)
+    ``optional_trailing`` columns may be absent (spot aggTrades carry is_best_match, futures do not).
+    With ``byte_range``, only the lines beginning in it (the header is in the first range only)."""
+    data = read_bytes(path, byte_range)
     first = data[: data.find(b"\n")].strip()
     has_header = bool(first) and not first[:1].isdigit() and first[:1] != b"-"
     ncols = first.count(b",") + 1
@@ -104,15 +134,15 @@ def _trades_table(t: pa.Table, id_column: str, symbol: str) -> pa.Table:
     }, schema=TRADE)
 
 
-def read_agg_trades(path: Path, symbol: str | None = None) -> pa.Table:
-    t = _read_csv(path, AGG_TRADE_COLUMNS, optional_trailing=1)
+def read_agg_trades(path: Path, symbol: str | None = None, byte_range: tuple[int, int] | None = None) -> pa.Table:
+    t = _read_csv(path, AGG_TRADE_COLUMNS, optional_trailing=1, byte_range=byte_range)
     return _trades_table(t, "agg_trade_id", symbol or symbol_from_filename(path))
 
 
-def read_trades(path: Path, symbol: str | None = None) -> pa.Table:
+def read_trades(path: Path, symbol: str | None = None, byte_range: tuple[int, int] | None = None) -> pa.Table:
     """Public-data ``trades`` (every fill): id, price, qty, quote_qty, time, is_buyer_maker
     (+ is_best_match on spot)."""
-    t = _read_csv(path, TRADE_COLUMNS, optional_trailing=1)
+    t = _read_csv(path, TRADE_COLUMNS, optional_trailing=1, byte_range=byte_range)
     return _trades_table(t, "id", symbol or symbol_from_filename(path))
 
 
