@@ -4,8 +4,9 @@ version, grouped in named feature sets. Batch jobs and stream actors call the sa
 A feature at row t reads rows t-lookback .. t only (never ahead). Window sums come from
 ``rolling.window_sum``, whose result depends only on the rows of the window, so computing over the last
 ``LOOKBACK`` rows gives the same bits as computing over a whole day: that is the streaming form
-(:class:`OnlineFeatures`). Windowed features are NaN until their window is full, except the long
-baselines of activity (``*_900s`` rates), which start once 60 rows exist and average the rows they have.
+(:class:`OnlineFeatures`). Windowed features are NaN until their window is full, except those marked
+``from_start`` (volume rates over 5 and 15 min, and what is measured against the 15-minute activity
+baseline), which start once 60 rows exist and average the rows they have.
 """
 
 from __future__ import annotations
