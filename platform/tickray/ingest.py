@@ -26,6 +26,7 @@ import ray
 
 from tickray import lake
 from tickray.errors import DataFormatError
+from tickray.runtime import one_stage_execution
 from tickray.schema import TS
 from tickray.sources import binance, cme, generic, lake_parquet, lobster
 from tickray.validate import check_bars, check_book, check_open_interest, check_trades
@@ -311,8 +312,9 @@ def ingest(inputs: list[Path], lake_root: Path, levels: int = 10, shard_bytes: i
         items = [{"kind": i.kind, "paths": list(i.paths), "datasets": list(i.datasets), "schema": i.schema,
                   "shard_start": i.shard[0] if i.shard else -1, "shard_stop": i.shard[1] if i.shard else -1}
                  for i in found]
-        counts = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            _ingest_inputs, batch_size=1, fn_kwargs={"levels": levels, "stage": str(stage)}).take_all()
+        with one_stage_execution():
+            counts = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+                _ingest_inputs, batch_size=1, fn_kwargs={"levels": levels, "stage": str(stage)}).take_all()
         for dataset in DATASETS:
             fed = [i for i in found if dataset in i.datasets]
             if not fed:

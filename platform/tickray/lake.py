@@ -50,7 +50,10 @@ def write_partitions(t: pa.Table, dataset_dir: Path, name: str) -> list[tuple[st
             part = part.sort_by("ts")
         folder = dataset_dir / f"date={date}" / f"symbol={symbol}"
         folder.mkdir(parents=True, exist_ok=True)
-        pq.write_table(part, folder / f"part-{name}.parquet", row_group_size=ROW_GROUP_ROWS)
+        # Dictionary encoding only where values repeat (strings): tried on float columns it triples the
+        # write time of a feature partition for a larger file.
+        text = [f.name for f in part.schema if pa.types.is_string(f.type) or pa.types.is_dictionary(f.type)]
+        pq.write_table(part, folder / f"part-{name}.parquet", row_group_size=ROW_GROUP_ROWS, use_dictionary=text)
         out.append((date, symbol, part.num_rows))
     return out
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import ray
 
@@ -26,3 +28,18 @@ def connect_ray(settings: Settings) -> str | None:
                      dashboard_host=settings.dashboard_host, dashboard_port=settings.dashboard_port, **kwargs)
     url = ray._private.worker.get_dashboard_url()  # no public API for it in Ray 2.60
     return f"http://{url}" if url and not url.startswith("http") else url or None
+
+
+@contextmanager
+def one_stage_execution() -> Iterator[None]:
+    """For Ray Data jobs that are one map stage (each task reads, computes and writes): turn off the
+    resources Ray Data otherwise reserves for operators downstream. There are none here, and with the
+    reservation a 2-CPU node starts one task where it could run two (measured: 8 one-second tasks took
+    5.5 s instead of 4.1 s)."""
+    ctx = ray.data.DataContext.get_current()
+    before = ctx.op_resource_reservation_enabled
+    ctx.op_resource_reservation_enabled = False
+    try:
+        yield
+    finally:
+        ctx.op_resource_reservation_enabled = before

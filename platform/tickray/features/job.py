@@ -27,6 +27,7 @@ from tickray.features.definitions import FEATURE_NAMES, FEATURE_SET_VERSION, LOO
 from tickray.features.grid import LEVEL_FIELDS, NS, grid_from_events
 from tickray.features.indicators import BAR_FEATURE_NAMES, BAR_FEATURE_SET, bar_features
 from tickray.labels import HORIZONS_S, forward_labels
+from tickray.runtime import one_stage_execution
 from tickray.schema import TS
 
 DAY_NS = 86_400 * NS
@@ -151,9 +152,10 @@ class FeaturesReport:
 def _run(lake_root: Path, dataset: str, items: list[dict]) -> tuple[list[str], int]:
     stage = lake.staging_dir(lake_root)
     try:
-        counts = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            _compute_and_write, batch_size=1,
-            fn_kwargs={"root": str(lake_root), "stage": str(stage), "dataset": dataset}).take_all()
+        with one_stage_execution():
+            counts = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+                _compute_and_write, batch_size=1,
+                fn_kwargs={"root": str(lake_root), "stage": str(stage), "dataset": dataset}).take_all()
         return lake.commit(stage / dataset, lake_root / dataset), sum(int(c["rows"]) for c in counts)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
