@@ -125,7 +125,7 @@ def test_a_large_plain_csv_is_read_in_byte_ranges_of_whole_lines(ray_cluster, ma
     import zipfile
 
     out, _ = market
-    src = sorted((out / "aggtrades").glob("*.zip"))[0]
+    src = min((out / "aggtrades").glob("*.zip"))
     plain = tmp_path / "in" / src.name.replace(".zip", ".csv")
     plain.parent.mkdir()
     with zipfile.ZipFile(src) as z:

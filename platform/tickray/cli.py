@@ -76,6 +76,32 @@ def cmd_features(args, settings) -> None:
     print("\n".join(build_features(Path(args.lake or settings.lake_path)).lines()))
 
 
+def _utc_ns(text: str) -> int:
+    """``2024-11-01`` or ``2024-11-01T12:00`` (UTC) → ns."""
+    import datetime as dt
+
+    try:
+        t = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date or time (YYYY-MM-DD[THH:MM], UTC)") from None
+    return int(t.replace(tzinfo=t.tzinfo or dt.UTC).timestamp()) * 1_000_000_000
+
+
+def cmd_bars(args, settings) -> None:
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from tickray.bars import read_lake_bars
+
+    bars = read_lake_bars(Path(args.lake or settings.lake_path), args.symbols, args.timeframe, args.start, args.end)
+    if args.out:
+        out = Path(args.out)
+        (pq.write_table if out.suffix == ".parquet" else pacsv.write_csv)(bars, out)
+        print(f"{bars.num_rows:,} {args.timeframe} bars → {out}")
+    else:
+        print(bars.to_pandas().to_string(index=False, max_rows=args.rows))
+
+
 def cmd_train(args, settings) -> None:
     from tickray.runtime import connect_ray
     from tickray.training.xgb import train_xgboost
@@ -121,6 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("features", help="compute features and labels for every lake partition with Ray Data")
     s.add_argument("--lake", help="lake root (default: settings lake_root)")
     s.set_defaults(fn=cmd_features)
+
+    s = sub.add_parser("bars", help="bars of any whole-minute timeframe from the lake's 1m bars")
+    s.add_argument("--symbols", type=_symbols, required=True, help="comma-separated")
+    s.add_argument("--timeframe", default="1h", help="<n>m, <n>h or <n>d: 5m, 7m, 15m, 1h, 4h, 1d")
+    s.add_argument("--start", type=_utc_ns, required=True, help="YYYY-MM-DD[THH:MM], UTC, inclusive")
+    s.add_argument("--end", type=_utc_ns, required=True, help="YYYY-MM-DD[THH:MM], UTC, exclusive")
+    s.add_argument("--out", help="write to a .parquet or .csv file instead of printing")
+    s.add_argument("--rows", type=int, default=60, help="rows printed at most")
+    s.add_argument("--lake", help="lake root (default: settings lake_root)")
+    s.set_defaults(fn=cmd_bars)
 
     s = sub.add_parser("train", help="train XGBoost with Ray Train and register it in MLflow")
     s.add_argument("--lake", help="lake root (default: settings lake_root)")

@@ -17,6 +17,7 @@ BAR = pa.schema([
     ("ts", TS), ("symbol", pa.string()), ("open", pa.float64()), ("high", pa.float64()),
     ("low", pa.float64()), ("close", pa.float64()), ("volume", pa.float64()),
     ("quote_volume", pa.float64()), ("trades", pa.int64()), ("vwap", pa.float64()),
+    ("buy_volume", pa.float64()),  # taker buy volume; null where the vendor does not give it
 ])
 
 def book_schema(levels: int) -> pa.Schema:

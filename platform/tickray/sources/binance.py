@@ -169,6 +169,7 @@ def read_klines(path: Path, symbol: str | None = None) -> pa.Table:
         "open": pc.cast(t["open"], pa.float64()), "high": pc.cast(t["high"], pa.float64()),
         "low": pc.cast(t["low"], pa.float64()), "close": close, "volume": vol, "quote_volume": qv,
         "trades": pc.cast(t["count"], pa.int64()), "vwap": vwap,
+        "buy_volume": pc.cast(t["taker_buy_volume"], pa.float64()),
     }, schema=BAR)
 
 

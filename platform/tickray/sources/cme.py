@@ -78,4 +78,5 @@ def read_bars_csv(path: Path, symbol: str | None = None) -> pa.Table:
         **{c: pc.cast(t[c], pa.float64()) for c in ("open", "high", "low", "close", "volume")},
         # The vendor gives neither quote volume nor trade count nor VWAP: null, not invented.
         "quote_volume": pa.nulls(n, pa.float64()), "trades": pa.nulls(n, pa.int64()), "vwap": pa.nulls(n, pa.float64()),
+        "buy_volume": pa.nulls(n, pa.float64()),
     }, schema=BAR)

@@ -1,0 +1,182 @@
+"""Bars. One-minute bars are the one source of truth; every higher timeframe is computed from them.
+
+The rule for a minute without trades is the same everywhere: a **flat bar** (open = high = low = close =
+the previous close, volume 0, trades 0, VWAP = close), as Binance's own klines do. So a minute with no
+row is a gap in the source: it is reported (:func:`find_gaps`), never filled in silently.
+
+Higher timeframes are any whole number of minutes, aligned to UTC (a bar of N minutes starts where
+epoch-minutes is a multiple of N, so 1h bars start on the hour and 1d bars at 00:00 UTC). A bar
+holds first open, max high, min low, last close, summed volumes and trade counts, and the VWAP of its
+minutes weighted by volume; ``minutes`` counts the 1m rows it was built from, and ``complete`` is false
+for a bar whose interval is not fully covered (the trailing bar of a range, or one with a gap).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tickray.errors import TickrayError
+from tickray.schema import BAR
+
+MINUTE_NS = 60 * 1_000_000_000
+_TIMEFRAME = re.compile(r"^(\d+)(m|h|d)$")
+_UNIT_MINUTES = {"m": 1, "h": 60, "d": 1440}
+
+
+class TimeframeError(TickrayError):
+    """A timeframe that is not a whole, positive number of minutes."""
+
+
+def timeframe_minutes(timeframe: str) -> int:
+    """``"15m"`` → 15, ``"4h"`` → 240, ``"1d"`` → 1440; anything not a whole number of minutes is an error."""
+    m = _TIMEFRAME.match(timeframe.strip().lower())
+    if m is None or int(m[1]) == 0:
+        raise TimeframeError(f"timeframe {timeframe!r} is not a whole, positive number of minutes "
+                             "(write it as <n>m, <n>h or <n>d, e.g. 5m, 7m, 1h, 4h, 1d)")
+    return int(m[1]) * _UNIT_MINUTES[m[2]]
+
+
+def _ns(col: pa.ChunkedArray) -> np.ndarray:
+    return pc.cast(col, pa.int64()).to_numpy(zero_copy_only=False)
+
+
+def _f(t: pa.Table, name: str) -> np.ndarray:
+    return t[name].to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+def bars_from_trades(trades: pa.Table) -> pa.Table:
+    """1m bars of one symbol's trades (sorted by time), every minute from the first trade's to the
+    last's, minutes without trades as flat bars."""
+    if trades.num_rows == 0:
+        return BAR.empty_table()
+    ts = _ns(trades["ts"])
+    minute = ts // MINUTE_NS
+    first, last = int(minute[0]), int(minute[-1])
+    n = last - first + 1
+    idx = minute - first
+    price, qty = _f(trades, "price"), _f(trades, "qty")
+    buy = trades["side"].to_numpy(zero_copy_only=False) > 0
+    has = np.bincount(idx, minlength=n) > 0
+    starts = np.flatnonzero(np.r_[True, np.diff(idx) > 0])  # first trade of each traded minute
+    traded = idx[starts]
+    close = np.full(n, np.nan)
+    close[traded] = price[np.r_[starts[1:], ts.size] - 1]
+    close = _ffill(close)
+    out = {
+        "open": np.where(has, 0.0, close), "high": np.where(has, 0.0, close), "low": np.where(has, 0.0, close),
+        "close": close,
+    }
+    out["open"][traded] = price[starts]
+    out["high"][traded] = np.maximum.reduceat(price, starts)
+    out["low"][traded] = np.minimum.reduceat(price, starts)
+    volume = np.bincount(idx, weights=qty, minlength=n)
+    quote = np.bincount(idx, weights=price * qty, minlength=n)
+    symbol = trades["symbol"][0].as_py()
+    return pa.table({
+        "ts": pa.array((first + np.arange(n)) * MINUTE_NS, pa.int64()).cast(BAR.field("ts").type),
+        "symbol": pa.array([symbol] * n, pa.string()),
+        "open": out["open"], "high": out["high"], "low": out["low"], "close": close,
+        "volume": volume, "quote_volume": quote, "trades": np.bincount(idx, minlength=n).astype(np.int64),
+        "vwap": np.where(volume > 0, quote / np.where(volume > 0, volume, 1.0), close),
+        "buy_volume": np.bincount(idx, weights=qty * buy, minlength=n),
+    }, schema=BAR)
+
+
+def _ffill(x: np.ndarray) -> np.ndarray:
+    ok = ~np.isnan(x)
+    last = np.maximum.accumulate(np.where(ok, np.arange(x.size), 0))
+    return x[last]
+
+
+def clean_minutes(bars: pa.Table) -> tuple[pa.Table, int]:
+    """Bars sorted by (symbol, ts) with each minute kept once (overlapping or repeated klines: the first
+    one read wins); returns them and how many duplicates were dropped."""
+    if bars.num_rows == 0:
+        return bars, 0
+    t = bars.append_column("_row", pa.array(np.arange(bars.num_rows))).sort_by(
+        [("symbol", "ascending"), ("ts", "ascending"), ("_row", "ascending")])
+    ts, sym = _ns(t["ts"]), t["symbol"].to_numpy(zero_copy_only=False)
+    dup = np.r_[False, (ts[1:] == ts[:-1]) & (sym[1:] == sym[:-1])]
+    return t.filter(pa.array(~dup)).drop_columns(["_row"]), int(dup.sum())
+
+
+def find_gaps(bars: pa.Table) -> list[tuple[str, int, int]]:
+    """Runs of missing minutes inside each symbol's bars: (symbol, first missing ts, last missing ts), ns."""
+    t, _ = clean_minutes(bars)
+    ts, sym = _ns(t["ts"]), t["symbol"].to_numpy(zero_copy_only=False)
+    jump = np.flatnonzero((np.diff(ts) > MINUTE_NS) & (sym[1:] == sym[:-1]))
+    return [(str(sym[i]), int(ts[i] + MINUTE_NS), int(ts[i + 1] - MINUTE_NS)) for i in jump]
+
+
+RESAMPLED = pa.schema([*BAR, ("minutes", pa.int32()), ("complete", pa.bool_())])
+
+
+def resample(bars: pa.Table, minutes: int) -> pa.Table:
+    """Bars of ``minutes`` from 1m bars (any symbols, any order; duplicates are dropped first)."""
+    if minutes < 1:
+        raise TimeframeError(f"a timeframe is a positive number of minutes, got {minutes}")
+    t, _ = clean_minutes(bars)
+    if t.num_rows == 0:
+        return RESAMPLED.empty_table()
+    ts, sym = _ns(t["ts"]), t["symbol"].to_numpy(zero_copy_only=False)
+    if np.any(ts % MINUTE_NS):
+        raise TimeframeError("1m bars must start on whole minutes (UTC); found a bar that does not")
+    bucket = ts // (minutes * MINUTE_NS)
+    starts = np.flatnonzero(np.r_[True, (np.diff(bucket) != 0) | (sym[1:] != sym[:-1])])
+    ends = np.r_[starts[1:], ts.size] - 1
+    add = lambda name: np.add.reduceat(_f(t, name), starts)
+    volume, quote = add("volume"), add("quote_volume")
+    close = _f(t, "close")[ends]
+    count = np.diff(np.r_[starts, ts.size]).astype(np.int32)
+    out = {
+        "ts": pa.array(bucket[starts] * minutes * MINUTE_NS, pa.int64()).cast(BAR.field("ts").type),
+        "symbol": pa.array(sym[starts], pa.string()),
+        "open": _f(t, "open")[starts],
+        "high": np.maximum.reduceat(_f(t, "high"), starts),
+        "low": np.minimum.reduceat(_f(t, "low"), starts),
+        "close": close, "volume": volume, "quote_volume": quote,
+        "trades": pa.array(np.add.reduceat(t["trades"].fill_null(0).to_numpy(), starts),
+                           pa.int64()) if t["trades"].null_count < t.num_rows else pa.nulls(starts.size, pa.int64()),
+        "vwap": np.where(volume > 0, quote / np.where(volume > 0, volume, 1.0), close),
+        "buy_volume": pa.array(add("buy_volume"), mask=_all_null(t["buy_volume"], starts)),
+        "minutes": count,
+        "complete": count == minutes,
+    }
+    if t["quote_volume"].null_count:  # a vendor without quote volume: no VWAP either, not an invented one
+        out["quote_volume"] = pa.nulls(starts.size, pa.float64())
+        out["vwap"] = pa.nulls(starts.size, pa.float64())
+    return pa.table(out, schema=RESAMPLED)
+
+
+def _all_null(col: pa.ChunkedArray, starts: np.ndarray) -> np.ndarray:
+    valid = pc.is_valid(col).to_numpy(zero_copy_only=False).astype(np.int64)
+    return np.add.reduceat(valid, starts) == 0
+
+
+def read_lake_bars(root, symbols: list[str], timeframe: str, start_ns: int, end_ns: int) -> pa.Table:
+    """Bars of ``timeframe`` for ``symbols`` over [start, end) from the lake's 1m bars (the L3 layer).
+    Bars are aligned to the timeframe, so the range is widened to whole bars."""
+    import datetime as dt
+    from pathlib import Path
+
+    from tickray import lake
+
+    minutes = timeframe_minutes(timeframe)
+    step = minutes * MINUTE_NS
+    lo, hi = start_ns // step * step, -(-end_ns // step) * step
+    days = {(dt.datetime.fromtimestamp(d * 86_400, dt.UTC).date().isoformat())
+            for d in range(lo // (86_400 * 10**9), (hi - 1) // (86_400 * 10**9) + 1)}
+    wanted = {s.upper() for s in symbols}
+    parts = [(d, s) for d, s in lake.partitions(Path(root), "bars_1m") if s in wanted and d in days]
+    missing = wanted - {s for _, s in lake.partitions(Path(root), "bars_1m")}
+    if missing:
+        raise FileNotFoundError(f"no 1m bars in the lake at {root} for {sorted(missing)}")
+    ts_type = BAR.field("ts").type
+    window = [("ts", ">=", pa.scalar(lo, pa.int64()).cast(ts_type)), ("ts", "<", pa.scalar(hi, pa.int64()).cast(ts_type))]
+    tables = [lake.read_partition(Path(root), "bars_1m", d, s, filters=window) for d, s in parts]
+    one_minute = pa.concat_tables(tables, promote_options="default").select(BAR.names) if tables else BAR.empty_table()
+    return resample(one_minute.cast(BAR), minutes)
