@@ -101,7 +101,7 @@ def test_bars_cli_prints_and_writes(ray_cluster, shared_data, tmp_path, capsys):
     ingest([f], root)
     out = tmp_path / "bars.parquet"
     month = f.name.split("-1m-")[1][:7]
-    assert main(["bars", "--lake", str(root), "--symbols", symbol, "--timeframe", "4h",
+    assert main(["bars", "--lake", str(root), "--no-redis", "--symbols", symbol, "--timeframe", "4h",
                  "--start", f"{month}-03", "--end", f"{month}-05", "--out", str(out)]) == 0
     got = pq.read_table(out)
     assert got.num_rows == 12 and got["complete"].to_pylist() == [True] * 12

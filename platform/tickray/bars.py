@@ -157,26 +157,34 @@ def _all_null(col: pa.ChunkedArray, starts: np.ndarray) -> np.ndarray:
     return np.add.reduceat(valid, starts) == 0
 
 
-def read_lake_bars(root, symbols: list[str], timeframe: str, start_ns: int, end_ns: int) -> pa.Table:
-    """Bars of ``timeframe`` for ``symbols`` over [start, end) from the lake's 1m bars (the L3 layer).
-    Bars are aligned to the timeframe, so the range is widened to whole bars."""
+def lake_minutes(root, symbols: list[str], start_ns: int, end_ns: int) -> pa.Table:
+    """The lake's 1m bars of ``symbols`` in [start, end): the bottom layer (L3) of the bar cache."""
     import datetime as dt
     from pathlib import Path
 
     from tickray import lake
 
-    minutes = timeframe_minutes(timeframe)
-    step = minutes * MINUTE_NS
-    lo, hi = start_ns // step * step, -(-end_ns // step) * step
-    days = {(dt.datetime.fromtimestamp(d * 86_400, dt.UTC).date().isoformat())
-            for d in range(lo // (86_400 * 10**9), (hi - 1) // (86_400 * 10**9) + 1)}
+    day = 86_400 * 10**9
+    days = {dt.datetime.fromtimestamp(d * 86_400, dt.UTC).date().isoformat()
+            for d in range(start_ns // day, (end_ns - 1) // day + 1)}
+    present = lake.partitions(Path(root), "bars_1m")
     wanted = {s.upper() for s in symbols}
-    parts = [(d, s) for d, s in lake.partitions(Path(root), "bars_1m") if s in wanted and d in days]
-    missing = wanted - {s for _, s in lake.partitions(Path(root), "bars_1m")}
+    missing = wanted - {s for _, s in present}
     if missing:
         raise FileNotFoundError(f"no 1m bars in the lake at {root} for {sorted(missing)}")
     ts_type = BAR.field("ts").type
-    window = [("ts", ">=", pa.scalar(lo, pa.int64()).cast(ts_type)), ("ts", "<", pa.scalar(hi, pa.int64()).cast(ts_type))]
-    tables = [lake.read_partition(Path(root), "bars_1m", d, s, filters=window) for d, s in parts]
-    one_minute = pa.concat_tables(tables, promote_options="default").select(BAR.names) if tables else BAR.empty_table()
-    return resample(one_minute.cast(BAR), minutes)
+    window = [("ts", ">=", pa.scalar(start_ns, pa.int64()).cast(ts_type)),
+              ("ts", "<", pa.scalar(end_ns, pa.int64()).cast(ts_type))]
+    tables = [lake.read_partition(Path(root), "bars_1m", d, s, filters=window)
+              for d, s in present if s in wanted and d in days]
+    if not tables:
+        return BAR.empty_table()
+    return pa.concat_tables(tables, promote_options="default").select(BAR.names).cast(BAR)
+
+
+def read_lake_bars(root, symbols: list[str], timeframe: str, start_ns: int, end_ns: int) -> pa.Table:
+    """Bars of ``timeframe`` for ``symbols`` that start in [start, end), straight from the lake's 1m
+    bars (each bar from all of its minutes, so the last one may reach past ``end``)."""
+    minutes = timeframe_minutes(timeframe)
+    step = minutes * MINUTE_NS
+    return resample(lake_minutes(root, symbols, -(-start_ns // step) * step, -(-end_ns // step) * step), minutes)

@@ -91,9 +91,11 @@ def cmd_bars(args, settings) -> None:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    from tickray.bars import read_lake_bars
+    from tickray.bar_cache import BarCache
+    from tickray.stack import redis_client
 
-    bars = read_lake_bars(Path(args.lake or settings.lake_path), args.symbols, args.timeframe, args.start, args.end)
+    cache = BarCache(Path(args.lake or settings.lake_path), None if args.no_redis else redis_client(settings))
+    bars = cache.get_bars(args.symbols, args.timeframe, args.start, args.end)
     if args.out:
         out = Path(args.out)
         (pq.write_table if out.suffix == ".parquet" else pacsv.write_csv)(bars, out)
@@ -148,13 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lake", help="lake root (default: settings lake_root)")
     s.set_defaults(fn=cmd_features)
 
-    s = sub.add_parser("bars", help="bars of any whole-minute timeframe from the lake's 1m bars")
+    s = sub.add_parser("bars", help="bars of any whole-minute timeframe, through the layered bar cache")
     s.add_argument("--symbols", type=_symbols, required=True, help="comma-separated")
     s.add_argument("--timeframe", default="1h", help="<n>m, <n>h or <n>d: 5m, 7m, 15m, 1h, 4h, 1d")
     s.add_argument("--start", type=_utc_ns, required=True, help="YYYY-MM-DD[THH:MM], UTC, inclusive")
     s.add_argument("--end", type=_utc_ns, required=True, help="YYYY-MM-DD[THH:MM], UTC, exclusive")
     s.add_argument("--out", help="write to a .parquet or .csv file instead of printing")
     s.add_argument("--rows", type=int, default=60, help="rows printed at most")
+    s.add_argument("--no-redis", action="store_true", help="skip the shared Redis layer of the bar cache")
     s.add_argument("--lake", help="lake root (default: settings lake_root)")
     s.set_defaults(fn=cmd_bars)
 
