@@ -104,6 +104,22 @@ def cmd_bars(args, settings) -> None:
         print(bars.to_pandas().to_string(index=False, max_rows=args.rows))
 
 
+def cmd_screen(args, settings) -> None:
+    from tickray import lake
+    from tickray.bar_cache import BarCache
+    from tickray.screener import screen
+    from tickray.stack import redis_client
+
+    root = Path(args.lake or settings.lake_path)
+    symbols = args.universe if args.universe != ["ALL"] else sorted({s for _, s in lake.partitions(root, "bars_1m")})
+    cache = BarCache(root, None if args.no_redis else redis_client(settings))
+    table = screen(cache, symbols, args.timeframe, args.days, args.rule)
+    print(table.head(args.top).to_string(index=False) if not table.empty else "no symbol has enough bars")
+    m = cache.metrics()
+    print(f"bar cache: {m['lookups']} chunk lookups, memory hits {m['l1']}, Redis hits {m['l2']}, "
+          f"lake reads {m['lake']}")
+
+
 def cmd_train(args, settings) -> None:
     from tickray.runtime import connect_ray
     from tickray.training.xgb import train_xgboost
@@ -160,6 +176,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-redis", action="store_true", help="skip the shared Redis layer of the bar cache")
     s.add_argument("--lake", help="lake root (default: settings lake_root)")
     s.set_defaults(fn=cmd_bars)
+
+    s = sub.add_parser("screen", help="rank a universe of symbols by a rule over the last N days of bars")
+    s.add_argument("--universe", type=_symbols, default=["ALL"], help="comma-separated, or ALL (every symbol "
+                   "with 1m bars in the lake)")
+    s.add_argument("--timeframe", default="1h")
+    s.add_argument("--days", type=float, default=30)
+    s.add_argument("--rule", default="movers", help="movers, rsi or volume_spike")
+    s.add_argument("--top", type=int, default=20)
+    s.add_argument("--no-redis", action="store_true", help="skip the shared Redis layer of the bar cache")
+    s.add_argument("--lake", help="lake root (default: settings lake_root)")
+    s.set_defaults(fn=cmd_screen)
 
     s = sub.add_parser("train", help="train XGBoost with Ray Train and register it in MLflow")
     s.add_argument("--lake", help="lake root (default: settings lake_root)")
