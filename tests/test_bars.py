@@ -109,3 +109,30 @@ def test_bars_cli_prints_and_writes(ray_cluster, shared_data, tmp_path, capsys):
     assert main(["bars", "--lake", str(root), "--symbols", symbol, "--timeframe", "90s",
                  "--start", f"{month}-03", "--end", f"{month}-05"]) != 0
     assert "not a whole, positive number of minutes" in capsys.readouterr().err
+
+
+def test_live_bars_equal_the_batch_bars_of_the_same_trades(market):
+    from tickray.live_bars import LiveBars
+
+    _, files = market
+    trades = read_agg_trades(files.agg_trades[0]).slice(0, 12_000)  # a few hours
+    batch = bars_from_trades(trades)
+    live = LiveBars("BTCUSDT", timeframes=("15m", "1h"))
+    closed = []
+    t = trades.to_pydict()
+    for ts, price, qty, side in zip(pa.compute.cast(trades["ts"], "int64").to_pylist(), t["price"], t["qty"],
+                                    t["side"]):
+        closed += live.on_trade(ts, price, qty, side)
+    want = batch.set_column(0, "ts", pa.compute.cast(batch["ts"], "int64")).to_pylist()
+    assert closed == want[:-1]  # every minute but the one still open, flat minutes included
+    assert {k: v for k, v in live.current("1m").items() if k != "complete"} == want[-1]
+    for tf, minutes in (("15m", 15), ("1h", 60)):
+        bars = resample(batch, minutes)
+        last = bars.set_column(0, "ts", pa.compute.cast(bars["ts"], "int64")).to_pylist()[-1]
+        cur = live.current(tf)
+        assert cur["ts"] == last["ts"] and cur["complete"] is False
+        for col in ("open", "high", "low", "close", "trades"):
+            assert cur[col] == last[col], (tf, col)
+        for col in ("volume", "quote_volume", "buy_volume", "vwap"):  # summed minute by minute vs pairwise
+            assert cur[col] == pytest.approx(last[col], rel=1e-12), (tf, col)
+    assert live.on_trade(0, 1.0, 1.0, 1) == [] and live.late == 1  # an old trade is counted, not applied
