@@ -49,7 +49,7 @@ def window_dataset(lake_root: Path, features: list[str], label: str, length: int
     def to_windows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         parts = []
         for date, symbol in zip(batch["date"], batch["symbol"]):
-            t = lake.read_partition(lake_root, "features", date, symbol).select(["ts", *features, label])
+            t = lake.read_partition(lake_root, "features", date, symbol, columns=["ts", *features, label])
             w = windows_from_table(t, features, label, length)
             parts.append({**w, "symbol": np.array([symbol] * w["y"].size, dtype=object)})
         return {k: np.concatenate([p[k] for p in parts]) for k in ("x", "y", "ts", "symbol")}
