@@ -8,19 +8,21 @@ file (what one task holds), not the size of the dataset.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Self
 
-import numpy as np
 import psutil
 import ray
 import tickray  # noqa: F401  (sets RAY_AUTH_MODE before Ray starts)
 from tickray.ingest import ingest
 from tickray.sources.binance import read_agg_trades
-from tickray.synth import simulate_day, spec_for, write_agg_trades
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_ingest import make_files  # the same synthetic aggTrades zips
 
 MIB = 2**20
 
@@ -61,12 +63,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        files = []
-        for i in range(args.files):
-            m = simulate_day(spec_for("BTCUSDT"), 1_704_067_200_000 + i * 86_400_000, args.trades_per_file,
-                             np.random.default_rng(i), id_base=i * 10**8)
-            files.append(out / "in" / f"BTCUSDT-aggTrades-2024-01-{i + 1:02d}.zip")
-            write_agg_trades(m, files[-1])
+        files = make_files(out / "in", symbols=1, days=args.files, trades_per_day=args.trades_per_file)
         one_file = read_agg_trades(files[0]).nbytes
         store = args.object_store_mb * MIB
         ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", object_store_memory=store)

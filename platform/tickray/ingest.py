@@ -149,18 +149,18 @@ def discover(inputs: list[Path], levels: int = 10, shard_bytes: int = SHARD_BYTE
             raise DataFormatError(f"input {inp} does not exist")
         files += sorted(p for p in inp.rglob("*") if p.is_file()) if inp.is_dir() else [inp]
     present = set(files)
-    mapped: dict[Path, Path] = {}  # file → the tick schema that maps it (wins over its name)
+    mapped: dict[Path, tuple[Path, generic.TickSchema]] = {}  # file → the tick schema mapping it (wins over its name)
     for f in files:
         if f.name.endswith(generic.SCHEMA_SUFFIX):
             schema = generic.load_schema(f)
             targets = [g for g in generic.schema_files(f, schema) if g in present]
-            mapped.update(dict.fromkeys(targets, f))
+            mapped.update(dict.fromkeys(targets, (f, schema)))
             skipped.append(f"{f} (a tick schema: maps {len(targets)} files)")
     captures = []
     for f in files:
         if f in mapped:
-            schema = generic.load_schema(mapped[f])
-            found.append(Input("generic", (str(f),), generic.datasets_of(schema), str(mapped[f])))
+            schema_path, schema = mapped[f]
+            found.append(Input("generic", (str(f),), generic.datasets_of(schema), str(schema_path)))
             continue
         if f.name.endswith(generic.SCHEMA_SUFFIX):
             continue
