@@ -87,14 +87,30 @@ def _utc_ns(text: str) -> int:
     return int(t.replace(tzinfo=t.tzinfo or dt.UTC).timestamp()) * 1_000_000_000
 
 
+def _bar_cache(args, settings):
+    from tickray.bar_cache import BarCache
+    from tickray.collector import Collector, venue
+    from tickray.stack import redis_client
+
+    root = Path(args.lake or settings.lake_path)
+    name = args.venue or settings.kline_venue
+    collector = Collector(root, venue(name, args.venue_url or settings.kline_venue_url)) if name else None
+    return BarCache(root, None if args.no_redis else redis_client(settings), collector=collector)
+
+
+def _bar_cache_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--no-redis", action="store_true", help="skip the shared Redis layer of the bar cache")
+    s.add_argument("--lake", help="lake root (default: settings lake_root)")
+    s.add_argument("--venue", help="fetch 1m klines the lake lacks from this venue's REST API: binance-usdm, "
+                   "binance-spot or upbit (default: settings kline_venue; none: the lake only)")
+    s.add_argument("--venue-url", help="the venue's base URL (default: its public one)")
+
+
 def cmd_bars(args, settings) -> None:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    from tickray.bar_cache import BarCache
-    from tickray.stack import redis_client
-
-    cache = BarCache(Path(args.lake or settings.lake_path), None if args.no_redis else redis_client(settings))
+    cache = _bar_cache(args, settings)
     bars = cache.get_bars(args.symbols, args.timeframe, args.start, args.end)
     if args.out:
         out = Path(args.out)
@@ -106,13 +122,11 @@ def cmd_bars(args, settings) -> None:
 
 def cmd_screen(args, settings) -> None:
     from tickray import lake
-    from tickray.bar_cache import BarCache
     from tickray.screener import screen
-    from tickray.stack import redis_client
 
-    root = Path(args.lake or settings.lake_path)
+    cache = _bar_cache(args, settings)
+    root = cache.lake_root
     symbols = args.universe if args.universe != ["ALL"] else sorted({s for _, s in lake.partitions(root, "bars_1m")})
-    cache = BarCache(root, None if args.no_redis else redis_client(settings))
     table = screen(cache, symbols, args.timeframe, args.days, args.rule)
     print(table.head(args.top).to_string(index=False) if not table.empty else "no symbol has enough bars")
     m = cache.metrics()
@@ -173,8 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--end", type=_utc_ns, required=True, help="YYYY-MM-DD[THH:MM], UTC, exclusive")
     s.add_argument("--out", help="write to a .parquet or .csv file instead of printing")
     s.add_argument("--rows", type=int, default=60, help="rows printed at most")
-    s.add_argument("--no-redis", action="store_true", help="skip the shared Redis layer of the bar cache")
-    s.add_argument("--lake", help="lake root (default: settings lake_root)")
+    _bar_cache_arguments(s)
     s.set_defaults(fn=cmd_bars)
 
     s = sub.add_parser("screen", help="rank a universe of symbols by a rule over the last N days of bars")
@@ -184,8 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--days", type=float, default=30)
     s.add_argument("--rule", default="movers", help="movers, rsi or volume_spike")
     s.add_argument("--top", type=int, default=20)
-    s.add_argument("--no-redis", action="store_true", help="skip the shared Redis layer of the bar cache")
-    s.add_argument("--lake", help="lake root (default: settings lake_root)")
+    _bar_cache_arguments(s)
     s.set_defaults(fn=cmd_screen)
 
     s = sub.add_parser("train", help="train XGBoost with Ray Train and register it in MLflow")

@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     ray_port: int = 6385
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 8265
+    # Where the bar cache fetches 1m klines the lake lacks (binance-usdm, binance-spot, upbit; empty: the
+    # lake only), and at which base URL (empty: the venue's public one).
+    kline_venue: str = ""
+    kline_venue_url: str = ""
     serve_host: str = "127.0.0.1"
     serve_port: int = 8000
 
