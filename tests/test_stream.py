@@ -10,7 +10,15 @@ from tickray.exchange_sim import ReplayExchange
 from tickray.features import FEATURE_NAMES, FEATURES, compute_features, grid_from_events
 from tickray.sources.binance import read_ws_capture
 from tickray.stack import redis_client
-from tickray.stream.actor import FEATURES_KEY, QUARANTINE_STREAM, StreamIngestActor, wait_for_messages
+from tickray.bars import bars_from_trades
+from tickray.stream.actor import (
+    CLOSED_BARS_STREAM,
+    FEATURES_KEY,
+    LIVE_BARS_KEY,
+    QUARANTINE_STREAM,
+    StreamIngestActor,
+    wait_for_messages,
+)
 
 STREAMS = ("depth@0ms", "trade", "bookTicker")  # what the hftbacktest USD-M captures hold
 # Paced like a live feed (3 minutes in 6 s): the REST snapshot is the book as of what has been streamed,
@@ -37,7 +45,8 @@ def capture(shared_data):
 
 def test_live_features_equal_batch_features(ray_cluster, settings, capture):
     r = redis_client(settings)
-    r.delete(FEATURES_KEY.format(symbol="BTCUSDT"))
+    r.delete(FEATURES_KEY.format(symbol="BTCUSDT"), CLOSED_BARS_STREAM.format(symbol="BTCUSDT"),
+             LIVE_BARS_KEY.format(symbol="BTCUSDT"))
     exchange = ReplayExchange([capture], speed=SPEED).start()
     try:
         wanted = exchange.messages
@@ -61,6 +70,18 @@ def test_live_features_equal_batch_features(ray_cluster, settings, capture):
     assert sum(np.isnan(live[f]) for f in exact) <= 3  # only the 300 s look-backs are open in a 3-minute capture
     # Baselines averaged from the start of the data begin where the actor connected: defined, not equal.
     assert all(np.isfinite(live[f]) for f in FEATURE_NAMES if FEATURES[f].from_start)
+
+    # Live bars: the minutes the actor closed equal the batch 1m bars of the same trades.
+    closed = [orjson.loads(f[b"bar"]) for _, f in r.xrange(CLOSED_BARS_STREAM.format(symbol="BTCUSDT"))]
+    batch_bars = bars_from_trades(cap.trades).to_pylist()
+    assert len(closed) == stats["messages"]["bars closed"] == len(batch_bars) - 1  # the last minute is open
+    for got, want in zip(closed, batch_bars):
+        assert got["ts"] == want["ts"].value
+        assert all(got[k] == want[k] for k in ("open", "high", "low", "close", "trades")), (got, want)
+        assert all(np.isclose(got[k], want[k], rtol=1e-12) for k in ("volume", "quote_volume", "buy_volume"))
+    current = {tf: orjson.loads(v) for tf, v in r.hgetall(LIVE_BARS_KEY.format(symbol="BTCUSDT")).items()}
+    assert set(current) == {b"1m", b"15m", b"1h", b"4h"}
+    assert current[b"1m"]["ts"] == batch_bars[-1]["ts"].value and not current[b"1h"]["complete"]
 
 
 def test_bad_messages_are_quarantined_and_a_gap_resyncs_from_rest(ray_cluster, settings, capture):

@@ -1,8 +1,11 @@
 """The stream-ingest actor: one Binance combined-stream WebSocket connection → online features in Redis.
 
-Per message: parse (orjson) → validate → order book / grid (SymbolPipeline) → features published to
-Redis (hash ``tickray:features:<SYM>`` and channel ``tickray:features``). Invalid messages go to the
-Redis stream ``tickray:quarantine`` with a reason and are counted; they never stop the actor.
+Per message: parse (orjson) → validate → order book / grid / live bars (SymbolPipeline) → features
+published to Redis (hash ``tickray:features:<SYM>`` and channel ``tickray:features``). Live bars: each
+closed minute is appended to the capped stream ``tickray:bars:1m:<SYM>``, and the open bar of every
+timeframe is in the hash ``tickray:bars:live:<SYM>`` (one field per timeframe, refreshed with the features)
+and answered by ``live_bars``. Invalid messages go to the Redis stream ``tickray:quarantine`` with a
+reason and are counted; they never stop the actor.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ FEATURES_KEY = "tickray:features:{symbol}"
 FEATURES_CHANNEL = "tickray:features"
 QUARANTINE_STREAM = "tickray:quarantine"
 QUARANTINE_MAXLEN = 100_000
+CLOSED_BARS_STREAM = "tickray:bars:1m:{symbol}"
+CLOSED_BARS_MAXLEN = 10_080  # a week of minutes
+LIVE_BARS_KEY = "tickray:bars:live:{symbol}"
 
 
 DEFAULT_STREAMS = ("depth@0ms", "aggTrade", "bookTicker", "kline_1m")
@@ -57,12 +63,14 @@ def validate(data: dict) -> str | None:
 @ray.remote(num_cpus=0)
 class StreamIngestActor:
     def __init__(self, symbols: list[str], ws_url: str, rest_url: str, redis_url: str,
-                 streams: tuple[str, ...] = DEFAULT_STREAMS, read_timeout_s: float = 30.0):
+                 streams: tuple[str, ...] = DEFAULT_STREAMS, read_timeout_s: float = 30.0,
+                 bar_timeframes: tuple[str, ...] = ("15m", "1h", "4h")):
         self.symbols = [s.upper() for s in symbols]
         self.streams = tuple(streams)
         self.ws_url, self.rest_url, self.redis_url = ws_url.rstrip("/"), rest_url.rstrip("/"), redis_url
         self.read_timeout_s = read_timeout_s
-        self.pipes = {s: SymbolPipeline(s) for s in self.symbols}
+        self.pipes = {s: SymbolPipeline(s, bar_timeframes=tuple(bar_timeframes)) for s in self.symbols}
+        self.bar_timeframes = ("1m", *bar_timeframes)
         self.counts: Counter = Counter()
         self.quarantined: Counter = Counter()
         self.last_features: dict[str, dict] = {}
@@ -90,6 +98,11 @@ class StreamIngestActor:
             "book": {s: vars(p.sync.counters) for s, p in self.pipes.items()},
             "late": {s: p.grid.late for s, p in self.pipes.items()},
         }
+
+    def live_bars(self, symbol: str) -> dict[str, dict | None]:
+        """The open bar of each timeframe (1m and the configured ones), up to the last trade."""
+        bars = self.pipes[symbol.upper()].bars
+        return {tf: bars.current(tf) for tf in self.bar_timeframes}
 
     async def _run(self) -> None:
         url = f"{self.ws_url}/stream?streams=" + "/".join(n for s in self.symbols for n in stream_names(s, self.streams))
@@ -150,6 +163,8 @@ class StreamIngestActor:
                 self._request_snapshot(symbol)
         elif e in ("aggTrade", "trade"):
             await self._publish(pipe.on_trade(data))
+            if pipe.closed_minutes:
+                await self._publish_closed_minutes(pipe)
 
     async def _quarantine(self, raw: str | bytes, reason: str) -> None:
         self.quarantined[reason] += 1
@@ -157,14 +172,26 @@ class StreamIngestActor:
         await self._redis.xadd(QUARANTINE_STREAM, {"reason": reason, "raw": raw_s[:4096]},
                                maxlen=QUARANTINE_MAXLEN, approximate=True)
 
+    async def _publish_closed_minutes(self, pipe: SymbolPipeline) -> None:
+        async with self._redis.pipeline(transaction=False) as p:
+            for bar in pipe.closed_minutes:
+                p.xadd(CLOSED_BARS_STREAM.format(symbol=pipe.symbol), {"bar": orjson.dumps(bar)},
+                       maxlen=CLOSED_BARS_MAXLEN, approximate=True)
+            await p.execute()
+        self.counts["bars closed"] += len(pipe.closed_minutes)
+        pipe.closed_minutes = []
+
     async def _publish(self, updates: list[FeatureUpdate]) -> None:
         for up in updates:
             doc = {"symbol": up.symbol, "ts_ns": up.ts_ns, "mid": up.mid, "features": up.features,
                    "feature_set_version": FEATURE_SET_VERSION, "published_at": time.time()}
             body = orjson.dumps(doc)
+            live = {tf: orjson.dumps(bar) for tf, bar in self.live_bars(up.symbol).items() if bar is not None}
             async with self._redis.pipeline(transaction=False) as p:
                 p.set(FEATURES_KEY.format(symbol=up.symbol), body)
                 p.publish(FEATURES_CHANNEL, body)
+                if live:
+                    p.hset(LIVE_BARS_KEY.format(symbol=up.symbol), mapping=live)
                 await p.execute()
             n = self.last_features.get(up.symbol, {}).get("n", 0) + 1
             self.last_features[up.symbol] = {"n": n, "ts_ns": up.ts_ns}

@@ -1,7 +1,9 @@
-"""Per-symbol message pipeline of a stream actor: validate → order book → one-second grid → features.
+"""Per-symbol message pipeline of a stream actor: validate → order book → one-second grid → features,
+and trades → live bars.
 
 It uses the same book (tickray.book), grid rules and feature function (tickray.features) as the batch
-path, so online features equal offline ones on the same ticks.
+path, so online features equal offline ones on the same ticks; trades also advance the symbol's live
+bars (tickray.live_bars), whose closed minutes equal the batch 1m bars.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from dataclasses import dataclass, field
 
 from tickray.book import BookSync, DepthUpdate
 from tickray.features import BOOK_LEVELS, GridBuilder, OnlineFeatures
+from tickray.live_bars import LiveBars
 
 
 @dataclass
@@ -24,7 +27,10 @@ class FeatureUpdate:
 class SymbolPipeline:
     symbol: str
     spot: bool = False
+    bar_timeframes: tuple[str, ...] = ("15m", "1h", "4h")
     sync: BookSync = field(init=False)
+    bars: LiveBars = field(init=False)
+    closed_minutes: list[dict] = field(default_factory=list)  # 1m bars closed since the caller last took them
     grid: GridBuilder = field(default_factory=GridBuilder)
     online: OnlineFeatures = field(default_factory=OnlineFeatures)
     last_trade_id: int = -1
@@ -32,6 +38,7 @@ class SymbolPipeline:
 
     def __post_init__(self) -> None:
         self.sync = BookSync(self.symbol, spot=self.spot, on_change=self._book_changed)
+        self.bars = LiveBars(self.symbol, self.bar_timeframes)
 
     def _book_changed(self, ts_ms: int) -> None:
         levels = GridBuilder.flatten(*self.sync.book.top(BOOK_LEVELS))
@@ -56,8 +63,9 @@ class SymbolPipeline:
     def on_trade(self, data: dict) -> list[FeatureUpdate]:
         """A validated @aggTrade / @trade payload; returns the feature rows it closed."""
         self.last_trade_id = self.trade_id(data)
-        self._closed.extend(self.grid.on_trade(int(data["T"]) * 1_000_000, float(data["p"]), float(data["q"]),
-                                               -1 if data["m"] else 1))
+        ts, price, qty, side = int(data["T"]) * 1_000_000, float(data["p"]), float(data["q"]), -1 if data["m"] else 1
+        self._closed.extend(self.grid.on_trade(ts, price, qty, side))
+        self.closed_minutes.extend(self.bars.on_trade(ts, price, qty, side))
         return self._emit()
 
     def _emit(self) -> list[FeatureUpdate]:
