@@ -38,7 +38,8 @@ def test_layers_fill_and_answer_in_turn(kline_lake, settings):
     a = BarCache(root, r)
     assert a.get_bars(symbols, "1h", start, end).equals(want)
     m = a.metrics()
-    assert m["l1"] == m["l2"] == 0 and m["lake"] == m["resampled"] > 0  # cold: 1h from 1m from the lake
+    # cold: 1h from 1m from the lake (a day of minutes per 1h chunk)
+    assert m["l1"] == m["l2"] == 0 and m["inputs_lake"] == m["resampled"] > 0
     assert a.get_bars(symbols, "1h", start, end).equals(want)
     assert a.metrics()["l1"] == m["resampled"]  # warm in this process
     b = BarCache(root, r)  # another process of the cluster: empty memory, shared Redis
@@ -57,7 +58,8 @@ def test_higher_timeframes_come_from_cached_minutes(kline_lake, settings):
     for tf in ("15m", "4h", "7m"):
         assert cache.get_bars(symbols, tf, start, end).equals(read_lake_bars(root, symbols, tf, start, end)), tf
     m = cache.metrics()  # built from the 1m chunks in memory: the lake was read once, for the 1m request
-    assert m["resampled"] > 0 and m["lake"] <= from_lake + 2 * len(symbols)  # 7m chunks straddle days
+    assert m["resampled"] > 0 and m["lake"] == from_lake and m["inputs_l1"] > 0
+    assert m["inputs_lake"] <= 2 * len(symbols)  # 7m chunks straddle days: a day past the range
 
 
 def test_memory_is_bounded_in_bytes(kline_lake, settings):

@@ -4,7 +4,7 @@ Bars are cached in chunks of whole bars (about a day of them: 1,440 1m bars, 24 
 1d bar) keyed by (symbol, timeframe, chunk). A chunk is looked up in
 
 - L1, this process's memory: an LRU bounded in bytes;
-- L2, Redis, shared by every node of the cluster: Arrow IPC, zstd-compressed, with a TTL per timeframe;
+- L2, Redis, shared by every node of the cluster: Arrow IPC (zstd from 64 KB), with a TTL per timeframe;
 - L3, the Parquet lake: a 1m chunk is read from the lake's 1m bars; any other timeframe is resampled
   from the 1m chunks it covers, which come through the cache themselves;
 - and, given a :class:`~tickray.collector.Collector`, the venue: before L3 is read, the closed minutes of
@@ -18,29 +18,43 @@ skipped for ``l2_retry_s`` before it is tried again (so a dead Redis costs one t
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import os
 import time
 from collections import Counter, OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import redis
 
-from tickray.bars import MINUTE_NS, RESAMPLED, lake_minutes, resample, timeframe_minutes
+from tickray import lake
+from tickray.bars import MINUTE_NS, RESAMPLED, resample, timeframe_minutes
 from tickray.collector import Collector
 from tickray.schema import BAR
 
 log = logging.getLogger(__name__)
 CHUNK_MINUTES = 1440  # about a day of bars per chunk, in whole bars
+CHUNK_NS = CHUNK_MINUTES * MINUTE_NS  # a 1m chunk: one UTC day, one lake partition
+BATCH = 256  # chunks built, or moved to and from Redis, at a time
+READ_THREADS = 4
+_STORED = [n for n in BAR.names if n != "symbol"]  # the partition's folder holds the symbol
 KEY = "tickray:bars:{symbol}:{minutes}m:{chunk}"
+
+
+_ZSTD, _PLAIN = pa.ipc.IpcWriteOptions(compression="zstd"), pa.ipc.IpcWriteOptions()
+COMPRESS_FROM_BYTES = 64 * 1024  # a day of 1h bars (3.6 KB) gains nothing from zstd and pays 10x to encode
 
 
 def _to_ipc(t: pa.Table, still_open: bool) -> bytes:
     t = t.replace_schema_metadata({b"open": b"1" if still_open else b"0"})  # for the L1 copy's lifetime
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, t.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as w:
+    with pa.ipc.new_stream(sink, t.schema, options=_ZSTD if t.nbytes >= COMPRESS_FROM_BYTES else _PLAIN) as w:
         w.write_table(t)
     return sink.getvalue().to_pybytes()
 
@@ -52,9 +66,11 @@ def _from_ipc(data: bytes) -> tuple[pa.Table, bool]:
 
 @dataclass
 class CacheStats:
-    # chunk lookups answered by: l1, l2, "resampled" (a higher timeframe built from 1m chunks) or
+    # chunks asked for, answered by: l1, l2, "resampled" (a higher timeframe built from 1m bars) or
     # "lake" (a 1m chunk read from the lake)
     found: Counter = field(default_factory=Counter)
+    # 1m chunks read to build higher timeframes, by where they came from: l1, l2, lake
+    inputs: Counter = field(default_factory=Counter)
     l1_evictions: int = 0
     l2_errors: int = 0
 
@@ -64,6 +80,7 @@ class CacheStats:
             "lookups": total, **{k: self.found[k] for k in ("l1", "l2", "resampled", "lake")},
             **{f"{k}_hit_ratio": (self.found[k] / total if total else 0.0) for k in ("l1", "l2")},
             "fetches_saved": self.found["l1"] + self.found["l2"],  # lookups that read neither lake nor venue
+            **{f"inputs_{k}": self.inputs[k] for k in ("l1", "l2", "lake")},
             "l1_bytes": l1_bytes, "l1_evictions": self.l1_evictions, "l2_errors": self.l2_errors,
         }
 
@@ -102,9 +119,9 @@ class BarCache:
         first, last = start_ns // step // per_chunk, (end_ns - 1) // step // per_chunk
         keys = [(s.upper(), c) for s in symbols for c in range(first, last + 1)]
         chunks = self._chunks(keys, minutes, collect)
-        t = pa.concat_tables([chunks[k] for k in keys]) if keys else RESAMPLED.empty_table()
-        ts = pc.cast(t["ts"], pa.int64())
-        return t.filter(pc.and_(pc.greater_equal(ts, start_ns), pc.less(ts, end_ns)))
+        parts = [_between(chunks[k], start_ns, end_ns) if k[1] in (first, last) else chunks[k] for k in keys]
+        # one contiguous table: kernels over thousands of small chunks pay per chunk
+        return pa.concat_tables(parts).combine_chunks() if parts else RESAMPLED.empty_table()
 
     @staticmethod
     def _bars_per_chunk(minutes: int) -> int:
@@ -118,41 +135,99 @@ class BarCache:
         return chunk * width, (chunk + 1) * width
 
     def _chunks(self, keys: list[tuple[str, int]], minutes: int, collect: bool) -> dict[tuple[str, int], pa.Table]:
-        out: dict[tuple[str, int], pa.Table] = {}
-        names = {k: self._key(k[0], minutes, k[1]) for k in keys}
-        for k in keys:  # L1
-            t = self._l1_get(names[k])
-            if t is not None:
-                out[k] = t
-                self.stats.found["l1"] += 1
-        missing = [k for k in keys if k not in out]
-        for k, got in zip(missing, self._l2_get([names[k] for k in missing])):  # L2
-            if got is not None:
-                out[k] = got[0]
-                self.stats.found["l2"] += 1
-                self._l1_put(names[k], *got)
+        out = self._cached(keys, minutes, self.stats.found)
         missing = [k for k in keys if k not in out]
         if missing and collect and self.collector is not None:  # the venue fills what the lake lacks, in one go
             self.collector.fill([(k[0], *self._span(minutes, k[1])) for k in missing])
-        for k in missing:  # L3: the lake, or the 1m chunks a higher timeframe is made of
-            t, still_open = self._build(k[0], minutes, k[1])
-            out[k] = t
-            self.stats.found["lake" if minutes == 1 else "resampled"] += 1
-            self._l1_put(names[k], t, still_open)
-            ttl = self.open_ttl_s if still_open else self.ttl_s.get(minutes, self.default_ttl_s)
-            self._l2_put(names[k], t, still_open, ttl)
+        ttl = self.ttl_s.get(minutes, self.default_ttl_s)
+        for i in range(0, len(missing), BATCH):  # L3, in batches: memory follows a batch, not the request
+            group = missing[i:i + BATCH]
+            if minutes == 1:
+                built = {k: (_as_resampled(t), self._still_open(_ns(t), *self._span(1, k[1])))
+                         for k, t in self._lake_days(group).items()}
+            else:
+                built = self._resampled_chunks(group, minutes)
+            names = {k: self._key(k[0], minutes, k[1]) for k in built}
+            for k, (t, still_open) in built.items():
+                out[k] = t
+                self._l1_put(names[k], t, still_open)
+            self.stats.found["lake" if minutes == 1 else "resampled"] += len(built)
+            self._l2_put([(names[k], t, still_open, self.open_ttl_s if still_open else ttl)
+                          for k, (t, still_open) in built.items()])
         return out
 
-    def _build(self, symbol: str, minutes: int, chunk: int) -> tuple[pa.Table, bool]:
-        lo, hi = self._span(minutes, chunk)
-        if minutes == 1:
-            one = lake_minutes(self.lake_root, [symbol], lo, hi)
-        else:
-            one = self._get([symbol], 1, lo, hi, collect=False).select(BAR.names)
-        bars = resample(one, minutes)
-        # open: the chunk's last minute is not in yet (the range is still being written, or ends here)
-        still_open = one.num_rows == 0 or pc.max(pc.cast(one["ts"], pa.int64())).as_py() < hi - MINUTE_NS
-        return bars, still_open
+    def _cached(self, keys: list[tuple[str, int]], minutes: int, tally: Counter) -> dict[tuple[str, int], pa.Table]:
+        """The chunks found in L1, then in L2 (copied into L1), counted by layer in ``tally``."""
+        out: dict[tuple[str, int], pa.Table] = {}
+        names = {k: self._key(k[0], minutes, k[1]) for k in keys}
+        for k in keys:
+            t = self._l1_get(names[k])
+            if t is not None:
+                out[k] = t
+                tally["l1"] += 1
+        missing = [k for k in keys if k not in out]
+        for k, got in zip(missing, self._l2_get([names[k] for k in missing])):
+            if got is not None:
+                out[k] = got[0]
+                tally["l2"] += 1
+                self._l1_put(names[k], *got)
+        return out
+
+    def _lake_days(self, keys: list[tuple[str, int]]) -> dict[tuple[str, int], pa.Table]:
+        """1m bars of (symbol, UTC day) from the lake: a 1m chunk is one day, so one ``date=/symbol=``
+        partition."""
+        with ThreadPoolExecutor(READ_THREADS) as pool:  # Parquet reads release the GIL
+            days = dict(zip(keys, pool.map(self._lake_day, keys)))
+        empty = {s for s, _ in keys} - {s for (s, _), t in days.items() if t.num_rows}
+        unknown = empty - {s for _, s in lake.partitions(self.lake_root, "bars_1m")} if empty else set()
+        if unknown:
+            raise FileNotFoundError(f"no 1m bars in the lake at {self.lake_root} for {sorted(unknown)}")
+        return days
+
+    def _lake_day(self, key: tuple[str, int]) -> pa.Table:
+        symbol, day = key
+        folder = self.lake_root / "bars_1m" / f"date={_date(day)}" / f"symbol={symbol}"
+        try:
+            files = sorted(e.path for e in os.scandir(folder) if e.name.endswith(".parquet"))
+        except FileNotFoundError:
+            files = []
+        if not files:
+            return BAR.empty_table()
+        # ParquetFile.read: a third of read_table's cost on a day's 1,440 rows
+        t = pa.concat_tables([pq.ParquetFile(f).read(columns=_STORED) for f in files], promote_options="default")
+        t = t.add_column(1, "symbol", pa.array([symbol] * t.num_rows, pa.string()))
+        return t if t.schema.equals(BAR) else t.cast(BAR)
+
+    def _resampled_chunks(self, keys: list[tuple[str, int]], minutes: int) -> dict:
+        """Chunks of a higher timeframe from the 1m bars they cover, one resample per symbol (chunks hold
+        whole bars, so no bar crosses a chunk's edge). 1m chunks in the cache are used; the others are
+        read from the lake and not cached themselves: the chunks built from them are, and encoding a
+        day of minutes for Redis costs more than reading it again."""
+        spans = {k: self._span(minutes, k[1]) for k in keys}
+        one_keys = sorted({(s, d) for (s, _), (lo, hi) in spans.items()
+                           for d in range(lo // CHUNK_NS, (hi - 1) // CHUNK_NS + 1)})
+        ones = self._cached(one_keys, 1, self.stats.inputs)
+        from_lake = self._lake_days([k for k in one_keys if k not in ones])
+        self.stats.inputs["lake"] += len(from_lake)
+        ones.update(from_lake)
+        out = {}
+        for symbol in dict.fromkeys(s for s, _ in keys):
+            mine = sorted(k for k in keys if k[0] == symbol)
+            one = pa.concat_tables([ones[k].select(BAR.names) for k in one_keys if k[0] == symbol])
+            lo, hi = spans[mine[0]][0], spans[mine[-1]][1]
+            bars = resample(_between(one, lo, hi), minutes)
+            one_ts, bar_ts = _ns(one), _ns(bars)
+            for k in mine:
+                a, b = spans[k]
+                i, j = np.searchsorted(bar_ts, [a, b])
+                out[k] = (bars.slice(i, j - i), self._still_open(one_ts[slice(*np.searchsorted(one_ts, [a, b]))], a, b))
+        return out
+
+    @staticmethod
+    def _still_open(minutes_ns: np.ndarray, lo: int, hi: int) -> bool:
+        """A chunk whose last minute (of the sorted 1m starts it was built from) is not in yet: the range
+        is still being written, or ends here."""
+        return minutes_ns.size == 0 or int(minutes_ns[-1]) < hi - MINUTE_NS
 
     def _l1_get(self, key: str) -> pa.Table | None:
         entry = self._l1.get(key)
@@ -180,18 +255,24 @@ class BarCache:
     def _l2_get(self, keys: list[str]) -> list[tuple[pa.Table, bool] | None]:
         if not keys or not self._l2_up():
             return [None] * len(keys)
+        raw = []
         try:
-            raw = self.redis.mget(keys)
+            for i in range(0, len(keys), BATCH):  # bounded replies
+                raw += self.redis.mget(keys[i:i + BATCH])
         except redis.RedisError as e:
             self._l2_failed("read", e)
             return [None] * len(keys)
         return [None if r is None else _from_ipc(r) for r in raw]
 
-    def _l2_put(self, key: str, t: pa.Table, still_open: bool, ttl_s: int) -> None:
-        if not self._l2_up():
+    def _l2_put(self, items: list[tuple[str, pa.Table, bool, int]]) -> None:
+        """Write (key, bars, still open, TTL) items in one round trip."""
+        if not items or not self._l2_up():
             return
         try:
-            self.redis.set(key, _to_ipc(t, still_open), ex=ttl_s)
+            with self.redis.pipeline(transaction=False) as p:
+                for key, t, still_open, ttl_s in items:
+                    p.set(key, _to_ipc(t, still_open), ex=ttl_s)
+                p.execute()
         except redis.RedisError as e:
             self._l2_failed("write", e)
 
@@ -201,3 +282,27 @@ class BarCache:
         if self.stats.l2_errors == 1 or self.stats.l2_errors % 100 == 0:
             log.warning("bar cache: Redis %s failed (%s: %s); answering from memory and the lake "
                         "(%d failures so far)", what, type(e).__name__, e, self.stats.l2_errors)
+
+
+def _date(day: int) -> str:
+    return (dt.date(1970, 1, 1) + dt.timedelta(days=day)).isoformat()
+
+
+def _ns(t: pa.Table) -> np.ndarray:
+    return pc.cast(t["ts"], pa.int64()).to_numpy()
+
+
+def _between(t: pa.Table, lo: int, hi: int) -> pa.Table:
+    i, j = np.searchsorted(_ns(t), [lo, hi])
+    return t.slice(i, j - i)
+
+
+def _as_resampled(one: pa.Table) -> pa.Table:
+    """1m bars as 1m "resampled" bars: as they are when each minute is there once, in order (the lake
+    writes them so); through :func:`resample` otherwise, which sorts and drops repeats."""
+    ts = _ns(one)
+    if ts.size and (np.any(np.diff(ts) <= 0) or np.any(ts % MINUTE_NS)):
+        return resample(one, 1)
+    n = one.num_rows
+    return one.append_column("minutes", pa.array(np.ones(n, np.int32))).append_column(
+        "complete", pa.array(np.ones(n, bool))).cast(RESAMPLED)

@@ -97,6 +97,9 @@ def clean_minutes(bars: pa.Table) -> tuple[pa.Table, int]:
     one read wins); returns them and how many duplicates were dropped."""
     if bars.num_rows == 0:
         return bars, 0
+    mm = pc.min_max(bars["symbol"])
+    if mm["min"] == mm["max"] and np.all(np.diff(_ns(bars["ts"])) > 0):  # one symbol, in order, each once
+        return bars, 0
     t = bars.append_column("_row", pa.array(np.arange(bars.num_rows))).sort_by(
         [("symbol", "ascending"), ("ts", "ascending"), ("_row", "ascending")])
     ts, sym = _ns(t["ts"]), t["symbol"].to_numpy(zero_copy_only=False)

@@ -92,8 +92,10 @@ def read_partition(root: Path, dataset: str, date: str, symbol: str, sort_by: st
     if not files:
         raise FileNotFoundError(f"no Parquet files in partition {part}")
     cols = None if columns is None else [c for c in columns if c != "symbol"]
-    t = pa.concat_tables([pq.read_table(f, columns=cols, filters=filters) for f in files],
-                         promote_options="default")
+    # ParquetFile.read skips the dataset machinery of read_table: half the cost on small partitions
+    read = (lambda f: pq.read_table(f, columns=cols, filters=filters)) if filters else (
+        lambda f: pq.ParquetFile(f).read(columns=cols))
+    t = pa.concat_tables([read(f) for f in files], promote_options="default")
     if "symbol" not in t.column_names and (columns is None or "symbol" in columns):
         t = t.append_column("symbol", pa.array([symbol] * t.num_rows, pa.string()))
     if sort_by in t.column_names and (len(files) > 1 or not _is_sorted(t[sort_by])):

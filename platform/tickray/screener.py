@@ -10,6 +10,8 @@ Rules (each gives a ``score``; the table is sorted by it, largest first):
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
@@ -23,16 +25,14 @@ RULES = ("movers", "rsi", "volume_spike")
 DAY_NS = 1440 * MINUTE_NS
 
 
-def _score(rule: str, bars: pd.DataFrame) -> dict:
-    close, volume = bars["close"].to_numpy(), bars["volume"].to_numpy()
+def _score(rule: str, open_: np.ndarray, close: np.ndarray, volume: np.ndarray, complete: np.ndarray) -> dict:
     if rule == "movers":
-        change = close[-1] / bars["open"].iloc[0] - 1
+        change = close[-1] / open_[0] - 1
         return {"return_pct": change * 100, "score": abs(change)}
     if rule == "rsi":
         value = rsi(close)[-1]
         return {"rsi_14": value, "score": abs(value - 50)}
-    complete = bars[bars["complete"]]
-    last = complete["volume"].iloc[-1] if len(complete) else np.nan
+    last = volume[complete][-1] if complete.any() else np.nan
     median = float(np.median(volume))
     return {"last_volume": last, "median_volume": median, "score": last / median if median > 0 else np.nan}
 
@@ -46,16 +46,21 @@ def screen(cache: BarCache, symbols: list[str], timeframe: str, days: float, rul
     if end_ns is None:  # historical data: the window ends with the newest bar in the lake
         end_ns = latest_minute(cache, symbols) + MINUTE_NS
     start_ns = end_ns - int(days * DAY_NS)
-    bars = cache.get_bars(symbols, timeframe, start_ns, end_ns).to_pandas()
+    bars = cache.get_bars(symbols, timeframe, start_ns, end_ns)  # sorted by symbol, then time
+    cols = {c: bars[c].to_numpy() for c in ("open", "close", "volume", "complete")}
+    sym = bars["symbol"].to_numpy(zero_copy_only=False)
+    edges = np.flatnonzero(np.r_[True, sym[1:] != sym[:-1], True]) if len(sym) else np.array([0])
     rows = []
-    for symbol, b in bars.groupby("symbol", sort=True):
-        if len(b) < 15:  # RSI(14) needs 14 changes; the other rules are meaningless on fewer bars too
+    for a, b in itertools.pairwise(edges):
+        if b - a < 15:  # RSI(14) needs 14 changes; the other rules are meaningless on fewer bars too
             continue
-        rows.append({"symbol": symbol, "bars": len(b), "last_close": b["close"].iloc[-1], **_score(rule, b)})
+        close = cols["close"][a:b]
+        rows.append({"symbol": sym[a], "bars": int(b - a), "last_close": close[-1],
+                     **_score(rule, cols["open"][a:b], close, cols["volume"][a:b], cols["complete"][a:b])})
     out = pd.DataFrame(rows)
     if out.empty:
         return out
-    out = out.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+    out = out.sort_values(["score", "symbol"], ascending=[False, True], kind="stable").reset_index(drop=True)
     out.attrs.update(timeframe=timeframe, minutes=minutes, start_ns=start_ns, end_ns=end_ns, rule=rule)
     return out
 
