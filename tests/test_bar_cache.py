@@ -89,3 +89,17 @@ def test_a_chunk_still_being_written_is_cached_briefly(kline_lake, settings):
     cache.get_bars(symbols[:1], "1h", end - DAY, end + 3600 * 10**9)  # the range reaches past the data
     ttls = sorted(r.ttl(k) for k in r.scan_iter(f"tickray:bars:{symbols[0]}:60m:*"))
     assert ttls[0] <= 30 < ttls[-1]  # the open chunk briefly, the closed one for the timeframe's TTL
+
+
+def test_minutes_read_for_one_timeframe_build_the_next_from_memory(kline_lake):
+    root, symbols, start = kline_lake
+    cache = BarCache(root, None)
+    cache.get_bars(symbols, "1h", start, start + 3 * DAY)
+    read = cache.metrics()["inputs_lake"]
+    assert cache.get_bars(symbols, "4h", start, start + 3 * DAY).equals(
+        read_lake_bars(root, symbols, "4h", start, start + 3 * DAY))
+    m = cache.metrics()
+    assert m["inputs_lake"] == read > 0 and m["inputs_l1"] == read  # spare minutes, kept while there was room
+    small = BarCache(root, None, l1_max_bytes=1)  # no room: nothing asked for is evicted for them
+    small.get_bars(symbols, "1h", start, start + 3 * DAY)
+    assert small.metrics()["l1_evictions"] == len(symbols) * 3 - 1

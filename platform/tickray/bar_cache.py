@@ -143,7 +143,7 @@ class BarCache:
         for i in range(0, len(missing), BATCH):  # L3, in batches: memory follows a batch, not the request
             group = missing[i:i + BATCH]
             if minutes == 1:
-                built = {k: (_as_resampled(t), self._still_open(_ns(t), *self._span(1, k[1])))
+                built = {k: (_as_resampled(t), _still_open(_ns(t), *self._span(1, k[1])))
                          for k, t in self._lake_days(group).items()}
             else:
                 built = self._resampled_chunks(group, minutes)
@@ -210,6 +210,11 @@ class BarCache:
         from_lake = self._lake_days([k for k in one_keys if k not in ones])
         self.stats.inputs["lake"] += len(from_lake)
         ones.update(from_lake)
+        for k, t in from_lake.items():  # kept in memory only where there is room: never evicts for them
+            if self._l1_bytes + t.nbytes > self.l1_max_bytes:
+                break
+            self._l1_put(self._key(k[0], 1, k[1]), _as_resampled(t), _still_open(_ns(t), *self._span(1, k[1])),
+                         spare=True)
         out = {}
         for symbol in dict.fromkeys(s for s, _ in keys):
             mine = sorted(k for k in keys if k[0] == symbol)
@@ -220,14 +225,8 @@ class BarCache:
             for k in mine:
                 a, b = spans[k]
                 i, j = np.searchsorted(bar_ts, [a, b])
-                out[k] = (bars.slice(i, j - i), self._still_open(one_ts[slice(*np.searchsorted(one_ts, [a, b]))], a, b))
+                out[k] = (bars.slice(i, j - i), _still_open(one_ts[slice(*np.searchsorted(one_ts, [a, b]))], a, b))
         return out
-
-    @staticmethod
-    def _still_open(minutes_ns: np.ndarray, lo: int, hi: int) -> bool:
-        """A chunk whose last minute (of the sorted 1m starts it was built from) is not in yet: the range
-        is still being written, or ends here."""
-        return minutes_ns.size == 0 or int(minutes_ns[-1]) < hi - MINUTE_NS
 
     def _l1_get(self, key: str) -> pa.Table | None:
         entry = self._l1.get(key)
@@ -239,10 +238,14 @@ class BarCache:
         self._l1.move_to_end(key)
         return entry[0]
 
-    def _l1_put(self, key: str, t: pa.Table, still_open: bool) -> None:
+    def _l1_put(self, key: str, t: pa.Table, still_open: bool, spare: bool = False) -> None:
+        """Hold a chunk in memory; a ``spare`` one (read only to build another) goes to the evicting end of
+        the LRU: it is the first to go when chunks that were asked for need the room."""
         if key in self._l1:
             self._l1_bytes -= self._l1.pop(key)[0].nbytes
         self._l1[key] = (t, time.monotonic() + self.open_ttl_s if still_open else float("inf"))
+        if spare:
+            self._l1.move_to_end(key, last=False)
         self._l1_bytes += t.nbytes
         while self._l1_bytes > self.l1_max_bytes and len(self._l1) > 1:
             _, (old, _) = self._l1.popitem(last=False)
@@ -292,6 +295,12 @@ def _ns(t: pa.Table) -> np.ndarray:
     return pc.cast(t["ts"], pa.int64()).to_numpy()
 
 
+def _still_open(minutes_ns: np.ndarray, lo: int, hi: int) -> bool:
+    """A chunk whose last minute (of the sorted 1m starts it was built from) is not in yet: the range is
+    still being written, or ends here."""
+    return minutes_ns.size == 0 or int(minutes_ns[-1]) < hi - MINUTE_NS
+
+
 def _between(t: pa.Table, lo: int, hi: int) -> pa.Table:
     i, j = np.searchsorted(_ns(t), [lo, hi])
     return t.slice(i, j - i)
@@ -304,5 +313,6 @@ def _as_resampled(one: pa.Table) -> pa.Table:
     if ts.size and (np.any(np.diff(ts) <= 0) or np.any(ts % MINUTE_NS)):
         return resample(one, 1)
     n = one.num_rows
-    return one.append_column("minutes", pa.array(np.ones(n, np.int32))).append_column(
-        "complete", pa.array(np.ones(n, bool))).cast(RESAMPLED)
+    one = one if one.schema.equals(BAR) else one.cast(BAR)
+    return pa.Table.from_arrays([*one.columns, pa.array(np.ones(n, np.int32)), pa.array(np.ones(n, bool))],
+                                schema=RESAMPLED)
