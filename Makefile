@@ -34,6 +34,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_ingest.py
 	$(BIN)/python benchmarks/bench_features.py
 	$(BIN)/python benchmarks/bench_memory.py
+	$(BIN)/python benchmarks/bench_bars.py
 
 lint: setup
 	$(BIN)/ruff check platform jobs tests benchmarks

@@ -6,11 +6,12 @@ import numpy as np
 import orjson
 import pytest
 import ray
+from tickray.bars import bars_from_trades
+from tickray.cli import main
 from tickray.exchange_sim import ReplayExchange
 from tickray.features import FEATURE_NAMES, FEATURES, compute_features, grid_from_events
 from tickray.sources.binance import read_ws_capture
 from tickray.stack import redis_client
-from tickray.bars import bars_from_trades
 from tickray.stream.actor import (
     CLOSED_BARS_STREAM,
     FEATURES_KEY,
@@ -43,7 +44,7 @@ def capture(shared_data):
     return shared_data / "binance" / "ws" / "usdm_btcusdt_20240718.gz"
 
 
-def test_live_features_equal_batch_features(ray_cluster, settings, capture):
+def test_live_features_equal_batch_features(ray_cluster, settings, capture, monkeypatch, capsys):
     r = redis_client(settings)
     r.delete(FEATURES_KEY.format(symbol="BTCUSDT"), CLOSED_BARS_STREAM.format(symbol="BTCUSDT"),
              LIVE_BARS_KEY.format(symbol="BTCUSDT"))
@@ -82,6 +83,10 @@ def test_live_features_equal_batch_features(ray_cluster, settings, capture):
     current = {tf: orjson.loads(v) for tf, v in r.hgetall(LIVE_BARS_KEY.format(symbol="BTCUSDT")).items()}
     assert set(current) == {b"1m", b"15m", b"1h", b"4h"}
     assert current[b"1m"]["ts"] == batch_bars[-1]["ts"].value and not current[b"1h"]["complete"]
+    monkeypatch.setenv("TICKRAY_REDIS_PORT", str(settings.redis_port))
+    assert main(["bars", "--live", "--symbols", "BTCUSDT"]) == 0  # live monitoring from the command line
+    printed = capsys.readouterr().out
+    assert all(f"BTCUSDT {tf} " in " ".join(printed.split()) for tf in ("1m", "15m", "1h", "4h")), printed
 
 
 def test_bad_messages_are_quarantined_and_a_gap_resyncs_from_rest(ray_cluster, settings, capture):

@@ -110,6 +110,10 @@ def cmd_bars(args, settings) -> None:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
+    if args.live:
+        return _live_bars(args.symbols, settings)
+    if args.start is None or args.end is None:
+        raise TickrayError("tickray bars needs --start and --end (or --live)")
     cache = _bar_cache(args, settings)
     bars = cache.get_bars(args.symbols, args.timeframe, args.start, args.end)
     if args.out:
@@ -118,6 +122,28 @@ def cmd_bars(args, settings) -> None:
         print(f"{bars.num_rows:,} {args.timeframe} bars → {out}")
     else:
         print(bars.to_pandas().to_string(index=False, max_rows=args.rows))
+
+
+def _live_bars(symbols: list[str], settings) -> None:
+    """The open bar of each timeframe, as the stream actors keep it in Redis."""
+    import datetime as dt
+
+    import orjson
+    import pandas as pd
+
+    from tickray.stack import redis_client
+    from tickray.stream.actor import LIVE_BARS_KEY
+
+    r = redis_client(settings)
+    rows = [{"timeframe": tf.decode(), **orjson.loads(v)} for s in symbols
+            for tf, v in sorted(r.hgetall(LIVE_BARS_KEY.format(symbol=s.upper())).items())]
+    if not rows:
+        print(f"no live bars in Redis for {', '.join(symbols)}: is a stream actor running for them?")
+        return
+    for row in rows:
+        row["ts"] = dt.datetime.fromtimestamp(row["ts"] / 1e9, dt.UTC).strftime("%Y-%m-%d %H:%M")
+    cols = ["symbol", "timeframe", "ts", "open", "high", "low", "close", "volume", "trades", "vwap"]
+    print(pd.DataFrame(rows)[cols].to_string(index=False))
 
 
 def cmd_screen(args, settings) -> None:
@@ -183,8 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("bars", help="bars of any whole-minute timeframe, through the layered bar cache")
     s.add_argument("--symbols", type=_symbols, required=True, help="comma-separated")
     s.add_argument("--timeframe", default="1h", help="<n>m, <n>h or <n>d: 5m, 7m, 15m, 1h, 4h, 1d")
-    s.add_argument("--start", type=_utc_ns, required=True, help="YYYY-MM-DD[THH:MM], UTC, inclusive")
-    s.add_argument("--end", type=_utc_ns, required=True, help="YYYY-MM-DD[THH:MM], UTC, exclusive")
+    s.add_argument("--start", type=_utc_ns, help="YYYY-MM-DD[THH:MM], UTC, inclusive")
+    s.add_argument("--end", type=_utc_ns, help="YYYY-MM-DD[THH:MM], UTC, exclusive")
+    s.add_argument("--live", action="store_true", help="the open bar of each timeframe, as the stream actors "
+                   "keep it in Redis (live monitoring)")
     s.add_argument("--out", help="write to a .parquet or .csv file instead of printing")
     s.add_argument("--rows", type=int, default=60, help="rows printed at most")
     _bar_cache_arguments(s)
