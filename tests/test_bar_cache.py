@@ -1,10 +1,14 @@
 """The layered bar cache against a real redis-server and a lake of real klines."""
 
+import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
+import ray
 import redis
 from tickray.bar_cache import BarCache
-from tickray.bars import read_lake_bars
+from tickray.bars import bars_dataset, read_lake_bars
+from tickray.cli import main
 from tickray.stack import redis_client
 
 DAY = 86_400 * 10**9
@@ -103,3 +107,17 @@ def test_minutes_read_for_one_timeframe_build_the_next_from_memory(kline_lake):
     small = BarCache(root, None, l1_max_bytes=1)  # no room: nothing asked for is evicted for them
     small.get_bars(symbols, "1h", start, start + 3 * DAY)
     assert small.metrics()["l1_evictions"] == len(symbols) * 3 - 1
+
+
+def test_big_ranges_resample_with_ray_data(kline_lake, tmp_path):
+    root, symbols, start = kline_lake
+    end = start + 45 * DAY  # more than one task's month per symbol
+    ds = bars_dataset(root, symbols, "4h", start, end)
+    got = pa.concat_tables(ray.get(ds.to_arrow_refs()))
+    want = read_lake_bars(root, symbols, "4h", start, end)
+    assert ds.num_blocks() >= 2 * len(symbols)
+    assert got.sort_by([("symbol", "ascending"), ("ts", "ascending")]).equals(want)
+    code = main(["bars", "--symbols", ",".join(symbols), "--timeframe", "4h", "--lake", str(root), "--ray",
+                 "--start", "2023-02-01", "--end", "2026-03-01", "--out", str(tmp_path / "out")])
+    assert code == 0 and pq.read_table(tmp_path / "out").num_rows == read_lake_bars(
+        root, symbols, "4h", 0, 2**62).num_rows

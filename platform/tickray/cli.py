@@ -114,6 +114,17 @@ def cmd_bars(args, settings) -> None:
         return _live_bars(args.symbols, settings)
     if args.start is None or args.end is None:
         raise TickrayError("tickray bars needs --start and --end (or --live)")
+    if args.ray:  # a big range: Ray Data tasks per symbol and month, written as a Parquet folder
+        from tickray.bars import bars_dataset
+        from tickray.runtime import connect_ray
+
+        if not args.out:
+            raise TickrayError("tickray bars --ray writes a Parquet folder: give it --out DIR")
+        connect_ray(settings)
+        ds = bars_dataset(Path(args.lake or settings.lake_path), args.symbols, args.timeframe, args.start, args.end)
+        ds.write_parquet(args.out)
+        print(f"{ds.count():,} {args.timeframe} bars → {args.out}/ ({ds.num_blocks()} Ray Data tasks)")
+        return
     cache = _bar_cache(args, settings)
     bars = cache.get_bars(args.symbols, args.timeframe, args.start, args.end)
     if args.out:
@@ -211,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeframe", default="1h", help="<n>m, <n>h or <n>d: 5m, 7m, 15m, 1h, 4h, 1d")
     s.add_argument("--start", type=_utc_ns, help="YYYY-MM-DD[THH:MM], UTC, inclusive")
     s.add_argument("--end", type=_utc_ns, help="YYYY-MM-DD[THH:MM], UTC, exclusive")
+    s.add_argument("--ray", action="store_true", help="for big ranges: resample with Ray Data (a task per "
+                   "symbol and month, straight from the lake) into the Parquet folder --out")
     s.add_argument("--live", action="store_true", help="the open bar of each timeframe, as the stream actors "
                    "keep it in Redis (live monitoring)")
     s.add_argument("--out", help="write to a .parquet or .csv file instead of printing")
