@@ -6,7 +6,7 @@ Bars are cached in chunks of whole bars (about a day of them: 1,440 1m bars, 24 
 - L1, this process's memory: an LRU bounded in bytes;
 - L2, Redis, shared by every node of the cluster: Arrow IPC (zstd from 64 KB), with a TTL per timeframe;
 - L3, the Parquet lake: a 1m chunk is read from the lake's 1m bars; any other timeframe is resampled
-  from the 1m chunks it covers, which come through the cache themselves;
+  from the 1m bars it covers, taken from the cache where they are and from the lake otherwise;
 - and, given a :class:`~tickray.collector.Collector`, the venue: before L3 is read, the closed minutes of
   the missing chunks that the lake lacks are fetched into it (only those, and each range once).
 
@@ -104,7 +104,7 @@ class BarCache:
     # --- the one call ----------------------------------------------------------------------------
     def get_bars(self, symbols: list[str], timeframe: str, start_ns: int, end_ns: int) -> pa.Table:
         """Bars of ``timeframe`` whose start lies in [start, end), for each symbol, in time order."""
-        return self._get(symbols, timeframe_minutes(timeframe), start_ns, end_ns, collect=True)
+        return self._get(symbols, timeframe_minutes(timeframe), start_ns, end_ns)
 
     def metrics(self) -> dict:
         m = self.stats.as_dict(self._l1_bytes)
@@ -114,11 +114,11 @@ class BarCache:
         return m
 
     # --- layers ------------------------------------------------------------------------------------
-    def _get(self, symbols: list[str], minutes: int, start_ns: int, end_ns: int, collect: bool) -> pa.Table:
+    def _get(self, symbols: list[str], minutes: int, start_ns: int, end_ns: int) -> pa.Table:
         step, per_chunk = minutes * MINUTE_NS, self._bars_per_chunk(minutes)
         first, last = start_ns // step // per_chunk, (end_ns - 1) // step // per_chunk
         keys = [(s.upper(), c) for s in symbols for c in range(first, last + 1)]
-        chunks = self._chunks(keys, minutes, collect)
+        chunks = self._chunks(keys, minutes)
         parts = [_between(chunks[k], start_ns, end_ns) if k[1] in (first, last) else chunks[k] for k in keys]
         # one contiguous table: kernels over thousands of small chunks pay per chunk
         return pa.concat_tables(parts).combine_chunks() if parts else RESAMPLED.empty_table()
@@ -134,10 +134,10 @@ class BarCache:
         width = self._bars_per_chunk(minutes) * minutes * MINUTE_NS
         return chunk * width, (chunk + 1) * width
 
-    def _chunks(self, keys: list[tuple[str, int]], minutes: int, collect: bool) -> dict[tuple[str, int], pa.Table]:
+    def _chunks(self, keys: list[tuple[str, int]], minutes: int) -> dict[tuple[str, int], pa.Table]:
         out = self._cached(keys, minutes, self.stats.found)
         missing = [k for k in keys if k not in out]
-        if missing and collect and self.collector is not None:  # the venue fills what the lake lacks, in one go
+        if missing and self.collector is not None:  # the venue fills what the lake lacks, in one go
             self.collector.fill([(k[0], *self._span(minutes, k[1])) for k in missing])
         ttl = self.ttl_s.get(minutes, self.default_ttl_s)
         for i in range(0, len(missing), BATCH):  # L3, in batches: memory follows a batch, not the request
@@ -196,13 +196,15 @@ class BarCache:
         # ParquetFile.read: a third of read_table's cost on a day's 1,440 rows
         t = pa.concat_tables([pq.ParquetFile(f).read(columns=_STORED) for f in files], promote_options="default")
         t = t.add_column(1, "symbol", pa.array([symbol] * t.num_rows, pa.string()))
+        if len(files) > 1:  # each file is written sorted; several need merging
+            t = t.sort_by("ts")
         return t if t.schema.equals(BAR) else t.cast(BAR)
 
     def _resampled_chunks(self, keys: list[tuple[str, int]], minutes: int) -> dict:
         """Chunks of a higher timeframe from the 1m bars they cover, one resample per symbol (chunks hold
         whole bars, so no bar crosses a chunk's edge). 1m chunks in the cache are used; the others are
-        read from the lake and not cached themselves: the chunks built from them are, and encoding a
-        day of minutes for Redis costs more than reading it again."""
+        read from the lake and not sent to Redis (encoding a day of minutes costs more than reading it
+        again): they stay in memory as spares where there is room, for the next timeframe."""
         spans = {k: self._span(minutes, k[1]) for k in keys}
         one_keys = sorted({(s, d) for (s, _), (lo, hi) in spans.items()
                            for d in range(lo // CHUNK_NS, (hi - 1) // CHUNK_NS + 1)})
