@@ -184,7 +184,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        settings = Settings(state_dir=work / "state", redis_port=stack_free_port())
+        settings = Settings(state_dir=work / "state", redis_port=free_port())
         stack.start_redis(settings)
         try:
             bench_screener(work, settings, args.symbols, args.days)
@@ -194,7 +194,7 @@ def main() -> None:
             stack.stop_redis(settings)
 
 
-def stack_free_port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket() as s:

@@ -18,7 +18,6 @@ skipped for ``l2_retry_s`` before it is tried again (so a dead Redis costs one t
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import time
@@ -186,7 +185,7 @@ class BarCache:
 
     def _lake_day(self, key: tuple[str, int]) -> pa.Table:
         symbol, day = key
-        folder = self.lake_root / "bars_1m" / f"date={_date(day)}" / f"symbol={symbol}"
+        folder = self.lake_root / "bars_1m" / f"date={lake.day_partition(day)}" / f"symbol={symbol}"
         try:
             files = sorted(e.path for e in os.scandir(folder) if e.name.endswith(".parquet"))
         except FileNotFoundError:
@@ -287,10 +286,6 @@ class BarCache:
         if self.stats.l2_errors == 1 or self.stats.l2_errors % 100 == 0:
             log.warning("bar cache: Redis %s failed (%s: %s); answering from memory and the lake "
                         "(%d failures so far)", what, type(e).__name__, e, self.stats.l2_errors)
-
-
-def _date(day: int) -> str:
-    return (dt.date(1970, 1, 1) + dt.timedelta(days=day)).isoformat()
 
 
 def _ns(t: pa.Table) -> np.ndarray:

@@ -161,15 +161,13 @@ def _all_null(col: pa.ChunkedArray, starts: np.ndarray) -> np.ndarray:
 
 
 def lake_minutes(root, symbols: list[str], start_ns: int, end_ns: int) -> pa.Table:
-    """The lake's 1m bars of ``symbols`` in [start, end): the bottom layer (L3) of the bar cache."""
-    import datetime as dt
+    """The lake's 1m bars of ``symbols`` in [start, end) (the reference the bar cache is tested against)."""
     from pathlib import Path
 
     from tickray import lake
 
     day = 86_400 * 10**9
-    days = {dt.datetime.fromtimestamp(d * 86_400, dt.UTC).date().isoformat()
-            for d in range(start_ns // day, (end_ns - 1) // day + 1)}
+    days = {lake.day_partition(d) for d in range(start_ns // day, (end_ns - 1) // day + 1)}
     present = lake.partitions(Path(root), "bars_1m")
     wanted = {s.upper() for s in symbols}
     missing = wanted - {s for _, s in present}

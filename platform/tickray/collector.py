@@ -272,7 +272,7 @@ class Collector:
 
     def _lake_minutes(self, symbol: str, lo: int, hi: int) -> np.ndarray:
         first, last = lo // DAY_MINUTES, (hi - 1) // DAY_MINUTES
-        days = {(dt.date(1970, 1, 1) + dt.timedelta(days=d)).isoformat() for d in range(first, last + 1)}
+        days = {lake.day_partition(d) for d in range(first, last + 1)}
         parts = [d for d, s in lake.partitions(self.lake_root, "bars_1m") if s == symbol and d in days]
         if not parts:
             return np.empty(0, np.int64)

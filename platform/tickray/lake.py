@@ -7,6 +7,7 @@ input replaces its partitions instead of duplicating rows.
 
 from __future__ import annotations
 
+import datetime
 import shutil
 import uuid
 from pathlib import Path
@@ -34,6 +35,11 @@ def date_column(ts: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
     """``YYYY-MM-DD`` (UTC) of each timestamp: the ``date=`` partition key (a date32 cast, an order of
     magnitude faster than strftime)."""
     return pc.cast(pc.cast(ts, pa.date32()), pa.string())
+
+
+def day_partition(day: int) -> str:
+    """The ``date=`` key of a UTC day counted from the epoch (day 0 is 1970-01-01)."""
+    return (datetime.date(1970, 1, 1) + datetime.timedelta(days=day)).isoformat()
 
 
 def write_partitions(t: pa.Table, dataset_dir: Path, name: str) -> list[tuple[str, str, int]]:
