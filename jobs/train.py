@@ -1,4 +1,5 @@
-"""`ray job submit --working-dir . -- python jobs/train.py [args]`: the same code as `tickray train`."""
+"""`ray job submit --working-dir . -- python jobs/train.py --config jobs/configs/train-synthetic.yaml`:
+base models, baselines and the stacked ensemble, registered in MLflow (the same code as `tickray train`)."""
 
 import sys
 

@@ -20,7 +20,7 @@ def test_demo_end_to_end(ray_cluster, settings):
     out = r.stdout
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "rows ingested:" in out and "quarantined 0" in out
-    assert "MLflow: registered model tickray-xgb-up_10s version 1 (alias champion)" in out
+    assert "tickray-ensemble: v1 promoted to champion (no champion yet)" in out
     assert out.count("POST /v1/predict → ") == 2
     assert "gaps': 0" in out
     assert "backtest on the held-out window" in out and "hit rate" in out

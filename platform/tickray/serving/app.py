@@ -1,7 +1,9 @@
-"""Ray Serve: the champion model over HTTP, fed by the online features the stream actors keep in Redis.
+"""Ray Serve: the champion ensemble over HTTP, fed by the online features the stream actors keep in Redis.
 ``POST /v1/predict {"symbols": [...]}`` reads each symbol's latest features (with their age);
-``{"rows": [{feature: value, ...}]}`` predicts explicit rows. Feature names and the feature-set version
-are checked against the model's registered signature: a mismatch is an error, never a wrong answer.
+``{"rows": [{feature: value, ...}]}`` predicts explicit rows; every horizon of the model in one answer.
+Feature names and the feature-set version are checked against the model's registered signature: a
+mismatch is an error, never a wrong answer. Only the latest feature row is at hand here, so a model
+that reads a window of earlier seconds (LSTM, Transformer) is refused at start-up.
 """
 
 
@@ -10,13 +12,12 @@ import time
 import numpy as np
 import orjson
 import redis
-import xgboost
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 from ray import serve
 
 from tickray.stream.actor import FEATURES_KEY
-from tickray.training.registry import load_champion
+from tickray.training import registry
 
 api = FastAPI(title="tickray", version="0.1.0")
 
@@ -30,21 +31,26 @@ class PredictRequest(BaseModel):
 @serve.ingress(api)
 class Predictor:
     def __init__(self, tracking_uri: str, model_name: str, redis_url: str):
-        self.model = load_champion(tracking_uri, model_name)
+        self.model = registry.load(tracking_uri, model_name, registry.CHAMPION)
+        if self.model.model.model.window > 1:
+            raise ValueError(f"{model_name} v{self.model.version} reads {self.model.model.model.window} seconds of "
+                             "features per prediction; this deployment has only the latest row")
+        self.feature_set_version = self.model.model.feature_set_version
         self.redis = redis.Redis.from_url(redis_url, socket_timeout=2)
 
-    def _predict(self, matrix: np.ndarray) -> np.ndarray:
-        return self.model.booster.predict(xgboost.DMatrix(matrix, feature_names=self.model.feature_names))
+    def _predict(self, matrix: np.ndarray) -> list[dict]:
+        p, conf = self.model.model.predict_matrix(matrix.astype(np.float32), np.arange(len(matrix)))
+        return [{f"{h}s": {"prob_up": float(p[i, j]), "confidence": float(conf[i, j])}
+                 for j, h in enumerate(self.model.horizons)} for i in range(len(matrix))]
 
-    def _prediction(self, p: float, **extra) -> dict:
-        return {"horizon": f"{self.model.horizon_s}s", "prob_up": float(p),
-                "confidence": float(abs(p - 0.5) * 2), "model_version": self.model.version, **extra}
+    def _prediction(self, horizons: dict, **extra) -> dict:
+        return {"horizons": horizons, "model_version": self.model.version, **extra}
 
     @api.post("/v1/predict")
     def predict(self, req: PredictRequest) -> dict:
         if not req.symbols and not req.rows:
             raise HTTPException(422, "give 'symbols' (live features) or 'rows' (explicit features)")
-        names = self.model.feature_names
+        names = self.model.features
         out = []
         if req.rows:
             for i, row in enumerate(req.rows):
@@ -61,10 +67,10 @@ class Predictor:
                 if raw is None:
                     raise HTTPException(404, f"no live features for symbol {symbol.upper()!r}")
                 doc = orjson.loads(raw)
-                if doc["feature_set_version"] != self.model.feature_set_version or set(doc["features"]) != set(names):
+                if doc["feature_set_version"] != self.feature_set_version or set(doc["features"]) != set(names):
                     raise HTTPException(409, f"{symbol}: live features (set {doc['feature_set_version']}) do not "
                                              f"match model {self.model.name} v{self.model.version} "
-                                             f"(set {self.model.feature_set_version})")
+                                             f"(set {self.feature_set_version})")
                 p = self._predict(np.array([[doc["features"][n] for n in names]], dtype=float))[0]
                 out.append(self._prediction(p, symbol=doc["symbol"], ts_ns=doc["ts_ns"],
                                             feature_age_s=round(time.time() - doc["published_at"], 3)))
@@ -73,7 +79,7 @@ class Predictor:
     @api.get("/v1/health")
     def health(self) -> dict:
         return {"status": "ok", "model": self.model.name, "model_version": self.model.version,
-                "feature_set_version": self.model.feature_set_version}
+                "feature_set_version": self.feature_set_version, "horizons_s": self.model.horizons}
 
 
 def app_builder(args: dict) -> serve.Application:

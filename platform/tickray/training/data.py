@@ -1,0 +1,248 @@
+"""Training data from the feature lake: one row matrix, out-of-time windows and purged folds.
+
+Rows are read with Ray Data (one task per (date, symbol) partition) into :class:`Rows`: a float32
+feature matrix sorted by (symbol, ts), the labels of every horizon, and for each row whether the
+``window`` seconds ending at it are contiguous and complete. Sequence models gather their N × T × F
+windows from the matrix batch by batch (:func:`gather_windows`), so the windows are never materialised
+whole: T times the data would not fit where the rows do.
+
+Time is cut, never shuffled: [development | calibration | test] with an embargo between, and purged
+k-fold inside development (de Prado): a training row is dropped when its label window reaches into the
+validation block, or when it lies within the embargo after it (its features look back into the block).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+
+from tickray import lake
+from tickray.errors import ConfigError
+from tickray.features import FEATURE_NAMES, FEATURE_SET_VERSION
+from tickray.training.config import TrainConfig
+
+NS = 1_000_000_000
+
+
+@dataclass
+class Rows:
+    x: np.ndarray  # (n, F) float32, rows sorted by (symbol, ts)
+    y: np.ndarray  # (n, H) float32: 1 up, 0 down, NaN undefined (dead band, past the data)
+    fwd: np.ndarray  # (n, H) float64: the forward log return in bps behind each label (for backtests)
+    ts: np.ndarray  # (n,) int64 ns
+    symbol: np.ndarray  # (n,) object
+    window_ok: np.ndarray  # (n,) bool: the `window` rows ending here are one symbol's consecutive seconds, all defined
+    features: list[str]
+    horizons: list[int]
+    window: int
+    feature_set_version: str = FEATURE_SET_VERSION
+
+    @property
+    def n(self) -> int:
+        return self.ts.size
+
+    def labels(self) -> list[str]:
+        return [f"up_{h}s" for h in self.horizons]
+
+    def data_range(self) -> dict[str, str]:
+        def iso(ns: int) -> str:
+            return dt.datetime.fromtimestamp(ns / NS, dt.UTC).isoformat()
+        return {"start": iso(int(self.ts.min())), "end": iso(int(self.ts.max())),
+                "symbols": ",".join(sorted(set(self.symbol.tolist()))), "rows": str(self.n)}
+
+
+def complete_windows(x: np.ndarray, ts: np.ndarray, symbol: np.ndarray, window: int) -> np.ndarray:
+    """For rows sorted by (symbol, ts): True where rows i-window+1..i are one symbol, one second apart, and
+    every feature is defined."""
+    n = ts.size
+    ok = np.zeros(n, bool)
+    if n < window:
+        return ok
+    defined = ~np.isnan(x).any(axis=1)
+    bad = np.concatenate([[0], np.cumsum(~defined)])
+    ends = np.arange(window - 1, n)
+    starts = ends - window + 1
+    ok[ends] = ((ts[ends] - ts[starts] == (window - 1) * NS) & (symbol[ends] == symbol[starts])
+                & (bad[ends + 1] - bad[starts] == 0))
+    return ok
+
+
+def gather_windows(x: np.ndarray, ends: np.ndarray, window: int) -> np.ndarray:
+    """(len(ends), window, F) windows ending at ``ends`` (each must be a complete window)."""
+    return x[ends[:, None] + np.arange(-window + 1, 1)[None, :]]
+
+
+def _date_filter(cfg: TrainConfig, parts: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    d = cfg.data
+    wanted = {s.upper() for s in d.symbols}
+    return [(date, sym) for date, sym in parts
+            if (not wanted or sym in wanted) and (d.start is None or date >= d.start)
+            and (d.end is None or date <= d.end)]
+
+
+def check_lake(cfg: TrainConfig, lake_root: Path) -> list[tuple[str, str]]:
+    """The partitions the config selects, after checking (without reading any data) that every feature
+    and label is there: a one-line error otherwise."""
+    root = Path(lake_root)
+    parts = _date_filter(cfg, lake.partitions(root, "features"))
+    if not parts:
+        raise ConfigError(f"data: no feature partitions under {root / 'features'} for symbols "
+                          f"{cfg.data.symbols or 'any'} and dates {cfg.data.start or '…'}..{cfg.data.end or '…'}; "
+                          "run `tickray features` first")
+    date, sym = parts[0]
+    f = next((root / "features" / f"date={date}" / f"symbol={sym}").glob("*.parquet"))
+    have = set(pq.read_schema(f).names)
+    missing = [c for c in FEATURE_NAMES if c not in have]
+    if missing:
+        raise ConfigError(f"data: feature(s) {', '.join(missing)} missing from {f} (feature set "
+                          f"{FEATURE_SET_VERSION}): recompute features with `tickray features`")
+    labels = sorted(c for c in have if c.startswith("up_"))
+    for h in cfg.data.horizons_s:
+        if f"up_{h}s" not in have:
+            raise ConfigError(f"data.horizons_s: no label up_{h}s in {f} (have {', '.join(labels)}); add the "
+                              "horizon to tickray.labels.HORIZONS_S and recompute features")
+    return parts
+
+
+def load_rows(cfg: TrainConfig, lake_root: Path) -> Rows:
+    """Every selected row (Ray Data, a task per partition), with the canary's label shuffle applied."""
+    root = Path(lake_root)
+    parts = check_lake(cfg, root)
+    labels = [f"up_{h}s" for h in cfg.data.horizons_s]
+    returns = [f"fwd_ret_{h}s" for h in cfg.data.horizons_s]
+    cols = ["ts", *FEATURE_NAMES, *labels, *returns]
+
+    def read(batch: dict[str, np.ndarray]) -> pa.Table:
+        date, sym = batch["date"][0], batch["symbol"][0]
+        t = lake.read_partition(root, "features", date, sym, columns=cols)
+        return t.append_column("symbol", pa.array([sym] * t.num_rows, pa.string()))
+
+    items = [{"date": d, "symbol": s} for d, s in parts]
+    ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(read, batch_size=1,
+                                                                              batch_format="numpy")
+    t = pa.concat_tables(ray.get(ds.to_arrow_refs()), promote_options="default")
+    t = t.sort_by([("symbol", "ascending"), ("ts", "ascending")])
+    ts = pc.cast(t["ts"], pa.int64()).to_numpy()
+    x = np.column_stack([t[c].to_numpy(zero_copy_only=False) for c in FEATURE_NAMES]).astype(np.float32)
+    y = np.column_stack([t[c].to_numpy(zero_copy_only=False) for c in labels]).astype(np.float32)
+    fwd = np.column_stack([t[c].to_numpy(zero_copy_only=False) for c in returns]).astype(np.float64)
+    symbol = t["symbol"].to_numpy(zero_copy_only=False)
+    if cfg.labels.shuffle_within_s:
+        y = shuffle_within_blocks(y, ts, cfg.labels.shuffle_within_s * NS, cfg.seed)
+    window = cfg.longest_window
+    return Rows(x, y, fwd, ts, symbol, complete_windows(x, ts, symbol, window), list(FEATURE_NAMES),
+                list(cfg.data.horizons_s), window)
+
+
+def shuffle_within_blocks(y: np.ndarray, ts: np.ndarray, block_ns: int, seed: int) -> np.ndarray:
+    """The leakage canary's noise labels: each label column permuted within time blocks, so the class
+    balance over time is kept and any link between a row's features and its label is destroyed."""
+    rng = np.random.default_rng(seed)
+    out = y.copy()
+    block = ts // block_ns
+    order = np.argsort(block, kind="stable")
+    bounds = np.flatnonzero(np.diff(block[order])) + 1
+    for idx in np.split(order, bounds):
+        for j in range(y.shape[1]):
+            out[idx, j] = y[rng.permutation(idx), j]
+    return out
+
+
+@dataclass
+class Windows:
+    """Row indices of the out-of-time windows and of the purged folds inside development."""
+    dev: np.ndarray
+    calibration: np.ndarray
+    test: np.ndarray
+    folds: list[tuple[np.ndarray, np.ndarray]]  # (train, validation) within dev
+    cuts_ns: dict[str, int]
+
+
+def usable(rows: Rows) -> np.ndarray:
+    """Rows a model may see: features defined, the longest window complete, some label defined."""
+    ok = rows.window_ok if rows.window > 1 else ~np.isnan(rows.x).any(axis=1)
+    return ok & ~np.isnan(rows.y).all(axis=1)
+
+
+def purged_kfold(ts: np.ndarray, idx: np.ndarray, k: int, purge_ns: int, embargo_ns: int
+                 ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """k contiguous time blocks of ``idx``; for block [a, b) the training rows are those with
+    ts < a - purge_ns (their labels end before the block) or ts >= b + embargo_ns."""
+    t = ts[idx]
+    edges = np.quantile(t, np.linspace(0, 1, k + 1))
+    edges[-1] = t.max() + 1
+    folds = []
+    for a, b in itertools.pairwise(edges):
+        valid = idx[(t >= a) & (t < b)]
+        train = idx[(t < a - purge_ns) | (t >= b + embargo_ns)]
+        folds.append((train, valid))
+    return folds
+
+
+def walk_forward(ts: np.ndarray, idx: np.ndarray, n_windows: int, gap_ns: int, min_train_fraction: float = 0.3
+                 ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Expanding-window walk-forward: train on everything before each test window (less a gap)."""
+    t = ts[idx]
+    lo, hi = t.min(), t.max() + 1
+    first = lo + (hi - lo) * min_train_fraction
+    edges = np.linspace(first, hi, n_windows + 1)
+    return [(idx[t < a - gap_ns], idx[(t >= a) & (t < b)]) for a, b in itertools.pairwise(edges)]
+
+
+def split_windows(rows: Rows, cfg: TrainConfig) -> Windows:
+    idx = np.flatnonzero(usable(rows))
+    if idx.size == 0:
+        raise ConfigError("data: no usable rows (every row lacks a feature, a complete window or a label)")
+    t = rows.ts[idx]
+    lo, hi = int(t.min()), int(t.max()) + 1
+    gap = cfg.embargo_s * NS
+    c_test = hi - int((hi - lo) * cfg.split.test_fraction)
+    c_cal = c_test - int((hi - lo) * cfg.split.calibration_fraction)
+    dev = idx[t < c_cal - gap]
+    cal = idx[(t >= c_cal) & (t < c_test - gap)]
+    test = idx[t >= c_test]
+    for name, part in (("development", dev), ("calibration", cal), ("test", test)):
+        if part.size == 0:
+            raise ConfigError(f"split: the {name} window is empty ({idx.size:,} usable rows from "
+                              f"{_iso(lo)} to {_iso(hi)}, embargo {cfg.embargo_s}s): use more data or "
+                              "smaller fractions")
+    purge = max(rows.horizons) * NS
+    folds = purged_kfold(rows.ts, dev, cfg.split.folds, purge, gap)
+    for i, (tr, va) in enumerate(folds):
+        if tr.size == 0 or va.size == 0:
+            raise ConfigError(f"split.folds: fold {i} of {cfg.split.folds} is empty; use fewer folds")
+    for j, h in enumerate(rows.horizons):
+        for name, part in (("development", dev), ("test", test)):
+            classes = np.unique(rows.y[part, j][~np.isnan(rows.y[part, j])])
+            if classes.size < 2:
+                raise ConfigError(f"labels: up_{h}s has {'one class' if classes.size else 'no values'} "
+                                  f"in the {name} window; a binary model cannot be fitted or judged")
+    return Windows(dev, cal, test, folds, {"calibration_start": c_cal, "test_start": c_test, "end": hi})
+
+
+def _iso(ns: int) -> str:
+    return dt.datetime.fromtimestamp(ns / NS, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def inner_split(ts: np.ndarray, idx: np.ndarray, gap_ns: int, fraction: float = 0.15
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, stop): the latest ``fraction`` of ``idx`` by time decides early stopping; the rest, less a
+    gap before it, is fitted on."""
+    t = ts[idx]
+    cut = np.quantile(t, 1 - fraction)
+    return idx[t < cut - gap_ns], idx[t >= cut]
+
+
+def thin(rows: Rows, idx: np.ndarray, every_s: int) -> np.ndarray:
+    """Every Nth second of ``idx`` (by timestamp, so all symbols keep the same seconds)."""
+    if every_s <= 1:
+        return idx
+    return idx[(rows.ts[idx] // NS) % every_s == 0]

@@ -1,0 +1,282 @@
+"""`jobs/train.py`: base models, baselines and the stacked ensemble, judged out of time, in MLflow.
+
+1. rows from the feature lake (Ray Data); [development | calibration | test] cut by time, with embargoes;
+2. out-of-fold predictions of every base model: purged k-fold over development, one Ray task per
+   (model, fold), run wherever the cluster has room (GPUs when the config asks);
+3. the final base models on all of development with Ray Train; the baselines (class prior, logistic);
+4. the meta-learner on the out-of-fold predictions, calibrated on the calibration window, with the
+   shock detector;
+5. every model scored on the test window; models registered as ``challenger`` and promoted to
+   ``champion`` only if they beat the champion on the same window.
+
+MLflow: one parent run per job; nested runs per fold, per model and per baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import ray
+from mlflow.tracking import MlflowClient
+
+from tickray.training import registry, trainers
+from tickray.training.config import SEQUENCE_FAMILIES, SequenceConfig, TrainConfig, XGBoostConfig
+from tickray.training.data import (
+    NS,
+    Rows,
+    Windows,
+    complete_windows,
+    inner_split,
+    load_rows,
+    split_windows,
+    thin,
+)
+from tickray.training.ensemble import Ensemble, fit_calibrators, fit_meta, fit_shock
+from tickray.training.metrics import classification_metrics
+from tickray.training.models import fit_logistic, fit_prior, fit_sequence, fit_xgboost, local_device
+
+BASELINES = ("prior", "logistic")
+
+
+@ray.remote
+def _fold_fit(family: str, cfg: dict, x: np.ndarray, y: np.ndarray, fit: np.ndarray, stop: np.ndarray,
+              predict: np.ndarray, seed: int) -> np.ndarray:
+    """One fold of one base model, fitted in this task; its predictions for the held-out block."""
+    if family == "xgboost":
+        c = XGBoostConfig.model_validate(cfg)
+        model, _ = fit_xgboost(x, y, fit, stop, c, seed, nthread=max(1, int(c.resources.cpu)), device=local_device())
+    else:
+        model, _ = fit_sequence(family, x, y, fit, stop, SequenceConfig.model_validate(cfg), seed, local_device())
+    return model.predict(x, predict)
+
+
+@dataclass
+class TrainReport:
+    experiment: str
+    run_id: str
+    horizons: list[int]
+    rows: dict[str, int]
+    scores: dict[str, dict[int, dict[str, float]]]  # model → horizon → test metrics
+    versions: dict[str, str] = field(default_factory=dict)  # registered model → version
+    decisions: list[registry.Decision] = field(default_factory=list)
+    seconds: float = 0.0
+    test: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)  # test rows with every model's probabilities
+
+    def auc(self, model: str, horizon: int) -> float:
+        return self.scores[model][horizon]["auc"]
+
+    def test_frame(self, model: str, horizon: int) -> pd.DataFrame:
+        """ts, symbol, prob_up, fwd_ret_<h>s: what a backtest reads."""
+        t = self.test
+        return pd.DataFrame({"ts": t["ts"], "symbol": t["symbol"], "prob_up": t[f"{model}_{horizon}s"],
+                             f"fwd_ret_{horizon}s": t[f"fwd_ret_{horizon}s"]}).dropna()
+
+    def lines(self) -> list[str]:
+        out = [(f"rows: development {self.rows['development']:,}, calibration {self.rows['calibration']:,}, "
+               f"test {self.rows['test']:,} (out of time, embargoed)")]
+        models = list(self.scores)
+        out.append("test AUC       " + "".join(f"{m:>13}" for m in models))
+        for h in self.horizons:
+            out.append(f"  up {h:>4}s     " + "".join(f"{self.auc(m, h):>13.4f}" for m in models))
+        for name, version in self.versions.items():
+            out.append(f"MLflow: {name} v{version}")
+        out += [d.line() for d in self.decisions]
+        out.append(f"run {self.run_id} in experiment {self.experiment!r} ({self.seconds:.0f}s)")
+        return out
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = str(v)
+    return out
+
+
+def _score(rows: Rows, idx: np.ndarray, p: np.ndarray) -> dict[int, dict[str, float]]:
+    return {h: classification_metrics(rows.y[idx, j], p[:, j]) for j, h in enumerate(rows.horizons)}
+
+
+def _log_scores(scores: dict[int, dict[str, float]], prefix: str = "test") -> None:
+    mlflow.log_metrics({f"{prefix}_{k}_{h}s": v for h, m in scores.items() for k, v in m.items()})
+
+
+def _sample_frame(rows: Rows, idx: np.ndarray, window: int) -> pd.DataFrame:
+    """A few consecutive rows of one symbol (enough for a window): the signature's input example."""
+    end = idx[window + 5] if idx.size > window + 5 else idx[-1]
+    sl = slice(max(0, end - window - 4), end + 1)
+    df = pd.DataFrame(rows.x[sl], columns=rows.features)
+    df.insert(0, "ts", rows.ts[sl])
+    df.insert(0, "symbol", rows.symbol[sl].astype(str))
+    return df
+
+
+def _final_fit(family: str, cfg, rows: Rows, fit: np.ndarray, stop: np.ndarray, seed: int, storage: Path):
+    name = f"{family}-{int(time.time())}"
+    if family == "xgboost":
+        return trainers.train_xgboost(rows, fit, stop, cfg, seed, storage, name)
+    return trainers.train_sequence(family, rows, fit, stop, cfg, seed, storage, name)
+
+
+def _log_history(family: str, history) -> None:
+    """Per-epoch (torch) or per-round (xgboost, one series per horizon) validation metrics."""
+    if family in SEQUENCE_FAMILIES:
+        for m in history:
+            mlflow.log_metrics({k: float(v) for k, v in m.items() if k != "epoch"}, step=int(m["epoch"]))
+        return
+    for j, h in enumerate(history):
+        for metric, values in h.items():
+            for step in range(0, len(values), 10):  # every 10th round: the curve, not a flood of points
+                mlflow.log_metric(f"valid_{metric}_h{j}", float(values[step]), step=step)
+
+
+def _champion_score(client: MlflowClient, name: str, rows: Rows, test: np.ndarray, ours_window: int,
+                    ours: registry.TickrayModel, metric: str, tracking_uri: str
+                    ) -> tuple[str | None, float, float | None, str]:
+    """(champion version, our score, its score, why it cannot be scored) on the same test rows: those
+    both models can predict, over the horizons both have."""
+    champ = registry.champion_version(client, name)
+    p_ours, _ = ours.predict_matrix(rows.x, test)
+    ours_score = float(np.mean([m[metric] for m in _score(rows, test, p_ours).values()]))
+    if champ is None:
+        return None, ours_score, None, ""
+    loaded = registry.load(tracking_uri, name, registry.CHAMPION)
+    if loaded.features != rows.features or loaded.model.feature_set_version != rows.feature_set_version:
+        return champ, ours_score, None, (f"it uses feature set {loaded.model.feature_set_version}, the lake "
+                                         f"{rows.feature_set_version}")
+    common = [h for h in rows.horizons if h in loaded.horizons]
+    if not common:
+        return champ, ours_score, None, f"it predicts horizons {loaded.horizons}, this job {rows.horizons}"
+    window = max(ours_window, loaded.model.model.window)
+    idx = test[complete_windows(rows.x, rows.ts, rows.symbol, window)[test]]
+    p_champ, _ = loaded.model.predict_matrix(rows.x, idx)
+    p_new, _ = ours.predict_matrix(rows.x, idx)
+    cols_new = [rows.horizons.index(h) for h in common]
+    cols_champ = [loaded.horizons.index(h) for h in common]
+    ours_score = float(np.mean([classification_metrics(rows.y[idx, rows.horizons.index(h)], p_new[:, c])[metric]
+                                for h, c in zip(common, cols_new)]))
+    champ_score = float(np.mean([classification_metrics(rows.y[idx, rows.horizons.index(h)], p_champ[:, c])[metric]
+                                 for h, c in zip(common, cols_champ)]))
+    return champ, ours_score, champ_score, ""
+
+
+def run_training(cfg: TrainConfig, lake_root: Path, tracking_uri: str, artifact_root: str, storage: Path,
+                 say: Callable[[str], None] = print, register: bool = True) -> TrainReport:
+    t0 = time.perf_counter()
+    rows = load_rows(cfg, lake_root)
+    win: Windows = split_windows(rows, cfg)
+    every, gap, seed = cfg.data.train_every_s, cfg.embargo_s * NS, cfg.seed
+    families = cfg.models.enabled()
+    say(f"{rows.n:,} rows of {len(rows.features)} features ({rows.feature_set_version}), horizons "
+        f"{rows.horizons} s; development {win.dev.size:,}, calibration {win.calibration.size:,}, "
+        f"test {win.test.size:,}; {cfg.split.folds} purged folds, embargo {cfg.embargo_s}s")
+
+    # 2. out-of-fold predictions: a task per (model, fold), submitted at once
+    x_ref, y_ref = ray.put(rows.x), ray.put(rows.y)
+    oof_idx = np.concatenate([thin(rows, va, every) for _, va in win.folds])
+    pending = {}
+    for fam, mcfg in families.items():
+        for i, (tr, va) in enumerate(win.folds):
+            fit, stop = inner_split(rows.ts, thin(rows, tr, every), gap)
+            pending[fam, i] = _fold_fit.options(num_cpus=mcfg.resources.cpu, num_gpus=mcfg.resources.gpu).remote(
+                fam, mcfg.model_dump(), x_ref, y_ref, fit, stop, thin(rows, va, every), seed)
+
+    # 3. final base models on Ray Train, baselines in this process
+    dev_fit, dev_stop = inner_split(rows.ts, thin(rows, win.dev, every), gap)
+    bases, histories = {}, {}
+    for fam, mcfg in families.items():
+        t = time.perf_counter()
+        bases[fam], histories[fam] = _final_fit(fam, mcfg, rows, dev_fit, dev_stop, seed, storage)
+        say(f"{fam}: fitted on Ray Train ({mcfg.num_workers} worker(s)) in {time.perf_counter() - t:.0f}s")
+    dev_all = thin(rows, win.dev, every)
+    baselines = {"prior": fit_prior(rows.y, dev_all), "logistic": fit_logistic(rows.x, rows.y, dev_all)}
+
+    fold_preds = {k: v for k, v in zip(pending, ray.get(list(pending.values())))}
+    oof = {fam: np.concatenate([fold_preds[fam, i] for i in range(len(win.folds))]) for fam in families}
+    say(f"out-of-fold predictions: {len(pending)} fold fits, {oof_idx.size:,} rows")
+
+    # 4. stacking, calibration, shock detector
+    ens = Ensemble(bases, fit_meta(oof, rows.y[oof_idx]), [], None)
+    raw_cal = ens.combine(ens.base_predictions(rows.x, win.calibration))
+    ens.calibrators = fit_calibrators(raw_cal, rows.y[win.calibration], cfg.ensemble.calibration)
+    if cfg.ensemble.shock.enabled:
+        ens.shock = fit_shock(rows.x, dev_all, cfg.ensemble.shock.contamination, seed)
+
+    # 5. the test window
+    test = win.test
+    preds = {**{f: m.predict(rows.x, test) for f, m in {**bases, **baselines}.items()},
+             "ensemble": ens.predict(rows.x, test)}
+    scores = {m: _score(rows, test, p) for m, p in preds.items()}
+    frame = pd.DataFrame({"ts": rows.ts[test], "symbol": rows.symbol[test]})
+    for j, h in enumerate(rows.horizons):
+        frame[f"up_{h}s"] = rows.y[test, j]
+        frame[f"fwd_ret_{h}s"] = rows.fwd[test, j]
+        for m, p in preds.items():
+            frame[f"{m}_{h}s"] = p[:, j]
+    report = TrainReport(cfg.name, "", rows.horizons,
+                         {"development": win.dev.size, "calibration": win.calibration.size, "test": test.size},
+                         scores, test=frame)
+    _log_to_mlflow(report, cfg, rows, win, fold_preds, oof_idx, bases, baselines, ens, histories,
+                   tracking_uri, artifact_root, register)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _log_to_mlflow(report: TrainReport, cfg: TrainConfig, rows: Rows, win: Windows, fold_preds: dict,
+                   oof_idx: np.ndarray, bases: dict, baselines: dict, ens: Ensemble, histories: dict,
+                   tracking_uri: str, artifact_root: str, register: bool) -> None:
+    mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    exp = registry.experiment_id(client, cfg.name, artifact_root)
+    commit = registry.git_commit()
+    data_range = rows.data_range()
+    windows = {k: str(v) for k, v in win.cuts_ns.items()}
+    tags = {"git_commit": commit, "data_range": json.dumps(data_range), "test_window": json.dumps(windows)}
+    every = cfg.data.train_every_s
+    with mlflow.start_run(experiment_id=exp, run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}") as parent:
+        report.run_id = parent.info.run_id
+        mlflow.set_tags({"git_commit": commit, "feature_set_version": rows.feature_set_version})
+        mlflow.log_params(_flatten(cfg.model_dump(mode="json")))
+        mlflow.log_dict(cfg.model_dump(mode="json"), "config.json")
+        mlflow.log_dict({"features": rows.features, "feature_set_version": rows.feature_set_version}, "features.json")
+        mlflow.log_dict({**data_range, **windows, "rows": report.rows}, "data_range.json")
+        for i, (_, va) in enumerate(win.folds):
+            block = thin(rows, va, every)
+            for fam in bases:
+                with mlflow.start_run(experiment_id=exp, run_name=f"{fam}-fold{i}", nested=True):
+                    mlflow.log_params({"family": fam, "fold": i, "rows": block.size})
+                    _log_scores(_score(rows, block, fold_preds[fam, i]), "oof")
+        for name, model in {**bases, **baselines, "ensemble": ens}.items():
+            with mlflow.start_run(experiment_id=exp, run_name=name, nested=True):
+                mlflow.log_param("family", name)
+                _log_scores(report.scores[name])
+                if name in histories:
+                    _log_history(name, histories[name])
+                if not register or name in BASELINES:
+                    continue
+                wrapper = registry.TickrayModel(model, rows.features, rows.horizons, rows.feature_set_version)
+                reg_name = f"{cfg.registry.prefix}-{name}"
+                version = registry.log_model(wrapper, reg_name, _sample_frame(rows, win.test, model.window), tags)
+                report.versions[reg_name] = version
+                rule = cfg.registry.promotion
+                champ, ours, theirs, why = _champion_score(client, reg_name, rows, win.test, model.window, wrapper,
+                                                           rule.metric, tracking_uri)
+                decision = registry.decide(client, reg_name, version, rule.metric, rule.margin, ours, theirs,
+                                           champ, why)
+                report.decisions.append(decision)
+                mlflow.log_dict(decision.__dict__, "promotion.json")
+                mlflow.log_metric(f"promotion_{rule.metric}_challenger", ours)
+                if theirs is not None:
+                    mlflow.log_metric(f"promotion_{rule.metric}_champion", theirs)
+                mlflow.set_tag("promotion", decision.line())
+        mlflow.log_metrics({f"{m}_test_auc_{h}s": s[h]["auc"] for m, s in report.scores.items() for h in s})
