@@ -199,6 +199,24 @@ def cmd_train(args, settings) -> None:
     print("\n".join(report.lines()))
 
 
+def cmd_tune(args, settings) -> None:
+    from tickray.runtime import connect_ray
+    from tickray.training.data import check_lake
+    from tickray.training.tune import run_tune, search_space
+
+    cfg = _train_config(args)
+    lake_root = Path(cfg.data.lake or settings.lake_path)
+    if cfg.tune is None:
+        raise ConfigError(f"{args.train_config or 'config'}: no tune section (family, num_samples, space)")
+    search_space(cfg)
+    check_lake(cfg, lake_root)
+    connect_ray(settings)
+    _, trained = run_tune(cfg, lake_root, settings.tracking_uri, settings.artifact_root,
+                          settings.state_path / "ray_results", resume=args.resume)
+    if trained is not None:
+        print("\n".join(trained.lines()))
+
+
 def cmd_demo(args, settings) -> None:
     from tickray.demo import run_demo
 
@@ -265,6 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config key, e.g. --set models.xgboost.num_workers=2 (repeatable)")
     s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("tune", help="Ray Tune (Optuna + ASHA) over one base model, then train with the best")
+    s.add_argument("--config", dest="train_config", required=True, help="training config YAML with a tune section")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    s.add_argument("--resume", action="store_true", help="resume an interrupted search (Tuner.restore)")
+    s.set_defaults(fn=cmd_tune)
 
     s = sub.add_parser("demo", help="run every stage end to end on the embedded default")
     s.add_argument("--symbols", type=_symbols, default=["BTCUSDT", "ETHUSDT"], help="comma-separated")

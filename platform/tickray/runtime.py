@@ -11,6 +11,7 @@ import ray
 
 from tickray import stack
 from tickray.config import Settings
+from tickray.errors import ConfigError
 
 
 def connect_ray(settings: Settings) -> str | None:
@@ -43,3 +44,20 @@ def one_stage_execution() -> Iterator[None]:
         yield
     finally:
         ctx.op_resource_reservation_enabled = before
+
+
+def require_resources(per_unit: dict[str, float], units: int, what: str) -> None:
+    """Fail fast, naming ``what``, when no node of the cluster could hold one unit (a trial, a Train
+    worker) or the cluster could not hold ``units`` of them: Ray would otherwise wait forever, warning
+    once after a minute, for resources that will never come (no autoscaler adds a GPU here)."""
+    need = {k: v for k, v in per_unit.items() if v > 0}
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if any(all(node.get(k, 0.0) >= v for k, v in need.items()) for node in nodes):
+        total = ray.cluster_resources()
+        short = {k: v * units for k, v in need.items() if total.get(k, 0.0) < v * units}
+        if not short:
+            return
+        raise ConfigError(f"{what}: {units} × {need} needs {short}, the cluster has "
+                         f"{ {k: total.get(k, 0.0) for k in short} }")
+    have = [{k: node.get(k, 0.0) for k in need} for node in nodes]
+    raise ConfigError(f"{what}: one asks for {need}; no node has that (nodes: {have}); it would wait forever")

@@ -26,6 +26,7 @@ import pandas as pd
 import ray
 from mlflow.tracking import MlflowClient
 
+from tickray.runtime import require_resources
 from tickray.training import registry, trainers
 from tickray.training.config import SEQUENCE_FAMILIES, SequenceConfig, TrainConfig, XGBoostConfig
 from tickray.training.data import (
@@ -173,6 +174,9 @@ def _champion_score(client: MlflowClient, name: str, rows: Rows, test: np.ndarra
 def run_training(cfg: TrainConfig, lake_root: Path, tracking_uri: str, artifact_root: str, storage: Path,
                  say: Callable[[str], None] = print, register: bool = True) -> TrainReport:
     t0 = time.perf_counter()
+    for fam, mcfg in cfg.models.enabled().items():
+        require_resources({"CPU": mcfg.resources.cpu, "GPU": mcfg.resources.gpu}, mcfg.num_workers,
+                          f"models.{fam}.resources")
     rows = load_rows(cfg, lake_root)
     win: Windows = split_windows(rows, cfg)
     every, gap, seed = cfg.data.train_every_s, cfg.embargo_s * NS, cfg.seed

@@ -1,0 +1,91 @@
+"""Ray Tune: Optuna + ASHA over XGBoost with the best config handed to the final training, failed trials
+retried and recorded, resume after interruption, GPU trials failing fast without GPUs and placed on
+the GPU node when there is one."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from tickray.errors import ConfigError
+from tickray.training.config import parse_config
+from tickray.training.tune import run_tune, search_space
+
+TUNE = {
+    "data": {"horizons_s": [10], "train_every_s": 4},
+    "split": {"folds": 2},
+    "models": {"xgboost": {"num_boost_round": 100}},
+    "tune": {"family": "xgboost", "num_samples": 4, "max_concurrent_trials": 2, "max_failures": 1,
+             "grace_period": 1, "metric": "valid_logloss",
+             "space": {"max_depth": {"type": "choice", "values": [3, -1]},  # -1: xgboost refuses it
+                       "eta": {"type": "loguniform", "low": 0.03, "high": 0.3}}},
+}
+
+
+@pytest.fixture(scope="module")
+def market_lake(ray_cluster, market, tmp_path_factory):
+    from tickray.features.job import build_features
+    from tickray.ingest import ingest
+
+    out, _ = market
+    root = tmp_path_factory.mktemp("tune") / "lake"
+    ingest([out / "aggtrades", out / "depth", out / "klines"], root)
+    build_features(root)
+    return root
+
+
+@pytest.mark.parametrize("tune, message", [
+    ({"family": "lstm", "space": {"max_depth": {"type": "int", "low": 1, "high": 3}}},
+     "tune.space.max_depth: lstm tunes only"),
+    ({"space": {"eta": {"type": "normal", "low": 0, "high": 1}}}, "tune.space.eta: type 'normal' is not one of"),
+    ({"space": {"eta": {"type": "uniform", "low": 0}}}, "tune.space.eta: uniform needs 'high'"),
+    ({"space": {}}, "tune.space: empty"),
+])
+def test_bad_search_spaces_are_named(tune, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        search_space(parse_config({"tune": tune}))
+
+
+def test_a_gpu_trial_on_a_cluster_without_gpus_fails_fast(market_lake, tmp_path):
+    cfg = parse_config({**TUNE, "tune": {**TUNE["tune"], "resources": {"cpu": 1, "gpu": 1}}})
+    with pytest.raises(ConfigError, match=r"tune.resources: one asks for \{'CPU': 1.0, 'GPU': 1.0\}; no node"):
+        run_tune(cfg, market_lake, f"sqlite:///{tmp_path}/m.db", str(tmp_path / "a"), tmp_path / "r")
+
+
+def test_search_then_train_with_the_best(market_lake, tmp_path):
+    uri, artifacts, storage = f"sqlite:///{tmp_path}/mlflow.db", str(tmp_path / "artifacts"), tmp_path / "ray"
+    report, trained = run_tune(parse_config(TUNE), market_lake, uri, artifacts, storage)
+    assert report.trials == 4 and 1 <= report.failed < 4, report.lines()
+    assert report.best_config["max_depth"] == 3
+    assert 0 < report.busy_fraction <= 1 and report.trials_per_minute > 0
+    # the final training used the best parameters
+    client = MlflowClient(uri)
+    xgb_run = next(r for r in client.search_runs([client.get_experiment_by_name("tickray").experiment_id],
+                                                 f"tags.`mlflow.parentRunId` = '{trained.run_id}'")
+                   if r.info.run_name == "xgboost")
+    parent = client.get_run(trained.run_id)
+    assert float(parent.data.params["models.xgboost.params.eta"]) == pytest.approx(report.best_config["eta"])
+    assert xgb_run.data.metrics["test_auc_10s"] > 0.6
+    # every trial is a nested run of the search's run, the failed ones marked FAILED with their error
+    trials = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{report.run_id}'")
+    assert len(trials) == 4
+    failed = [t for t in trials if t.info.status == "FAILED"]
+    assert len(failed) == report.failed and all("max_depth" in t.data.tags["error"] for t in failed)
+    assert all(t.data.params["max_depth"] == "-1" for t in failed)
+
+    # an interrupted (here: finished) search resumes from its experiment folder instead of starting over
+    again, _ = run_tune(parse_config({**TUNE, "tune": {**TUNE["tune"], "train_after": False}}), market_lake,
+                        uri, artifacts, storage, resume=True)
+    assert again.trials == 4 and again.best_config == report.best_config
+
+
+def test_gpu_trials_land_on_the_gpu_node(tmp_path):
+    script = Path(__file__).with_name("gpu_placement_script.py")
+    r = subprocess.run([sys.executable, str(script), str(tmp_path / "ray")], capture_output=True, text=True,
+                       timeout=600, check=False)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["trials"] == 4 and not out["errors"]
+    assert out["nodes"] == [out["gpu_node"]]
