@@ -165,6 +165,12 @@ def stop_redis(settings: Settings) -> bool:
 # ---------------------------------------------------------------- Ray head
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def ray_head_address(settings: Settings) -> str | None:
     """The address of the Ray head `tickray up` started, if it is still running."""
     run = _run_dir(settings)
@@ -204,7 +210,9 @@ def start_ray_head(settings: Settings, timeout_s: float = 90.0) -> ServiceState:
         proc = subprocess.Popen(
             [str(ray_exe), "start", "--head", "--block", f"--port={settings.ray_port}", f"--num-cpus={num_cpus}",
              "--include-dashboard=true", f"--dashboard-host={host}",
-             f"--dashboard-port={settings.dashboard_port}", "--disable-usage-stats"],
+             f"--dashboard-port={settings.dashboard_port}", "--disable-usage-stats",
+             # Ray's fixed default (52365) is taken when another Ray runs here: jobs then find no agent.
+             f"--dashboard-agent-listen-port={_free_port()}"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"),
                  # A job's bare `python` is found on the head's PATH: make it this environment's.
