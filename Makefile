@@ -35,6 +35,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_features.py
 	$(BIN)/python benchmarks/bench_memory.py
 	$(BIN)/python benchmarks/bench_bars.py
+	$(BIN)/python benchmarks/bench_train.py
 
 lint: setup
 	$(BIN)/ruff check platform jobs tests benchmarks

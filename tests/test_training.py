@@ -64,6 +64,7 @@ def trained(market_lake, mlflow_store):
     ({"models": {"lstm": {"hidden": 30, "heads": 4}}}, "hidden (30) must be a multiple of heads (4)"),
     ({"models": {}}, "name at least one of xgboost, lstm, transformer"),
     ({"split": {"test_fraction": 0.7}}, "split.test_fraction: Input should be less than 0.5"),
+    ({"data": {"features": ["ofi_30s", "ofi_7s"]}}, "data: Value error, unknown feature(s) ofi_7s"),
     ({"labels": {"shuffle_within_s": 300}}, "labels.shuffle_within_s (300) must be at least 2040"),
 ])
 def test_bad_configs_are_one_line_errors(raw, message):

@@ -67,7 +67,7 @@ class Predictor:
                 if raw is None:
                     raise HTTPException(404, f"no live features for symbol {symbol.upper()!r}")
                 doc = orjson.loads(raw)
-                if doc["feature_set_version"] != self.feature_set_version or set(doc["features"]) != set(names):
+                if doc["feature_set_version"] != self.feature_set_version or not set(names) <= doc["features"].keys():
                     raise HTTPException(409, f"{symbol}: live features (set {doc['feature_set_version']}) do not "
                                              f"match model {self.model.name} v{self.model.version} "
                                              f"(set {self.feature_set_version})")

@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tickray.errors import ConfigError
-from tickray.features import LOOKBACK
+from tickray.features import FEATURE_NAMES, FEATURE_SET_VERSION, FEATURES
 
 SEQUENCE_FAMILIES = ("lstm", "transformer")
 FAMILIES = ("xgboost", *SEQUENCE_FAMILIES)
@@ -35,6 +35,23 @@ class DataConfig(_Strict):
     start: str | None = None  # ISO dates, inclusive
     end: str | None = None
     horizons_s: list[int] = Field(default_factory=lambda: [10, 60], min_length=1)
+    # The model's inputs: these features (empty: the whole feature set), less those looking back more
+    # than max_lookback_s (a short capture has few rows where a 15-minute feature is defined).
+    features: list[str] = Field(default_factory=list)
+    max_lookback_s: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _known_features(self):
+        unknown = [f for f in self.features if f not in FEATURES]
+        if unknown:
+            raise ValueError(f"unknown feature(s) {', '.join(unknown)} (feature set {FEATURE_SET_VERSION})")
+        if not self.selected_features():
+            raise ValueError(f"no feature looks back at most {self.max_lookback_s}s")
+        return self
+
+    def selected_features(self) -> list[str]:
+        names = self.features or list(FEATURE_NAMES)
+        return [n for n in names if self.max_lookback_s is None or FEATURES[n].lookback <= self.max_lookback_s]
     # Adjacent seconds are near-duplicates: fit on every Nth row (evaluation uses every row).
     train_every_s: int = Field(1, ge=1)
 
@@ -152,7 +169,8 @@ class TrainConfig(_Strict):
 
     @model_validator(mode="after")
     def _canary_blocks_outlast_lookback(self):
-        shortest = 2 * (LOOKBACK + max(self.data.horizons_s))
+        lookback = max(FEATURES[n].lookback for n in self.data.selected_features()) + 1
+        shortest = 2 * (lookback + max(self.data.horizons_s))
         if self.labels.shuffle_within_s is not None and self.labels.shuffle_within_s < shortest:
             raise ValueError(f"labels.shuffle_within_s ({self.labels.shuffle_within_s}) must be at least {shortest}: "
                              "twice the features' look-back plus the longest horizon, or a block's share of "

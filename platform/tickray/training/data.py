@@ -26,7 +26,7 @@ import ray
 
 from tickray import lake
 from tickray.errors import ConfigError
-from tickray.features import FEATURE_NAMES, FEATURE_SET_VERSION
+from tickray.features import FEATURE_SET_VERSION
 from tickray.training.config import TrainConfig
 
 NS = 1_000_000_000
@@ -100,7 +100,7 @@ def check_lake(cfg: TrainConfig, lake_root: Path) -> list[tuple[str, str]]:
     date, sym = parts[0]
     f = next((root / "features" / f"date={date}" / f"symbol={sym}").glob("*.parquet"))
     have = set(pq.read_schema(f).names)
-    missing = [c for c in FEATURE_NAMES if c not in have]
+    missing = [c for c in cfg.data.selected_features() if c not in have]
     if missing:
         raise ConfigError(f"data: feature(s) {', '.join(missing)} missing from {f} (feature set "
                           f"{FEATURE_SET_VERSION}): recompute features with `tickray features`")
@@ -118,7 +118,8 @@ def load_rows(cfg: TrainConfig, lake_root: Path) -> Rows:
     parts = check_lake(cfg, root)
     labels = [f"up_{h}s" for h in cfg.data.horizons_s]
     returns = [f"fwd_ret_{h}s" for h in cfg.data.horizons_s]
-    cols = ["ts", *FEATURE_NAMES, *labels, *returns]
+    features = cfg.data.selected_features()
+    cols = ["ts", *features, *labels, *returns]
 
     def read(batch: dict[str, np.ndarray]) -> pa.Table:
         date, sym = batch["date"][0], batch["symbol"][0]
@@ -131,14 +132,14 @@ def load_rows(cfg: TrainConfig, lake_root: Path) -> Rows:
     t = pa.concat_tables(ray.get(ds.to_arrow_refs()), promote_options="default")
     t = t.sort_by([("symbol", "ascending"), ("ts", "ascending")])
     ts = pc.cast(t["ts"], pa.int64()).to_numpy()
-    x = np.column_stack([t[c].to_numpy(zero_copy_only=False) for c in FEATURE_NAMES]).astype(np.float32)
+    x = np.column_stack([t[c].to_numpy(zero_copy_only=False) for c in features]).astype(np.float32)
     y = np.column_stack([t[c].to_numpy(zero_copy_only=False) for c in labels]).astype(np.float32)
     fwd = np.column_stack([t[c].to_numpy(zero_copy_only=False) for c in returns]).astype(np.float64)
     symbol = t["symbol"].to_numpy(zero_copy_only=False)
     if cfg.labels.shuffle_within_s:
         y = shuffle_within_blocks(y, ts, cfg.labels.shuffle_within_s * NS, cfg.seed)
     window = cfg.longest_window
-    return Rows(x, y, fwd, ts, symbol, complete_windows(x, ts, symbol, window), list(FEATURE_NAMES),
+    return Rows(x, y, fwd, ts, symbol, complete_windows(x, ts, symbol, window), features,
                 list(cfg.data.horizons_s), window)
 
 
@@ -204,8 +205,9 @@ def split_windows(rows: Rows, cfg: TrainConfig) -> Windows:
     t = rows.ts[idx]
     lo, hi = int(t.min()), int(t.max()) + 1
     gap = cfg.embargo_s * NS
-    c_test = hi - int((hi - lo) * cfg.split.test_fraction)
-    c_cal = c_test - int((hi - lo) * cfg.split.calibration_fraction)
+    # Cut by rows, not by clock time: a lake with gaps (separate capture sessions) still gets its shares.
+    c_test = int(np.quantile(t, 1 - cfg.split.test_fraction))
+    c_cal = int(np.quantile(t, 1 - cfg.split.test_fraction - cfg.split.calibration_fraction))
     dev = idx[t < c_cal - gap]
     cal = idx[(t >= c_cal) & (t < c_test - gap)]
     test = idx[t >= c_test]
@@ -220,7 +222,7 @@ def split_windows(rows: Rows, cfg: TrainConfig) -> Windows:
         if tr.size == 0 or va.size == 0:
             raise ConfigError(f"split.folds: fold {i} of {cfg.split.folds} is empty; use fewer folds")
     for j, h in enumerate(rows.horizons):
-        for name, part in (("development", dev), ("test", test)):
+        for name, part in (("development", dev), ("calibration", cal), ("test", test)):
             classes = np.unique(rows.y[part, j][~np.isnan(rows.y[part, j])])
             if classes.size < 2:
                 raise ConfigError(f"labels: up_{h}s has {'one class' if classes.size else 'no values'} "

@@ -1,0 +1,93 @@
+"""Training on Ray, each against a baseline measured in the same run.
+
+- XGBoost: ``XGBoostTrainer`` with N workers (the platform's own path, tickray.training.trainers) on
+  R rows × F features against plain ``xgboost.train`` in this process with as many threads, same
+  params, same rounds; time ratio (goal <= 1.5x) and the test AUC of both (equal quality).
+- Tune: a small Optuna + ASHA search over XGBoost (tickray.training.tune): trials per minute and the
+  share of the wall time the trial slots were busy.
+
+    python benchmarks/bench_train.py [--rows 1000000] [--features 50] [--workers 2] [--trials 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+import tickray  # noqa: F401  (sets RAY_AUTH_MODE before Ray starts)
+import xgboost
+from sklearn.metrics import roc_auc_score
+from tickray.training.config import XGBoostConfig, parse_config
+from tickray.training.data import NS, Rows
+from tickray.training.trainers import train_xgboost
+from tickray.training.tune import tune_family
+
+
+def synthetic(rows: int, features: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Features with a planted non-linear signal in a few columns and noise labels around it."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, features)).astype(np.float32)
+    logit = 0.6 * x[:, 0] - 0.4 * x[:, 1] * x[:, 2] + 0.3 * np.tanh(x[:, 3])
+    y = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(np.float32)[:, None]
+    return x, y
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--features", type=int, default=50)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=100)
+    ap.add_argument("--trials", type=int, default=8)
+    args = ap.parse_args()
+
+    x, y = synthetic(args.rows, args.features)
+    n_test = args.rows // 10
+    train, test = np.arange(args.rows - 2 * n_test), np.arange(args.rows - n_test, args.rows)
+    valid = np.arange(args.rows - 2 * n_test, args.rows - n_test)
+    # early stopping off: both sides boost the same number of rounds
+    cfg = XGBoostConfig(num_workers=args.workers, num_boost_round=args.rounds, early_stopping_rounds=args.rounds,
+                        params={"max_depth": 6, "eta": 0.1, "subsample": 0.8})
+
+    t = time.perf_counter()
+    params = {"tree_method": "hist", **cfg.params, "objective": "binary:logistic", "nthread": args.workers, "seed": 7}
+    plain = xgboost.train(params, xgboost.DMatrix(x[train], label=y[train, 0]), num_boost_round=args.rounds)
+    t_plain = time.perf_counter() - t
+    auc_plain = roc_auc_score(y[test, 0], plain.predict(xgboost.DMatrix(x[test])))
+
+    ray.init(num_cpus=args.workers, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    ts = np.arange(args.rows, dtype=np.int64) * NS
+    rows = Rows(x, y, np.zeros_like(y, dtype=float), ts, np.array(["X"] * args.rows, dtype=object),
+                np.ones(args.rows, bool), [f"f{i}" for i in range(args.features)], [10], 1)
+    with tempfile.TemporaryDirectory() as d:
+        t = time.perf_counter()
+        model, _ = train_xgboost(rows, train, valid, cfg, 7, Path(d), "bench")
+        t_ray = time.perf_counter() - t
+        auc_ray = roc_auc_score(y[test, 0], model.predict(x, test)[:, 0])
+        print(f"XGBoost {args.rows:,} rows x {args.features} features, {args.rounds} rounds:")
+        print(f"  plain xgboost.train, {args.workers} threads: {t_plain:.1f}s, test AUC {auc_plain:.4f}")
+        print(f"  Ray Train XGBoostTrainer, {args.workers} workers: {t_ray:.1f}s, test AUC {auc_ray:.4f}")
+        print(f"  ratio {t_ray / t_plain:.2f}x (goal <= 1.5x); AUC difference {auc_ray - auc_plain:+.4f}")
+
+        small = min(args.rows, 200_000)
+        tune_cfg = parse_config({
+            "models": {"xgboost": {"num_boost_round": 100}},
+            "tune": {"family": "xgboost", "num_samples": args.trials, "max_concurrent_trials": args.workers,
+                     "grace_period": 1, "space": {"max_depth": {"type": "int", "low": 3, "high": 8},
+                                                  "eta": {"type": "loguniform", "low": 0.02, "high": 0.3}}}})
+        fit, stop = np.arange(int(small * 0.8)), np.arange(int(small * 0.8), small)
+        t = time.perf_counter()
+        grid = tune_family(tune_cfg, x[:small], y[:small], fit, stop, Path(d) / "tune")
+        wall = time.perf_counter() - t
+        busy = sum(float(r.metrics.get("time_total_s", 0.0)) for r in grid if r.metrics)
+        print(f"Tune: {len(grid)} trials on {small:,} rows in {wall:.1f}s: {len(grid) / wall * 60:.1f} trials/min, "
+              f"trial slots busy {busy / (wall * args.workers):.0%} of the wall time")
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
