@@ -67,6 +67,19 @@ def market(tmp_path_factory):
     return out, files
 
 
+@pytest.fixture(scope="session")
+def market_lake(ray_cluster, market, tmp_path_factory):
+    """The session market ingested and featurised once: what the training and tuning tests read."""
+    from tickray.features.job import build_features
+    from tickray.ingest import ingest
+
+    out, _ = market
+    root = tmp_path_factory.mktemp("market-lake") / "lake"
+    ingest([out / "aggtrades", out / "depth", out / "klines"], root)
+    build_features(root)
+    return root
+
+
 @pytest.fixture(autouse=True)
 def _no_tickray_env(monkeypatch):
     """Tests build their own settings; a developer's TICKRAY_* variables must not leak in."""

@@ -8,8 +8,6 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 from tickray.errors import ConfigError
-from tickray.features.job import build_features
-from tickray.ingest import ingest
 from tickray.training.config import load_config, parse_config
 from tickray.training.data import (
     NS,
@@ -30,15 +28,6 @@ SMALL = {
                "lstm": {"window": 10, "hidden": 16, "epochs": 2},
                "transformer": {"window": 10, "hidden": 16, "heads": 2, "epochs": 2}},
 }
-
-
-@pytest.fixture(scope="module")
-def market_lake(ray_cluster, market, tmp_path_factory):
-    out, _ = market
-    root = tmp_path_factory.mktemp("training") / "lake"
-    ingest([out / "aggtrades", out / "depth", out / "klines"], root)
-    build_features(root)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +64,7 @@ def test_bad_configs_are_one_line_errors(raw, message):
 
 def test_config_files_and_overrides(tmp_path):
     (tmp_path / "bad.yaml").write_text("models: [xgboost\n")
-    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match="training config .*bad.yaml is not valid YAML"):
         load_config(tmp_path / "bad.yaml")
     cfg = load_config(None, {"models.xgboost.num_workers": 2, "data.horizons_s": [10]})
     assert cfg.models.xgboost.num_workers == 2 and cfg.data.horizons_s == [10]

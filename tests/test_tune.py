@@ -24,18 +24,6 @@ TUNE = {
 }
 
 
-@pytest.fixture(scope="module")
-def market_lake(ray_cluster, market, tmp_path_factory):
-    from tickray.features.job import build_features
-    from tickray.ingest import ingest
-
-    out, _ = market
-    root = tmp_path_factory.mktemp("tune") / "lake"
-    ingest([out / "aggtrades", out / "depth", out / "klines"], root)
-    build_features(root)
-    return root
-
-
 @pytest.mark.parametrize("tune, message", [
     ({"family": "lstm", "space": {"max_depth": {"type": "int", "low": 1, "high": 3}}},
      "tune.space.max_depth: lstm tunes only"),

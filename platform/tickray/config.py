@@ -76,15 +76,16 @@ class Settings(BaseSettings):
         return (self.state_path / "mlruns").as_uri()
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml_mapping(path: Path, what: str = "settings file") -> dict[str, Any]:
+    """A YAML file that must hold a mapping; a one-line ConfigError naming ``what`` and the file otherwise."""
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(Path(path).read_text()) or {}
     except OSError as e:
-        raise ConfigError(f"cannot read settings file {path}: {e.strerror}") from None
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"settings file {path} is not valid YAML: {e}") from None
+        raise ConfigError(f"{what} {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"settings file {path} must hold a mapping of keys, not {type(data).__name__}")
+        raise ConfigError(f"{what} {path} must hold a mapping of keys, not {type(data).__name__}")
     return data
 
 
@@ -95,7 +96,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     """
     config_file = config_file or os.environ.get(CONFIG_FILE_ENV)
     source = f"settings file {config_file}" if config_file else "settings"
-    file_values = _read_yaml(Path(config_file)) if config_file else {}
+    file_values = read_yaml_mapping(Path(config_file)) if config_file else {}
     known = set(Settings.model_fields)
     for key in file_values:
         if key not in known:

@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tickray.config import read_yaml_mapping
 from tickray.errors import ConfigError
 from tickray.features import FEATURE_NAMES, FEATURE_SET_VERSION, FEATURES
 
@@ -207,17 +207,7 @@ def parse_config(raw: dict[str, Any], where: str = "config") -> TrainConfig:
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """The config at ``path`` (None: the defaults) with dotted-key ``overrides`` applied."""
-    raw: Any = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except OSError as err:
-            raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw = read_yaml_mapping(Path(path), "training config") if path is not None else {}
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, leaf = dotted.split(".")
