@@ -265,7 +265,7 @@ def train_net(net: nn.Module, x: np.ndarray, y: np.ndarray, epochs_of: Callable[
         history.append(metrics)
         if metrics["valid_loss"] < best_loss:
             best_loss, stale = metrics["valid_loss"], 0
-            best = copy.deepcopy(_unwrapped(net)).cpu()
+            best = copy.deepcopy(unwrapped(net)).cpu()
         else:
             stale += 1
         if (on_epoch and on_epoch(epoch + 1, metrics, net)) or stale >= cfg.patience:
@@ -273,7 +273,7 @@ def train_net(net: nn.Module, x: np.ndarray, y: np.ndarray, epochs_of: Callable[
     return best, history
 
 
-def _unwrapped(net: nn.Module) -> nn.Module:
+def unwrapped(net: nn.Module) -> nn.Module:
     return net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
 
 

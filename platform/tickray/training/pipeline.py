@@ -146,18 +146,20 @@ def _champion_score(client: MlflowClient, name: str, rows: Rows, test: np.ndarra
                     ) -> tuple[str | None, float, float | None, str]:
     """(champion version, our score, its score, why it cannot be scored) on the same test rows: those
     both models can predict, over the horizons both have."""
+    def ours_on_test() -> float:
+        p, _ = ours.predict_matrix(rows.x, test)
+        return float(np.mean([m[metric] for m in _score(rows, test, p).values()]))
+
     champ = registry.champion_version(client, name)
-    p_ours, _ = ours.predict_matrix(rows.x, test)
-    ours_score = float(np.mean([m[metric] for m in _score(rows, test, p_ours).values()]))
     if champ is None:
-        return None, ours_score, None, ""
+        return None, ours_on_test(), None, ""
     loaded = registry.load(tracking_uri, name, registry.CHAMPION)
     if loaded.features != rows.features or loaded.model.feature_set_version != rows.feature_set_version:
-        return champ, ours_score, None, (f"it uses feature set {loaded.model.feature_set_version}, the lake "
+        return champ, ours_on_test(), None, (f"it uses feature set {loaded.model.feature_set_version}, the lake "
                                          f"{rows.feature_set_version}")
     common = [h for h in rows.horizons if h in loaded.horizons]
     if not common:
-        return champ, ours_score, None, f"it predicts horizons {loaded.horizons}, this job {rows.horizons}"
+        return champ, ours_on_test(), None, f"it predicts horizons {loaded.horizons}, this job {rows.horizons}"
     window = max(ours_window, loaded.model.model.window)
     idx = test[complete_windows(rows.x, rows.ts, rows.symbol, window)[test]]
     p_champ, _ = loaded.model.predict_matrix(rows.x, idx)

@@ -29,11 +29,11 @@ from tickray.training.data import Rows
 from tickray.training.models import (
     SequenceModel,
     XGBModel,
-    _unwrapped,
     build_net,
-    fit_xgboost_horizon,
+    fit_xgboost,
+    local_device,
     train_net,
-    xgb_params,
+    unwrapped,
 )
 
 
@@ -51,15 +51,9 @@ def _xgb_worker(config: dict) -> None:
     train = np.array_split(config["train"], world)[rank]
     valid = np.array_split(config["valid"], world)[rank]
     cfg = XGBoostConfig.model_validate(config["cfg"])
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    params = xgb_params(cfg, config["seed"], max(1, int(cfg.resources.cpu)), device)
-    boosters, histories = [], []
-    for j in range(y.shape[1]):
-        tr, va = train[~np.isnan(y[train, j])], valid[~np.isnan(y[valid, j])]
-        b, h = fit_xgboost_horizon(xgboost.DMatrix(x[tr], label=y[tr, j]), xgboost.DMatrix(x[va], label=y[va, j]),
-                                   cfg, params)
-        boosters.append(b)
-        histories.append(h)
+    model, histories = fit_xgboost(x, y, train, valid, cfg, config["seed"], max(1, int(cfg.resources.cpu)),
+                                   local_device())
+    boosters = model.boosters
     metrics = {f"{label}_valid_logloss": min(h["logloss"]) for label, h in zip(config["labels"], histories)}
     if rank == 0:
         with tempfile.TemporaryDirectory() as d:
@@ -114,7 +108,7 @@ def _torch_worker(config: dict) -> None:
             ray.train.report(metrics)
             return
         with tempfile.TemporaryDirectory() as d:
-            torch.save(_unwrapped(net).state_dict(), Path(d) / "model.pt")
+            torch.save(unwrapped(net).state_dict(), Path(d) / "model.pt")
             (Path(d) / "history.json").write_text(json.dumps(history))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
