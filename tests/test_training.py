@@ -8,12 +8,12 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 from tickray.errors import ConfigError
+from tickray.features.windows import complete_windows
 from tickray.training.config import load_config, parse_config
 from tickray.training.data import (
     NS,
     Rows,
     check_lake,
-    complete_windows,
     load_rows,
     purged_kfold,
     shuffle_within_blocks,

@@ -18,24 +18,37 @@ from tickray import lake
 from tickray.features.grid import NS
 
 
+def complete_windows(x: np.ndarray, ts: np.ndarray, symbol: np.ndarray, window: int) -> np.ndarray:
+    """For rows sorted by (symbol, ts): True where rows i-window+1..i are one symbol, one second apart, and
+    every feature is defined."""
+    n = ts.size
+    ok = np.zeros(n, bool)
+    if n < window:
+        return ok
+    defined = ~np.isnan(x).any(axis=1)
+    bad = np.concatenate([[0], np.cumsum(~defined)])
+    ends = np.arange(window - 1, n)
+    starts = ends - window + 1
+    ok[ends] = ((ts[ends] - ts[starts] == (window - 1) * NS) & (symbol[ends] == symbol[starts])
+                & (bad[ends + 1] - bad[starts] == 0))
+    return ok
+
+
+def gather_windows(x: np.ndarray, ends: np.ndarray, window: int) -> np.ndarray:
+    """(len(ends), window, F) windows ending at ``ends`` (each must be a complete window)."""
+    return x[ends[:, None] + np.arange(-window + 1, 1)[None, :]]
+
+
 def windows_from_table(t: pa.Table, features: list[str], label: str, length: int) -> dict[str, np.ndarray]:
     """``x`` (N, T, F) float32, ``y`` (N,), ``ts`` (N,) of the window ends, from one shard sorted by ts."""
     t = t.sort_by("ts")
     ts = pc.cast(t["ts"], pa.int64()).to_numpy(zero_copy_only=False)
-    x = np.column_stack([t[f].to_numpy(zero_copy_only=False).astype(np.float64) for f in features]) \
-        if t.num_rows else np.zeros((0, len(features)))
+    x = np.column_stack([t[f].to_numpy(zero_copy_only=False).astype(np.float32) for f in features]) \
+        if t.num_rows else np.zeros((0, len(features)), np.float32)
     y = t[label].to_numpy(zero_copy_only=False).astype(np.float64)
-    n = ts.size - length + 1
-    if n <= 0:
-        return {"x": np.zeros((0, length, len(features)), np.float32), "y": np.zeros(0), "ts": np.zeros(0, np.int64)}
-    ends = np.arange(length - 1, ts.size)
-    contiguous = ts[ends] - ts[ends - length + 1] == (length - 1) * NS
-    row_ok = ~np.isnan(x).any(axis=1)
-    bad_rows = np.concatenate([[0], np.cumsum(~row_ok)])
-    complete = bad_rows[ends + 1] - bad_rows[ends + 1 - length] == 0
-    keep = ends[contiguous & complete & ~np.isnan(y[ends])]
-    idx = keep[:, None] + np.arange(-length + 1, 1)[None, :]
-    return {"x": x[idx].astype(np.float32), "y": y[keep], "ts": ts[keep]}
+    one_symbol = np.zeros(ts.size, np.int8)
+    keep = np.flatnonzero(complete_windows(x, ts, one_symbol, length) & ~np.isnan(y))
+    return {"x": gather_windows(x, keep, length), "y": y[keep], "ts": ts[keep]}
 
 
 def window_dataset(lake_root: Path, features: list[str], label: str, length: int) -> ray.data.Dataset:

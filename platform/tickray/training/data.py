@@ -27,6 +27,7 @@ import ray
 from tickray import lake
 from tickray.errors import ConfigError
 from tickray.features import FEATURE_SET_VERSION
+from tickray.features.windows import complete_windows
 from tickray.training.config import TrainConfig
 
 NS = 1_000_000_000
@@ -57,27 +58,6 @@ class Rows:
             return dt.datetime.fromtimestamp(ns / NS, dt.UTC).isoformat()
         return {"start": iso(int(self.ts.min())), "end": iso(int(self.ts.max())),
                 "symbols": ",".join(sorted(set(self.symbol.tolist()))), "rows": str(self.n)}
-
-
-def complete_windows(x: np.ndarray, ts: np.ndarray, symbol: np.ndarray, window: int) -> np.ndarray:
-    """For rows sorted by (symbol, ts): True where rows i-window+1..i are one symbol, one second apart, and
-    every feature is defined."""
-    n = ts.size
-    ok = np.zeros(n, bool)
-    if n < window:
-        return ok
-    defined = ~np.isnan(x).any(axis=1)
-    bad = np.concatenate([[0], np.cumsum(~defined)])
-    ends = np.arange(window - 1, n)
-    starts = ends - window + 1
-    ok[ends] = ((ts[ends] - ts[starts] == (window - 1) * NS) & (symbol[ends] == symbol[starts])
-                & (bad[ends + 1] - bad[starts] == 0))
-    return ok
-
-
-def gather_windows(x: np.ndarray, ends: np.ndarray, window: int) -> np.ndarray:
-    """(len(ends), window, F) windows ending at ``ends`` (each must be a complete window)."""
-    return x[ends[:, None] + np.arange(-window + 1, 1)[None, :]]
 
 
 def _date_filter(cfg: TrainConfig, parts: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -21,8 +21,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
+from tickray.features.windows import gather_windows
 from tickray.training.config import SequenceConfig, XGBoostConfig
-from tickray.training.data import gather_windows
 from tickray.training.metrics import classification_metrics
 
 XGB_REPORT_EVERY = 25  # boosting rounds between progress reports (each costs a round trip on Ray Train)

@@ -26,6 +26,7 @@ import pandas as pd
 import ray
 from mlflow.tracking import MlflowClient
 
+from tickray.features.windows import complete_windows
 from tickray.runtime import require_resources
 from tickray.training import registry, trainers
 from tickray.training.config import SEQUENCE_FAMILIES, SequenceConfig, TrainConfig, XGBoostConfig
@@ -33,7 +34,6 @@ from tickray.training.data import (
     NS,
     Rows,
     Windows,
-    complete_windows,
     inner_split,
     load_rows,
     split_windows,

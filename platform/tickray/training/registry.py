@@ -24,7 +24,7 @@ import xgboost
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
-from tickray.training.data import complete_windows
+from tickray.features.windows import complete_windows
 from tickray.training.metrics import better
 
 CHAMPION, CHALLENGER = "champion", "challenger"
