@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -78,6 +80,22 @@ def market_lake(ray_cluster, market, tmp_path_factory):
     ingest([out / "aggtrades", out / "depth", out / "klines"], root)
     build_features(root)
     return root
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """A Ray head started like `tickray up` (its own ports, Redis and state under tmp_path/"state"), for
+    what needs a job server; yields the environment that reaches it, and stops it with `tickray down`."""
+    env = {**os.environ, "TICKRAY_STATE_DIR": str(tmp_path / "state"), "TICKRAY_REDIS_PORT": str(free_port()),
+           "TICKRAY_RAY_PORT": str(free_port()), "TICKRAY_DASHBOARD_PORT": str(free_port()),
+           "TICKRAY_RAY_NUM_CPUS": "2", "RAY_AUTH_MODE": "token"}
+    cli = [sys.executable, "-m", "tickray.cli"]
+    up = subprocess.run([*cli, "up"], capture_output=True, text=True, env=env, timeout=180, check=False)
+    try:
+        assert up.returncode == 0, up.stderr
+        yield env
+    finally:
+        subprocess.run([*cli, "down"], capture_output=True, text=True, env=env, timeout=120, check=False)
 
 
 @pytest.fixture(autouse=True)

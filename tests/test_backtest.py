@@ -1,32 +1,264 @@
-"""The backtest core against hand-computed values."""
+"""The backtest core and its metrics against hand-computed values and an independent pandas loop."""
+
+import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from tickray.backtest.core import backtest
+from mlflow.tracking import MlflowClient
+from tickray.backtest.config import BacktestConfig, load_backtest_config
+from tickray.backtest.core import Rules, Simulation, buy_and_hold, simulate, targets
+from tickray.backtest.frame import BacktestInputError, align, simulate_frame
+from tickray.backtest.metrics import drawdown, longest_run, performance
+from tickray.backtest.walkforward import backtest_rows, bar_rows, run_backtest, shards
+from tickray.cli import main
+from tickray.errors import ConfigError
+from tickray.ingest import ingest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+from pandas_backtest import pandas_backtest, random_market
+
+CONFIGS = Path(__file__).parents[1] / "jobs" / "configs"
 
 
-def test_positions_fees_and_metrics_by_hand():
-    # One symbol, horizon 2 s: every second row is a decision (rows 0, 2, 4, 6).
-    df = pd.DataFrame({
-        "ts": np.arange(8), "symbol": "X",
-        "prob_up": [0.9, 0.5, 0.1, 0.5, 0.51, 0.5, 0.8, 0.5],
-        "fwd_ret_2s": [10.0, 0, -4.0, 0, 7.0, 0, -3.0, 0],
-    })
-    r = backtest(df, horizon_s=2, threshold=0.02, fee_bps=1.0)
-    # long +10, short +4, flat (0.51 is inside the threshold), long -3
-    assert r.periods == 4 and r.trades == 3
-    assert r.gross_bps == pytest.approx(11.0)
-    assert r.net_bps == pytest.approx(11.0 - 3 * 2.0)
-    assert r.hit_rate == pytest.approx(2 / 3)
-    assert r.buy_hold_bps == pytest.approx(10.0)
-    # net per period: 8, 2, 0, -5 → equity 8, 10, 10, 5 → drawdown 5
-    assert r.max_drawdown_bps == pytest.approx(5.0)
-    net = np.array([8.0, 2.0, 0.0, -5.0])
-    assert r.sharpe_net == pytest.approx(net.mean() / net.std() * np.sqrt(365 * 24 * 3600 / 2))
-    assert r.gross_per_trade_bps == pytest.approx(11.0 / 3)
+def _one_symbol(price, prob, rules, confidence=None):
+    n = len(price)
+    return simulate(np.arange(n), np.zeros(n, int), np.array(price, float),
+                    targets(np.array(prob, float), confidence, rules), rules)
 
 
-def test_missing_column_is_named():
-    with pytest.raises(KeyError, match="fwd_ret_10s"):
-        backtest(pd.DataFrame({"ts": [], "symbol": [], "prob_up": []}), horizon_s=10)
+def test_positions_costs_and_trades_by_hand():
+    rules = Rules(threshold=0.02, fee_bps=8.0, slippage_bps=2.0)
+    sim = _one_symbol([100, 110, 99, 99, 108.9], [0.9, 0.1, 0.5, 0.8, 0.5], rules)
+    # long, short, flat, long, and the last row is closed
+    assert sim.position.tolist() == [1, -1, 0, 1, 0]
+    assert sim.asset_return == pytest.approx([0.1, -0.1, 0, 0.1, 0])
+    # |Δposition| 1, 2, 1, 1, 1 at 10 bps
+    assert sim.cost == pytest.approx([0.001, 0.002, 0.001, 0.001, 0.001])
+    assert sim.net == pytest.approx([0.099, 0.098, -0.001, 0.099, -0.001])
+    # three trades; the flat row's exit cost belongs to the short, the last row's to the final long
+    assert sim.trades() == pytest.approx([0.099, 0.097, 0.098])
+
+
+def test_hold_latency_and_nan_signals_by_hand():
+    rules = Rules(threshold=0.0, hold=2, latency=1)
+    sim = _one_symbol([1, 1, 1, 1, 1, 1, 1], [0.9, 0.1, np.nan, 0.9, 0.2, 0.9, 0.9], rules)
+    # decisions at rows 0, 2, 4, 6 → +1, 0 (no signal), -1, +1, each held 2 rows, filled a row later
+    assert sim.position.tolist() == [0, 1, 1, 0, 0, -1, 0]
+
+
+def test_confidence_sizing_and_shock_filter():
+    rules = Rules(threshold=0.0, sizing="confidence", max_position=2.0, full_size_confidence=0.5)
+    conf = np.array([0.25, 0.9, 0.0, 0.1])
+    t = targets(np.array([0.7, 0.1, 0.9, 0.45]), conf, rules)
+    assert t == pytest.approx([1.0, -2.0, 0.0, -0.4])
+    assert targets(np.array([0.9]), np.array([0.0]), Rules(shock_filter=False)) == pytest.approx([1.0])
+    with pytest.raises(ConfigError, match="needs a confidence"):
+        targets(np.array([0.9]), None, rules)
+    with pytest.raises(ConfigError, match="strategy.sizing"):
+        Rules(sizing="kelly")
+
+
+def test_portfolio_weights_symbols_equally():
+    ts = np.array([0, 1, 2, 0, 1, 2])
+    seg = np.array([0, 0, 0, 1, 1, 1])
+    price = np.array([100, 101, 102, 50, 49, 48.0])
+    sim = buy_and_hold(ts, seg, price, Rules(fee_bps=0.0))
+    times, ret, exposure = sim.portfolio()
+    assert times.tolist() == [0, 1, 2]
+    assert ret == pytest.approx([(0.01 + (-0.02)) / 2, (1 / 101 + (-1 / 49)) / 2, 0.0])
+    assert exposure == pytest.approx([1, 1, 0])
+
+
+def test_matches_the_pandas_loop():
+    df = random_market(3_000, 3, seed=4)
+    rules = Rules(threshold=0.05, max_position=1.5, hold=3, latency=2, fee_bps=4.0, slippage_bps=1.0)
+    codes = df["symbol"].astype("category").cat.codes.to_numpy()
+    sim = simulate(df["ts"].to_numpy(), codes, df["price"].to_numpy(), targets(df["prob"].to_numpy(), None, rules),
+                   rules)
+    ref = pandas_backtest(df, 0.05, 1.5, 3, 2, 4.0, 1.0)
+    np.testing.assert_allclose(sim.position, ref["position"].to_numpy())
+    np.testing.assert_allclose(sim.net, ref["net"].to_numpy(), atol=1e-15)
+
+
+def test_drawdown_and_its_duration_by_hand():
+    r = np.array([0.1, -0.5, 0.2, 0.2, 1.0, -0.1])
+    equity, dd = drawdown(r)
+    assert equity == pytest.approx([1.1, 0.55, 0.66, 0.792, 1.584, 1.4256])
+    assert dd == pytest.approx([0, 0.5, 0.4, 0.28, 0, 0.1])
+    assert longest_run(dd > 0) == 3
+    assert longest_run(np.zeros(3, bool)) == 0
+
+
+def test_performance_metrics_by_hand():
+    r = np.array([0.1, -0.5, 0.2, 0.2, 1.0, -0.1])
+    n = r.size
+    pos = np.array([1, 1, 1, -1, -1, 0.0])
+    sim = Simulation(np.arange(n), np.zeros(n, int), pos, r, r, np.zeros(n), 1)
+    m = performance(sim, periods_per_year=6)  # six periods = one year
+    assert m["total_return"] == pytest.approx(0.4256)
+    assert m["annual_return"] == pytest.approx(0.4256)
+    assert m["sharpe"] == pytest.approx(r.mean() / r.std(ddof=1) * math.sqrt(6))
+    assert m["sortino"] == pytest.approx(r.mean() / math.sqrt((0.25 + 0.01) / 6) * math.sqrt(6))
+    assert m["max_drawdown"] == pytest.approx(0.5)
+    assert m["max_drawdown_periods"] == 3
+    assert m["calmar"] == pytest.approx(0.4256 / 0.5)
+    # trades: long rows 0-2 (0.1 - 0.5 + 0.2), short rows 3-4 (0.2 + 1.0), its exit row (-0.1)
+    assert m["trades"] == 2
+    assert m["hit_rate"] == pytest.approx(0.5)
+    assert m["profit_factor"] == pytest.approx(1.1 / 0.2)
+    # |Δposition|: 1 (enter), 2 (flip), 1 (exit) over one year
+    assert m["turnover"] == pytest.approx(4.0)
+    assert m["exposure"] == pytest.approx(5 / 6)
+    assert m["mean_abs_position"] == pytest.approx(5 / 6)
+
+
+def test_no_losing_period_has_no_sortino_or_calmar():
+    n = 4
+    r = np.full(n, 0.01)
+    sim = Simulation(np.arange(n), np.zeros(n, int), np.ones(n), np.full(n, 0.01), r, np.zeros(n), 1)
+    m = performance(sim, periods_per_year=4)
+    assert math.isnan(m["sortino"]) and math.isnan(m["calmar"]) and math.isnan(m["profit_factor"])
+    assert m["sharpe"] == 0.0  # no variance
+
+
+# ---- bad input -----------------------------------------------------------------------------------
+
+
+def _prices(n=6):
+    return pd.DataFrame({"ts": np.tile(np.arange(n // 2), 2), "symbol": ["A"] * (n // 2) + ["B"] * (n // 2),
+                         "price": np.linspace(100, 105, n)})
+
+
+def test_predictions_off_the_price_grid_name_column_and_rows():
+    preds = pd.DataFrame({"ts": [0, 1, 7, 8], "symbol": ["A", "A", "A", "B"], "p": [0.6] * 4})
+    with pytest.raises(BacktestInputError, match=r"column 'ts' does not align .* rows 2-3 \(2 rows\).*A at 7"):
+        align(_prices(), preds)
+    joined = align(_prices(), preds.iloc[:2])
+    assert joined["p"].notna().sum() == 2 and len(joined) == 6
+
+
+def test_nan_prices_strings_and_empty_windows_are_named():
+    df = _prices()
+    df.loc[[1, 2, 4], "price"] = np.nan
+    with pytest.raises(BacktestInputError, match=r"column 'price' is NaN at rows 1-2, 4 \(3 rows\)"):
+        simulate_frame(df.assign(p=0.6), "p", Rules())
+    with pytest.raises(BacktestInputError, match=r"column 'p' is not numeric at rows 3 \(1 row\)"):
+        simulate_frame(_prices().assign(p=[0.6, 0.6, 0.6, "high", 0.4, 0.4]), "p", Rules())
+    with pytest.raises(BacktestInputError, match="window is empty"):
+        simulate_frame(_prices().iloc[:0].assign(p=0.5), "p", Rules())
+    backwards = _prices().iloc[[0, 2, 1, 3, 4, 5]].reset_index(drop=True)
+    with pytest.raises(BacktestInputError, match=r"'ts' goes backwards within a symbol at rows 2 "):
+        simulate_frame(backwards.assign(p=0.5), "p", Rules())
+
+
+def test_fees_as_strings_and_unknown_keys_are_config_errors(tmp_path):
+    cfg = tmp_path / "bt.yaml"
+    cfg.write_text("costs:\n  fee_bps: {binance-usdm: '5'}\n")
+    with pytest.raises(ConfigError, match=r"costs\.fee_bps\.binance-usdm: Input should be a valid number"):
+        load_backtest_config(cfg)
+    with pytest.raises(ConfigError, match="no entry for venue 'kraken'"):
+        load_backtest_config(None, {"costs.venue": "kraken"})
+    with pytest.raises(ConfigError, match="unknown key 'strategy.kelly'"):
+        load_backtest_config(None, {"strategy.kelly": 1})
+    with pytest.raises(ConfigError, match="not a whole number of 1h bars"):
+        load_backtest_config(None, {"data.source": "bars", "data.timeframe": "1h", "train.data.horizons_s": [600]})
+
+
+# ---- walk-forward --------------------------------------------------------------------------------
+
+FAST_TRAIN = {"data": {"horizons_s": [10, 60], "train_every_s": 8}, "split": {"folds": 2},
+              "models": {"xgboost": {"num_boost_round": 60, "early_stopping_rounds": 10}}}
+
+
+@pytest.fixture(scope="module")
+def synthetic_backtest(market_lake, tmp_path_factory):
+    """The demo's models walk-forward over the session market, once for the module."""
+    out = tmp_path_factory.mktemp("backtest")
+    cfg = BacktestConfig.model_validate({"train": FAST_TRAIN, "walk_forward": {"windows": 2},
+                                         "strategy": {"threshold": 0.05, "sizing": "confidence",
+                                                      "full_size_confidence": 0.3}})
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    report = run_backtest(cfg, market_lake, uri, str(out / "artifacts"), out / "report.html")
+    return cfg, report, uri
+
+
+def test_walk_forward_trains_on_the_past_only(market_lake, synthetic_backtest):
+    cfg, _, _ = synthetic_backtest
+    rows = backtest_rows(cfg, market_lake)
+    plan = shards(rows, cfg)
+    assert [s.window for s in plan] == [0, 1]
+    for s in plan:
+        # every training row's label window ends before the test window starts, with the embargo
+        assert rows.ts[s.train].max() + max(rows.horizons) * 10**9 < rows.ts[s.test].min()
+        assert rows.ts[s.test].min() - rows.ts[s.train].max() >= cfg.train.embargo_s * 10**9
+    assert rows.ts[plan[0].test].max() < rows.ts[plan[1].test].min()
+    assert plan[1].train.size > plan[0].train.size  # expanding
+
+
+def test_synthetic_backtest_scores_report_and_mlflow(synthetic_backtest):
+    _, report, uri = synthetic_backtest
+    assert report.models == ["xgboost", "prior", "logistic", "ensemble"]
+    # the synthetic market has signal at 10 s; out of sample the models find it, the prior cannot
+    assert report.scores["ensemble"][10]["auc"] > 0.6
+    assert report.scores["prior"][10]["auc"] == pytest.approx(0.5, abs=0.03)
+    for m in [*report.models, "buy_and_hold"]:
+        for h in (10, 60):
+            p = report.performance[m][h]
+            assert p["periods"] == report.curves[h].shape[0] and np.isfinite(p["total_return"])
+    # costs are paid on every trade: 6 bps per side of Binance USD-M taker fee plus slippage
+    assert report.rules[10]["fee_bps"] + report.rules[10]["slippage_bps"] == 6.0
+    assert report.performance["ensemble"][10]["costs"] > 0
+    assert set(report.stability) == {"xgboost", "logistic", "ensemble"}
+    assert 0 <= report.stability["ensemble"]["position_flips"] <= 1
+    assert sum(report.importance["xgboost"].values()) == pytest.approx(1.0)
+    html = report.report_path.read_text()
+    assert html.count("data:image/png;base64,") == 7 and "Performance" in html
+    pngs = sorted(p.name for p in (report.report_path.parent / "report_figures").glob("*.png"))
+    assert pngs == sorted(f"{n}.png" for n in ("equity", "drawdown", "rolling_sharpe", "exposure", "calibration",
+                                              "importance", "overfitting"))
+    client = MlflowClient(uri)
+    run = client.get_run(report.run_id)
+    assert run.data.metrics["ensemble_auc_10s"] == pytest.approx(report.scores["ensemble"][10]["auc"])
+    arts = [a.path for a in client.list_artifacts(report.run_id, "report")]
+    assert "report/report.html" in arts and "report/figures" in arts
+
+
+def test_gross_edge_is_positive_without_costs(market_lake, synthetic_backtest):
+    """The same out-of-sample signal without costs or latency makes money: what costs take is the
+    difference, not a bug in the signal's sign."""
+    cfg, _, _ = synthetic_backtest
+    free = cfg.model_copy(update={"costs": cfg.costs.model_copy(update={
+        "fee_bps": {"binance-usdm": 0.0}, "slippage_bps": {"binance-usdm": 0.0}, "latency_ms": 0.0})})
+    report = run_backtest(free, market_lake)
+    assert report.performance["ensemble"][10]["total_return"] > 0
+    assert report.performance["ensemble"][10]["hit_rate"] > 0.55
+
+
+def test_real_klines_backtest_from_the_cli(ray_cluster, shared_data, tmp_path, capsys):
+    """`tickray backtest` with the shipped klines config on the real Binance 1m klines."""
+    lake_root = tmp_path / "lake"
+    ingest([shared_data / "binance" / "klines"], lake_root)
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(f"state_dir: {tmp_path / 'state'}\nlake_root: {lake_root}\n")
+    report_path = tmp_path / "klines.html"
+    code = main(["--config", str(settings), "backtest", "--config", str(CONFIGS / "backtest-klines.yaml"),
+                 "--report", str(report_path)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "horizon 3600s (hold 4 rows" in out and "buy_and_hold" in out
+    assert report_path.stat().st_size > 100_000  # seven inlined figures
+
+    # labels on 15m bars agree with an independent pandas reading of the same klines
+    cfg = load_backtest_config(CONFIGS / "backtest-klines.yaml")
+    rows = bar_rows(cfg, lake_root)
+    sym = rows.symbol == "LINKUSDT"
+    raw = pd.read_csv(shared_data / "binance" / "klines" / "LINKUSDT-1m-2026-02.zip", header=None)
+    raw = raw[pd.to_numeric(raw[0], errors="coerce").notna()]  # a header line, if the file has one
+    close = (pd.Series(raw[4].astype(float).to_numpy(), index=pd.to_datetime(raw[0].astype("int64"), unit="ms"))
+             .resample("15min").last())
+    r = np.log(close.shift(-4) / close)
+    up = np.where(r > 0, 1.0, np.where(r < 0, 0.0, np.nan))  # a flat hour is neither up nor down
+    np.testing.assert_array_equal(rows.y[sym, 0], up[: sym.sum()].astype(np.float32))

@@ -1,8 +1,10 @@
 """`tickray demo` end to end, as a user runs it, against the session's Ray and a real redis-server."""
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import ray
 
@@ -23,6 +25,7 @@ def test_demo_end_to_end(ray_cluster, settings):
     assert "tickray-ensemble: v1 promoted to champion (no champion yet)" in out
     assert out.count("POST /v1/predict → ") == 2
     assert "gaps': 0" in out
-    assert "backtest on the held-out window" in out and "hit rate" in out
-    report = next((settings.state_dir / "reports").glob("demo-*.json"))
-    assert report.stat().st_size > 0
+    assert "9/9 walk-forward backtest" in out and "buy_and_hold" in out
+    summary = json.loads(next((settings.state_dir / "reports").glob("demo-*.json")).read_text())
+    assert set(summary["backtest"]) == {"xgboost", "prior", "logistic", "ensemble", "buy_and_hold"}
+    assert "data:image/png" in Path(summary["backtest_report"]).read_text()

@@ -98,7 +98,7 @@ def test_one_class_and_empty_windows_are_named():
     cfg = parse_config({"data": {"horizons_s": [10]}})
     with pytest.raises(ConfigError, match="up_10s has one class in the development window"):
         split_windows(_rows(np.ones((5000, 1)), 5000), cfg)
-    with pytest.raises(ConfigError, match="the calibration window is empty"):
+    with pytest.raises(ConfigError, match="the development window is empty"):
         split_windows(_rows(np.tile([[0.0], [1.0]], (10, 1)), 20), cfg)
 
 
@@ -243,45 +243,36 @@ def test_leakage_canary_noise_labels_score_at_chance(market_lake, mlflow_store):
             assert 0.47 <= report.auc(model, h) <= 0.53, (model, h, report.lines())
 
 
-def test_train_job_submits_to_a_ray_head_as_is(market_lake, tmp_path):
+def test_train_job_submits_to_a_ray_head_as_is(market_lake, ray_head, tmp_path):
     """`ray job submit … -- python jobs/train.py --config …` against a head started like `tickray up`:
     the logs are followed to the end and the registered model is in the job's MLflow store."""
     import json
-    import os
     import subprocess
     import sys
     import time
     from pathlib import Path
 
-    from conftest import REPO, free_port
+    from conftest import REPO
 
-    env = {**os.environ, "TICKRAY_STATE_DIR": str(tmp_path / "state"), "TICKRAY_REDIS_PORT": str(free_port()),
-           "TICKRAY_RAY_PORT": str(free_port()), "TICKRAY_DASHBOARD_PORT": str(free_port()),
-           "TICKRAY_RAY_NUM_CPUS": "2", "RAY_AUTH_MODE": "token"}
-    cli = [sys.executable, "-m", "tickray.cli"]
-    up = subprocess.run([*cli, "up"], capture_output=True, text=True, env=env, timeout=180, check=False)
-    try:
-        assert up.returncode == 0, up.stderr
-        runtime_env = {"env_vars": {"TICKRAY_STATE_DIR": env["TICKRAY_STATE_DIR"]}}
+    env = ray_head
+    runtime_env = {"env_vars": {"TICKRAY_STATE_DIR": env["TICKRAY_STATE_DIR"]}}
 
-        def submit(*args: str) -> subprocess.CompletedProcess:
-            cmd = [str(Path(sys.executable).with_name("ray")), "job", "submit",
-                   "--address", f"http://127.0.0.1:{env['TICKRAY_DASHBOARD_PORT']}", "--working-dir", str(REPO),
-                   "--runtime-env-json", json.dumps(runtime_env), "--", "python", "jobs/train.py", *args]
-            for _ in range(30):  # the head's job agent registers a few seconds after its ports open
-                r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
-                if "No available agent to submit job" not in r.stderr:
-                    return r
-                time.sleep(2)
-            return r
+    def submit(*args: str) -> subprocess.CompletedProcess:
+        cmd = [str(Path(sys.executable).with_name("ray")), "job", "submit",
+               "--address", f"http://127.0.0.1:{env['TICKRAY_DASHBOARD_PORT']}", "--working-dir", str(REPO),
+               "--runtime-env-json", json.dumps(runtime_env), "--", "python", "jobs/train.py", *args]
+        for _ in range(30):  # the head's job agent registers a few seconds after its ports open
+            r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
+            if "No available agent to submit job" not in r.stderr:
+                return r
+            time.sleep(2)
+        return r
 
-        ok = submit("--config", "jobs/configs/train-synthetic.yaml", "--set", f"data.lake={market_lake}",
-                    "--set", "models.lstm=null", "--set", "models.transformer=null", "--set", "registry.prefix=job")
-        assert ok.returncode == 0, ok.stdout[-4000:] + ok.stderr[-2000:]
-        assert "succeeded" in ok.stdout and "job-ensemble: v1 promoted to champion" in ok.stdout
-        bad = submit("--set", "models.randomforest={}")
-        assert bad.returncode != 0 and "unknown model 'randomforest'" in bad.stdout + bad.stderr
-    finally:
-        subprocess.run([*cli, "down"], capture_output=True, text=True, env=env, timeout=120, check=False)
+    ok = submit("--config", "jobs/configs/train-synthetic.yaml", "--set", f"data.lake={market_lake}",
+                "--set", "models.lstm=null", "--set", "models.transformer=null", "--set", "registry.prefix=job")
+    assert ok.returncode == 0, ok.stdout[-4000:] + ok.stderr[-2000:]
+    assert "succeeded" in ok.stdout and "job-ensemble: v1 promoted to champion" in ok.stdout
+    bad = submit("--set", "models.randomforest={}")
+    assert bad.returncode != 0 and "unknown model 'randomforest'" in bad.stdout + bad.stderr
     client = MlflowClient(f"sqlite:///{tmp_path / 'state' / 'mlflow.db'}")
     assert client.get_model_version_by_alias("job-ensemble", "champion").tags["feature_set_version"] == "tick-v2"

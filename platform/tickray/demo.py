@@ -2,7 +2,7 @@
 
 generate → ingest (Ray Data) → features (Ray Data) → train (Ray Train, MLflow registry) → deploy (Ray
 Serve) → a stream actor replays the generated WebSocket capture from a local exchange → predictions over
-HTTP from Serve → a short backtest.
+HTTP from Serve → a walk-forward backtest with its HTML report.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import httpx
 import ray
 
 from tickray import stack
-from tickray.backtest.core import backtest
+from tickray.backtest.config import BacktestConfig
+from tickray.backtest.walkforward import run_backtest
 from tickray.config import Settings
 from tickray.exchange_sim import ReplayExchange
 from tickray.features.job import build_features
@@ -34,6 +35,12 @@ from tickray.training.pipeline import run_training
 # LSTM and Transformer), beside the baselines, at both label horizons.
 DEMO_TRAINING = {"data": {"horizons_s": [10, 60], "train_every_s": 2}, "split": {"folds": 3},
                  "models": {"xgboost": {}}}
+# The same models walk-forward (jobs/configs/backtest-synthetic.yaml is the job form): retrained on the
+# past in each of 3 windows, sized by the ensemble's confidence, after Binance USD-M taker costs.
+DEMO_BACKTEST = {"train": {**DEMO_TRAINING, "data": {"horizons_s": [10, 60], "train_every_s": 4},
+                           "models": {"xgboost": {"num_boost_round": 150, "early_stopping_rounds": 20}}},
+                 "walk_forward": {"windows": 3},
+                 "strategy": {"threshold": 0.05, "sizing": "confidence", "full_size_confidence": 0.3}}
 
 
 @dataclass
@@ -60,12 +67,12 @@ def run_demo(settings: Settings, symbols: list[str], days: int = 1, seed: int = 
         say(f"\n== {name}")
         return time.perf_counter()
 
-    t = stage("1/8 generate a synthetic market")
+    t = stage("1/9 generate a synthetic market")
     files = generate(data_dir, symbols, days, seed, trades_per_day=trades_per_day)
     say(f"{files.n_trades:,} trades, {files.n_depth_events:,} depth updates, "
         f"{len(files.all())} files under {data_dir} ({time.perf_counter() - t:.1f}s)")
 
-    t = stage("2/8 Ray and Redis")
+    t = stage("2/9 Ray and Redis")
     dashboard = connect_ray(settings)
     if not stack.redis_status(settings).running:
         stack.start_redis(settings)
@@ -73,18 +80,18 @@ def run_demo(settings: Settings, symbols: list[str], days: int = 1, seed: int = 
     say(f"Ray {ray.__version__}: {ray.cluster_resources().get('CPU', 0):.0f} CPUs; dashboard {dashboard or 'off'}")
     say(f"Redis at {settings.redis_host}:{settings.redis_port} ({time.perf_counter() - t:.1f}s)")
 
-    t = stage("3/8 ingest with Ray Data into the Parquet lake")
+    t = stage("3/9 ingest with Ray Data into the Parquet lake")
     rep = ingest([data_dir / "aggtrades", data_dir / "depth", data_dir / "klines"], lake_root)
     for line in rep.lines():
         say(line)
     result.rows_ingested = dict(rep.rows)
     say(f"rows ingested: {sum(rep.rows.values()):,} into {lake_root} ({rep.seconds:.1f}s)")
 
-    t = stage("4/8 features and labels with Ray Data")
+    t = stage("4/9 features and labels with Ray Data")
     for line in build_features(lake_root).lines():
         say(line)
 
-    t = stage("5/8 train XGBoost (Ray Train) and its stacked ensemble, register in MLflow")
+    t = stage("5/9 train XGBoost (Ray Train) and its stacked ensemble, register in MLflow")
     tr = run_training(parse_config(DEMO_TRAINING, "demo"), lake_root, settings.tracking_uri, settings.artifact_root,
                       state / "ray_results", say=say)
     for line in tr.lines():
@@ -92,12 +99,12 @@ def run_demo(settings: Settings, symbols: list[str], days: int = 1, seed: int = 
     result.model_name = "tickray-ensemble"
     result.model_version = tr.versions[result.model_name]
 
-    t = stage("6/8 deploy on Ray Serve")
+    t = stage("6/9 deploy on Ray Serve")
     base = deploy(settings.tracking_uri, result.model_name, settings.redis_url, settings.serve_host, settings.serve_port)
     health = httpx.get(f"{base}/v1/health", timeout=30).json()
     say(f"Serve at {base}: {health} ({time.perf_counter() - t:.1f}s)")
 
-    t = stage("7/8 stream: replay the WebSocket capture through a local exchange into a stream actor")
+    t = stage("7/9 stream: replay the WebSocket capture through a local exchange into a stream actor")
     exchange = ReplayExchange(files.ws_captures, speed=replay_speed).start()
     actor = StreamIngestActor.remote(symbols, exchange.ws_url, exchange.rest_url, settings.redis_url)
     try:
@@ -108,7 +115,7 @@ def run_demo(settings: Settings, symbols: list[str], days: int = 1, seed: int = 
             f"features published {stats['features_published']}; quarantined {stats['quarantined'] or 'none'}; "
             f"book {stats['book']} ({time.perf_counter() - t:.1f}s)")
 
-        t = stage("8/8 predictions over HTTP from Ray Serve, and a backtest")
+        t = stage("8/9 predictions over HTTP from Ray Serve")
         resp = httpx.post(f"{base}/v1/predict", json={"symbols": symbols}, timeout=30)
         resp.raise_for_status()
         body = resp.json()
@@ -122,22 +129,26 @@ def run_demo(settings: Settings, symbols: list[str], days: int = 1, seed: int = 
         ray.get(actor.stop.remote())
         ray.kill(actor)
         exchange.stop()
-    bt = backtest(tr.test_frame("ensemble", 10), horizon_s=10)
-    result.backtest = bt.as_dict()
+    t = stage("9/9 walk-forward backtest of the ensemble and the baselines, with a report")
     reports = state / "reports"
-    reports.mkdir(parents=True, exist_ok=True)
-    result.report_path = reports / f"demo-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
+    stamp = datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')
+    bt = run_backtest(BacktestConfig.model_validate(DEMO_BACKTEST), lake_root, settings.tracking_uri,
+                      settings.artifact_root, reports / f"backtest-{stamp}.html", say=say)
+    for line in bt.lines():
+        say(line)
+    result.backtest = {m: {f"{h}s": p for h, p in by_h.items()} for m, by_h in bt.performance.items()}
+    result.report_path = reports / f"demo-{stamp}.json"
     result.report_path.write_text(json.dumps({
         "model": result.model_name, "model_version": result.model_version,
         "test_scores": {m: {f"{h}s": s for h, s in by_h.items()} for m, by_h in tr.scores.items()},
-        "backtest": result.backtest, "predictions": result.predictions, "stream": result.stream_stats,
-        "rows_ingested": result.rows_ingested}, indent=2, default=str))
-    say(f"backtest on the held-out window (10s horizon, 1 bps fee per side): {bt.line()}")
+        "backtest": result.backtest, "backtest_report": str(bt.report_path), "predictions": result.predictions,
+        "stream": result.stream_stats, "rows_ingested": result.rows_ingested}, indent=2, default=str))
 
     say(f"\n== done in {time.perf_counter() - t_all:.0f}s. Where to look:")
     say(f"Ray dashboard:  {dashboard or '(not running)'}")
     say(f"MLflow UI:      mlflow ui --backend-store-uri {settings.tracking_uri}")
     say(f"Serve:          curl -s -XPOST {base}/v1/predict -H 'content-type: application/json' -d '{{\"symbols\": {json.dumps(symbols)}}}'")
-    say(f"Report:         {result.report_path}")
+    say(f"Backtest:       {bt.report_path}")
+    say(f"Summary:        {result.report_path}")
     say("Stop the stack: tickray down")
     return result

@@ -188,7 +188,7 @@ class TrainConfig(_Strict):
         return max(self.data.horizons_s) + self.longest_window
 
 
-def _one_line(err: ValidationError, where: str) -> str:
+def one_line_error(err: ValidationError, where: str) -> str:
     e = err.errors()[0]
     loc = ".".join(str(p) for p in e["loc"])
     if e["type"] == "extra_forbidden":
@@ -202,16 +202,21 @@ def parse_config(raw: dict[str, Any], where: str = "config") -> TrainConfig:
     try:
         return TrainConfig.model_validate(raw or {})
     except ValidationError as err:
-        raise ConfigError(_one_line(err, where)) from None
+        raise ConfigError(one_line_error(err, where)) from None
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """The config at ``path`` (None: the defaults) with dotted-key ``overrides`` applied."""
     raw = read_yaml_mapping(Path(path), "training config") if path is not None else {}
+    return parse_config(apply_overrides(raw, overrides), str(path or "config"))
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """``--set a.b.c=V`` overrides written into a config mapping."""
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, leaf = dotted.split(".")
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    return parse_config(raw, str(path or "config"))
+    return raw

@@ -45,6 +45,7 @@ class Rows:
     horizons: list[int]
     window: int
     feature_set_version: str = FEATURE_SET_VERSION
+    price: np.ndarray | None = None  # (n,) the mid (ticks) or close (bars) each row's features see: for backtests
 
     @property
     def n(self) -> int:
@@ -99,7 +100,7 @@ def load_rows(cfg: TrainConfig, lake_root: Path) -> Rows:
     labels = [f"up_{h}s" for h in cfg.data.horizons_s]
     returns = [f"fwd_ret_{h}s" for h in cfg.data.horizons_s]
     features = cfg.data.selected_features()
-    cols = ["ts", *features, *labels, *returns]
+    cols = ["ts", "mid", *features, *labels, *returns]
 
     def read(batch: dict[str, np.ndarray]) -> pa.Table:
         date, sym = batch["date"][0], batch["symbol"][0]
@@ -120,7 +121,7 @@ def load_rows(cfg: TrainConfig, lake_root: Path) -> Rows:
         y = shuffle_within_blocks(y, ts, cfg.labels.shuffle_within_s * NS, cfg.seed)
     window = cfg.longest_window
     return Rows(x, y, fwd, ts, symbol, complete_windows(x, ts, symbol, window), features,
-                list(cfg.data.horizons_s), window)
+                list(cfg.data.horizons_s), window, price=t["mid"].to_numpy(zero_copy_only=False).astype(np.float64))
 
 
 def shuffle_within_blocks(y: np.ndarray, ts: np.ndarray, block_ns: int, seed: int) -> np.ndarray:
@@ -170,11 +171,12 @@ def purged_kfold(ts: np.ndarray, idx: np.ndarray, k: int, purge_ns: int, embargo
 
 def walk_forward(ts: np.ndarray, idx: np.ndarray, n_windows: int, gap_ns: int, min_train_fraction: float = 0.3
                  ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Expanding-window walk-forward: train on everything before each test window (less a gap)."""
+    """Expanding-window walk-forward: train on everything before each test window (less a gap). The test
+    windows split the rows after the first ``min_train_fraction`` into equal shares (by rows, not clock
+    time, so a lake with gaps between sessions still gets even windows)."""
     t = ts[idx]
-    lo, hi = t.min(), t.max() + 1
-    first = lo + (hi - lo) * min_train_fraction
-    edges = np.linspace(first, hi, n_windows + 1)
+    edges = np.quantile(t, np.linspace(min_train_fraction, 1, n_windows + 1))
+    edges[-1] = t.max() + 1
     return [(idx[t < a - gap_ns], idx[(t >= a) & (t < b)]) for a, b in itertools.pairwise(edges)]
 
 
@@ -184,30 +186,45 @@ def split_windows(rows: Rows, cfg: TrainConfig) -> Windows:
         raise ConfigError("data: no usable rows (every row lacks a feature, a complete window or a label)")
     t = rows.ts[idx]
     lo, hi = int(t.min()), int(t.max()) + 1
-    gap = cfg.embargo_s * NS
     # Cut by rows, not by clock time: a lake with gaps (separate capture sessions) still gets its shares.
     c_test = int(np.quantile(t, 1 - cfg.split.test_fraction))
-    c_cal = int(np.quantile(t, 1 - cfg.split.test_fraction - cfg.split.calibration_fraction))
-    dev = idx[t < c_cal - gap]
-    cal = idx[(t >= c_cal) & (t < c_test - gap)]
     test = idx[t >= c_test]
-    for name, part in (("development", dev), ("calibration", cal), ("test", test)):
+    history = idx[t < c_test - cfg.embargo_s * NS]
+    cal_share = cfg.split.calibration_fraction / (1 - cfg.split.test_fraction)
+    dev, cal, folds, c_cal = split_history(rows, history, cfg, cal_share) if history.size else (
+        history, history, [], c_test)
+    where = f"({idx.size:,} usable rows from {_iso(lo)} to {_iso(hi)}, embargo {cfg.embargo_s}s): use more data or smaller fractions"
+    check_windows(rows, {"development": dev, "calibration": cal, "test": test}, folds, cfg, where)
+    return Windows(dev, cal, test, folds, {"calibration_start": c_cal, "test_start": c_test, "end": hi})
+
+
+def split_history(rows: Rows, history: np.ndarray, cfg: TrainConfig, calibration_share: float
+                  ) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray]], int]:
+    """The rows a model may learn from, cut into [development | calibration] with an embargo between,
+    and purged k-fold inside development: (development, calibration, folds, calibration start)."""
+    t = rows.ts[history]
+    gap = cfg.embargo_s * NS
+    c_cal = int(np.quantile(t, 1 - calibration_share))
+    dev = history[t < c_cal - gap]
+    cal = history[t >= c_cal]
+    folds = purged_kfold(rows.ts, dev, cfg.split.folds, max(rows.horizons) * NS, gap) if dev.size else []
+    return dev, cal, folds, c_cal
+
+
+def check_windows(rows: Rows, parts: dict[str, np.ndarray], folds: list, cfg: TrainConfig, where: str) -> None:
+    """Every window has rows, every fold both sides, every label both classes in every window."""
+    for name, part in parts.items():
         if part.size == 0:
-            raise ConfigError(f"split: the {name} window is empty ({idx.size:,} usable rows from "
-                              f"{_iso(lo)} to {_iso(hi)}, embargo {cfg.embargo_s}s): use more data or "
-                              "smaller fractions")
-    purge = max(rows.horizons) * NS
-    folds = purged_kfold(rows.ts, dev, cfg.split.folds, purge, gap)
+            raise ConfigError(f"split: the {name} window is empty {where}")
     for i, (tr, va) in enumerate(folds):
         if tr.size == 0 or va.size == 0:
             raise ConfigError(f"split.folds: fold {i} of {cfg.split.folds} is empty; use fewer folds")
     for j, h in enumerate(rows.horizons):
-        for name, part in (("development", dev), ("calibration", cal), ("test", test)):
+        for name, part in parts.items():
             classes = np.unique(rows.y[part, j][~np.isnan(rows.y[part, j])])
             if classes.size < 2:
                 raise ConfigError(f"labels: up_{h}s has {'one class' if classes.size else 'no values'} "
                                   f"in the {name} window; a binary model cannot be fitted or judged")
-    return Windows(dev, cal, test, folds, {"calibration_start": c_cal, "test_start": c_test, "end": hi})
 
 
 def _iso(ns: int) -> str:

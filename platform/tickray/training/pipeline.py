@@ -50,11 +50,8 @@ BASELINES = ("prior", "logistic")
 def _fold_fit(family: str, cfg: dict, x: np.ndarray, y: np.ndarray, fit: np.ndarray, stop: np.ndarray,
               predict: np.ndarray, seed: int) -> np.ndarray:
     """One fold of one base model, fitted in this task; its predictions for the held-out block."""
-    if family == "xgboost":
-        c = XGBoostConfig.model_validate(cfg)
-        model, _ = fit_xgboost(x, y, fit, stop, c, seed, nthread=max(1, int(c.resources.cpu)), device=local_device())
-    else:
-        model, _ = fit_sequence(family, x, y, fit, stop, SequenceConfig.model_validate(cfg), seed, local_device())
+    mcfg = (XGBoostConfig if family == "xgboost" else SequenceConfig).model_validate(cfg)
+    model, _ = _fit_base(family, mcfg, x, y, fit, stop, seed)
     return model.predict(x, predict)
 
 
@@ -72,12 +69,6 @@ class TrainReport:
 
     def auc(self, model: str, horizon: int) -> float:
         return self.scores[model][horizon]["auc"]
-
-    def test_frame(self, model: str, horizon: int) -> pd.DataFrame:
-        """ts, symbol, prob_up, fwd_ret_<h>s: what a backtest reads."""
-        t = self.test
-        return pd.DataFrame({"ts": t["ts"], "symbol": t["symbol"], "prob_up": t[f"{model}_{horizon}s"],
-                             f"fwd_ret_{horizon}s": t[f"fwd_ret_{horizon}s"]}).dropna()
 
     def lines(self) -> list[str]:
         out = [(f"rows: development {self.rows['development']:,}, calibration {self.rows['calibration']:,}, "
@@ -173,6 +164,44 @@ def _champion_score(client: MlflowClient, name: str, rows: Rows, test: np.ndarra
     return champ, ours_score, champ_score, ""
 
 
+def stack(bases: dict, oof: dict[str, np.ndarray], oof_idx: np.ndarray, rows: Rows, calibration: np.ndarray,
+          dev: np.ndarray, cfg: TrainConfig) -> Ensemble:
+    """The meta-learner on out-of-fold predictions, calibrated on the calibration window, with the shock
+    detector fitted on development."""
+    ens = Ensemble(bases, fit_meta(oof, rows.y[oof_idx]), [], None)
+    raw_cal = ens.combine(ens.base_predictions(rows.x, calibration))
+    ens.calibrators = fit_calibrators(raw_cal, rows.y[calibration], cfg.ensemble.calibration)
+    if cfg.ensemble.shock.enabled:
+        ens.shock = fit_shock(rows.x, dev, cfg.ensemble.shock.contamination, cfg.seed)
+    return ens
+
+
+def _fit_base(family: str, mcfg, x: np.ndarray, y: np.ndarray, fit: np.ndarray, stop: np.ndarray, seed: int):
+    if family == "xgboost":
+        return fit_xgboost(x, y, fit, stop, mcfg, seed, nthread=max(1, int(mcfg.resources.cpu)), device=local_device())
+    return fit_sequence(family, x, y, fit, stop, mcfg, seed, local_device())
+
+
+def fit_in_process(rows: Rows, dev: np.ndarray, calibration: np.ndarray, folds: list, cfg: TrainConfig) -> dict:
+    """Every model of ``cfg`` (base models, baselines, the stacked ensemble) fitted in this process from
+    development and calibration rows, as `run_training` fits them across the cluster: what a walk-forward
+    window's task runs. Returns name → model, and under "histories" each base model's learning curve."""
+    every, gap, seed = cfg.data.train_every_s, cfg.embargo_s * NS, cfg.seed
+    bases, histories, oof = {}, {}, {}
+    oof_idx = np.concatenate([thin(rows, va, every) for _, va in folds])
+    for fam, mcfg in cfg.models.enabled().items():
+        parts = []
+        for tr, va in folds:
+            fit, stop = inner_split(rows.ts, thin(rows, tr, every), gap)
+            parts.append(_fit_base(fam, mcfg, rows.x, rows.y, fit, stop, seed)[0].predict(rows.x, thin(rows, va, every)))
+        oof[fam] = np.concatenate(parts)
+        fit, stop = inner_split(rows.ts, thin(rows, dev, every), gap)
+        bases[fam], histories[fam] = _fit_base(fam, mcfg, rows.x, rows.y, fit, stop, seed)
+    dev_all = thin(rows, dev, every)
+    return {**bases, "prior": fit_prior(rows.y, dev_all), "logistic": fit_logistic(rows.x, rows.y, dev_all),
+            "ensemble": stack(bases, oof, oof_idx, rows, calibration, dev_all, cfg), "histories": histories}
+
+
 def run_training(cfg: TrainConfig, lake_root: Path, tracking_uri: str, artifact_root: str, storage: Path,
                  say: Callable[[str], None] = print, register: bool = True) -> TrainReport:
     t0 = time.perf_counter()
@@ -212,11 +241,7 @@ def run_training(cfg: TrainConfig, lake_root: Path, tracking_uri: str, artifact_
     say(f"out-of-fold predictions: {len(pending)} fold fits, {oof_idx.size:,} rows")
 
     # 4. stacking, calibration, shock detector
-    ens = Ensemble(bases, fit_meta(oof, rows.y[oof_idx]), [], None)
-    raw_cal = ens.combine(ens.base_predictions(rows.x, win.calibration))
-    ens.calibrators = fit_calibrators(raw_cal, rows.y[win.calibration], cfg.ensemble.calibration)
-    if cfg.ensemble.shock.enabled:
-        ens.shock = fit_shock(rows.x, dev_all, cfg.ensemble.shock.contamination, seed)
+    ens = stack(bases, oof, oof_idx, rows, win.calibration, dev_all, cfg)
 
     # 5. the test window
     test = win.test

@@ -1,0 +1,135 @@
+"""The backtest job's YAML config (`jobs/configs/backtest-*.yaml`): which data, which models, how a
+probability becomes a position, and what trading costs.
+
+``train`` is a training config (the same schema as `tickray train`): the models
+each walk-forward window fits, the horizons, the calibration share and purged folds inside each
+window's history. Every key is known; a bad value (a fee written as a string, say) is a one-line
+:class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tickray.bars import timeframe_minutes
+from tickray.config import read_yaml_mapping
+from tickray.errors import ConfigError
+from tickray.training.config import TrainConfig, apply_overrides, one_line_error
+
+Bps = Annotated[float, Field(ge=0, strict=True)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    """``ticks``: the feature lake's one-second grid (tick features, mid prices). ``bars``: the lake's 1m
+    bars resampled to ``timeframe``, with the bar indicators (bars-v1) as features and the close as price.
+    Symbols, dates, horizons and (for ticks) the feature selection come from ``train.data``."""
+    source: Literal["ticks", "bars"] = "ticks"
+    timeframe: str = "1h"
+
+    @field_validator("timeframe")
+    @classmethod
+    def _known_timeframe(cls, v: str) -> str:
+        timeframe_minutes(v)
+        return v
+
+
+class WalkForwardConfig(_Strict):
+    windows: int = Field(4, ge=1, le=100)
+    # The first share of the rows is only ever trained on; the rest is cut into `windows` test windows.
+    min_train_fraction: float = Field(0.4, gt=0, lt=1)
+    # Models per symbol (one task per (symbol, window)) instead of one model over all symbols per window.
+    per_symbol: bool = False
+
+
+class StrategyConfig(_Strict):
+    threshold: float = Field(0.02, ge=0, lt=0.5)  # |p - 0.5| above it takes a position
+    sizing: Literal["fixed", "confidence"] = "fixed"
+    max_position: float = Field(1.0, gt=0)
+    full_size_confidence: float = Field(0.5, gt=0, le=1)  # sizing "confidence": confidence giving max_position
+    shock_filter: bool = True  # flat where the ensemble's shock detector says the market is abnormal
+    hold: Literal["horizon", "row"] = "horizon"  # decide every horizon (no overlapping bets) or every row
+
+
+class CostsConfig(_Strict):
+    """Per side, in bps of the traded notional, by venue; the backtest uses ``venue``'s."""
+    venue: str = "binance-usdm"
+    fee_bps: dict[str, Bps] = Field(default_factory=lambda: {"binance-usdm": 5.0, "binance-spot": 10.0,
+                                                                "binance-coinm": 5.0, "cme": 0.5})
+    slippage_bps: dict[str, Bps] = Field(default_factory=lambda: {"binance-usdm": 1.0, "binance-spot": 2.0,
+                                                                     "binance-coinm": 1.0, "cme": 0.5})
+    # Decision latency: a position is filled at the first row at or after decision time + latency.
+    latency_ms: Annotated[float, Field(ge=0, strict=True)] = 250.0
+
+    @model_validator(mode="after")
+    def _venue_priced(self):
+        for name, table in (("fee_bps", self.fee_bps), ("slippage_bps", self.slippage_bps)):
+            if self.venue not in table:
+                raise ValueError(f"{name} has no entry for venue {self.venue!r} (has: {', '.join(table)})")
+        return self
+
+    @property
+    def fee(self) -> float:
+        return self.fee_bps[self.venue]
+
+    @property
+    def slippage(self) -> float:
+        return self.slippage_bps[self.venue]
+
+
+class ValidationConfig(_Strict):
+    noise_std: float = Field(0.1, gt=0)  # stability: Gaussian noise of this many feature std devs
+    calibration_bins: int = Field(10, ge=2, le=50)
+
+
+class BacktestConfig(_Strict):
+    name: str = "tickray-backtest"  # the MLflow experiment
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    walk_forward: WalkForwardConfig = Field(default_factory=WalkForwardConfig)
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    costs: CostsConfig = Field(default_factory=CostsConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    periods_per_year: float | None = Field(None, gt=0)  # default: 365 days of the grid's period (24/7 markets)
+
+    @property
+    def period_s(self) -> float:
+        return 60.0 * timeframe_minutes(self.data.timeframe) if self.data.source == "bars" else 1.0
+
+    @property
+    def horizon_rows(self) -> dict[int, int]:
+        out = {}
+        for h in self.train.data.horizons_s:
+            rows = h / self.period_s
+            if rows != int(rows) or rows < 1:
+                raise ConfigError(f"train.data.horizons_s: {h}s is not a whole number of {self.data.timeframe} "
+                                  "bars")
+            out[h] = int(rows)
+        return out
+
+    @property
+    def latency_rows(self) -> int:
+        return math.ceil(self.costs.latency_ms / 1000 / self.period_s - 1e-12)
+
+    @property
+    def annual_periods(self) -> float:
+        return self.periods_per_year or 365 * 86_400 / self.period_s
+
+
+def load_backtest_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> BacktestConfig:
+    """The config at ``path`` (None: the defaults) with dotted-key ``overrides`` applied."""
+    where = str(path or "config")
+    raw = read_yaml_mapping(Path(path), "backtest config") if path is not None else {}
+    try:
+        cfg = BacktestConfig.model_validate(apply_overrides(raw, overrides))
+    except ValidationError as err:
+        raise ConfigError(one_line_error(err, where)) from None
+    cfg.horizon_rows  # noqa: B018 - horizons must be whole bars: fail here, not in a task
+    return cfg

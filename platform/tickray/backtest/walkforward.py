@@ -1,0 +1,309 @@
+"""`tickray backtest`: walk-forward backtests of the training job's models, judged by money.
+
+1. Rows: the feature lake's one-second tick grid, or the lake's 1m bars resampled to a timeframe with
+   the bar indicators as features; labels and prices beside them.
+2. Walk-forward: the rows after the first ``min_train_fraction`` are cut into ``windows`` test windows;
+   for each, every model of the training config (base models, class-prior and logistic baselines, the
+   stacked ensemble) is fitted on the rows before it, less an embargo, with the training code, and
+   predicts the window. One Ray task per window (or per (symbol, window)), run wherever the cluster
+   has room.
+3. The out-of-sample probabilities become positions and returns in the vectorised core (threshold,
+   sizing, holding, shock filter, fees, slippage, decision latency), per model and horizon, beside
+   buy-and-hold; metrics, validation, and a report with pictures, logged to MLflow.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pyarrow.compute as pc
+import ray
+from mlflow.tracking import MlflowClient
+
+from tickray import lake
+from tickray.backtest.config import BacktestConfig
+from tickray.backtest.core import Rules, buy_and_hold
+from tickray.backtest.frame import simulate_frame
+from tickray.backtest.metrics import performance
+from tickray.backtest.validation import importance, reliability, safe_auc, stability
+from tickray.bars import read_lake_bars
+from tickray.errors import ConfigError
+from tickray.features.indicators import BAR_FEATURE_NAMES, BAR_FEATURE_SET, bar_features
+from tickray.labels import DEAD_BAND_BPS
+from tickray.training import registry
+from tickray.training.data import (
+    NS,
+    Rows,
+    check_windows,
+    load_rows,
+    split_history,
+    thin,
+    usable,
+    walk_forward,
+)
+from tickray.training.metrics import classification_metrics
+from tickray.training.pipeline import fit_in_process
+
+BUY_AND_HOLD = "buy_and_hold"
+
+
+def bar_rows(cfg: BacktestConfig, lake_root: Path) -> Rows:
+    """Bars of the config's timeframe from the lake's 1m bars, bar indicators as features, forward labels
+    counted in bars (NaN where the bars ``h`` ahead are not exactly ``h`` later: a hole in the data)."""
+    d = cfg.train.data
+    have = lake.partitions(Path(lake_root), "bars_1m")
+    symbols = [s.upper() for s in d.symbols] or sorted({s for _, s in have})
+    dates = sorted(day for day, s in have if s in symbols)
+    if not dates:
+        raise ConfigError(f"data: no 1m bars for {symbols or 'any symbol'} in {lake_root}/bars_1m; run `tickray ingest`")
+    day = dt.timedelta(days=1)
+    start = dt.date.fromisoformat(d.start or dates[0])
+    end = dt.date.fromisoformat(d.end or dates[-1]) + day
+
+    def ns(x: dt.date) -> int:
+        return int(dt.datetime(x.year, x.month, x.day, tzinfo=dt.UTC).timestamp()) * NS
+
+    bars = read_lake_bars(lake_root, symbols, cfg.data.timeframe, ns(start), ns(end))
+    if bars.num_rows == 0:
+        raise ConfigError(f"data: no 1m bars for {symbols} between {start} and {end}")
+    xs, ys, fwds, tss, syms, prices = [], [], [], [], [], []
+    for s in symbols:
+        t = bars.filter(pc.equal(bars["symbol"], s))
+        if t.num_rows == 0:
+            continue
+        ts = pc.cast(t["ts"], "int64").to_numpy()
+        close = t["close"].to_numpy()
+        feats = bar_features(t["high"].to_numpy(), t["low"].to_numpy(), close)
+        xs.append(np.column_stack([feats[k] for k in BAR_FEATURE_NAMES]).astype(np.float32))
+        y = np.full((ts.size, len(d.horizons_s)), np.nan, np.float32)
+        fwd = np.full((ts.size, len(d.horizons_s)), np.nan)
+        for j, (h, k) in enumerate(cfg.horizon_rows.items()):
+            if ts.size > k:
+                whole = ts[k:] - ts[:-k] == h * NS  # k bars later is h seconds later: no hole between
+                r = np.log(close[k:] / close[:-k]) * 1e4
+                fwd[:-k, j] = np.where(whole, r, np.nan)
+                y[:-k, j] = np.where(~whole, np.nan, np.where(r > DEAD_BAND_BPS, 1.0,
+                                                              np.where(r < -DEAD_BAND_BPS, 0.0, np.nan)))
+        ys.append(y)
+        fwds.append(fwd)
+        tss.append(ts)
+        syms.append(np.full(ts.size, s, object))
+        prices.append(close.astype(np.float64))
+    x = np.concatenate(xs)
+    return Rows(x, np.concatenate(ys), np.concatenate(fwds), np.concatenate(tss), np.concatenate(syms),
+                ~np.isnan(x).any(axis=1), list(BAR_FEATURE_NAMES), list(d.horizons_s), 1,
+                f"{BAR_FEATURE_SET}@{cfg.data.timeframe}", np.concatenate(prices))
+
+
+def backtest_rows(cfg: BacktestConfig, lake_root: Path) -> Rows:
+    if cfg.data.source == "bars":
+        return bar_rows(cfg, lake_root)
+    if cfg.train.data.lake is not None:
+        lake_root = cfg.train.data.lake
+    return load_rows(cfg.train, lake_root)
+
+
+@dataclass
+class Shard:
+    """One walk-forward task: fit on ``train`` rows, predict ``test`` rows."""
+    window: int
+    symbols: str  # "all", or the one symbol when models are per symbol
+    train: np.ndarray
+    test: np.ndarray
+
+
+def shards(rows: Rows, cfg: BacktestConfig) -> list[Shard]:
+    idx = np.flatnonzero(usable(rows))
+    if idx.size == 0:
+        raise ConfigError("data: no usable rows (every row lacks a feature or a label)")
+    wf = cfg.walk_forward
+    groups = ([(s, idx[rows.symbol[idx] == s]) for s in sorted(set(rows.symbol[idx]))] if wf.per_symbol
+              else [("all", idx)])
+    out = []
+    for name, g in groups:
+        for w, (train, test) in enumerate(walk_forward(rows.ts, g, wf.windows, cfg.train.embargo_s * NS,
+                                                       wf.min_train_fraction)):
+            if test.size == 0:
+                raise ConfigError(f"walk_forward: window {w} of {name} has no rows (zero-length window); "
+                                  f"use fewer windows than {wf.windows}")
+            out.append(Shard(w, name, train, test))
+    return out
+
+
+@ray.remote
+def _run_shard(rows: Rows, shard: Shard, cfg_json: str) -> dict:
+    """Fit every model on the shard's history and predict its test window (a Ray task)."""
+    cfg = BacktestConfig.model_validate_json(cfg_json)
+    tc = cfg.train
+    dev, cal, folds, _ = split_history(rows, shard.train, tc, tc.split.calibration_fraction)
+    check_windows(rows, {"development": dev, "calibration": cal}, folds, tc,
+                  f"in walk-forward window {shard.window} ({shard.symbols}): train on more history "
+                  "(walk_forward.min_train_fraction) or use fewer folds")
+    t0 = time.perf_counter()
+    models = fit_in_process(rows, dev, cal, folds, tc)
+    models.pop("histories")
+    fitted_s = time.perf_counter() - t0
+    test, train_rows = shard.test, thin(rows, dev, tc.data.train_every_s)
+    out = {"window": shard.window, "symbols": shard.symbols, "test": test, "fit_seconds": fitted_s,
+           "predictions": {}, "confidence": None, "train_auc": {}, "test_auc": {}, "stability": {},
+           "importance": {}}
+    for name, model in models.items():
+        p = model.predict(rows.x, test)
+        out["predictions"][name] = p
+        p_train = model.predict(rows.x, train_rows)
+        for j, h in enumerate(rows.horizons):
+            out["train_auc"][f"{name}_{h}s"] = safe_auc(rows.y[train_rows, j], p_train[:, j])
+            out["test_auc"][f"{name}_{h}s"] = safe_auc(rows.y[test, j], p[:, j])
+        if name != "prior":
+            out["stability"][name] = stability(model, rows.x, test, dev, cfg.validation.noise_std,
+                                               cfg.strategy.threshold, tc.seed)
+        imp = importance(model, rows.features)
+        if imp is not None:
+            out["importance"][name] = imp
+    ens = models["ensemble"]
+    out["confidence"] = ens.confidence(rows.x, test, out["predictions"]["ensemble"])
+    return out
+
+
+@dataclass
+class BacktestReport:
+    name: str
+    horizons: list[int]
+    models: list[str]
+    performance: dict[str, dict[int, dict[str, float]]]  # model (and buy_and_hold) → horizon → metrics
+    scores: dict[str, dict[int, dict[str, float]]]  # model → horizon → out-of-sample classification metrics
+    windows: list[dict]  # per shard: window, symbols, rows, period, fit seconds, train/test AUC
+    stability: dict[str, dict[str, float]]  # model → averaged over windows
+    importance: dict[str, dict[str, float]]  # model → feature → share, averaged over windows
+    calibration: dict[int, dict[str, list[float]]]  # horizon → the ensemble's reliability curve
+    curves: dict[int, pd.DataFrame] = field(repr=False, default_factory=dict)  # horizon → time-indexed series
+    rules: dict[int, dict] = field(default_factory=dict)
+    rows: int = 0
+    seconds: float = 0.0
+    run_id: str = ""
+    report_path: Path | None = None
+
+    def lines(self) -> list[str]:
+        out = [f"{self.rows:,} out-of-sample rows in {len(self.windows)} walk-forward shards"]
+        for h in self.horizons:
+            out.append(f"horizon {h}s (hold {self.rules[h]['hold']} rows, latency {self.rules[h]['latency']} rows, "
+                       f"costs {self.rules[h]['fee_bps'] + self.rules[h]['slippage_bps']:g} bps per side):")
+            out.append(f"  {'model':<14}{'AUC':>7}{'return':>10}{'Sharpe':>9}{'max DD':>9}{'trades':>8}"
+                       f"{'hit':>7}{'exposure':>10}")
+            for m in [*self.models, BUY_AND_HOLD]:
+                p = self.performance[m][h]
+                auc = self.scores[m][h]["auc"] if m in self.scores else float("nan")
+                out.append(f"  {m:<14}{auc:>7.3f}{p['total_return']:>+10.2%}{p['sharpe']:>9.2f}"
+                           f"{p['max_drawdown']:>9.2%}{p['trades']:>8,}{p['hit_rate']:>7.1%}{p['exposure']:>10.1%}")
+        if self.report_path:
+            out.append(f"report: {self.report_path}")
+        if self.run_id:
+            out.append(f"MLflow run {self.run_id} in experiment {self.name!r} ({self.seconds:.0f}s)")
+        return out
+
+
+def _mean_dicts(ds: list[dict[str, float]]) -> dict[str, float]:
+    keys = ds[0].keys() if ds else []
+    return {k: float(np.nanmean([d[k] for d in ds])) for k in keys}
+
+
+def run_backtest(cfg: BacktestConfig, lake_root: Path, tracking_uri: str | None = None, artifact_root: str = "",
+                 report_path: Path | None = None, say: Callable[[str], None] = print) -> BacktestReport:
+    from tickray.backtest.report import write_report
+
+    t0 = time.perf_counter()
+    rows = backtest_rows(cfg, Path(lake_root))
+    plan = shards(rows, cfg)
+    say(f"{rows.n:,} rows of {len(rows.features)} features ({rows.feature_set_version}), horizons "
+        f"{rows.horizons}s; {len(plan)} walk-forward shard(s) of {cfg.walk_forward.windows} window(s)")
+    rows_ref = ray.put(rows)
+    cpus = max(1.0, *(m.resources.cpu for m in cfg.train.models.enabled().values()))
+    gpus = max(m.resources.gpu for m in cfg.train.models.enabled().values())
+    pending = [_run_shard.options(num_cpus=cpus, num_gpus=gpus).remote(rows_ref, s, cfg.model_dump_json())
+               for s in plan]
+    results = sorted(ray.get(pending), key=lambda r: (r["symbols"], r["window"]))
+
+    test = np.concatenate([r["test"] for r in results])
+    order = np.argsort(test, kind="stable")  # rows are (symbol, ts) sorted: index order is that order
+    test = test[order]
+    models = list(results[0]["predictions"])
+    frame = pd.DataFrame({"ts": rows.ts[test], "symbol": rows.symbol[test].astype(str), "price": rows.price[test]})
+    for j, h in enumerate(rows.horizons):
+        frame[f"up_{h}s"] = rows.y[test, j]
+        for m in models:
+            frame[f"{m}_{h}s"] = np.concatenate([r["predictions"][m][:, j] for r in results])[order]
+        frame[f"confidence_{h}s"] = np.concatenate([r["confidence"][:, j] for r in results])[order]
+
+    perf, scores, curves, rule_of = {m: {} for m in [*models, BUY_AND_HOLD]}, {m: {} for m in models}, {}, {}
+    s = cfg.strategy
+    for h, k in cfg.horizon_rows.items():
+        rules = Rules(threshold=s.threshold, sizing=s.sizing, max_position=s.max_position,
+                      full_size_confidence=s.full_size_confidence, shock_filter=s.shock_filter,
+                      hold=k if s.hold == "horizon" else 1, latency=cfg.latency_rows,
+                      fee_bps=cfg.costs.fee, slippage_bps=cfg.costs.slippage)
+        rule_of[h] = rules.__dict__
+        series = {}
+        for m in models:
+            # The ensemble's confidence (shock detector included) sizes and filters its own positions only.
+            conf = f"confidence_{h}s" if m == "ensemble" else None
+            sim = simulate_frame(frame, f"{m}_{h}s", rules if conf else Rules(**{
+                **rules.__dict__, "sizing": "fixed"}), confidence=conf, where=f"backtest of {m} at {h}s")
+            perf[m][h] = performance(sim, cfg.annual_periods)
+            scores[m][h] = classification_metrics(frame[f"up_{h}s"].to_numpy(), frame[f"{m}_{h}s"].to_numpy())
+            times, ret, exposure = sim.portfolio()
+            series[m], series[f"{m}__exposure"] = ret, exposure
+        codes = pd.factorize(frame["symbol"])[0]
+        bh = buy_and_hold(frame["ts"].to_numpy(), codes, frame["price"].to_numpy(), rules, int(codes.max()) + 1)
+        perf[BUY_AND_HOLD][h] = performance(bh, cfg.annual_periods)
+        series[BUY_AND_HOLD] = bh.portfolio()[1]
+        curves[h] = pd.DataFrame(series, index=pd.to_datetime(times, utc=True))
+
+    windows = [{"window": r["window"], "symbols": r["symbols"], "rows": int(r["test"].size),
+                "start": str(pd.Timestamp(int(rows.ts[r["test"]].min()), tz="UTC")),
+                "end": str(pd.Timestamp(int(rows.ts[r["test"]].max()), tz="UTC")),
+                "fit_seconds": r["fit_seconds"], "train_auc": r["train_auc"], "test_auc": r["test_auc"]}
+               for r in results]
+    report = BacktestReport(
+        cfg.name, rows.horizons, models, perf, scores, windows,
+        {m: _mean_dicts([r["stability"][m] for r in results]) for m in results[0]["stability"]},
+        {m: _mean_dicts([r["importance"][m] for r in results]) for m in results[0]["importance"]},
+        {h: reliability(frame[f"up_{h}s"].to_numpy(), frame[f"ensemble_{h}s"].to_numpy(),
+                        cfg.validation.calibration_bins) for h in rows.horizons},
+        curves, rule_of, int(test.size))
+    figures = {}
+    if report_path is not None:
+        report.report_path, figures = write_report(report, cfg, Path(report_path))
+    if tracking_uri:
+        _log_to_mlflow(report, cfg, rows, figures, tracking_uri, artifact_root)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _log_to_mlflow(report: BacktestReport, cfg: BacktestConfig, rows: Rows, figures: dict[str, Path],
+                   tracking_uri: str, artifact_root: str) -> None:
+    mlflow.set_tracking_uri(tracking_uri)
+    exp = registry.experiment_id(MlflowClient(tracking_uri), cfg.name, artifact_root)
+    with mlflow.start_run(experiment_id=exp, run_name=f"backtest-{time.strftime('%Y%m%d-%H%M%S')}") as run:
+        report.run_id = run.info.run_id
+        mlflow.set_tags({"git_commit": registry.git_commit(), "feature_set_version": rows.feature_set_version,
+                         "source": cfg.data.source})
+        mlflow.log_dict(cfg.model_dump(mode="json"), "config.json")
+        mlflow.log_dict(rows.data_range(), "data_range.json")
+        mlflow.log_dict({"windows": report.windows, "stability": report.stability, "importance": report.importance,
+                         "calibration": {str(h): c for h, c in report.calibration.items()}}, "validation.json")
+        mlflow.log_metrics({f"{m}_{k}_{h}s": float(v) for m, by_h in report.performance.items()
+                            for h, p in by_h.items() for k, v in p.items() if np.isfinite(v)})
+        mlflow.log_metrics({f"{m}_auc_{h}s": s[h]["auc"] for m, s in report.scores.items() for h in s})
+        if report.report_path:
+            mlflow.log_artifact(str(report.report_path), "report")
+        for path in figures.values():
+            mlflow.log_artifact(str(path), "report/figures")
+        mlflow.log_text(json.dumps(report.lines(), indent=1), "summary.json")

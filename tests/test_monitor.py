@@ -1,0 +1,134 @@
+"""Monitoring: PSI by hand, no alert on an unchanged market, and a shifted feature that fires the drift
+alert, posts the webhook and submits the retraining job to a real Ray head's job server."""
+
+import json
+import shutil
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import ClassVar
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from conftest import REPO
+from tickray.config import Settings
+from tickray.monitoring import Monitor, MonitorConfig, psi
+from tickray.training import registry
+from tickray.training.config import parse_config
+from tickray.training.data import NS, load_rows
+from tickray.training.models import fit_logistic
+
+FEATURES = ["ret_1s", "ret_5s", "imb_l1", "ofi_5s", "spread_ticks"]
+
+
+def test_psi_by_hand():
+    ref = np.arange(100, dtype=float)  # deciles: 10 rows per bin
+    assert psi(ref, ref) == pytest.approx(0.0)
+    # all current rows in the top bin: (1 - 0.1)·ln(1/0.1) + 9 · (1e-4 - 0.1)·ln(1e-4/0.1)
+    expected = 0.9 * np.log(10) + 9 * (1e-4 - 0.1) * np.log(1e-4 / 0.1)
+    assert psi(ref, np.full(50, 95.0)) == pytest.approx(expected)
+    assert np.isnan(psi(ref, np.array([np.nan])))
+
+
+@pytest.fixture(scope="module")
+def champion(market_lake, tmp_path_factory):
+    """A logistic model of five tick features registered as champion the way `tickray train` tags it."""
+    state = tmp_path_factory.mktemp("monitor-state")
+    settings = Settings(state_dir=state, lake_root=market_lake)
+    cfg = parse_config({"data": {"horizons_s": [10], "features": FEATURES}})
+    rows = load_rows(cfg, market_lake)
+    cut = int(np.quantile(rows.ts, 0.8))
+    train = np.flatnonzero((rows.ts < cut) & ~np.isnan(rows.x).any(axis=1) & ~np.isnan(rows.y[:, 0]))
+    wrapper = registry.TickrayModel(fit_logistic(rows.x, rows.y, train), rows.features, rows.horizons,
+                                    rows.feature_set_version)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    exp = registry.experiment_id(mlflow.MlflowClient(settings.tracking_uri), "monitor-test", settings.artifact_root)
+    with mlflow.start_run(experiment_id=exp):
+        sample = pd.DataFrame(rows.x[:5], columns=rows.features).assign(ts=rows.ts[:5], symbol=rows.symbol[:5])
+        version = registry.log_model(wrapper, "mon-ensemble", sample, {
+            "data_range": json.dumps(rows.data_range()), "test_window": json.dumps({"test_start": str(cut)})})
+    mlflow.MlflowClient(settings.tracking_uri).set_registered_model_alias("mon-ensemble", "champion", version)
+    return settings
+
+
+def _shifted_lake(src, dst, feature: str, last_s: int):
+    """A copy of the lake whose ``feature`` is moved by 3 standard deviations in its last ``last_s``
+    seconds: the market changed under the model."""
+    shutil.copytree(src, dst)
+    for part in (dst / "features").glob("date=*/symbol=*/*.parquet"):
+        t = pq.read_table(part)
+        ts = pc.cast(t["ts"], pa.int64()).to_numpy()
+        col = t[feature].to_numpy(zero_copy_only=False).astype(float)
+        col[ts >= ts.max() - last_s * NS] += 3 * np.nanstd(col)
+        pq.write_table(t.set_column(t.schema.get_field_index(feature), feature, pa.array(col)), part)
+
+
+def test_unchanged_market_raises_no_alert(champion, ray_cluster):
+    cfg = MonitorConfig(model="mon-ensemble", retrain={"enabled": False})
+    result = Monitor(cfg, champion).check()
+    assert result.current_rows > 1000 and result.reference_rows > 1000
+    assert result.drifting == [], result.lines()
+    assert not result.alerts, result.lines()
+    assert result.realised_auc > 0.55  # the synthetic market's signal is still there
+
+
+class _Hook(BaseHTTPRequestHandler):
+    received: ClassVar[list] = []
+
+    def do_POST(self):
+        _Hook.received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_shifted_feature_fires_the_alert_and_submits_retraining(champion, market_lake, ray_head, tmp_path,
+                                                               ray_cluster):
+    shifted = tmp_path / "lake"
+    _shifted_lake(market_lake, shifted, "imb_l1", 3600)
+    hook = HTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    try:
+        # the job server of a head like `tickray up` starts is where retraining goes
+        address = f"http://127.0.0.1:{ray_head['TICKRAY_DASHBOARD_PORT']}"
+        cfg = MonitorConfig(model="mon-ensemble", webhook=f"http://127.0.0.1:{hook.server_port}/alerts",
+                            retrain={"address": address, "working_dir": str(REPO),
+                                     "entrypoint": "python jobs/train.py --config jobs/configs/train-synthetic.yaml",
+                                     "env_vars": {"TICKRAY_STATE_DIR": str(tmp_path / "retrain")}})
+        monitor = Monitor(cfg, champion.model_copy(update={"lake_root": shifted}))
+        result = None
+        for _ in range(30):  # the head's job agent registers a few seconds after its ports open
+            try:
+                result = monitor.check()
+                break
+            except RuntimeError as e:
+                if "No available agent" not in str(e):
+                    raise
+                time.sleep(2)
+        assert result is not None
+        assert result.drifting == ["imb_l1"], result.lines()
+        assert result.drift["imb_l1"]["psi"] > 0.25 and result.drift["imb_l1"]["p_value"] < 1e-6
+        assert "feature_drift" in [a.rule for a in result.alerts]
+        assert any(h["rule"] == "feature_drift" and h["model"] == "mon-ensemble" for h in _Hook.received)
+        assert result.retrain_job
+
+        from ray.job_submission import JobSubmissionClient
+
+        jobs = JobSubmissionClient(address)
+        info = jobs.get_job_info(result.retrain_job)
+        assert info.entrypoint.startswith("python jobs/train.py")
+        assert info.metadata["submitted_by"] == "tickray-monitor"
+        assert str(info.status) in ("PENDING", "RUNNING", "SUCCEEDED", "FAILED") and str(info.status) != "STOPPED"
+        jobs.stop_job(result.retrain_job)  # the retraining itself is test_training's business
+
+        again = monitor.check()  # the cooldown holds a second submission back
+        assert again.retrain_job is None and any("cooldown" in n for n in again.notes)
+    finally:
+        hook.shutdown()
