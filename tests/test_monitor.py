@@ -15,9 +15,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+import redis
 from conftest import REPO
 from tickray.config import Settings
 from tickray.monitoring import Monitor, MonitorConfig, psi
+from tickray.stream.actor import FEATURES_KEY
 from tickray.training import registry
 from tickray.training.config import parse_config
 from tickray.training.data import NS, load_rows
@@ -53,7 +55,7 @@ def champion(market_lake, tmp_path_factory):
         version = registry.log_model(wrapper, "mon-ensemble", sample, {
             "data_range": json.dumps(rows.data_range()), "test_window": json.dumps({"test_start": str(cut)})})
     mlflow.MlflowClient(settings.tracking_uri).set_registered_model_alias("mon-ensemble", "champion", version)
-    return settings
+    return settings, rows
 
 
 def _shifted_lake(src, dst, feature: str, last_s: int):
@@ -70,11 +72,35 @@ def _shifted_lake(src, dst, feature: str, last_s: int):
 
 def test_unchanged_market_raises_no_alert(champion, ray_cluster):
     cfg = MonitorConfig(model="mon-ensemble", retrain={"enabled": False})
-    result = Monitor(cfg, champion).check()
+    result = Monitor(cfg, champion[0]).check()
     assert result.current_rows > 1000 and result.reference_rows > 1000
     assert result.drifting == [], result.lines()
     assert not result.alerts, result.lines()
     assert result.realised_auc > 0.55  # the synthetic market's signal is still there
+
+
+def test_live_features_from_redis(champion, redis_settings, ray_cluster):
+    """``current.source: redis``: the features the stream actors publish, sampled at each check; a market
+    whose order-book imbalance has moved is seen drifting once enough samples are in."""
+    settings, rows = champion
+    settings = settings.model_copy(update={"redis_port": redis_settings.redis_port})
+    r = redis.Redis.from_url(settings.redis_url)
+    cfg = MonitorConfig(model="mon-ensemble", current={"source": "redis", "min_rows": 20},
+                        retrain={"enabled": False})
+    monitor = Monitor(cfg, settings)
+    live = np.flatnonzero(~np.isnan(rows.x).any(axis=1))[-40:]
+    results = []
+    for k in range(0, 40, 2):  # what two symbols' stream actors would publish, check after check
+        for i, sym in zip(live[k:k + 2], ("BTCUSDT", "ETHUSDT")):
+            feats = dict(zip(rows.features, rows.x[i].tolist()))
+            feats["imb_l1"] += 3.0
+            r.set(FEATURES_KEY.format(symbol=sym), json.dumps({"symbol": sym, "ts_ns": int(rows.ts[i]),
+                                                               "features": feats}))
+        results.append(monitor.check())
+    assert results[0].current_rows == 2 and "no drift verdict yet" in results[0].notes[0]
+    assert results[-1].current_rows == 40
+    assert "imb_l1" in results[-1].drifting and "feature_drift" in [a.rule for a in results[-1].alerts]
+    assert np.isnan(results[-1].realised_auc)  # live features carry no labels
 
 
 class _Hook(BaseHTTPRequestHandler):
@@ -102,7 +128,7 @@ def test_shifted_feature_fires_the_alert_and_submits_retraining(champion, market
                             retrain={"address": address, "working_dir": str(REPO),
                                      "entrypoint": "python jobs/train.py --config jobs/configs/train-synthetic.yaml",
                                      "env_vars": {"TICKRAY_STATE_DIR": str(tmp_path / "retrain")}})
-        monitor = Monitor(cfg, champion.model_copy(update={"lake_root": shifted}))
+        monitor = Monitor(cfg, champion[0].model_copy(update={"lake_root": shifted}))
         result = None
         for _ in range(30):  # the head's job agent registers a few seconds after its ports open
             try:

@@ -164,6 +164,7 @@ class Monitor:
         self.started = time.time()
         self.live: dict[str, list[float]] = {}  # "symbol ts_ns" → feature row (Redis source)
         self._counter = None
+        self._reference: tuple = ()  # (version, rows, sampled indices, predictions): fixed per model version
 
     def _rows(self, loaded: registry.LoadedModel, start: str, end: str, symbols: list[str]):
         cfg = parse_config({"data": {"lake": str(self.settings.lake_path), "symbols": symbols, "start": start,
@@ -190,14 +191,16 @@ class Monitor:
             raise ConfigError(f"monitor: {cfg.model} v{loaded.version} has no data_range tag (not trained by tickray)")
         test_start = json.loads(loaded.tags.get("test_window", "{}")).get("test_start")
         symbols = [s.upper() for s in cfg.symbols] or rng["symbols"].split(",")
-        ref = self._rows(loaded, _date(rng["start"]), _date(rng["end"]), symbols)
-        keep = ref.ts < int(test_start) if test_start else np.ones(ref.n, bool)  # what it learned from
-        ref_idx = np.flatnonzero(keep & ~np.isnan(ref.x).any(axis=1))
-        ref_idx = np.random.default_rng(0).choice(ref_idx, min(ref_idx.size, cfg.reference_rows), replace=False)
-        ref_idx.sort()
+        if not self._reference or self._reference[0] != loaded.version:
+            ref = self._rows(loaded, _date(rng["start"]), _date(rng["end"]), symbols)
+            keep = ref.ts < int(test_start) if test_start else np.ones(ref.n, bool)  # what it learned from
+            ref_idx = np.flatnonzero(keep & ~np.isnan(ref.x).any(axis=1))
+            ref_idx = np.sort(np.random.default_rng(0).choice(ref_idx, min(ref_idx.size, cfg.reference_rows),
+                                                              replace=False))
+            self._reference = (loaded.version, ref, ref_idx, loaded.model.predict_matrix(ref.x, ref_idx)[0])
+        _, ref, ref_idx, p_ref = self._reference
         result = CheckResult(dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), cfg.model, loaded.version,
                              int(ref_idx.size), 0)
-        p_ref, _ = loaded.model.predict_matrix(ref.x, ref_idx)
 
         if cfg.current.source == "lake":
             from tickray import lake

@@ -104,11 +104,9 @@ def bar_rows(cfg: BacktestConfig, lake_root: Path) -> Rows:
 
 
 def backtest_rows(cfg: BacktestConfig, lake_root: Path) -> Rows:
-    if cfg.data.source == "bars":
-        return bar_rows(cfg, lake_root)
-    if cfg.train.data.lake is not None:
-        lake_root = cfg.train.data.lake
-    return load_rows(cfg.train, lake_root)
+    """The rows of ``cfg``'s source from ``train.data.lake``, else ``lake_root`` (the settings' lake)."""
+    lake_root = Path(cfg.train.data.lake or lake_root)
+    return bar_rows(cfg, lake_root) if cfg.data.source == "bars" else load_rows(cfg.train, lake_root)
 
 
 @dataclass
@@ -149,7 +147,6 @@ def _run_shard(rows: Rows, shard: Shard, cfg_json: str) -> dict:
                   "(walk_forward.min_train_fraction) or use fewer folds")
     t0 = time.perf_counter()
     models = fit_in_process(rows, dev, cal, folds, tc)
-    models.pop("histories")
     fitted_s = time.perf_counter() - t0
     test, train_rows = shard.test, thin(rows, dev, tc.data.train_every_s)
     out = {"window": shard.window, "symbols": shard.symbols, "test": test, "fit_seconds": fitted_s,

@@ -193,7 +193,8 @@ def split_windows(rows: Rows, cfg: TrainConfig) -> Windows:
     cal_share = cfg.split.calibration_fraction / (1 - cfg.split.test_fraction)
     dev, cal, folds, c_cal = split_history(rows, history, cfg, cal_share) if history.size else (
         history, history, [], c_test)
-    where = f"({idx.size:,} usable rows from {_iso(lo)} to {_iso(hi)}, embargo {cfg.embargo_s}s): use more data or smaller fractions"
+    where = (f"({idx.size:,} usable rows from {_iso(lo)} to {_iso(hi)}, embargo {cfg.embargo_s}s): use more data "
+             "or smaller fractions")
     check_windows(rows, {"development": dev, "calibration": cal, "test": test}, folds, cfg, where)
     return Windows(dev, cal, test, folds, {"calibration_start": c_cal, "test_start": c_test, "end": hi})
 

@@ -185,9 +185,9 @@ def _fit_base(family: str, mcfg, x: np.ndarray, y: np.ndarray, fit: np.ndarray, 
 def fit_in_process(rows: Rows, dev: np.ndarray, calibration: np.ndarray, folds: list, cfg: TrainConfig) -> dict:
     """Every model of ``cfg`` (base models, baselines, the stacked ensemble) fitted in this process from
     development and calibration rows, as `run_training` fits them across the cluster: what a walk-forward
-    window's task runs. Returns name → model, and under "histories" each base model's learning curve."""
+    window's task runs. Returns name → model."""
     every, gap, seed = cfg.data.train_every_s, cfg.embargo_s * NS, cfg.seed
-    bases, histories, oof = {}, {}, {}
+    bases, oof = {}, {}
     oof_idx = np.concatenate([thin(rows, va, every) for _, va in folds])
     for fam, mcfg in cfg.models.enabled().items():
         parts = []
@@ -196,10 +196,10 @@ def fit_in_process(rows: Rows, dev: np.ndarray, calibration: np.ndarray, folds: 
             parts.append(_fit_base(fam, mcfg, rows.x, rows.y, fit, stop, seed)[0].predict(rows.x, thin(rows, va, every)))
         oof[fam] = np.concatenate(parts)
         fit, stop = inner_split(rows.ts, thin(rows, dev, every), gap)
-        bases[fam], histories[fam] = _fit_base(fam, mcfg, rows.x, rows.y, fit, stop, seed)
+        bases[fam], _ = _fit_base(fam, mcfg, rows.x, rows.y, fit, stop, seed)
     dev_all = thin(rows, dev, every)
     return {**bases, "prior": fit_prior(rows.y, dev_all), "logistic": fit_logistic(rows.x, rows.y, dev_all),
-            "ensemble": stack(bases, oof, oof_idx, rows, calibration, dev_all, cfg), "histories": histories}
+            "ensemble": stack(bases, oof, oof_idx, rows, calibration, dev_all, cfg)}
 
 
 def run_training(cfg: TrainConfig, lake_root: Path, tracking_uri: str, artifact_root: str, storage: Path,
