@@ -31,13 +31,13 @@ import httpx
 import numpy as np
 import orjson
 import ray
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from scipy.stats import ks_2samp
 
-from tickray.config import Settings, read_yaml_mapping
+from tickray.config import Settings
 from tickray.errors import ConfigError
 from tickray.training import registry
-from tickray.training.config import apply_overrides, one_line_error, parse_config
+from tickray.training.config import load_job_config, parse_config
 from tickray.training.data import NS, load_rows
 from tickray.training.metrics import classification_metrics
 
@@ -90,11 +90,7 @@ class MonitorConfig(_Strict):
 
 
 def load_monitor_config(path: str | Path | None, overrides: dict | None = None) -> MonitorConfig:
-    raw = read_yaml_mapping(Path(path), "monitor config") if path is not None else {}
-    try:
-        return MonitorConfig.model_validate(apply_overrides(raw, overrides))
-    except ValidationError as err:
-        raise ConfigError(one_line_error(err, str(path or "config"))) from None
+    return load_job_config(MonitorConfig, path, overrides, "monitor config")
 
 
 def psi(reference: np.ndarray, current: np.ndarray, bins: int = 10, eps: float = 1e-4) -> float:

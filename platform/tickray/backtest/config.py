@@ -13,12 +13,11 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tickray.bars import timeframe_minutes
-from tickray.config import read_yaml_mapping
 from tickray.errors import ConfigError
-from tickray.training.config import TrainConfig, apply_overrides, one_line_error
+from tickray.training.config import TrainConfig, load_job_config
 
 Bps = Annotated[float, Field(ge=0, strict=True)]
 
@@ -125,11 +124,6 @@ class BacktestConfig(_Strict):
 
 def load_backtest_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> BacktestConfig:
     """The config at ``path`` (None: the defaults) with dotted-key ``overrides`` applied."""
-    where = str(path or "config")
-    raw = read_yaml_mapping(Path(path), "backtest config") if path is not None else {}
-    try:
-        cfg = BacktestConfig.model_validate(apply_overrides(raw, overrides))
-    except ValidationError as err:
-        raise ConfigError(one_line_error(err, where)) from None
+    cfg = load_job_config(BacktestConfig, path, overrides, "backtest config")
     cfg.horizon_rows  # noqa: B018 - horizons must be whole bars: fail here, not in a task
     return cfg

@@ -18,7 +18,7 @@ import datetime as dt
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import mlflow
@@ -214,7 +214,7 @@ def _mean_dicts(ds: list[dict[str, float]]) -> dict[str, float]:
 
 def run_backtest(cfg: BacktestConfig, lake_root: Path, tracking_uri: str | None = None, artifact_root: str = "",
                  report_path: Path | None = None, say: Callable[[str], None] = print) -> BacktestReport:
-    from tickray.backtest.report import write_report
+    from tickray.backtest.report import write_report  # matplotlib: loaded only where a report is drawn
 
     t0 = time.perf_counter()
     rows = backtest_rows(cfg, Path(lake_root))
@@ -246,13 +246,13 @@ def run_backtest(cfg: BacktestConfig, lake_root: Path, tracking_uri: str | None 
                       full_size_confidence=s.full_size_confidence, shock_filter=s.shock_filter,
                       hold=k if s.hold == "horizon" else 1, latency=cfg.latency_rows,
                       fee_bps=cfg.costs.fee, slippage_bps=cfg.costs.slippage)
-        rule_of[h] = rules.__dict__
+        rule_of[h] = asdict(rules)
         series = {}
         for m in models:
             # The ensemble's confidence (shock detector included) sizes and filters its own positions only.
             conf = f"confidence_{h}s" if m == "ensemble" else None
-            sim = simulate_frame(frame, f"{m}_{h}s", rules if conf else Rules(**{
-                **rules.__dict__, "sizing": "fixed"}), confidence=conf, where=f"backtest of {m} at {h}s")
+            sim = simulate_frame(frame, f"{m}_{h}s", rules if conf else replace(rules, sizing="fixed"),
+                                 confidence=conf, where=f"backtest of {m} at {h}s")
             perf[m][h] = performance(sim, cfg.annual_periods)
             scores[m][h] = classification_metrics(frame[f"up_{h}s"].to_numpy(), frame[f"{m}_{h}s"].to_numpy())
             times, ret, exposure = sim.portfolio()

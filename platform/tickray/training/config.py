@@ -7,7 +7,7 @@ Every key is known: an unknown model or key, a bad value or a missing file is a 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -15,6 +15,7 @@ from tickray.config import read_yaml_mapping
 from tickray.errors import ConfigError
 from tickray.features import FEATURE_NAMES, FEATURE_SET_VERSION, FEATURES
 
+M = TypeVar("M", bound=BaseModel)
 SEQUENCE_FAMILIES = ("lstm", "transformer")
 FAMILIES = ("xgboost", *SEQUENCE_FAMILIES)
 
@@ -207,8 +208,17 @@ def parse_config(raw: dict[str, Any], where: str = "config") -> TrainConfig:
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """The config at ``path`` (None: the defaults) with dotted-key ``overrides`` applied."""
-    raw = read_yaml_mapping(Path(path), "training config") if path is not None else {}
-    return parse_config(apply_overrides(raw, overrides), str(path or "config"))
+    return load_job_config(TrainConfig, path, overrides, "training config")
+
+
+def load_job_config(schema: type[M], path: str | Path | None, overrides: dict[str, Any] | None, what: str) -> M:
+    """A job's YAML config (training, backtest, monitor) at ``path`` (None: the defaults) with dotted-key
+    ``overrides``, validated by ``schema``; a bad one is a one-line :class:`ConfigError`."""
+    raw = read_yaml_mapping(Path(path), what) if path is not None else {}
+    try:
+        return schema.model_validate(apply_overrides(raw, overrides))
+    except ValidationError as err:
+        raise ConfigError(one_line_error(err, str(path or "config"))) from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
