@@ -249,7 +249,7 @@ def train_net(net: nn.Module, x: np.ndarray, y: np.ndarray, epochs_of: Callable[
     best, best_loss, stale, history = None, math.inf, 0, []
     for epoch in range(cfg.epochs):
         net.train()
-        total, batches = 0.0, 0
+        total, batches = torch.zeros((), device=device), 0
         for ends in epochs_of(epoch):
             xb = torch.from_numpy(gather_windows(x, ends, cfg.window)).to(device, non_blocking=True)
             yb = torch.from_numpy(y[ends]).to(device, non_blocking=True)
@@ -259,8 +259,8 @@ def train_net(net: nn.Module, x: np.ndarray, y: np.ndarray, epochs_of: Callable[
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
-            total, batches = total + float(loss), batches + 1
-        metrics = {"epoch": epoch + 1, "train_loss": total / max(batches, 1),
+            total, batches = total + loss.detach(), batches + 1  # summed on the device: no sync per batch
+        metrics = {"epoch": epoch + 1, "train_loss": float(total) / max(batches, 1),
                    **evaluate(net, x, y, valid, cfg.window, device)}
         history.append(metrics)
         if metrics["valid_loss"] < best_loss:

@@ -64,17 +64,17 @@ def search_space(cfg: TrainConfig) -> dict:
 def _trial(config: dict, family: str, base: dict, x: np.ndarray, y: np.ndarray, fit: np.ndarray,
            stop: np.ndarray, seed: int) -> None:
     """One trial: the family's fit code with the trial's parameters, reporting after every rung."""
-    node = ray.get_runtime_context().get_node_id()
+    where = {"node": ray.get_runtime_context().get_node_id(), "device": local_device()}
     if family == "xgboost":
         cfg = XGBoostConfig.model_validate({**base, "params": {**base["params"], **config}})
-        params = xgb_params(cfg, seed, max(1, int(cfg.resources.cpu)), local_device())
+        params = xgb_params(cfg, seed, max(1, int(cfg.resources.cpu)), where["device"])
         tr, va = fit[~np.isnan(y[fit, 0])], stop[~np.isnan(y[stop, 0])]
         fit_xgboost_horizon(xgboost.DMatrix(x[tr], label=y[tr, 0]), xgboost.DMatrix(x[va], label=y[va, 0]),
-                            cfg, params, report=lambda r, m: tune.report({**m, "rounds": r, "node": node}))
+                            cfg, params, report=lambda r, m: tune.report({**m, "rounds": r, **where}))
         return
     cfg = SequenceConfig.model_validate({**base, **config})
-    fit_sequence(family, x, y, fit, stop, cfg, seed, local_device(),
-                 on_epoch=lambda e, m, net: tune.report({**m, "node": node}))
+    fit_sequence(family, x, y, fit, stop, cfg, seed, where["device"],
+                 on_epoch=lambda e, m, net: tune.report({**m, **where}))
 
 
 def tune_family(cfg: TrainConfig, x: np.ndarray, y: np.ndarray, fit: np.ndarray, stop: np.ndarray,
