@@ -100,18 +100,21 @@ def test_bad_messages_are_quarantined_and_a_gap_resyncs_from_rest(ray_cluster, s
         (t0, "btcusdt@trade", "{not json"),
         (t0 + 1, "btcusdt@trade", orjson.dumps({"stream": "btcusdt@trade", "data": {
             "e": "trade", "E": 1, "t": 1, "s": "BTCUSDT", "p": "-1.0", "q": "1", "T": 1, "m": False}}).decode()),
-        (t0 + 2, "btcusdt@trade", '{"stream":"x","data":{"e":"trade","s":"NOPEUSDT"}}'),
+        (t0 + 2, "btcusdt@trade", '{"stream":"nopeusdt@trade","data":{"e":"trade","s":"NOPEUSDT"}}'),
+        (t0 + 3, "btcusdt@trade", '{"stream":"btcusdt@depth@0ms","data":{"e":"depthUpdate","s":"ETHUSDT"}}'),
+        (t0 + 4, "btcusdt@trade", '{"stream":"btcusdt@trade","data":{"e":"liquidation","s":"BTCUSDT"}}'),
     ]
     exchange.start()
     try:
-        stats = _run(exchange, settings, expect=len(exchange.messages) - 1 + 3)
+        stats = _run(exchange, settings, expect=len(exchange.messages) - 1 + len(exchange.inject))
     finally:
         exchange.stop()
     assert stats["quarantined"] == {
-        "unparsable or unknown message (JSONDecodeError: unexpected character, expected a string key: "
-        "line 1 column 2 (char 1))": 1,
+        "unparsable JSON (unexpected character, expected a string key: line 1 column 2 (char 1))": 1,
         "non-positive price": 1,
-        "unparsable or unknown message (KeyError: 'NOPEUSDT')": 1,
+        "unknown symbol NOPEUSDT: not subscribed": 1,
+        "symbol mismatch: stream 'btcusdt@depth@0ms' carries ETHUSDT": 1,
+        "unknown event type 'liquidation' on stream 'btcusdt@trade'": 1,
     }
     reasons = [f[b"reason"].decode() for _, f in r.xrange(QUARANTINE_STREAM)]
     assert sorted(reasons) == sorted(stats["quarantined"])

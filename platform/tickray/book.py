@@ -41,6 +41,7 @@ class BookCounters:
     stale_dropped: int = 0
     gaps: int = 0
     resyncs: int = 0
+    duplicates: int = 0  # diffs already applied (u at or below the book's), delivered again
 
 
 class OrderBook:
@@ -180,6 +181,9 @@ class BookSync:
                 raise BookSequenceError(
                     f"{self.symbol}: first diff after snapshot {lid} does not straddle it (U={up.U}, u={up.u})")
             self._first_after_snapshot = False
+        elif up.u <= lid:  # sent twice (or late): already in the book, not a gap
+            self.counters.duplicates += 1
+            return False
         elif self.spot or up.pu is None:
             if up.U != lid + 1:
                 raise BookSequenceError(f"{self.symbol}: gap, U={up.U} after u={lid}")

@@ -1,19 +1,29 @@
-"""A local stand-in for Binance USD-M futures that replays recorded captures over real protocols.
+"""A local stand-in for Binance that replays recorded captures over the venue's real protocols.
 
-One port serves both: WebSocket combined streams at ``/stream?streams=a/b/c`` (each message wrapped as
-``{"stream": ..., "data": ...}``, in capture order, paced by the recorded receive times divided by
-``speed``) and the REST depth snapshot at ``/fapi/v1/depth?symbol=SYM``. Like the venue, the snapshot is
-the book as of what has been streamed so far: the exchange keeps its own book (the same book module),
-seeded by the capture's recorded snapshot, so a client that resyncs after a gap gets a usable one.
+One port serves both sides of the venue:
 
-For failure tests: ``drop`` lists message indices (into ``messages``) lost on the wire (the exchange's
-book still moves), ``inject`` adds raw messages ``(recv_ns, stream, text)`` to the stream.
-Tests and the demo point the stream actors here; only the outside world is replaced.
+- WebSocket combined streams at ``/stream?streams=a/b/c``, each message wrapped as ``{"stream", "data"}``,
+  with run-time ``SUBSCRIBE`` / ``UNSUBSCRIBE`` / ``LIST_SUBSCRIPTIONS`` requests answered like the venue;
+- REST: the depth snapshot (``/fapi/v1/depth``, ``/dapi/v1/depth``, ``/api/v3/depth``) and the trades a
+  client missed (``aggTrades`` and ``historicalTrades`` from ``fromId``).
+
+There is one market: a clock replays the captures in receive-time order, paced by ``speed`` (10: ten
+times faster than recorded; 0: as fast as the connected clients take them, waiting while none is).
+Every connection sees the market from the moment it subscribes, as on the venue: what is sent while a
+client is away is gone from its stream, and it has the REST side to catch up. The snapshot is the book
+as of the market so far (the exchange keeps its own book with the same book module, seeded by the
+capture's recorded snapshot) and the trade endpoints answer only trades the market has reached.
+
+Faults (per connection, counted over the messages sent on it) test the clients: disconnects, duplicates,
+reordering, corrupt JSON, dropped depth updates (gaps) and stalls. ``drop`` lists message indices lost on
+the wire for everyone; ``inject`` adds raw messages ``(recv_ns, stream, text)``.
+``tickray replay FILES --port P --speed X`` runs it from the command line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,39 +31,74 @@ from urllib.parse import parse_qs, urlparse
 
 import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from tickray.book import BookSync, DepthUpdate
-from tickray.sources.binance import iter_capture, symbol_from_filename
+from tickray.sources.binance import iter_capture, iter_rest_snapshots, symbol_from_filename
+
+REST_PATH = re.compile(r"^/(?:fapi/v1|dapi/v1|api/v3)/(depth|aggTrades|historicalTrades)$")
+REST_LIMIT_MAX = 1000
+
+
+@dataclass
+class Faults:
+    """What goes wrong on each connection; N counts the messages sent on it (0: never)."""
+    disconnect_every: int = 0  # close the connection after every N messages
+    duplicate_every: int = 0  # send every Nth message twice
+    reorder_every: int = 0  # hold every Nth message back and send it after the next one
+    corrupt_every: int = 0  # cut every Nth message in half: invalid JSON, the message is lost
+    drop_depth_every: int = 0  # leave out every Nth depth update: a gap in the book's sequence
+    stall_every: int = 0  # go silent for stall_s after every Nth message
+    stall_s: float = 0.0
+
+
+def _every(n: int, k: int) -> bool:
+    return n > 0 and k % n == 0
+
+
+@dataclass(eq=False)
+class _Client:
+    ws: ServerConnection
+    streams: set[str]
+    sent: int = 0
+    depth_sent: int = 0
+    held: str | None = None  # a message held back by the reorder fault
 
 
 @dataclass
 class ReplayExchange:
     captures: list[Path]
-    # Pace as a multiple of real time (10: ten times faster); 0 sends as fast as the socket takes it,
-    # which leaves a client that asks for a snapshot afterwards nothing to sync onto, as on the venue.
     speed: float = 0.0
     host: str = "127.0.0.1"
     port: int = 0
+    faults: Faults = field(default_factory=Faults)
     drop: set[int] = field(default_factory=set)
     inject: list[tuple[int, str, str]] = field(default_factory=list)
     messages: list[tuple[int, str, bytes]] = field(default_factory=list, init=False)
     snapshots: dict[str, tuple[int, dict]] = field(default_factory=dict, init=False)  # recorded: (recv_ns, body)
     books: dict[str, BookSync] = field(default_factory=dict, init=False)
+    trades: dict[tuple[str, str], list[dict]] = field(default_factory=dict, init=False)  # (symbol, e) → released
+    finished: threading.Event = field(default_factory=threading.Event, init=False)  # the market has replayed all
+    _clients: set[_Client] = field(default_factory=set, init=False)
     _server: Server | None = field(default=None, init=False)
     _loop: asyncio.AbstractEventLoop | None = field(default=None, init=False)
     _thread: threading.Thread | None = field(default=None, init=False)
+    _market: asyncio.Task | None = field(default=None, init=False)
+    _client_joined: asyncio.Event | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        for path in self.captures:
-            symbol = symbol_from_filename(Path(path))
-            for recv_ns, msg in iter_capture(Path(path)):
+        for path in map(Path, self.captures):
+            if ".http." in path.name:  # cryptofeed's REST log: the snapshots it fetched
+                for recv_ns, symbol, snap in iter_rest_snapshots(path):
+                    self.snapshots.setdefault(symbol, (recv_ns, snap))
+                continue
+            for recv_ns, msg in iter_capture(path):
                 if "lastUpdateId" in msg:
-                    self.snapshots[symbol] = (recv_ns, msg)
+                    self.snapshots[symbol_from_filename(path)] = (recv_ns, msg)
                 elif "stream" in msg:
                     self.messages.append((recv_ns, msg["stream"], orjson.dumps(msg)))
         self.messages.sort(key=lambda m: m[0])
-        self.books = {sym: BookSync(sym) for sym in self.snapshots}
 
     @property
     def ws_url(self) -> str:
@@ -63,63 +108,178 @@ class ReplayExchange:
     def rest_url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    # ---- REST ----------------------------------------------------------------------------------
+
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlparse(request.path)
         if url.path == "/stream":
             return None  # go on with the WebSocket handshake
-        if url.path == "/fapi/v1/depth":
-            symbol = (parse_qs(url.query).get("symbol") or [""])[0].upper()
-            if symbol not in self.snapshots:
-                resp = connection.respond(400, '{"code":-1121,"msg":"Invalid symbol."}')
-            else:
-                resp = connection.respond(200, orjson.dumps(self._snapshot(symbol)).decode())
-            del resp.headers["Content-Type"]
-            resp.headers["Content-Type"] = "application/json"
-            return resp
-        return connection.respond(404, "not found\n")
+        rest = REST_PATH.match(url.path)
+        if not rest:
+            return connection.respond(404, "not found\n")
+        q = {k: v[0] for k, v in parse_qs(url.query).items()}
+        symbol = q.get("symbol", "").upper()
+        try:
+            if rest.group(1) == "depth":
+                if symbol not in self.snapshots:
+                    return self._json(connection, 400, {"code": -1121, "msg": "Invalid symbol."})
+                return self._json(connection, 200, self._snapshot(symbol))
+            limit = min(int(q.get("limit", 500)), REST_LIMIT_MAX)
+            from_id = int(q["fromId"]) if "fromId" in q else None
+        except ValueError as e:
+            return self._json(connection, 400, {"code": -1100, "msg": f"Illegal characters found in a parameter: {e}"})
+        return self._json(connection, 200, self._trades(symbol, rest.group(1), from_id, limit))
+
+    @staticmethod
+    def _json(connection: ServerConnection, status: int, body) -> Response:
+        resp = connection.respond(status, orjson.dumps(body).decode())
+        del resp.headers["Content-Type"]
+        resp.headers["Content-Type"] = "application/json"
+        return resp
 
     def _snapshot(self, symbol: str) -> dict:
-        """The book as of the stream so far; the recorded snapshot until the stream has reached it."""
-        sync = self.books[symbol]
-        if not sync.synced:
+        """The book as of the market so far; the recorded snapshot until the market has reached it."""
+        sync = self.books.get(symbol)
+        if sync is None or not sync.synced:
             return self.snapshots[symbol][1]
         bids, asks = sync.book.top(1000)
-        t = sync.last_seen_ms
-        return {"lastUpdateId": sync.book.last_update_id, "E": t, "T": t,
+        snap = {"lastUpdateId": sync.book.last_update_id,
                 "bids": [[repr(p), repr(q)] for p, q in bids], "asks": [[repr(p), repr(q)] for p, q in asks]}
+        if not sync.spot:  # spot snapshots carry no times
+            snap["E"] = snap["T"] = sync.last_seen_ms
+        return snap
 
-    def _advance_book(self, recv_ns: int, body: bytes) -> None:
+    def _trades(self, symbol: str, endpoint: str, from_id: int | None, limit: int) -> list[dict]:
+        """Released trades in the venue's REST shape: aggTrades from the @aggTrade stream, historicalTrades
+        from the @trade stream; the latest ``limit`` without ``fromId``."""
+        if endpoint == "aggTrades":
+            rows = self.trades.get((symbol, "aggTrade"), [])
+            out = [{"a": d["a"], "p": d["p"], "q": d["q"], "f": d.get("f"), "l": d.get("l"), "T": d["T"],
+                    "m": d["m"]} for d in self._from(rows, "a", from_id, limit)]
+        else:
+            rows = self.trades.get((symbol, "trade"), [])
+            out = [{"id": d["t"], "price": d["p"], "qty": d["q"],
+                    "quoteQty": repr(float(d["p"]) * float(d["q"])), "time": d["T"], "isBuyerMaker": d["m"]}
+                   for d in self._from(rows, "t", from_id, limit)]
+        return out
+
+    @staticmethod
+    def _from(rows: list[dict], key: str, from_id: int | None, limit: int) -> list[dict]:
+        if from_id is None:
+            return rows[-limit:]
+        lo, hi = 0, len(rows)  # ids rise: binary search for the first at or after from_id
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if rows[mid][key] < from_id:
+                lo = mid + 1
+            else:
+                hi = mid
+        return rows[lo: lo + limit]
+
+    # ---- the market ----------------------------------------------------------------------------
+
+    def _release(self, recv_ns: int, body: bytes) -> None:
+        """The market passes a message: the exchange's book and trade history move, sent or not."""
         data = orjson.loads(body)["data"]
-        sync = self.books.get(data.get("s", ""))
-        if sync is None:
-            return
-        snap_ns, snap = self.snapshots[sync.symbol]
-        if not sync.synced and recv_ns >= snap_ns and sync.book.last_update_id is None:
-            sync.on_rest_snapshot(snap)
-        sync.on_update(DepthUpdate.from_message(data))
+        e, symbol = data.get("e"), data.get("s", "")
+        if e == "depthUpdate":
+            sync = self.books.get(symbol)
+            if sync is None:
+                sync = self.books[symbol] = BookSync(symbol, spot="pu" not in data)
+            snap = self.snapshots.get(symbol)
+            if snap and recv_ns >= snap[0] and not sync.synced and sync.book.last_update_id is None:
+                sync.on_rest_snapshot(snap[1])  # diffs before it were buffered and are replayed onto it
+            sync.on_update(DepthUpdate.from_message(data))
+        elif e in ("aggTrade", "trade"):
+            self.trades.setdefault((symbol, e), []).append(data)
 
-    async def _handler(self, ws: ServerConnection) -> None:
-        wanted = set((parse_qs(urlparse(ws.request.path).query).get("streams") or [""])[0].split("/"))
-        t_first = None
-        start = asyncio.get_running_loop().time()
-        stream = sorted([(t, s, b, i) for i, (t, s, b) in enumerate(self.messages)]
-                        + [(t, s, raw.encode(), -1) for t, s, raw in self.inject], key=lambda m: m[0])
-        for recv_ns, name, body, index in stream:
-            if name not in wanted:
-                continue
-            if index >= 0 and "@depth" in name:
-                self._advance_book(recv_ns, body)
-            if index in self.drop:
-                continue
+    async def _run_market(self) -> None:
+        timeline = sorted([(t, s, b, i) for i, (t, s, b) in enumerate(self.messages)]
+                          + [(t, s, raw.encode(), -1) for t, s, raw in self.inject], key=lambda m: m[0])
+        loop = asyncio.get_running_loop()
+        t_first, start = timeline[0][0] if timeline else 0, loop.time()
+        for recv_ns, name, body, index in timeline:
             if self.speed > 0:
-                t_first = t_first if t_first is not None else recv_ns
-                delay = (recv_ns - t_first) / 1e9 / self.speed - (asyncio.get_running_loop().time() - start)
+                delay = (recv_ns - t_first) / 1e9 / self.speed - (loop.time() - start)
                 if delay > 0:
                     await asyncio.sleep(delay)
-            await ws.send(body.decode())
-        await ws.wait_closed()  # the replay is over; stay connected like a quiet market
+            else:
+                while not self._clients:
+                    self._client_joined.clear()
+                    await self._client_joined.wait()
+            if index >= 0:
+                self._release(recv_ns, body)
+            if index in self.drop:
+                continue
+            text = body.decode()
+            for client in [c for c in self._clients if name in c.streams]:
+                try:
+                    await self._deliver(client, text, "@depth" in name)
+                except ConnectionClosed:
+                    self._clients.discard(client)
+        self.finished.set()
+
+    async def _deliver(self, c: _Client, text: str, is_depth: bool) -> None:
+        f = self.faults
+        c.sent += 1
+        if is_depth:
+            c.depth_sent += 1
+            if _every(f.drop_depth_every, c.depth_sent):
+                return
+        if _every(f.corrupt_every, c.sent):
+            text = text[: len(text) // 2]
+        if _every(f.reorder_every, c.sent) and c.held is None:
+            c.held = text
+            return
+        await c.ws.send(text)
+        if _every(f.duplicate_every, c.sent):
+            await c.ws.send(text)
+        if c.held is not None and c.held is not text:
+            held, c.held = c.held, None
+            await c.ws.send(held)
+        if _every(f.stall_every, c.sent):
+            await asyncio.sleep(f.stall_s)
+        if _every(f.disconnect_every, c.sent):
+            self._clients.discard(c)
+            await c.ws.close(1001, "replay fault: disconnect")
+
+    # ---- connections ---------------------------------------------------------------------------
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        query = parse_qs(urlparse(ws.request.path).query).get("streams") or [""]
+        client = _Client(ws, {s for s in query[0].split("/") if s})
+        self._join(client)
+        async for text in ws:  # requests from the client; the market sends the data
+            await ws.send(orjson.dumps(self._request(client, text)).decode())
+        self._clients.discard(client)
+
+    def _join(self, client: _Client) -> None:
+        if client.streams:
+            self._clients.add(client)
+            self._client_joined.set()
+        if self._market is None:
+            self._market = asyncio.get_running_loop().create_task(self._run_market())
+
+    def _request(self, client: _Client, text: str) -> dict:
+        """SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS, answered like the venue."""
+        try:
+            req = orjson.loads(text)
+            method, params, rid = req["method"], req.get("params", []), req["id"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return {"code": 2, "msg": f"Invalid request: {text[:200]}"}
+        if method == "SUBSCRIBE":
+            client.streams.update(params)
+            self._join(client)
+        elif method == "UNSUBSCRIBE":
+            client.streams.difference_update(params)
+        elif method == "LIST_SUBSCRIPTIONS":
+            return {"result": sorted(client.streams), "id": rid}
+        else:
+            return {"code": 1, "msg": f"Invalid method {method!r}", "id": rid}
+        return {"result": None, "id": rid}
 
     async def _start(self) -> None:
+        self._client_joined = asyncio.Event()
         self._server = await serve(self._handler, self.host, self.port, process_request=self._process_request,
                                    compression=None, max_queue=None)
         self.port = self._server.sockets[0].getsockname()[1]
@@ -142,6 +302,8 @@ class ReplayExchange:
     def stop(self) -> None:
         if self._loop and self._server:
             async def _close() -> None:
+                if self._market:
+                    self._market.cancel()
                 self._server.close()
                 await self._server.wait_closed()
 

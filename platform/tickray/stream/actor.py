@@ -1,30 +1,49 @@
 """The stream-ingest actor: one Binance combined-stream WebSocket connection → online features in Redis.
 
-Per message: parse (orjson) → validate → order book / grid / live bars (SymbolPipeline) → features
-published to Redis (hash ``tickray:features:<SYM>`` and channel ``tickray:features``). Live bars: each
-closed minute is appended to the capped stream ``tickray:bars:1m:<SYM>``, and the open bar of every
-timeframe is in the hash ``tickray:bars:live:<SYM>`` (one field per timeframe, refreshed with the features)
-and answered by ``live_bars``. Invalid messages go to the Redis stream ``tickray:quarantine`` with a
-reason and are counted; they never stop the actor.
+A reader task holds the connection (ping/pong, a read timeout after which it reconnects, exponential
+backoff with jitter, a planned reconnect before the venue's 24 h cut-off) and puts messages in a bounded
+queue: when processing falls behind, the queue fills and the reader stops reading, so the back-pressure
+reaches the socket instead of messages being lost. Streams are added and removed at run time with the
+venue's SUBSCRIBE / UNSUBSCRIBE requests.
+
+Per message: parse (orjson) → validate → order book / grid / live bars / market state (SymbolPipeline) →
+features published to Redis. Nothing valid is lost: a gap in the depth sequence resyncs the book from a
+REST snapshot, and a gap in trade ids (a reconnect, a corrupt or reordered message) is filled from the
+venue's REST trades before the trade that revealed it. Invalid messages go to the Redis stream
+``tickray:quarantine`` with a reason and are counted; they never stop the actor.
+
+Redis, per symbol: ``tickray:features:<SYM>`` (the latest features, one JSON value, so Serve reads every
+symbol with one MGET) and ``tickray:features:history:<SYM>`` (capped stream of them), ``tickray:state:<SYM>``
+(hash: the market state, see :mod:`tickray.stream.state`), the channel ``tickray:features``, closed 1m bars
+in ``tickray:bars:1m:<SYM>`` and the open bar of each timeframe in ``tickray:bars:live:<SYM>``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
+from dataclasses import asdict, dataclass
+from typing import Literal
 
 import httpx
+import numpy as np
 import orjson
 import ray
 import redis.asyncio as aioredis
 import websockets
+from ray.util import metrics
 
+from tickray.errors import ConfigError
 from tickray.features import FEATURE_SET_VERSION
 from tickray.stream.pipeline import FeatureUpdate, SymbolPipeline
 
 FEATURES_KEY = "tickray:features:{symbol}"
+FEATURES_HISTORY = "tickray:features:history:{symbol}"
+STATE_KEY = "tickray:state:{symbol}"
 FEATURES_CHANNEL = "tickray:features"
 QUARANTINE_STREAM = "tickray:quarantine"
 QUARANTINE_MAXLEN = 100_000
@@ -32,97 +51,394 @@ CLOSED_BARS_STREAM = "tickray:bars:1m:{symbol}"
 CLOSED_BARS_MAXLEN = 10_080  # a week of minutes
 LIVE_BARS_KEY = "tickray:bars:live:{symbol}"
 
-
 DEFAULT_STREAMS = ("depth@0ms", "aggTrade", "bookTicker", "kline_1m")
+# REST prefix and the most streams one connection may carry, per venue
+VENUES = {"usdm": ("/fapi/v1", 200), "coinm": ("/dapi/v1", 200), "spot": ("/api/v3", 1024)}
+KNOWN_EVENTS = {"depthUpdate", "aggTrade", "trade", "bookTicker", "kline", "markPriceUpdate"}
+
+log = logging.getLogger("tickray.stream")
+
+
+@dataclass
+class ConnectorOptions:
+    venue: Literal["usdm", "coinm", "spot"] = "usdm"
+    read_timeout_s: float = 30.0  # silence this long → reconnect
+    backoff_s: float = 0.5  # first reconnect delay; doubles (with jitter) up to backoff_max_s
+    backoff_max_s: float = 30.0
+    max_connection_s: float = 23.5 * 3600  # the venue cuts connections at 24 h: reconnect before, on our terms
+    buffer: int = 10_000  # messages read, not yet processed; a full buffer pauses reading
+    bar_timeframes: tuple[str, ...] = ("15m", "1h", "4h")
+    history_maxlen: int = 86_400  # feature rows kept per symbol (a day of seconds)
 
 
 def stream_names(symbol: str, streams: tuple[str, ...] = DEFAULT_STREAMS) -> list[str]:
     return [f"{symbol.lower()}@{s}" for s in streams]
 
 
-def validate(data: dict) -> str | None:
+def event_type(data: dict) -> str | None:
+    """The payload's event; spot @bookTicker carries no ``e``."""
+    return data.get("e") or ("bookTicker" if {"u", "b", "a"} <= data.keys() else None)
+
+
+def _positive(data: dict, *keys: str) -> str | None:
+    for k in keys:
+        if not float(data[k]) > 0:
+            return f"non-positive {k}"
+    return None
+
+
+def validate(data: dict, e: str) -> str | None:
     """A reason the payload cannot be used, or None."""
-    e = data.get("e")
     try:
         if e in ("aggTrade", "trade"):
-            if float(data["p"]) <= 0:
+            int(data["T"]), int(data["a" if e == "aggTrade" else "t"]), bool(data["m"])
+            if not float(data["p"]) > 0:
                 return "non-positive price"
-            if float(data["q"]) <= 0:
+            if not float(data["q"]) > 0:
                 return "non-positive quantity"
-            int(data["T"])
         elif e == "depthUpdate":
             int(data["U"]), int(data["u"])
             for p, q in data["b"] + data["a"]:
-                if float(p) <= 0 or float(q) < 0:
+                if not (float(p) > 0 and float(q) >= 0):
                     return "non-positive price or negative quantity in depth"
+        elif e == "bookTicker":
+            int(data["u"])
+            return _positive(data, "b", "a", "B", "A")
+        elif e == "kline":
+            k = data["k"]
+            if not all(float(k[f]) > 0 for f in "ohlc") or float(k["h"]) < float(k["l"]):
+                return "kline with non-positive prices or high below low"
+        elif e == "markPriceUpdate":
+            return _positive(data, "p")
     except (KeyError, TypeError, ValueError) as exc:
         return f"malformed {e}: missing or bad {exc}"
     return None
 
 
+class _Metrics:
+    """Counts kept in the actor and handed to Ray's metrics (the dashboard, Prometheus) once a second,
+    so the per-message cost is a dict increment."""
+
+    def __init__(self) -> None:
+        self.messages = metrics.Counter("tickray_stream_messages", "messages processed",
+                                        tag_keys=("symbol", "stream"))
+        self.errors = metrics.Counter("tickray_stream_quarantined", "invalid messages, by reason",
+                                      tag_keys=("reason",))
+        self.events = metrics.Counter("tickray_stream_events", "reconnects, resyncs, gaps, duplicates, backfills",
+                                      tag_keys=("event",))
+        self.latency = metrics.Histogram("tickray_stream_pipeline_ms", "receive to features published, ms",
+                                         boundaries=[0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100])
+        self.lag = metrics.Gauge("tickray_stream_lag_ms", "exchange event time to features published, ms",
+                                 tag_keys=("symbol",))
+        self.pending: Counter = Counter()
+
+    def flush(self, samples: list[float], lags: dict[str, float]) -> None:
+        for (kind, *tags), n in self.pending.items():
+            if kind == "msg":
+                self.messages.inc(n, {"symbol": tags[0], "stream": tags[1]})
+            elif kind == "err":
+                self.errors.inc(n, {"reason": tags[0]})
+            else:
+                self.events.inc(n, {"event": tags[0]})
+        self.pending.clear()
+        for ms in samples:
+            self.latency.observe(ms)
+        for sym, ms in lags.items():
+            self.lag.set(ms, {"symbol": sym})
+
+
+def log_event(event: str, **fields) -> None:
+    """Connection events as one JSON object per line (what log shippers parse)."""
+    log.warning(orjson.dumps({"event": event, "ts": time.time(), **fields}).decode())
+
+
 @ray.remote(num_cpus=0)
 class StreamIngestActor:
     def __init__(self, symbols: list[str], ws_url: str, rest_url: str, redis_url: str,
-                 streams: tuple[str, ...] = DEFAULT_STREAMS, read_timeout_s: float = 30.0,
-                 bar_timeframes: tuple[str, ...] = ("15m", "1h", "4h")):
-        self.symbols = [s.upper() for s in symbols]
-        self.streams = tuple(streams)
+                 streams: tuple[str, ...] = DEFAULT_STREAMS, options: ConnectorOptions | None = None):
+        self.opt = options or ConnectorOptions()
+        if self.opt.venue not in VENUES:
+            raise ConfigError(f"stream venue {self.opt.venue!r} is not one of {', '.join(VENUES)}")
+        self.rest_prefix, self.max_streams = VENUES[self.opt.venue]
         self.ws_url, self.rest_url, self.redis_url = ws_url.rstrip("/"), rest_url.rstrip("/"), redis_url
-        self.read_timeout_s = read_timeout_s
-        self.pipes = {s: SymbolPipeline(s, bar_timeframes=tuple(bar_timeframes)) for s in self.symbols}
-        self.bar_timeframes = ("1m", *bar_timeframes)
+        self.pipes: dict[str, SymbolPipeline] = {}
+        self.streams: list[str] = []
+        self._add_streams([n for s in symbols for n in stream_names(s, tuple(streams))])
         self.counts: Counter = Counter()
         self.quarantined: Counter = Counter()
         self.last_features: dict[str, dict] = {}
-        self._task: asyncio.Task | None = None
+        self._last_event: dict[tuple[str, str], int] = {}  # (symbol, event) → last E / u, for order checks
+        self._latency: deque = deque(maxlen=20_000)  # ms, receive → published, the latest messages
+        self._lag: dict[str, float] = {}
+        self._samples: list[float] = []
+        self._tasks: list[asyncio.Task] = []
         self._snapshot_tasks: dict[str, asyncio.Task] = {}
+        self._ws = None
+        self._requests: dict[int, asyncio.Future] = {}
+        self._next_id = 1
         self._stop = False
 
+    # ---- control -------------------------------------------------------------------------------
+
+    def _add_streams(self, names: list[str]) -> None:
+        new = [n for n in names if n not in self.streams]
+        if len(self.streams) + len(new) > self.max_streams:
+            raise ConfigError(f"{len(self.streams) + len(new)} streams on one {self.opt.venue} connection: "
+                              f"the venue allows {self.max_streams}; start another connector")
+        for n in new:
+            sym = n.split("@", 1)[0].upper()
+            if sym not in self.pipes:
+                self.pipes[sym] = SymbolPipeline(sym, spot=self.opt.venue == "spot",
+                                                 bar_timeframes=tuple(self.opt.bar_timeframes))
+        self.streams.extend(new)
+
     async def start(self) -> None:
-        if self._task is None:
+        if not self._tasks:
             self._redis = aioredis.from_url(self.redis_url)
             self._http = httpx.AsyncClient(base_url=self.rest_url, timeout=10)
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            self._queue: asyncio.Queue = asyncio.Queue(maxsize=self.opt.buffer)
+            self._metrics = _Metrics()
+            loop = asyncio.get_running_loop()
+            self._tasks = [loop.create_task(self._read()), loop.create_task(self._process()),
+                           loop.create_task(self._flush_metrics())]
 
     async def stop(self) -> None:
         self._stop = True
-        if self._task:
-            self._task.cancel()
+        for t in self._tasks:
+            t.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
             await self._http.aclose()
             await self._redis.aclose()
+        self._tasks = []
+
+    async def subscribe(self, streams: list[str]) -> dict:
+        """Add streams (``btcusdt@aggTrade``) on the live connection; kept across reconnects."""
+        self._add_streams(list(streams))
+        return await self._request("SUBSCRIBE", list(streams))
+
+    async def unsubscribe(self, streams: list[str]) -> dict:
+        self.streams = [s for s in self.streams if s not in streams]
+        return await self._request("UNSUBSCRIBE", list(streams))
+
+    async def list_subscriptions(self) -> dict:
+        return await self._request("LIST_SUBSCRIPTIONS", [])
+
+    async def _request(self, method: str, params: list) -> dict:
+        """A request on the connection and the venue's answer (connected or not, the stream list is kept)."""
+        if self._ws is None:
+            return {"result": None, "queued": True}  # the next connection's URL carries the streams
+        rid, self._next_id = self._next_id, self._next_id + 1
+        fut = asyncio.get_running_loop().create_future()
+        self._requests[rid] = fut
+        await self._ws.send(orjson.dumps({"method": method, "params": params, "id": rid}).decode())
+        log_event(method.lower(), streams=params, id=rid)
+        try:
+            return await asyncio.wait_for(fut, 10)
+        finally:
+            self._requests.pop(rid, None)
 
     def stats(self) -> dict:
+        lat = np.array(self._latency) if self._latency else np.array([np.nan])
         return {
             "messages": dict(self.counts), "quarantined": dict(self.quarantined),
-            "features_published": {s: self.last_features.get(s, {}).get("n", 0) for s in self.symbols},
-            "book": {s: vars(p.sync.counters) for s, p in self.pipes.items()},
+            "features_published": {s: self.last_features.get(s, {}).get("n", 0) for s in self.pipes},
+            "book": {s: asdict(p.sync.counters) for s, p in self.pipes.items()},
             "late": {s: p.grid.late for s, p in self.pipes.items()},
+            "trades": {s: p.state.trades_total for s, p in self.pipes.items()},
+            "pipeline_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))},
+            "lag_ms": dict(self._lag), "queued": self._queue.qsize() if self._tasks else 0,
+            "connected": self._ws is not None, "streams": list(self.streams),
         }
+
+    def state(self, symbol: str) -> dict[str, float]:
+        p = self.pipes[symbol.upper()]
+        return p.state.snapshot(p.sync.book if p.sync.synced else None)
+
+    def top_of_book(self, symbol: str) -> tuple[float, float, float, float]:
+        return self.pipes[symbol.upper()].sync.book.best()
 
     def live_bars(self, symbol: str) -> dict[str, dict | None]:
         """The open bar of each timeframe (1m and the configured ones), up to the last trade."""
         bars = self.pipes[symbol.upper()].bars
-        return {tf: bars.current(tf) for tf in self.bar_timeframes}
+        return {tf: bars.current(tf) for tf in ("1m", *self.opt.bar_timeframes)}
 
-    async def _run(self) -> None:
-        url = f"{self.ws_url}/stream?streams=" + "/".join(n for s in self.symbols for n in stream_names(s, self.streams))
-        backoff = 0.5
+    # ---- the connection ------------------------------------------------------------------------
+
+    async def _read(self) -> None:
+        backoff, first = self.opt.backoff_s, True
         while not self._stop:
+            url = f"{self.ws_url}/stream?streams=" + "/".join(self.streams)
             try:
-                async with websockets.connect(url, max_size=None, ping_interval=20) as ws:
+                async with websockets.connect(url, max_size=None, ping_interval=20, ping_timeout=20,
+                                              open_timeout=10, compression=None) as ws:
+                    self._ws, opened = ws, time.monotonic()
                     self.counts["connections"] += 1
-                    backoff = 0.5
+                    log_event("connected", url=url, streams=len(self.streams))
+                    if not first:
+                        await self._queue.put(("reconnected", 0))  # in order with the messages before it
+                    first, backoff = False, self.opt.backoff_s
                     while not self._stop:
-                        raw = await asyncio.wait_for(ws.recv(), timeout=self.read_timeout_s)
-                        await self._on_raw(raw)
+                        left = self.opt.max_connection_s - (time.monotonic() - opened)
+                        if left <= 0:
+                            self.counts["planned reconnects"] += 1
+                            log_event("planned reconnect", after_s=round(time.monotonic() - opened, 1))
+                            break
+                        try:
+                            raw = await asyncio.wait_for(ws.recv(), timeout=min(self.opt.read_timeout_s, left))
+                        except TimeoutError:
+                            if self.opt.max_connection_s - (time.monotonic() - opened) > 0:
+                                raise
+                            continue
+                        await self._queue.put((raw, time.perf_counter_ns()))  # waits while the buffer is full
+                    continue  # planned: straight back, no backoff
             except asyncio.CancelledError:
                 raise
-            except (OSError, TimeoutError, websockets.ConnectionClosed) as e:
-                self.counts[f"reconnect: {type(e).__name__}"] += 1
-                for pipe in self.pipes.values():
-                    pipe.sync.synced = False  # diffs were missed while disconnected: a new snapshot is due
-                await asyncio.sleep(backoff * (1 + random.random()))
-                backoff = min(backoff * 2, 30.0)
+            except (OSError, TimeoutError, websockets.ConnectionClosed, websockets.InvalidHandshake) as e:
+                reason = type(e).__name__
+                self.counts[f"reconnect: {reason}"] += 1
+                self._metrics.pending[("event", f"reconnect {reason}")] += 1
+                log_event("disconnected", reason=reason, detail=str(e)[:200], retry_in_s=round(backoff, 3))
+            finally:
+                self._ws = None
+            await asyncio.sleep(backoff * (0.5 + random.random()))  # jitter: clients do not come back in step
+            backoff = min(backoff * 2, self.opt.backoff_max_s)
+
+    async def _process(self) -> None:
+        while True:
+            raw, t0 = await self._queue.get()
+            try:
+                if raw == "reconnected":
+                    await self._after_reconnect()
+                else:
+                    await self._on_raw(raw, t0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a bug must not take the connection down: quarantine and carry on
+                log.exception("stream pipeline error")
+                await self._quarantine(raw, f"internal error ({type(e).__name__}: {e})")
+
+    async def _after_reconnect(self) -> None:
+        """Diffs and trades were missed while away: every book resyncs, trades are fetched from REST."""
+        for pipe in self.pipes.values():
+            if pipe.sync.synced:
+                pipe.sync.synced = False
+                pipe.sync.counters.gaps += 1
+            if pipe.last_trade_id >= 0:
+                await self._backfill(pipe, pipe.last_trade_id + 1, None)
+
+    async def _flush_metrics(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            samples, self._samples = self._samples[-1000:], []
+            self._metrics.flush(samples, self._lag)
+
+    # ---- per message ---------------------------------------------------------------------------
+
+    async def _on_raw(self, raw: str | bytes, t0: int) -> None:
+        self.counts["received"] += 1
+        try:
+            msg = orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            return await self._quarantine(raw, f"unparsable JSON ({e})")
+        if not isinstance(msg, dict):
+            return await self._quarantine(raw, "unknown message: not a JSON object")
+        if "data" not in msg:
+            if msg.get("id") in self._requests:  # the venue's answer to SUBSCRIBE and friends
+                self._requests[msg["id"]].set_result(msg)
+                return
+            return await self._quarantine(raw, "unknown message: neither stream data nor a request's answer")
+        data, stream = msg["data"], str(msg.get("stream", ""))
+        e = event_type(data) if isinstance(data, dict) else None
+        if e not in KNOWN_EVENTS:
+            return await self._quarantine(raw, f"unknown event type {e!r} on stream {stream!r}")
+        symbol = str(data.get("s", "")).upper()
+        if stream.split("@", 1)[0].upper() != symbol:
+            return await self._quarantine(raw, f"symbol mismatch: stream {stream!r} carries {symbol or 'no symbol'}")
+        pipe = self.pipes.get(symbol)
+        if pipe is None:
+            return await self._quarantine(raw, f"unknown symbol {symbol}: not subscribed")
+        reason = validate(data, e) or self._check_order(symbol, e, data)
+        if reason:
+            return await self._quarantine(raw, reason, symbol)
+        self.counts[e] += 1
+        self._metrics.pending[("msg", symbol, e)] += 1
+        if e == "depthUpdate":
+            before = pipe.sync.counters.gaps
+            await self._publish(pipe, pipe.on_depth(data), t0, data.get("E"))
+            if pipe.sync.counters.gaps > before:
+                self._metrics.pending[("event", "book gap")] += 1
+                log_event("book gap", symbol=symbol, u=data["u"], pu=data.get("pu"))
+            if pipe.sync.needs_snapshot:
+                self._request_snapshot(symbol)
+        elif e in ("aggTrade", "trade"):
+            tid = pipe.trade_id(data)
+            if tid <= pipe.last_trade_id:
+                self.counts["duplicate trades"] += 1
+                self._metrics.pending[("event", "duplicate trade")] += 1
+                return await self._quarantine(raw, "duplicate trade id", symbol, counted=False)
+            missing = pipe.missing_trades(data)
+            if missing:
+                await self._backfill(pipe, missing.start, missing.stop, e)
+            await self._apply_trade(pipe, data, t0)
+
+    def _check_order(self, symbol: str, e: str, data: dict) -> str | None:
+        """Streams without ids must not go back in time (bookTicker: its update id)."""
+        if e not in ("bookTicker", "kline", "markPriceUpdate"):
+            return None
+        mark = int(data["u"] if e == "bookTicker" else data.get("E", 0))
+        last = self._last_event.get((symbol, e), -1)
+        if mark < last:
+            return f"{e} going backwards ({mark} after {last})"
+        if mark == last and e == "bookTicker":
+            return "duplicate bookTicker update id"
+        self._last_event[(symbol, e)] = mark
+        return None
+
+    async def _apply_trade(self, pipe: SymbolPipeline, data: dict, t0: int) -> None:
+        await self._publish(pipe, pipe.on_trade(data), t0, data.get("E"))
+        if pipe.closed_minutes:
+            await self._publish_closed_minutes(pipe)
+
+    async def _backfill(self, pipe: SymbolPipeline, start: int, stop: int | None, e: str | None = None) -> None:
+        """Trades ``start`` .. ``stop - 1`` (or up to the latest) from the venue's REST, applied in order."""
+        e = e or ("aggTrade" if any(s.startswith(f"{pipe.symbol.lower()}@aggTrade") for s in self.streams)
+                  else "trade")
+        path = "aggTrades" if e == "aggTrade" else "historicalTrades"
+        got = 0
+        while stop is None or start < stop:
+            limit = 1000 if stop is None else min(1000, stop - start)
+            try:
+                r = await self._http.get(f"{self.rest_prefix}/{path}",
+                                         params={"symbol": pipe.symbol, "fromId": start, "limit": limit})
+                r.raise_for_status()
+                rows = r.json()
+            except (httpx.HTTPError, ValueError) as exc:
+                self.counts[f"backfill failed: {type(exc).__name__}"] += 1
+                log_event("backfill failed", symbol=pipe.symbol, from_id=start, detail=str(exc)[:200])
+                break
+            rows = [self._rest_trade(row, e, pipe.symbol) for row in rows]
+            rows = [d for d in rows if pipe.trade_id(d) >= start and (stop is None or pipe.trade_id(d) < stop)]
+            if not rows:
+                break
+            for d in rows:
+                await self._apply_trade(pipe, d, time.perf_counter_ns())
+            got += len(rows)
+            start = pipe.last_trade_id + 1
+        if stop is not None and start < stop:
+            self.counts["trades lost"] += stop - start  # the venue no longer has them: said, not hidden
+        self.counts["trades backfilled"] += got
+        self._metrics.pending[("event", "trades backfilled")] += got
+        log_event("backfill", symbol=pipe.symbol, trades=got, next_id=start)
+
+    @staticmethod
+    def _rest_trade(row: dict, e: str, symbol: str) -> dict:
+        """A REST trade row in the stream's payload shape."""
+        if e == "aggTrade":
+            return {"e": "aggTrade", "s": symbol, "a": row["a"], "p": row["p"], "q": row["q"], "T": row["T"],
+                    "m": row["m"]}
+        return {"e": "trade", "s": symbol, "t": row["id"], "p": row["price"], "q": row["qty"], "T": row["time"],
+                "m": row["isBuyerMaker"]}
 
     def _request_snapshot(self, symbol: str) -> None:
         """Binance's recipe: buffer the diffs, fetch a snapshot, replay. At start and after every gap."""
@@ -131,46 +447,31 @@ class StreamIngestActor:
 
     async def _fetch_snapshot(self, symbol: str) -> None:
         try:
-            r = await self._http.get("/fapi/v1/depth", params={"symbol": symbol, "limit": 1000})
+            r = await self._http.get(f"{self.rest_prefix}/depth", params={"symbol": symbol, "limit": 1000})
             r.raise_for_status()
             self.counts["snapshots"] += 1
-            await self._publish(self.pipes[symbol].on_snapshot(r.json()))
+            pipe = self.pipes[symbol]
+            resyncs = pipe.sync.counters.resyncs
+            await self._publish(pipe, pipe.on_snapshot(r.json()), time.perf_counter_ns())
+            if pipe.sync.counters.resyncs > resyncs:
+                self._metrics.pending[("event", "book resync")] += 1
+                log_event("book resync", symbol=symbol, last_update_id=pipe.sync.book.last_update_id)
         except (httpx.HTTPError, ValueError, KeyError) as e:
             self.counts[f"snapshot failed: {type(e).__name__}"] += 1
+            log_event("snapshot failed", symbol=symbol, detail=str(e)[:200])
             await asyncio.sleep(1.0)  # the next diff asks again
         finally:
             self._snapshot_tasks.pop(symbol, None)
 
-    async def _on_raw(self, raw: str | bytes) -> None:
-        self.counts["received"] += 1
-        try:
-            msg = orjson.loads(raw)
-            data = msg["data"]
-            symbol = data["s"].upper()
-            pipe = self.pipes[symbol]
-        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-            return await self._quarantine(raw, f"unparsable or unknown message ({type(e).__name__}: {e})")
-        reason = validate(data)
-        e = data.get("e")
-        if reason is None and e in ("aggTrade", "trade"):
-            reason = pipe.check_trade(data)
-        if reason:
-            return await self._quarantine(raw, reason)
-        self.counts[e or "bookTicker"] += 1
-        if e == "depthUpdate":
-            await self._publish(pipe.on_depth(data))
-            if pipe.sync.needs_snapshot:
-                self._request_snapshot(symbol)
-        elif e in ("aggTrade", "trade"):
-            await self._publish(pipe.on_trade(data))
-            if pipe.closed_minutes:
-                await self._publish_closed_minutes(pipe)
-
-    async def _quarantine(self, raw: str | bytes, reason: str) -> None:
-        self.quarantined[reason] += 1
-        raw_s = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
-        await self._redis.xadd(QUARANTINE_STREAM, {"reason": reason, "raw": raw_s[:4096]},
+    async def _quarantine(self, raw, reason: str, symbol: str = "", counted: bool = True) -> None:
+        if counted:
+            self.quarantined[reason] += 1
+        self._metrics.pending[("err", reason.split(" (")[0][:60])] += 1
+        raw_s = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+        await self._redis.xadd(QUARANTINE_STREAM, {"reason": reason, "symbol": symbol, "raw": raw_s[:4096]},
                                maxlen=QUARANTINE_MAXLEN, approximate=True)
+
+    # ---- publishing ----------------------------------------------------------------------------
 
     async def _publish_closed_minutes(self, pipe: SymbolPipeline) -> None:
         async with self._redis.pipeline(transaction=False) as p:
@@ -181,20 +482,34 @@ class StreamIngestActor:
         self.counts["bars closed"] += len(pipe.closed_minutes)
         pipe.closed_minutes = []
 
-    async def _publish(self, updates: list[FeatureUpdate]) -> None:
-        for up in updates:
-            doc = {"symbol": up.symbol, "ts_ns": up.ts_ns, "mid": up.mid, "features": up.features,
-                   "feature_set_version": FEATURE_SET_VERSION, "published_at": time.time()}
-            body = orjson.dumps(doc)
-            live = {tf: orjson.dumps(bar) for tf, bar in self.live_bars(up.symbol).items() if bar is not None}
-            async with self._redis.pipeline(transaction=False) as p:
-                p.set(FEATURES_KEY.format(symbol=up.symbol), body)
+    async def _publish(self, pipe: SymbolPipeline, updates: list[FeatureUpdate], t0: int,
+                       event_ms: int | None = None) -> None:
+        if not updates:
+            return
+        sym = pipe.symbol
+        state = pipe.state.snapshot(pipe.sync.book if pipe.sync.synced else None)
+        state_doc = {k: ("nan" if isinstance(v, float) and math.isnan(v) else repr(v)) for k, v in state.items()}
+        live = {tf: orjson.dumps(bar) for tf, bar in self.live_bars(sym).items() if bar is not None}
+        async with self._redis.pipeline(transaction=False) as p:
+            for up in updates:
+                body = orjson.dumps({"symbol": sym, "ts_ns": up.ts_ns, "mid": up.mid, "features": up.features,
+                                     "feature_set_version": FEATURE_SET_VERSION, "published_at": time.time()})
+                p.set(FEATURES_KEY.format(symbol=sym), body)
+                p.xadd(FEATURES_HISTORY.format(symbol=sym), {"doc": body}, maxlen=self.opt.history_maxlen,
+                       approximate=True)
                 p.publish(FEATURES_CHANNEL, body)
-                if live:
-                    p.hset(LIVE_BARS_KEY.format(symbol=up.symbol), mapping=live)
-                await p.execute()
-            n = self.last_features.get(up.symbol, {}).get("n", 0) + 1
-            self.last_features[up.symbol] = {"n": n, "ts_ns": up.ts_ns}
+            p.hset(STATE_KEY.format(symbol=sym), mapping=state_doc)
+            if live:
+                p.hset(LIVE_BARS_KEY.format(symbol=sym), mapping=live)
+            await p.execute()
+        ms = (time.perf_counter_ns() - t0) / 1e6
+        self._latency.append(ms)
+        self._samples.append(ms)
+        last = updates[-1]
+        if event_ms:
+            self._lag[sym] = time.time() * 1e3 - event_ms
+        n = self.last_features.get(sym, {}).get("n", 0) + len(updates)
+        self.last_features[sym] = {"n": n, "ts_ns": last.ts_ns}
 
 
 def wait_for_messages(actor, count: int, timeout_s: float = 300.0, poll_s: float = 0.2) -> dict:

@@ -1,5 +1,5 @@
 """Per-symbol message pipeline of a stream actor: validate → order book → one-second grid → features,
-and trades → live bars.
+and trades → live bars and the market state.
 
 It uses the same book (tickray.book), grid rules and feature function (tickray.features) as the batch
 path, so online features equal offline ones on the same ticks; trades also advance the symbol's live
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from tickray.book import BookSync, DepthUpdate
 from tickray.features import BOOK_LEVELS, GridBuilder, OnlineFeatures
 from tickray.live_bars import LiveBars
+from tickray.stream.state import MarketState
 
 
 @dataclass
@@ -33,12 +34,14 @@ class SymbolPipeline:
     closed_minutes: list[dict] = field(default_factory=list)  # 1m bars closed since the caller last took them
     grid: GridBuilder = field(default_factory=GridBuilder)
     online: OnlineFeatures = field(default_factory=OnlineFeatures)
+    state: MarketState = field(init=False)
     last_trade_id: int = -1
     _closed: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.sync = BookSync(self.symbol, spot=self.spot, on_change=self._book_changed)
         self.bars = LiveBars(self.symbol, self.bar_timeframes)
+        self.state = MarketState(self.symbol)
 
     def _book_changed(self, ts_ms: int) -> None:
         levels = GridBuilder.flatten(*self.sync.book.top(BOOK_LEVELS))
@@ -56,9 +59,9 @@ class SymbolPipeline:
     def trade_id(data: dict) -> int:
         return int(data["a"] if "a" in data else data["t"])
 
-    def check_trade(self, data: dict) -> str | None:
-        """Why this trade cannot be used, or None (ids rise strictly within one stream)."""
-        return "duplicate or out-of-order trade id" if self.trade_id(data) <= self.last_trade_id else None
+    def missing_trades(self, data: dict) -> range:
+        """The trade ids skipped before this one (ids rise by one within a stream): none before the first."""
+        return range(self.last_trade_id + 1, self.trade_id(data)) if self.last_trade_id >= 0 else range(0)
 
     def on_trade(self, data: dict) -> list[FeatureUpdate]:
         """A validated @aggTrade / @trade payload; returns the feature rows it closed."""
@@ -66,6 +69,7 @@ class SymbolPipeline:
         ts, price, qty, side = int(data["T"]) * 1_000_000, float(data["p"]), float(data["q"]), -1 if data["m"] else 1
         self._closed.extend(self.grid.on_trade(ts, price, qty, side))
         self.closed_minutes.extend(self.bars.on_trade(ts, price, qty, side))
+        self.state.on_trade(ts, price, qty, side > 0)
         return self._emit()
 
     def _emit(self) -> list[FeatureUpdate]:
