@@ -1,6 +1,7 @@
 """The stream-ingest actor over a real WebSocket to a local exchange replaying real captures."""
 
 import time
+from collections import Counter
 
 import numpy as np
 import orjson
@@ -8,7 +9,7 @@ import pytest
 import ray
 from tickray.bars import bars_from_trades
 from tickray.cli import main
-from tickray.exchange_sim import ReplayExchange
+from tickray.exchange_sim import Faults, ReplayExchange
 from tickray.features import FEATURE_NAMES, FEATURES, compute_features, grid_from_events
 from tickray.sources.binance import read_ws_capture
 from tickray.stack import redis_client
@@ -17,6 +18,8 @@ from tickray.stream.actor import (
     FEATURES_KEY,
     LIVE_BARS_KEY,
     QUARANTINE_STREAM,
+    STATE_KEY,
+    ConnectorOptions,
     StreamIngestActor,
     wait_for_messages,
 )
@@ -122,3 +125,71 @@ def test_bad_messages_are_quarantined_and_a_gap_resyncs_from_rest(ray_cluster, s
     assert book["gaps"] == 1 and book["resyncs"] == 1  # noticed, then rebuilt from a fresh REST snapshot
     assert stats["messages"]["snapshots"] == 2
     assert stats["features_published"]["BTCUSDT"] > 100
+
+
+def _settle(actor, exchange, timeout_s: float = 120.0) -> dict:
+    """Once the market has replayed everything, the actor's stats when it has nothing left to do."""
+    assert exchange.finished.wait(timeout_s), "the replay did not finish"
+    last, deadline = None, time.monotonic() + 60
+    while time.monotonic() < deadline:
+        stats = ray.get(actor.stats.remote())
+        key = (stats["messages"], stats["trades"], stats["book"], stats["queued"])
+        if stats["queued"] == 0 and key == last:
+            return stats
+        last = key
+        time.sleep(0.5)
+    raise AssertionError(f"the actor did not settle: {stats}")
+
+
+def _replay(settings, capture, faults=None, options=None):
+    exchange = ReplayExchange([capture], speed=SPEED, faults=faults or Faults()).start()
+    actor = StreamIngestActor.remote(["BTCUSDT"], exchange.ws_url, exchange.rest_url, settings.redis_url,
+                                     streams=STREAMS, options=options)
+    try:
+        ray.get(actor.start.remote())
+        stats = _settle(actor, exchange)
+        return exchange, stats, ray.get(actor.book.remote("BTCUSDT")), ray.get(actor.state.remote("BTCUSDT"))
+    finally:
+        ray.get(actor.stop.remote())
+        ray.kill(actor)
+        exchange.stop()
+
+
+def test_a_faulty_wire_loses_and_doubles_nothing(ray_cluster, settings, capture):
+    exchange, clean, clean_book, state = _replay(settings, capture)
+    venue_book = exchange.books["BTCUSDT"].book
+    bids, asks = venue_book.top(20)
+    assert clean_book == {"synced": True, "last_update_id": venue_book.last_update_id, "bids": bids, "asks": asks}
+    venue_trades = exchange.trades[("BTCUSDT", "trade")]
+    assert clean["trades"]["BTCUSDT"] == len(venue_trades) == 974 and not clean["quarantined"]
+
+    # The market state against the venue's own trades: the last minute ends at the last trade.
+    t_end = venue_trades[-1]["T"]
+    last_min = [d for d in venue_trades if d["T"] > t_end - 60_000]
+    qty = np.array([float(d["q"]) for d in last_min])
+    px = np.array([float(d["p"]) for d in last_min])
+    assert state["trades_1m"] == len(last_min)
+    assert np.isclose(state["volume_1m"], qty.sum()) and np.isclose(state["vwap_1m"], (px * qty).sum() / qty.sum())
+    assert np.isclose(state["buy_volume_1m"], sum(q for q, d in zip(qty, last_min) if not d["m"]))
+    assert np.isclose(state["momentum_1m_bps"], np.log(px[-1] / px[0]) * 1e4)
+    assert np.isclose(state["cumulative_volume"], sum(float(d["q"]) for d in venue_trades))
+    assert (state["best_bid"], state["best_ask"]) == (bids[0][0], asks[0][0])
+    assert np.isclose(state["microprice"], (bids[0][0] * asks[0][1] + asks[0][0] * bids[0][1])
+                      / (bids[0][1] + asks[0][1]))
+    published = redis_client(settings).hgetall(STATE_KEY.format(symbol="BTCUSDT"))
+    assert float(published[b"cumulative_volume"]) > 0 and b"spread_bps" in published
+
+    faults = Faults(disconnect_every=2500, duplicate_every=7, reorder_every=11, corrupt_every=997,
+                    drop_depth_every=700, stall_every=4000, stall_s=1.5)
+    exchange, faulty, faulty_book, _ = _replay(settings, capture, faults,
+                                               ConnectorOptions(read_timeout_s=1.0, backoff_s=0.05))
+    m = faulty["messages"]
+    assert faulty_book == clean_book, (faulty["book"], m)  # the same final book
+    assert faulty["trades"]["BTCUSDT"] == 974  # every trade once: duplicates dropped, the lost ones fetched
+    assert m["duplicate trades"] > 0 and m["trades backfilled"] > 0 and "trades lost" not in m
+    assert m.get("reconnect: ConnectionClosedOK", 0) + m.get("reconnect: ConnectionClosedError", 0) >= 1
+    assert m.get("reconnect: TimeoutError", 0) >= 1, {k: v for k, v in m.items() if "reconnect" in k}  # the stall: silence past the read timeout
+    book = faulty["book"]["BTCUSDT"]
+    assert book["gaps"] >= 3 and book["resyncs"] >= 3 and book["duplicates"] > 0
+    kinds = Counter(r.split(" (")[0] for r in faulty["quarantined"])
+    assert set(kinds) == {"unparsable JSON", "bookTicker going backwards", "duplicate bookTicker update id"}, kinds

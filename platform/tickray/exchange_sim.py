@@ -14,7 +14,7 @@ client is away is gone from its stream, and it has the REST side to catch up. Th
 as of the market so far (the exchange keeps its own book with the same book module, seeded by the
 capture's recorded snapshot) and the trade endpoints answer only trades the market has reached.
 
-Faults (per connection, counted over the messages sent on it) test the clients: disconnects, duplicates,
+Faults (counted over the messages sent on each connection) test the clients: disconnects, duplicates,
 reordering, corrupt JSON, dropped depth updates (gaps) and stalls. ``drop`` lists message indices lost on
 the wire for everyone; ``inject`` adds raw messages ``(recv_ns, stream, text)``.
 ``tickray replay FILES --port P --speed X`` runs it from the command line.
@@ -43,13 +43,13 @@ REST_LIMIT_MAX = 1000
 
 @dataclass
 class Faults:
-    """What goes wrong on each connection; N counts the messages sent on it (0: never)."""
+    """What goes wrong; N counts the messages sent on each connection (0: never)."""
     disconnect_every: int = 0  # close the connection after every N messages
     duplicate_every: int = 0  # send every Nth message twice
     reorder_every: int = 0  # hold every Nth message back and send it after the next one
     corrupt_every: int = 0  # cut every Nth message in half: invalid JSON, the message is lost
     drop_depth_every: int = 0  # leave out every Nth depth update: a gap in the book's sequence
-    stall_every: int = 0  # go silent for stall_s after every Nth message
+    stall_every: int = 0  # the whole market goes silent for stall_s after every Nth message it replays
     stall_s: float = 0.0
 
 
@@ -198,7 +198,9 @@ class ReplayExchange:
                           + [(t, s, raw.encode(), -1) for t, s, raw in self.inject], key=lambda m: m[0])
         loop = asyncio.get_running_loop()
         t_first, start = timeline[0][0] if timeline else 0, loop.time()
-        for recv_ns, name, body, index in timeline:
+        for k, (recv_ns, name, body, index) in enumerate(timeline, 1):
+            if _every(self.faults.stall_every, k):
+                await asyncio.sleep(self.faults.stall_s)
             if self.speed > 0:
                 delay = (recv_ns - t_first) / 1e9 / self.speed - (loop.time() - start)
                 if delay > 0:
@@ -237,8 +239,6 @@ class ReplayExchange:
         if c.held is not None and c.held is not text:
             held, c.held = c.held, None
             await c.ws.send(held)
-        if _every(f.stall_every, c.sent):
-            await asyncio.sleep(f.stall_s)
         if _every(f.disconnect_every, c.sent):
             self._clients.discard(c)
             await c.ws.close(1001, "replay fault: disconnect")
@@ -249,9 +249,13 @@ class ReplayExchange:
         query = parse_qs(urlparse(ws.request.path).query).get("streams") or [""]
         client = _Client(ws, {s for s in query[0].split("/") if s})
         self._join(client)
-        async for text in ws:  # requests from the client; the market sends the data
-            await ws.send(orjson.dumps(self._request(client, text)).decode())
-        self._clients.discard(client)
+        try:
+            async for text in ws:  # requests from the client; the market sends the data
+                await ws.send(orjson.dumps(self._request(client, text)).decode())
+        except ConnectionClosed:
+            pass  # the client went away: it comes back on a new connection
+        finally:
+            self._clients.discard(client)
 
     def _join(self, client: _Client) -> None:
         if client.streams:
