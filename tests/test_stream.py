@@ -1,5 +1,8 @@
 """The stream-ingest actor over a real WebSocket to a local exchange replaying real captures."""
 
+import json
+import subprocess
+import sys
 import time
 from collections import Counter
 
@@ -7,6 +10,8 @@ import numpy as np
 import orjson
 import pytest
 import ray
+import redis
+from conftest import free_port
 from tickray.bars import bars_from_trades
 from tickray.cli import main
 from tickray.exchange_sim import Faults, ReplayExchange
@@ -15,6 +20,7 @@ from tickray.sources.binance import read_ws_capture
 from tickray.stack import redis_client
 from tickray.stream.actor import (
     CLOSED_BARS_STREAM,
+    FEATURES_HISTORY,
     FEATURES_KEY,
     LIVE_BARS_KEY,
     QUARANTINE_STREAM,
@@ -193,3 +199,70 @@ def test_a_faulty_wire_loses_and_doubles_nothing(ray_cluster, settings, capture)
     assert book["gaps"] >= 3 and book["resyncs"] >= 3 and book["duplicates"] > 0
     kinds = Counter(r.split(" (")[0] for r in faulty["quarantined"])
     assert set(kinds) == {"unparsable JSON", "bookTicker going backwards", "duplicate bookTicker update id"}, kinds
+
+
+def test_many_symbols_and_streams_added_at_run_time(ray_cluster, settings, shared_data):
+    """cryptofeed's capture: four USD-M symbols with @depth@100ms, @aggTrade, @kline_1m and @bookTicker, and
+    the REST snapshots it fetched; two symbols at start, the others subscribed on the live connection."""
+    folder = shared_data / "binance" / "ws_cryptofeed"
+    exchange = ReplayExchange([folder / "BINANCE_FUTURES.ws.1.0.txt", folder / "BINANCE_FUTURES.http.0.0.txt"],
+                              speed=3.0).start()
+    streams = ("depth@100ms", "aggTrade", "kline_1m", "bookTicker")
+    actor = StreamIngestActor.remote(["SUSHIUSDT", "AKROUSDT"], exchange.ws_url, exchange.rest_url,
+                                     settings.redis_url, streams=streams)
+    try:
+        ray.get(actor.start.remote())
+        wait_for_messages(actor, 20, timeout_s=30)
+        added = ["keepusdt@aggTrade", "keepusdt@depth@100ms", "ctkusdt@aggTrade"]
+        assert ray.get(actor.subscribe.remote(added)) == {"result": None, "id": 1}
+        listed = ray.get(actor.list_subscriptions.remote())["result"]
+        assert set(listed) == {f"{s}@{n}" for s in ("sushiusdt", "akrousdt") for n in streams} | set(added)
+        assert ray.get(actor.unsubscribe.remote(["akrousdt@bookTicker"]))["result"] is None
+        stats = _settle(actor, exchange)
+        keep_book = ray.get(actor.book.remote("KEEPUSDT"))
+    finally:
+        ray.get(actor.stop.remote())
+        ray.kill(actor)
+        exchange.stop()
+    assert not stats["quarantined"], stats["quarantined"]
+    assert all(stats["messages"][e] > 0 for e in ("depthUpdate", "aggTrade", "kline", "bookTicker")), stats
+    venue = {s: len(exchange.trades.get((s, "aggTrade"), [])) for s in ("SUSHIUSDT", "AKROUSDT")}
+    assert {s: stats["trades"][s] for s in venue} == venue  # subscribed from the start: every trade
+    assert stats["trades"]["KEEPUSDT"] > 0 and stats["trades"]["CTKUSDT"] > 0
+    assert keep_book["synced"] and keep_book["last_update_id"] == exchange.books["KEEPUSDT"].book.last_update_id
+
+
+def test_replay_and_stream_from_the_command_line(ray_head, capture):
+    """`tickray replay` stands in for the venue (sending every 50th message twice); `tickray stream` starts a
+    detached connector on the head that `tickray up` started; `--status` and `--stop` reach it."""
+    cli, port = [sys.executable, "-m", "tickray.cli"], free_port()
+
+    def tickray(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*cli, *args], check=False, capture_output=True, text=True, env=ray_head, timeout=120)
+
+    replay = subprocess.Popen([*cli, "replay", str(capture), "--port", str(port), "--speed", "30", "--once",
+                               "--duplicate-every", "50"], stdout=subprocess.PIPE, text=True, env=ray_head)
+    try:
+        assert replay.stdout.readline().startswith("replaying 11,413 messages of 3 streams")
+        url = f"127.0.0.1:{port}"
+        started = tickray("stream", "--symbols", "BTCUSDT", "--streams", "depth@0ms,trade,bookTicker",
+                          "--ws-url", f"ws://{url}", "--rest-url", f"http://{url}")
+        assert started.returncode == 0 and "tickray-stream-default" in started.stdout, started.stderr
+        assert replay.wait(timeout=120) == 0  # --once: the market is over
+        deadline = time.monotonic() + 60
+        while True:
+            stats = json.loads(tickray("stream", "--status").stdout)
+            if stats["trades"]["BTCUSDT"] == 974 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert stats["trades"]["BTCUSDT"] == 974 and stats["messages"]["duplicate trades"] > 0, stats
+        assert stats["book"]["BTCUSDT"]["duplicates"] > 0 and stats["features_published"]["BTCUSDT"] > 100
+        r = redis.Redis(port=int(ray_head["TICKRAY_REDIS_PORT"]))
+        assert orjson.loads(r.get(FEATURES_KEY.format(symbol="BTCUSDT")))["symbol"] == "BTCUSDT"
+        assert r.xlen(FEATURES_HISTORY.format(symbol="BTCUSDT")) == stats["features_published"]["BTCUSDT"]
+        stopped = tickray("stream", "--stop")
+        assert "tickray-stream-default stopped" in stopped.stdout, stopped.stderr
+        again = tickray("stream", "--status")
+        assert again.returncode == 2 and "no connector named 'default' is running" in again.stderr
+    finally:
+        replay.kill()

@@ -260,6 +260,73 @@ def cmd_monitor(args, settings) -> None:
           "`tickray monitor --stop` ends it")
 
 
+def cmd_replay(args, settings) -> None:
+    import time
+
+    from tickray.exchange_sim import Faults, ReplayExchange
+
+    files = [Path(f) for f in args.files]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise ConfigError(f"replay: no such capture file: {', '.join(missing)}")
+    faults = Faults(**{k: getattr(args, k) for k in Faults.__dataclass_fields__})
+    ex = ReplayExchange(files, speed=args.speed, host=args.host, port=args.port, faults=faults).start()
+    streams = sorted({name for _, name, _ in ex.messages})
+    print(f"replaying {len(ex.messages):,} messages of {len(streams)} streams at {args.speed:g}x "
+          f"(snapshots for {', '.join(ex.snapshots) or 'no symbol'})")
+    print(f"WebSocket: {ex.ws_url}/stream?streams={'/'.join(streams)}")
+    print(f"REST:      {ex.rest_url}/fapi/v1/depth?symbol=...  (also aggTrades, historicalTrades)", flush=True)
+    try:
+        while not (args.once and ex.finished.is_set()):
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ex.stop()
+
+
+STREAM_ACTOR = "tickray-stream"
+
+
+def cmd_stream(args, settings) -> None:
+    import json
+
+    import ray
+
+    from tickray import stack
+    from tickray.runtime import connect_ray
+    from tickray.stream.actor import ConnectorOptions, StreamIngestActor
+
+    if not (settings.ray_address or stack.ray_head_address(settings)):
+        raise ConfigError("stream: no Ray cluster to run on; start one with `tickray up` (or set TICKRAY_RAY_ADDRESS)")
+    connect_ray(settings)
+    name = f"{STREAM_ACTOR}-{args.name}"
+    try:
+        actor = ray.get_actor(name, namespace="tickray")
+    except ValueError:
+        actor = None
+    if args.status or args.stop:
+        if actor is None:
+            raise ConfigError(f"stream: no connector named {args.name!r} is running")
+        if args.status:
+            print(json.dumps(ray.get(actor.stats.remote()), indent=1, default=str))
+        else:
+            ray.get(actor.stop.remote())
+            ray.kill(actor)
+            print(f"{name} stopped")
+        return
+    if actor is not None:
+        raise ConfigError(f"stream: {name} is already running; `tickray stream --name {args.name} --stop` first")
+    options = ConnectorOptions(venue=args.venue or settings.stream_venue)
+    actor = StreamIngestActor.options(name=name, namespace="tickray", lifetime="detached", max_restarts=-1,
+                                      max_task_retries=-1).remote(
+        args.symbols, args.ws_url or settings.stream_ws_url, args.rest_url or settings.stream_rest_url,
+        settings.redis_url, streams=tuple(args.streams.split(",")), options=options)
+    ray.get(actor.start.remote())
+    print(f"{name}: {', '.join(args.symbols)} × {args.streams} from {args.ws_url or settings.stream_ws_url}; "
+          f"features in Redis {settings.redis_url.split('@')[-1]}; `tickray stream --name {args.name} --status`")
+
+
 def cmd_demo(args, settings) -> None:
     from tickray.demo import run_demo
 
@@ -348,6 +415,35 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--once", action="store_true", help="run one check here and print it")
     s.add_argument("--stop", action="store_true", help="stop the monitor actor")
     s.set_defaults(fn=cmd_monitor)
+
+    s = sub.add_parser("replay", help="serve WebSocket captures as a Binance combined stream with its REST "
+                       "snapshot and trades, optionally with faults")
+    s.add_argument("files", nargs="+", help="captures: `<recv_ts> <json>` lines (.gz), cryptofeed .txt (+ its .http. log)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=9443)
+    s.add_argument("--speed", type=float, default=1.0, help="pace as a multiple of real time (0: as fast as taken)")
+    s.add_argument("--once", action="store_true", help="exit when the replay is over (default: stay up, quiet)")
+    for flag, what in (("disconnect-every", "close each connection after every N messages"),
+                       ("duplicate-every", "send every Nth message twice"),
+                       ("reorder-every", "swap every Nth message with the next"),
+                       ("corrupt-every", "cut every Nth message in half (invalid JSON)"),
+                       ("drop-depth-every", "leave out every Nth depth update (a gap)"),
+                       ("stall-every", "go silent for --stall-s after every Nth message")):
+        s.add_argument(f"--{flag}", type=int, default=0, metavar="N", help=what)
+    s.add_argument("--stall-s", type=float, default=0.0)
+    s.set_defaults(fn=cmd_replay)
+
+    s = sub.add_parser("stream", help="start a streaming-ingest connector on the cluster (detached, restarted "
+                       "if it dies): live features, book and state in Redis")
+    s.add_argument("--symbols", type=_symbols, default=["BTCUSDT"], help="comma-separated")
+    s.add_argument("--streams", default="depth@0ms,aggTrade,kline_1m", help="comma-separated, per symbol")
+    s.add_argument("--name", default="default", help="connector name (one connection each)")
+    s.add_argument("--venue", choices=["usdm", "coinm", "spot"], help="default: settings.stream_venue")
+    s.add_argument("--ws-url", help="default: settings.stream_ws_url (the venue)")
+    s.add_argument("--rest-url", help="default: settings.stream_rest_url")
+    s.add_argument("--status", action="store_true", help="print the connector's counters")
+    s.add_argument("--stop", action="store_true", help="stop the connector")
+    s.set_defaults(fn=cmd_stream)
 
     s = sub.add_parser("demo", help="run every stage end to end on the embedded default")
     s.add_argument("--symbols", type=_symbols, default=["BTCUSDT", "ETHUSDT"], help="comma-separated")

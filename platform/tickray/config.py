@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     # lake only), and at which base URL (empty: the venue's public one).
     kline_venue: str = ""
     kline_venue_url: str = ""
+    # Where `tickray stream` connects (a `tickray replay` server stands in for the venue locally).
+    stream_venue: str = "usdm"
+    stream_ws_url: str = "wss://fstream.binance.com"
+    stream_rest_url: str = "https://fapi.binance.com"
     serve_host: str = "127.0.0.1"
     serve_port: int = 8000
 
