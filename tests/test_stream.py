@@ -266,3 +266,24 @@ def test_replay_and_stream_from_the_command_line(ray_head, capture):
         assert again.returncode == 2 and "no connector named 'default' is running" in again.stderr
     finally:
         replay.kill()
+
+
+def test_spot_rules_and_payloads(ray_cluster, settings, shared_data):
+    """Spot: depth without pu (U = previous u + 1), bookTicker without e or E, REST under /api/v3."""
+    exchange = ReplayExchange([shared_data / "binance" / "ws" / "spot_btcusdt_20240808.gz"], speed=40.0).start()
+    actor = StreamIngestActor.remote(["BTCUSDT"], exchange.ws_url, exchange.rest_url, settings.redis_url,
+                                     streams=("depth@100ms", "trade", "bookTicker"),
+                                     options=ConnectorOptions(venue="spot"))
+    try:
+        ray.get(actor.start.remote())
+        stats = _settle(actor, exchange)
+        book = ray.get(actor.book.remote("BTCUSDT"))
+    finally:
+        ray.get(actor.stop.remote())
+        ray.kill(actor)
+        exchange.stop()
+    venue = exchange.books["BTCUSDT"]
+    assert venue.spot and book["synced"] and book["last_update_id"] == venue.book.last_update_id
+    assert (book["bids"], book["asks"]) == venue.book.top(20)
+    assert stats["trades"]["BTCUSDT"] == len(exchange.trades[("BTCUSDT", "trade")])
+    assert stats["messages"]["bookTicker"] > 0 and not stats["quarantined"], stats

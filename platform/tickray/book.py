@@ -4,7 +4,8 @@ USD-M / COIN-M futures: drop events with ``u`` < the snapshot's ``lastUpdateId``
 must straddle it (``U <= lastUpdateId <= u``); after that each event's ``pu`` equals the previous ``u``.
 (A snapshot taken at an event boundary, as bookDepth files do, is followed by a diff whose ``pu``
 is the snapshot's id: that chains too.)
-Spot: the first event kept has ``U <= lastUpdateId + 1 <= u``; after that ``U`` = previous ``u`` + 1.
+Spot: drop events with ``u <= lastUpdateId``; the first event kept has ``U <= lastUpdateId + 1 <= u``; after
+that ``U`` = previous ``u`` + 1.
 A break in the chain is a gap: the book is marked unsynced and must be rebuilt from a new snapshot
 (counted as a resync), never patched over.
 """
@@ -169,7 +170,7 @@ class BookSync:
         lid = self.book.last_update_id
         assert lid is not None
         if self._first_after_snapshot:
-            if up.u < lid:
+            if up.u < lid or (self.spot and up.u == lid):  # spot: the snapshot already holds event u = lid
                 self.counters.stale_dropped += 1
                 if self.on_drop:
                     self.on_drop(up, "diff older than the snapshot")

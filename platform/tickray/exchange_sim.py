@@ -91,14 +91,20 @@ class ReplayExchange:
         for path in map(Path, self.captures):
             if ".http." in path.name:  # cryptofeed's REST log: the snapshots it fetched
                 for recv_ns, symbol, snap in iter_rest_snapshots(path):
-                    self.snapshots.setdefault(symbol, (recv_ns, snap))
+                    self._seed(symbol, recv_ns, snap)
                 continue
             for recv_ns, msg in iter_capture(path):
                 if "lastUpdateId" in msg:
-                    self.snapshots[symbol_from_filename(path)] = (recv_ns, msg)
+                    self._seed(symbol_from_filename(path), recv_ns, msg)
                 elif "stream" in msg:
                     self.messages.append((recv_ns, msg["stream"], orjson.dumps(msg)))
         self.messages.sort(key=lambda m: m[0])
+
+    def _seed(self, symbol: str, recv_ns: int, snap: dict) -> None:
+        """The earliest recorded snapshot seeds the book; later ones (a session's next file) are states the
+        book reaches by itself."""
+        if symbol not in self.snapshots or recv_ns < self.snapshots[symbol][0]:
+            self.snapshots[symbol] = (recv_ns, snap)
 
     @property
     def ws_url(self) -> str:

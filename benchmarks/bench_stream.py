@@ -1,0 +1,100 @@
+"""The streaming-ingest pipeline against bare parsing, on the real BTCUSDT futures captures.
+
+- Throughput: both captures of one session (2024-07-18 then -19) replayed unpaced by the local venue
+  over a real WebSocket into one stream actor (validate, book, grid, features, bars, market state, Redis),
+  messages per second from the first to the last processed, against ``orjson.loads`` of the same
+  messages in a loop here (the ceiling). Goal >= 50,000 msg/s.
+- Latency: the first capture at its recorded pace (``--paced-s`` seconds of it), tick received →
+  features in Redis, p50 and p99 over every message that closed a feature row. Goal p99 < 5 ms.
+
+    python benchmarks/bench_stream.py [--data ../shared/data] [--paced-s 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+import ray
+import tickray  # noqa: F401  (sets RAY_AUTH_MODE before Ray starts)
+from tickray import stack
+from tickray.config import Settings
+from tickray.exchange_sim import ReplayExchange
+from tickray.stream.actor import StreamIngestActor
+
+STREAMS = ("depth@0ms", "trade", "bookTicker")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_actor(exchange: ReplayExchange, redis_url: str, until) -> tuple[dict, float]:
+    actor = StreamIngestActor.remote(["BTCUSDT"], exchange.ws_url, exchange.rest_url, redis_url, streams=STREAMS)
+    try:
+        ray.get(actor.start.remote())
+        t0, first = time.perf_counter(), None
+        while True:
+            stats = ray.get(actor.stats.remote())
+            n = stats["messages"].get("received", 0)
+            if n and first is None:
+                first = (time.perf_counter(), n)
+            if until(stats, time.perf_counter() - t0):
+                break
+            time.sleep(0.01)
+        t_first, n_first = first
+        return stats, (stats["messages"]["received"] - n_first) / (time.perf_counter() - t_first)
+    finally:
+        ray.get(actor.stop.remote())
+        ray.kill(actor)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap.add_argument("--paced-s", type=float, default=60.0)
+    args = ap.parse_args()
+    ws = Path(args.data) / "binance" / "ws"
+    captures = [ws / "usdm_btcusdt_20240718.gz", ws / "usdm_btcusdt_20240719.gz"]
+
+    exchange = ReplayExchange(captures)
+    bodies = [body for _, _, body in exchange.messages]
+    t = time.perf_counter()
+    for body in bodies:
+        orjson.loads(body)
+    ceiling = len(bodies) / (time.perf_counter() - t)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(state_dir=Path(tmp), redis_port=free_port())
+        stack.start_redis(settings)
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+        try:
+            exchange.start()
+            total = len(exchange.messages)
+            stats, rate = run_actor(exchange, settings.redis_url, lambda s, _: s["messages"].get("received", 0) >= total)
+            exchange.stop()
+            print(f"throughput: {total:,} messages ({', '.join(c.name for c in captures)}) through one stream actor")
+            print(f"  pipeline {rate:,.0f} msg/s vs bare orjson.loads {ceiling:,.0f} msg/s: {rate / ceiling:.1%} of "
+                  f"the ceiling (goal >= 50,000 msg/s); book {stats['book']['BTCUSDT']}, "
+                  f"quarantined {sum(stats['quarantined'].values())}")
+
+            paced = ReplayExchange(captures[:1], speed=1.0).start()
+            stats, rate = run_actor(paced, settings.redis_url, lambda s, elapsed: elapsed >= args.paced_s)
+            paced.stop()
+            lat = stats["pipeline_ms"]
+            print(f"latency at the recorded pace ({args.paced_s:g} s, {rate:,.0f} msg/s): tick -> features in Redis "
+                  f"p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms (goal p99 < 5 ms), "
+                  f"{sum(stats['features_published'].values())} feature rows")
+        finally:
+            ray.shutdown()
+            stack.stop_redis(settings)
+
+
+if __name__ == "__main__":
+    main()
