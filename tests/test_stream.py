@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from contextlib import contextmanager
 
 import numpy as np
 import orjson
@@ -36,16 +37,26 @@ STREAMS = ("depth@0ms", "trade", "bookTicker")  # what the hftbacktest USD-M cap
 SPEED = 30.0
 
 
+@contextmanager
+def connector(exchange: ReplayExchange, settings, symbols=("BTCUSDT",), streams=STREAMS, options=None):
+    """A stream actor connected to the replay venue (started here); both stopped afterwards."""
+    exchange.start()
+    actor = StreamIngestActor.remote(list(symbols), exchange.ws_url, exchange.rest_url, settings.redis_url,
+                                     streams=streams, options=options)
+    try:
+        ray.get(actor.start.remote())
+        yield actor
+    finally:
+        ray.get(actor.stop.remote())
+        ray.kill(actor)
+        exchange.stop()
+
+
 def _run(exchange, settings, expect):
-    actor = StreamIngestActor.remote(["BTCUSDT"], exchange.ws_url, exchange.rest_url, settings.redis_url,
-                                     streams=STREAMS)
-    ray.get(actor.start.remote())
-    wait_for_messages(actor, expect, timeout_s=120)
-    time.sleep(0.5)  # let a snapshot request in flight finish
-    stats = ray.get(actor.stats.remote())
-    ray.get(actor.stop.remote())
-    ray.kill(actor)
-    return stats
+    with connector(exchange, settings) as actor:
+        wait_for_messages(actor, expect, timeout_s=120)
+        time.sleep(0.5)  # let a snapshot request in flight finish
+        return ray.get(actor.stats.remote())
 
 
 @pytest.fixture
@@ -57,12 +68,9 @@ def test_live_features_equal_batch_features(ray_cluster, settings, capture, monk
     r = redis_client(settings)
     r.delete(FEATURES_KEY.format(symbol="BTCUSDT"), CLOSED_BARS_STREAM.format(symbol="BTCUSDT"),
              LIVE_BARS_KEY.format(symbol="BTCUSDT"))
-    exchange = ReplayExchange([capture], speed=SPEED).start()
-    try:
-        wanted = exchange.messages
-        stats = _run(exchange, settings, expect=len(wanted))
-    finally:
-        exchange.stop()
+    exchange = ReplayExchange([capture], speed=SPEED)
+    wanted = exchange.messages
+    stats = _run(exchange, settings, expect=len(wanted))
     assert stats["messages"]["received"] == len(wanted), stats["messages"]
     assert stats["book"]["BTCUSDT"]["gaps"] == 0 and not stats["quarantined"]
     assert stats["features_published"]["BTCUSDT"] > 100, stats
@@ -113,11 +121,7 @@ def test_bad_messages_are_quarantined_and_a_gap_resyncs_from_rest(ray_cluster, s
         (t0 + 3, "btcusdt@trade", '{"stream":"btcusdt@depth@0ms","data":{"e":"depthUpdate","s":"ETHUSDT"}}'),
         (t0 + 4, "btcusdt@trade", '{"stream":"btcusdt@trade","data":{"e":"liquidation","s":"BTCUSDT"}}'),
     ]
-    exchange.start()
-    try:
-        stats = _run(exchange, settings, expect=len(exchange.messages) - 1 + len(exchange.inject))
-    finally:
-        exchange.stop()
+    stats = _run(exchange, settings, expect=len(exchange.messages) - 1 + len(exchange.inject))
     assert stats["quarantined"] == {
         "unparsable JSON (unexpected character, expected a string key: line 1 column 2 (char 1))": 1,
         "non-positive price": 1,
@@ -148,17 +152,10 @@ def _settle(actor, exchange, timeout_s: float = 120.0) -> dict:
 
 
 def _replay(settings, capture, faults=None, options=None):
-    exchange = ReplayExchange([capture], speed=SPEED, faults=faults or Faults()).start()
-    actor = StreamIngestActor.remote(["BTCUSDT"], exchange.ws_url, exchange.rest_url, settings.redis_url,
-                                     streams=STREAMS, options=options)
-    try:
-        ray.get(actor.start.remote())
+    exchange = ReplayExchange([capture], speed=SPEED, faults=faults or Faults())
+    with connector(exchange, settings, options=options) as actor:
         stats = _settle(actor, exchange)
         return exchange, stats, ray.get(actor.book.remote("BTCUSDT")), ray.get(actor.state.remote("BTCUSDT"))
-    finally:
-        ray.get(actor.stop.remote())
-        ray.kill(actor)
-        exchange.stop()
 
 
 def test_a_faulty_wire_loses_and_doubles_nothing(ray_cluster, settings, capture):
@@ -206,12 +203,9 @@ def test_many_symbols_and_streams_added_at_run_time(ray_cluster, settings, share
     the REST snapshots it fetched; two symbols at start, the others subscribed on the live connection."""
     folder = shared_data / "binance" / "ws_cryptofeed"
     exchange = ReplayExchange([folder / "BINANCE_FUTURES.ws.1.0.txt", folder / "BINANCE_FUTURES.http.0.0.txt"],
-                              speed=3.0).start()
+                              speed=3.0)
     streams = ("depth@100ms", "aggTrade", "kline_1m", "bookTicker")
-    actor = StreamIngestActor.remote(["SUSHIUSDT", "AKROUSDT"], exchange.ws_url, exchange.rest_url,
-                                     settings.redis_url, streams=streams)
-    try:
-        ray.get(actor.start.remote())
+    with connector(exchange, settings, ["SUSHIUSDT", "AKROUSDT"], streams) as actor:
         wait_for_messages(actor, 20, timeout_s=30)
         added = ["keepusdt@aggTrade", "keepusdt@depth@100ms", "ctkusdt@aggTrade"]
         assert ray.get(actor.subscribe.remote(added)) == {"result": None, "id": 1}
@@ -220,10 +214,6 @@ def test_many_symbols_and_streams_added_at_run_time(ray_cluster, settings, share
         assert ray.get(actor.unsubscribe.remote(["akrousdt@bookTicker"]))["result"] is None
         stats = _settle(actor, exchange)
         keep_book = ray.get(actor.book.remote("KEEPUSDT"))
-    finally:
-        ray.get(actor.stop.remote())
-        ray.kill(actor)
-        exchange.stop()
     assert not stats["quarantined"], stats["quarantined"]
     assert all(stats["messages"][e] > 0 for e in ("depthUpdate", "aggTrade", "kline", "bookTicker")), stats
     venue = {s: len(exchange.trades.get((s, "aggTrade"), [])) for s in ("SUSHIUSDT", "AKROUSDT")}
@@ -270,20 +260,34 @@ def test_replay_and_stream_from_the_command_line(ray_head, capture):
 
 def test_spot_rules_and_payloads(ray_cluster, settings, shared_data):
     """Spot: depth without pu (U = previous u + 1), bookTicker without e or E, REST under /api/v3."""
-    exchange = ReplayExchange([shared_data / "binance" / "ws" / "spot_btcusdt_20240808.gz"], speed=40.0).start()
-    actor = StreamIngestActor.remote(["BTCUSDT"], exchange.ws_url, exchange.rest_url, settings.redis_url,
-                                     streams=("depth@100ms", "trade", "bookTicker"),
-                                     options=ConnectorOptions(venue="spot"))
+    exchange = ReplayExchange([shared_data / "binance" / "ws" / "spot_btcusdt_20240808.gz"], speed=40.0)
+    with connector(exchange, settings, streams=("depth@100ms", "trade", "bookTicker"),
+                   options=ConnectorOptions(venue="spot")) as actor:
+        stats = _settle(actor, exchange)
+        book = ray.get(actor.book.remote("BTCUSDT"))
+    venue = exchange.books["BTCUSDT"]
+    assert venue.spot and book["synced"] and book["last_update_id"] == venue.book.last_update_id
+    assert (book["bids"], book["asks"]) == venue.book.top(20)
+    assert stats["trades"]["BTCUSDT"] == len(exchange.trades[("BTCUSDT", "trade")])
+    assert stats["messages"]["bookTicker"] > 0 and not stats["quarantined"], stats
+
+
+def test_a_killed_connector_comes_back_by_itself(ray_cluster, settings, capture):
+    """What `tickray stream` starts: Ray restarts the process, which reconnects, resyncs and goes on."""
+    exchange = ReplayExchange([capture], speed=SPEED).start()
+    actor = StreamIngestActor.options(max_restarts=1, max_task_retries=-1).remote(
+        ["BTCUSDT"], exchange.ws_url, exchange.rest_url, settings.redis_url, streams=STREAMS,
+        options=ConnectorOptions(autostart=True))
     try:
-        ray.get(actor.start.remote())
+        first = wait_for_messages(actor, 3000, timeout_s=60)
+        assert first["connected"] and first["trades"]["BTCUSDT"] > 0
+        ray.kill(actor, no_restart=False)
         stats = _settle(actor, exchange)
         book = ray.get(actor.book.remote("BTCUSDT"))
     finally:
         ray.get(actor.stop.remote())
         ray.kill(actor)
         exchange.stop()
-    venue = exchange.books["BTCUSDT"]
-    assert venue.spot and book["synced"] and book["last_update_id"] == venue.book.last_update_id
-    assert (book["bids"], book["asks"]) == venue.book.top(20)
-    assert stats["trades"]["BTCUSDT"] == len(exchange.trades[("BTCUSDT", "trade")])
-    assert stats["messages"]["bookTicker"] > 0 and not stats["quarantined"], stats
+    assert stats["messages"]["connections"] == 1 and stats["messages"]["received"] < len(exchange.messages)
+    assert book["synced"] and book["last_update_id"] == exchange.books["BTCUSDT"].book.last_update_id
+    assert stats["trades"]["BTCUSDT"] > 0 and stats["features_published"]["BTCUSDT"] > 0

@@ -317,7 +317,7 @@ def cmd_stream(args, settings) -> None:
         return
     if actor is not None:
         raise ConfigError(f"stream: {name} is already running; `tickray stream --name {args.name} --stop` first")
-    options = ConnectorOptions(venue=args.venue or settings.stream_venue)
+    options = ConnectorOptions(venue=args.venue or settings.stream_venue, autostart=True)
     actor = StreamIngestActor.options(name=name, namespace="tickray", lifetime="detached", max_restarts=-1,
                                       max_task_retries=-1).remote(
         args.symbols, args.ws_url or settings.stream_ws_url, args.rest_url or settings.stream_rest_url,

@@ -69,6 +69,7 @@ class ConnectorOptions:
     buffer: int = 10_000  # messages read, not yet processed; a full buffer pauses reading
     bar_timeframes: tuple[str, ...] = ("15m", "1h", "4h")
     history_maxlen: int = 86_400  # feature rows kept per symbol (a day of seconds)
+    autostart: bool = False  # connect on creation, so an actor that Ray restarts reconnects by itself
 
 
 def stream_names(symbol: str, streams: tuple[str, ...] = DEFAULT_STREAMS) -> list[str]:
@@ -177,6 +178,8 @@ class StreamIngestActor:
         self._requests: dict[int, asyncio.Future] = {}
         self._next_id = 1
         self._stop = False
+        if self.opt.autostart:  # Ray runs an async actor's __init__ on its event loop
+            asyncio.get_running_loop().create_task(self.start())
 
     # ---- control -------------------------------------------------------------------------------
 
