@@ -184,7 +184,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        settings = Settings(state_dir=work / "state", redis_port=free_port())
+        settings = Settings(state_dir=work / "state", redis_port=stack.free_port())
         stack.start_redis(settings)
         try:
             bench_screener(work, settings, args.symbols, args.days)
@@ -192,14 +192,6 @@ def main() -> None:
             bench_collector(work)
         finally:
             stack.stop_redis(settings)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 if __name__ == "__main__":

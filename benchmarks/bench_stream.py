@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -27,12 +26,6 @@ from tickray.exchange_sim import ReplayExchange
 from tickray.stream.actor import StreamIngestActor
 
 STREAMS = ("depth@0ms", "trade", "bookTicker")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_actor(exchange: ReplayExchange, redis_url: str, until) -> tuple[dict, float]:
@@ -71,7 +64,7 @@ def main() -> None:
     ceiling = len(bodies) / (time.perf_counter() - t)
 
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(state_dir=Path(tmp), redis_port=free_port())
+        settings = Settings(state_dir=Path(tmp), redis_port=stack.free_port())
         stack.start_redis(settings)
         ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
         try:

@@ -23,6 +23,7 @@ the wire for everyone; ``inject`` adds raw messages ``(recv_ns, stream, text)``.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import re
 import threading
 from dataclasses import dataclass, field
@@ -173,13 +174,7 @@ class ReplayExchange:
     def _from(rows: list[dict], key: str, from_id: int | None, limit: int) -> list[dict]:
         if from_id is None:
             return rows[-limit:]
-        lo, hi = 0, len(rows)  # ids rise: binary search for the first at or after from_id
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if rows[mid][key] < from_id:
-                lo = mid + 1
-            else:
-                hi = mid
+        lo = bisect.bisect_left(rows, from_id, key=lambda d: d[key])  # ids rise
         return rows[lo: lo + limit]
 
     # ---- the market ----------------------------------------------------------------------------

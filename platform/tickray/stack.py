@@ -165,7 +165,8 @@ def stop_redis(settings: Settings) -> bool:
 # ---------------------------------------------------------------- Ray head
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on this machine now (for services, tests and benchmarks to listen on)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -212,7 +213,7 @@ def start_ray_head(settings: Settings, timeout_s: float = 90.0) -> ServiceState:
              "--include-dashboard=true", f"--dashboard-host={host}",
              f"--dashboard-port={settings.dashboard_port}", "--disable-usage-stats",
              # Ray's fixed default (52365) is taken when another Ray runs here: jobs then find no agent.
-             f"--dashboard-agent-listen-port={_free_port()}"],
+             f"--dashboard-agent-listen-port={free_port()}"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"),
                  # A job's bare `python` is found on the head's PATH: make it this environment's.
