@@ -106,6 +106,23 @@ def test_live_features_equal_batch_features(ray_cluster, settings, capture, monk
     assert all(f"BTCUSDT {tf} " in " ".join(printed.split()) for tf in ("1m", "15m", "1h", "4h")), printed
 
 
+def _false_ticker(exchange: ReplayExchange, after: int) -> tuple[int, str, str]:
+    """A bookTicker that names the book state after the first depth diff from index ``after`` whose id no
+    real ticker carries, with a wrong best bid: the connector must notice and rebuild its book."""
+    tickers = [(i, orjson.loads(m[2])["data"]["u"]) for i, m in enumerate(exchange.messages) if "@bookTicker" in m[1]]
+    for i, (t, stream, raw) in enumerate(exchange.messages[after:], after):
+        if "@depth" not in stream:
+            continue
+        d = orjson.loads(raw)["data"]
+        before = [u for j, u in tickers if j < i][-1]
+        later = next(u for j, u in tickers if j > i)
+        if before < d["u"] < later:
+            return t + 1, stream, orjson.dumps({"stream": "btcusdt@bookTicker", "data": {
+                "e": "bookTicker", "u": d["u"], "s": "BTCUSDT", "b": "1.0", "B": "1", "a": "999999.0", "A": "1",
+                "T": d["T"], "E": d["E"]}}).decode()
+    raise AssertionError("no depth diff to contradict")
+
+
 def test_bad_messages_are_quarantined_and_a_gap_resyncs_from_rest(ray_cluster, settings, capture):
     r = redis_client(settings)
     r.delete(QUARANTINE_STREAM)
@@ -120,6 +137,7 @@ def test_bad_messages_are_quarantined_and_a_gap_resyncs_from_rest(ray_cluster, s
         (t0 + 2, "btcusdt@trade", '{"stream":"nopeusdt@trade","data":{"e":"trade","s":"NOPEUSDT"}}'),
         (t0 + 3, "btcusdt@trade", '{"stream":"btcusdt@depth@0ms","data":{"e":"depthUpdate","s":"ETHUSDT"}}'),
         (t0 + 4, "btcusdt@trade", '{"stream":"btcusdt@trade","data":{"e":"liquidation","s":"BTCUSDT"}}'),
+        _false_ticker(exchange, after=depth[2000]),
     ]
     stats = _run(exchange, settings, expect=len(exchange.messages) - 1 + len(exchange.inject))
     assert stats["quarantined"] == {
@@ -132,9 +150,24 @@ def test_bad_messages_are_quarantined_and_a_gap_resyncs_from_rest(ray_cluster, s
     reasons = [f[b"reason"].decode() for _, f in r.xrange(QUARANTINE_STREAM)]
     assert sorted(reasons) == sorted(stats["quarantined"])
     book = stats["book"]["BTCUSDT"]
-    assert book["gaps"] == 1 and book["resyncs"] == 1  # noticed, then rebuilt from a fresh REST snapshot
-    assert stats["messages"]["snapshots"] == 2
+    assert book["gaps"] == 1 and book["contradicted"] == 1  # noticed, then rebuilt from a fresh REST snapshot
+    assert book["resyncs"] == 2 and stats["messages"]["snapshots"] == 3
+    assert stats["book_check"]["BTCUSDT"]["mismatched"] == 1
     assert stats["features_published"]["BTCUSDT"] > 100
+
+
+def test_the_venues_book_ticker_agrees_with_the_book_over_a_session(ray_cluster, settings, shared_data):
+    """The real session across midnight (18 then 19 July), replayed at the live pace: at every
+    bookTicker whose update id names a known book state, the rebuilt best bid and ask are the venue's.
+    (An offline rebuild from the recorded snapshot finds 625 such tickers and matches all of them.)"""
+    ws = shared_data / "binance" / "ws"
+    exchange = ReplayExchange([ws / "usdm_btcusdt_20240718.gz", ws / "usdm_btcusdt_20240719.gz"], speed=SPEED)
+    with connector(exchange, settings) as actor:
+        stats = _settle(actor, exchange)
+    check, book = stats["book_check"]["BTCUSDT"], stats["book"]["BTCUSDT"]
+    assert book["gaps"] == 0 and book["contradicted"] == 0 and not stats["quarantined"], stats
+    assert check["mismatched"] == 0 and check["matched"] == check["checked"] >= 600, (check, stats)
+    assert sum(check[k] for k in ("checked", "unobservable", "unjudged", "waiting")) == stats["messages"]["bookTicker"]
 
 
 def _settle(actor, exchange, timeout_s: float = 120.0) -> dict:
@@ -194,6 +227,8 @@ def test_a_faulty_wire_loses_and_doubles_nothing(ray_cluster, settings, capture)
     assert m.get("reconnect: TimeoutError", 0) >= 1, {k: v for k, v in m.items() if "reconnect" in k}  # the stall: silence past the read timeout
     book = faulty["book"]["BTCUSDT"]
     assert book["gaps"] >= 3 and book["resyncs"] >= 3 and book["duplicates"] > 0
+    check = faulty["book_check"]["BTCUSDT"]
+    assert check["checked"] > 0 and check["mismatched"] == 0  # resynced books agree with the venue's tickers
     kinds = Counter(r.split(" (")[0] for r in faulty["quarantined"])
     assert set(kinds) == {"unparsable JSON", "bookTicker going backwards", "duplicate bookTicker update id"}, kinds
 

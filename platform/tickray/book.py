@@ -43,6 +43,7 @@ class BookCounters:
     gaps: int = 0
     resyncs: int = 0
     duplicates: int = 0  # diffs already applied (u at or below the book's), delivered again
+    contradicted: int = 0  # the venue's bookTicker disagreed with the book: rebuilt like after a gap
 
 
 class OrderBook:
@@ -110,6 +111,8 @@ class BookSync:
     on_change: Callable[[int], None] | None = None
     # Called for each diff thrown away as older than the snapshot (the recipe drops them by design).
     on_drop: Callable[[DepthUpdate, str], None] | None = None
+    # The venue's bookTicker as a judge of every state (``on_ticker``); None: not checked.
+    check: TopOfBookCheck | None = None
     book: OrderBook = field(init=False)
     synced: bool = field(default=False, init=False)
     counters: BookCounters = field(default_factory=BookCounters, init=False)
@@ -138,9 +141,33 @@ class BookSync:
             return self._apply(up)
         except BookSequenceError:
             self.counters.gaps += 1
-            self.synced = False
-            self._buffer = [up]
+            self._unsync([up])
             return False
+
+    def _unsync(self, buffer: list[DepthUpdate]) -> None:
+        self.synced = False
+        self._buffer = buffer
+        if self.check:
+            self.check.reset()
+
+    def on_ticker(self, u: int, bid: float, ask: float) -> bool:
+        """Judge the book by a bookTicker (see :class:`TopOfBookCheck`); a contradiction unsyncs the book,
+        which then needs a new snapshot. Returns False on a contradiction."""
+        if self.check is None or self.check.on_ticker(u, bid, ask):
+            return True
+        self.counters.contradicted += 1
+        self._unsync([])
+        return False
+
+    def _judged(self, U: int) -> bool:
+        """Hand the new state to the check; False (and unsynced) when a waiting ticker contradicts it."""
+        if self.check:
+            bid, _, ask, _ = self.book.best()
+            if not self.check.on_book(U, self.book.last_update_id, bid, ask):
+                self.counters.contradicted += 1
+                self._unsync([])
+                return False
+        return True
 
     def snapshot_time_ms(self, snap: dict) -> int:
         """When a REST snapshot was taken: its T or E, else (spot carries neither) the latest diff seen."""
@@ -157,6 +184,9 @@ class BookSync:
         self.book.reset(last_update_id, bids, asks)
         self.synced = True
         self._first_after_snapshot = True
+        if self.check:
+            self.check.reset()
+            self._judged(last_update_id)
         if self.on_change:
             self.on_change(ts_ms)
         buffered, self._buffer = self._buffer, []
@@ -192,6 +222,91 @@ class BookSync:
             raise BookSequenceError(f"{self.symbol}: gap, pu={up.pu} but previous u={lid}")
         self.book.apply_levels(up.bids, up.asks, up.u)
         self.counters.applied += 1
+        if not self._judged(up.U):
+            return False
         if self.on_change:
             self.on_change(up.ts_ms)
         return True
+
+
+@dataclass
+class TopOfBookCounters:
+    checked: int = 0  # bookTickers whose update id names a known book state
+    matched: int = 0
+    mismatched: int = 0
+    unobservable: int = 0  # ids inside a diff's [U, u]: the venue never shows that state in the diff stream
+    unjudged: int = 0  # no known state to judge against (before a snapshot, after a gap, too old)
+    waiting: int = 0  # ahead of the book: the next diff judges them
+
+
+@dataclass
+class _State:
+    u: int  # the book is known as of this update id
+    bid: float
+    ask: float
+    next_U: int | None = None  # first id of the next applied diff: ids in (u, next_U) leave the book as it is
+
+
+class TopOfBookCheck:
+    """The venue's own ``@bookTicker`` judges a rebuilt book.
+
+    A bookTicker with update id ``b`` is comparable when ``b`` equals an applied diff's ``u`` or lies
+    strictly between one diff's ``u`` and the next one's ``U``: the book state at ``b`` is then known, and
+    its best bid and ask must equal the ticker's. Ids inside a diff's ``[U, u]`` are not observable. Tickers
+    and diffs travel on separate streams, so a ticker ahead of the book waits for the next diff, and the
+    states of the last ``keep`` diffs answer tickers that come late. After a gap nothing is judged until
+    the book is rebuilt.
+    """
+
+    def __init__(self, keep: int = 512, max_waiting: int = 10_000):
+        self.counters = TopOfBookCounters()
+        self._states: list[_State] = []
+        self._keep = keep
+        self._waiting: list[tuple[int, float, float]] = []  # tickers ahead of the book
+        self._max_waiting = max_waiting
+        self.last_mismatch: dict | None = None
+
+    def reset(self) -> None:
+        """The book's chain broke: what is waiting cannot be judged."""
+        self.counters.unjudged += len(self._waiting)
+        self._states, self._waiting, self.counters.waiting = [], [], 0
+
+    def on_book(self, U: int, u: int, bid: float, ask: float) -> bool:
+        """A book state after an applied diff ``[U, u]`` (or a snapshot, ``U = u``). False on a mismatch."""
+        if self._states and self._states[-1].next_U is None:
+            self._states[-1].next_U = U
+        self._states.append(_State(u, bid, ask))
+        if len(self._states) > 2 * self._keep:
+            del self._states[:-self._keep]
+        ok, waiting, self._waiting = True, self._waiting, []
+        self.counters.waiting = 0
+        for b, tb, ta in waiting:
+            ok &= self.on_ticker(b, tb, ta)
+        return ok
+
+    def on_ticker(self, b: int, bid: float, ask: float) -> bool:
+        """A bookTicker (its ``u``, best bid and ask price). False when it contradicts the book."""
+        c = self.counters
+        if not self._states or b < self._states[0].u:
+            c.unjudged += 1
+            return True
+        last = self._states[-1]
+        if b > last.u:
+            if len(self._waiting) >= self._max_waiting:
+                c.unjudged += 1
+            else:
+                self._waiting.append((b, bid, ask))
+                c.waiting += 1
+            return True
+        i = bisect.bisect_right(self._states, b, key=lambda s: s.u) - 1
+        s = self._states[i]
+        if b != s.u and (s.next_U is None or b >= s.next_U):
+            c.unobservable += 1
+            return True
+        c.checked += 1
+        if (bid, ask) == (s.bid, s.ask):
+            c.matched += 1
+            return True
+        c.mismatched += 1
+        self.last_mismatch = {"u": b, "ticker": (bid, ask), "book": (s.bid, s.ask), "book_u": s.u}
+        return False

@@ -247,6 +247,7 @@ class StreamIngestActor:
             "messages": dict(self.counts), "quarantined": dict(self.quarantined),
             "features_published": {s: self.last_features.get(s, {}).get("n", 0) for s in self.pipes},
             "book": {s: asdict(p.sync.counters) for s, p in self.pipes.items()},
+            "book_check": {s: asdict(p.sync.check.counters) for s, p in self.pipes.items()},
             "late": {s: p.grid.late for s, p in self.pipes.items()},
             "trades": {s: p.state.trades_total for s, p in self.pipes.items()},
             "pipeline_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))},
@@ -378,6 +379,10 @@ class StreamIngestActor:
                 log_event("book gap", symbol=symbol, u=data["u"], pu=data.get("pu"))
             if pipe.sync.needs_snapshot:
                 self._request_snapshot(symbol)
+        elif e == "bookTicker" and not pipe.on_book_ticker(data):
+            self._metrics.pending[("event", "book contradicted")] += 1
+            log_event("book contradicted", symbol=symbol, **pipe.sync.check.last_mismatch)
+            self._request_snapshot(symbol)
         elif e in ("aggTrade", "trade"):
             tid = pipe.trade_id(data)
             if tid <= pipe.last_trade_id:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tickray.book import BookSync, DepthUpdate
+from tickray.book import BookSync, DepthUpdate, TopOfBookCheck
 from tickray.features import BOOK_LEVELS, GridBuilder, OnlineFeatures
 from tickray.live_bars import LiveBars
 from tickray.stream.state import MarketState
@@ -39,7 +39,7 @@ class SymbolPipeline:
     _closed: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.sync = BookSync(self.symbol, spot=self.spot, on_change=self._book_changed)
+        self.sync = BookSync(self.symbol, spot=self.spot, on_change=self._book_changed, check=TopOfBookCheck())
         self.bars = LiveBars(self.symbol, self.bar_timeframes)
         self.state = MarketState(self.symbol)
 
@@ -54,6 +54,10 @@ class SymbolPipeline:
     def on_depth(self, data: dict) -> list[FeatureUpdate]:
         self.sync.on_update(DepthUpdate.from_message(data))
         return self._emit()
+
+    def on_book_ticker(self, data: dict) -> bool:
+        """The venue's best bid and ask at an update id; False when it contradicts the book."""
+        return self.sync.on_ticker(int(data["u"]), float(data["b"]), float(data["a"]))
 
     @staticmethod
     def trade_id(data: dict) -> int:
