@@ -6,9 +6,12 @@ import sys
 import time
 from collections import Counter
 from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import orjson
+import pyarrow as pa
 import pytest
 import ray
 import redis
@@ -17,6 +20,7 @@ from tickray.bars import bars_from_trades
 from tickray.cli import main
 from tickray.exchange_sim import Faults, ReplayExchange
 from tickray.features import FEATURE_NAMES, FEATURES, compute_features, grid_from_events
+from tickray.lake import partitions, read_partition
 from tickray.sources.binance import read_ws_capture
 from tickray.stack import redis_client
 from tickray.stream.actor import (
@@ -28,8 +32,10 @@ from tickray.stream.actor import (
     STATE_KEY,
     ConnectorOptions,
     StreamIngestActor,
+    forget,
     wait_for_messages,
 )
+from tickray.stream.supervisor import SPECS_KEY, ConnectorSpec, StreamSupervisor
 
 STREAMS = ("depth@0ms", "trade", "bookTicker")  # what the hftbacktest USD-M captures hold
 # Paced like a live feed (3 minutes in 6 s): the REST snapshot is the book as of what has been streamed,
@@ -41,6 +47,7 @@ SPEED = 30.0
 def connector(exchange: ReplayExchange, settings, symbols=("BTCUSDT",), streams=STREAMS, options=None):
     """A stream actor connected to the replay venue (started here); both stopped afterwards."""
     exchange.start()
+    forget(redis_client(settings), list(symbols))  # a replay is a session of its own: nothing to resume
     actor = StreamIngestActor.remote(list(symbols), exchange.ws_url, exchange.rest_url, settings.redis_url,
                                      streams=streams, options=options)
     try:
@@ -261,6 +268,7 @@ def test_replay_and_stream_from_the_command_line(ray_head, capture):
     """`tickray replay` stands in for the venue (sending every 50th message twice); `tickray stream` starts a
     detached connector on the head that `tickray up` started; `--status` and `--stop` reach it."""
     cli, port = [sys.executable, "-m", "tickray.cli"], free_port()
+    ray_head = {**ray_head, "TICKRAY_STREAM_FLUSH_S": "1"}
 
     def tickray(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([*cli, *args], check=False, capture_output=True, text=True, env=ray_head, timeout=120)
@@ -285,8 +293,15 @@ def test_replay_and_stream_from_the_command_line(ray_head, capture):
         r = redis.Redis(port=int(ray_head["TICKRAY_REDIS_PORT"]))
         assert orjson.loads(r.get(FEATURES_KEY.format(symbol="BTCUSDT")))["symbol"] == "BTCUSDT"
         assert r.xlen(FEATURES_HISTORY.format(symbol="BTCUSDT")) == stats["features_published"]["BTCUSDT"]
+        status = tickray("status")
+        assert "stream default: ok, BTCUSDT," in status.stdout and "0 restarts" in status.stdout, status.stdout
         stopped = tickray("stream", "--stop")
-        assert "tickray-stream-default stopped" in stopped.stdout, stopped.stderr
+        assert "connector 'default' stopped" in stopped.stdout, stopped.stderr
+        lake_root = Path(ray_head["TICKRAY_STATE_DIR"]) / "lake"
+        trades = pa.concat_tables(read_partition(lake_root, "trades", d, "BTCUSDT")
+                                  for d, _ in partitions(lake_root, "trades"))
+        assert sorted(trades["trade_id"].to_pylist()) == list(range(trades["trade_id"][0].as_py(),
+                                                                    trades["trade_id"][0].as_py() + 974))
         again = tickray("stream", "--status")
         assert again.returncode == 2 and "no connector named 'default' is running" in again.stderr
     finally:
@@ -308,14 +323,17 @@ def test_spot_rules_and_payloads(ray_cluster, settings, shared_data):
 
 
 def test_a_killed_connector_comes_back_by_itself(ray_cluster, settings, capture):
-    """What `tickray stream` starts: Ray restarts the process, which reconnects, resyncs and goes on."""
+    """What `tickray stream` starts: Ray restarts the process, which resumes from its checkpoint, reconnects,
+    resyncs and goes on, counting every trade once."""
     exchange = ReplayExchange([capture], speed=SPEED).start()
+    forget(redis_client(settings), ["BTCUSDT"])
     actor = StreamIngestActor.options(max_restarts=1, max_task_retries=-1).remote(
         ["BTCUSDT"], exchange.ws_url, exchange.rest_url, settings.redis_url, streams=STREAMS,
-        options=ConnectorOptions(autostart=True))
+        options=ConnectorOptions(autostart=True, flush_s=0.5))
     try:
         first = wait_for_messages(actor, 3000, timeout_s=60)
         assert first["connected"] and first["trades"]["BTCUSDT"] > 0
+        time.sleep(0.6)  # past a checkpoint
         ray.kill(actor, no_restart=False)
         stats = _settle(actor, exchange)
         book = ray.get(actor.book.remote("BTCUSDT"))
@@ -325,4 +343,55 @@ def test_a_killed_connector_comes_back_by_itself(ray_cluster, settings, capture)
         exchange.stop()
     assert stats["messages"]["connections"] == 1 and stats["messages"]["received"] < len(exchange.messages)
     assert book["synced"] and book["last_update_id"] == exchange.books["BTCUSDT"].book.last_update_id
-    assert stats["trades"]["BTCUSDT"] > 0 and stats["features_published"]["BTCUSDT"] > 0
+    assert stats["incarnation"] != first["incarnation"] and stats["messages"]["resumed from checkpoint"] == 1
+    assert stats["trades"]["BTCUSDT"] == 974 and stats["features_published"]["BTCUSDT"] > 0
+
+
+def _lake_table(root: Path, dataset: str) -> pa.Table:
+    return pa.concat_tables(read_partition(root, dataset, d, s) for d, s in partitions(root, dataset))
+
+
+def test_the_supervisor_replaces_a_lost_connector_which_resumes_from_its_checkpoint(ray_cluster, settings, capture,
+                                                                                     tmp_path):
+    """A connector gone for good mid-session (killed, no restart left) is created again by the supervisor and
+    resumes from its Redis checkpoint: the trades after it come from REST, so the market state, the closed
+    bars and the lake each hold every trade of the session exactly once."""
+    r = redis_client(settings)
+    forget(r, ["BTCUSDT"])
+    r.delete(SPECS_KEY)
+    exchange = ReplayExchange([capture], speed=SPEED).start()
+    sup = StreamSupervisor.remote(settings.redis_url, check_s=0.5)
+    lake_root = tmp_path / "lake"
+    spec = ConnectorSpec("lost", ["BTCUSDT"], list(STREAMS), exchange.ws_url, exchange.rest_url, settings.redis_url,
+                         {"lake_root": str(lake_root), "flush_s": 0.5})
+    try:
+        assert ray.get(sup.start_connector.remote(asdict(spec)))["actor"] == "tickray-stream-lost"
+        with pytest.raises(ray.exceptions.RayTaskError, match="already running"):
+            ray.get(sup.start_connector.remote(asdict(spec)))
+        first = ray.get_actor("tickray-stream-lost", namespace="tickray")
+        wait_for_messages(first, 4000, timeout_s=60)
+        time.sleep(0.6)  # past a checkpoint
+        ray.kill(first, no_restart=True)
+        deadline = time.monotonic() + 60
+        while (health := ray.get(sup.health.remote())["lost"])["restarts"] < 1 or health["status"] != "ok":
+            assert time.monotonic() < deadline, health
+            time.sleep(0.2)
+        stats = _settle(ray.get_actor("tickray-stream-lost", namespace="tickray"), exchange)
+        final = ray.get(sup.stop_connector.remote("lost"))
+    finally:
+        ray.kill(sup)
+        exchange.stop()
+    assert stats["messages"]["resumed from checkpoint"] == 1 and stats["messages"]["trades backfilled"] > 0
+    venue = exchange.trades[("BTCUSDT", "trade")]
+    assert final["trades"]["BTCUSDT"] == 974 and "trades lost" not in final["messages"]
+    state = r.hgetall(STATE_KEY.format(symbol="BTCUSDT"))
+    assert np.isclose(float(state[b"cumulative_volume"]), sum(float(d["q"]) for d in venue), rtol=1e-12)
+
+    trades = _lake_table(lake_root, "trades")
+    assert sorted(trades["trade_id"].to_pylist()) == [d["t"] for d in venue]  # each once
+    assert _lake_table(lake_root, "book").num_rows > 1000 and _lake_table(lake_root, "ws_raw").num_rows > 4000
+
+    closed = [orjson.loads(f[b"bar"]) for _, f in r.xrange(CLOSED_BARS_STREAM.format(symbol="BTCUSDT"))]
+    batch = bars_from_trades(read_ws_capture(capture).trades).to_pylist()[:-1]  # the last minute is open
+    assert [(b["ts"], b["trades"], b["close"]) for b in closed] == [(b["ts"].value, b["trades"], b["close"])
+                                                                    for b in batch]

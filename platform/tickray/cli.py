@@ -43,6 +43,27 @@ def cmd_status(args, settings) -> None:
         if (root / ds).exists():
             print(f"lake   {ds}: {lake.dataset_rows(root, ds):,} rows in {len(lake.partitions(root, ds))} partitions")
     print(f"lake   root {root}")
+    if settings.ray_address or stack.ray_head_address(settings):
+        _stream_status(settings)
+
+
+def _stream_status(settings) -> None:
+    """One line per connector of the cluster's stream supervisor."""
+    import ray
+
+    from tickray.runtime import connect_ray
+    from tickray.stream.supervisor import find_supervisor
+
+    connect_ray(settings)
+    sup = find_supervisor()
+    health = ray.get(sup.health.remote(), timeout=60) if sup is not None else {}
+    if not health:
+        print("stream no connectors (`tickray stream --symbols …` starts one)")
+    for name, h in health.items():
+        lag = max(h["lag_ms"].values(), default=float("nan"))
+        print(f"stream {name}: {h['status']}, {','.join(h['symbols'])}, {h['messages_per_s']:,.0f} msg/s, "
+              f"{h['received']:,} received, lag {lag:,.0f} ms, {h['quarantined']} quarantined, "
+              f"{h['book_gaps']} book gaps, {h['restarts']} restarts")
 
 
 def cmd_generate(args, settings) -> None:
@@ -285,46 +306,42 @@ def cmd_replay(args, settings) -> None:
         ex.stop()
 
 
-STREAM_ACTOR = "tickray-stream"
-
-
 def cmd_stream(args, settings) -> None:
     import json
+    from dataclasses import asdict
 
     import ray
 
     from tickray import stack
     from tickray.runtime import connect_ray
-    from tickray.stream.actor import ConnectorOptions, StreamIngestActor
+    from tickray.stack import redis_client
+    from tickray.stream.actor import forget
+    from tickray.stream.supervisor import ConnectorSpec, find_supervisor, supervisor
 
     if not (settings.ray_address or stack.ray_head_address(settings)):
         raise ConfigError("stream: no Ray cluster to run on; start one with `tickray up` (or set TICKRAY_RAY_ADDRESS)")
     connect_ray(settings)
-    name = f"{STREAM_ACTOR}-{args.name}"
-    try:
-        actor = ray.get_actor(name, namespace="tickray")
-    except ValueError:
-        actor = None
     if args.status or args.stop:
-        if actor is None:
+        sup = find_supervisor()
+        if sup is None:
             raise ConfigError(f"stream: no connector named {args.name!r} is running")
         if args.status:
-            print(json.dumps(ray.get(actor.stats.remote()), indent=1, default=str))
+            print(json.dumps(ray.get(sup.stats.remote(args.name)), indent=1, default=str))
         else:
-            ray.get(actor.stop.remote())
-            ray.kill(actor)
-            print(f"{name} stopped")
+            ray.get(sup.stop_connector.remote(args.name))
+            print(f"connector {args.name!r} stopped (lake flushed, checkpoint written)")
         return
-    if actor is not None:
-        raise ConfigError(f"stream: {name} is already running; `tickray stream --name {args.name} --stop` first")
-    options = ConnectorOptions(venue=args.venue or settings.stream_venue, autostart=True)
-    actor = StreamIngestActor.options(name=name, namespace="tickray", lifetime="detached", max_restarts=-1,
-                                      max_task_retries=-1).remote(
-        args.symbols, args.ws_url or settings.stream_ws_url, args.rest_url or settings.stream_rest_url,
-        settings.redis_url, streams=tuple(args.streams.split(",")), options=options)
-    ray.get(actor.start.remote())
-    print(f"{name}: {', '.join(args.symbols)} × {args.streams} from {args.ws_url or settings.stream_ws_url}; "
-          f"features in Redis {settings.redis_url.split('@')[-1]}; `tickray stream --name {args.name} --status`")
+    if args.fresh:
+        forget(redis_client(settings), args.symbols)
+    ws_url = args.ws_url or settings.stream_ws_url
+    spec = ConnectorSpec(args.name, args.symbols, args.streams.split(","), ws_url,
+                         args.rest_url or settings.stream_rest_url, settings.redis_url,
+                         {"venue": args.venue or settings.stream_venue, "lake_root": str(settings.lake_path),
+                          "flush_s": settings.stream_flush_s})
+    started = ray.get(supervisor(settings.redis_url).start_connector.remote(asdict(spec)))
+    print(f"{started['actor']}: {', '.join(args.symbols)} × {args.streams} from {ws_url}; features in Redis "
+          f"{settings.redis_url.split('@')[-1]}; lake {settings.lake_path}; "
+          f"`tickray stream --name {args.name} --status`")
 
 
 def cmd_demo(args, settings) -> None:
@@ -433,8 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stall-s", type=float, default=0.0)
     s.set_defaults(fn=cmd_replay)
 
-    s = sub.add_parser("stream", help="start a streaming-ingest connector on the cluster (detached, restarted "
-                       "if it dies): live features, book and state in Redis")
+    s = sub.add_parser("stream", help="start a streaming-ingest connector on the cluster, owned by the stream "
+                       "supervisor (restarted if it dies, resuming from its checkpoint): live features, book and "
+                       "state in Redis; raw messages, trades and book states in the lake")
     s.add_argument("--symbols", type=_symbols, default=["BTCUSDT"], help="comma-separated")
     s.add_argument("--streams", default="depth@0ms,aggTrade,kline_1m", help="comma-separated, per symbol")
     s.add_argument("--name", default="default", help="connector name (one connection each)")
@@ -442,7 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ws-url", help="default: settings.stream_ws_url (the venue)")
     s.add_argument("--rest-url", help="default: settings.stream_rest_url")
     s.add_argument("--status", action="store_true", help="print the connector's counters")
-    s.add_argument("--stop", action="store_true", help="stop the connector")
+    s.add_argument("--stop", action="store_true", help="stop the connector (flushing the lake, checkpointing)")
+    s.add_argument("--fresh", action="store_true", help="start clean instead of resuming the symbols' checkpoints "
+                   "(for a replay of another session)")
     s.set_defaults(fn=cmd_stream)
 
     s = sub.add_parser("demo", help="run every stage end to end on the embedded default")

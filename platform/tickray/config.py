@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     stream_venue: str = "usdm"
     stream_ws_url: str = "wss://fstream.binance.com"
     stream_rest_url: str = "https://fapi.binance.com"
+    # How often connectors append raw messages, trades and book states to the lake and checkpoint to Redis.
+    stream_flush_s: float = 60.0
     serve_host: str = "127.0.0.1"
     serve_port: int = 8000
 

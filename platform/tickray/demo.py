@@ -26,7 +26,7 @@ from tickray.features.job import build_features
 from tickray.ingest import ingest
 from tickray.runtime import connect_ray
 from tickray.serving.app import deploy
-from tickray.stream.actor import StreamIngestActor, wait_for_messages
+from tickray.stream.actor import StreamIngestActor, forget, wait_for_messages
 from tickray.synth import generate
 from tickray.training.config import parse_config
 from tickray.training.pipeline import run_training
@@ -106,6 +106,7 @@ def run_demo(settings: Settings, symbols: list[str], days: int = 1, seed: int = 
 
     t = stage("7/9 stream: replay the WebSocket capture through a local exchange into a stream actor")
     exchange = ReplayExchange(files.ws_captures, speed=replay_speed).start()
+    forget(stack.redis_client(settings), symbols)  # a replay is its own session: not one to resume
     actor = StreamIngestActor.remote(symbols, exchange.ws_url, exchange.rest_url, settings.redis_url)
     try:
         ray.get(actor.start.remote())

@@ -8,6 +8,7 @@ input replaces its partitions instead of duplicating rows.
 from __future__ import annotations
 
 import datetime
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -62,6 +63,24 @@ def write_partitions(t: pa.Table, dataset_dir: Path, name: str) -> list[tuple[st
         pq.write_table(part, folder / f"part-{name}.parquet", row_group_size=ROW_GROUP_ROWS, use_dictionary=text)
         out.append((date, symbol, part.num_rows))
     return out
+
+
+def append_partitions(t: pa.Table, root: Path, dataset: str, name: str) -> list[tuple[str, str, int]]:
+    """Add rows to a dataset as new files ``part-<name>.parquet`` beside what its partitions hold (a stream
+    actor's periodic flush). Each file is written in staging and renamed into place, so a reader never
+    sees half of one."""
+    if "date" not in t.column_names:
+        t = t.append_column("date", date_column(t["ts"]))
+    stage = staging_dir(root)
+    try:
+        written = write_partitions(t, stage / dataset, name)
+        for date, symbol, _ in written:
+            rel = Path(dataset) / f"date={date}" / f"symbol={symbol}" / f"part-{name}.parquet"
+            (Path(root) / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(stage / rel, Path(root) / rel)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return written
 
 
 def commit(staged_dataset: Path, final_dataset: Path) -> list[str]:

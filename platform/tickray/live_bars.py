@@ -10,7 +10,7 @@ trades.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from tickray.bars import MINUTE_NS, timeframe_minutes
 
@@ -92,6 +92,16 @@ class LiveBars:
         # the next minute starts flat at this close; a trade in it replaces open/high/low
         self.minute = Bar(m.ts + MINUTE_NS, m.close, m.close, m.close, m.close)
         return m.as_dict(self.symbol)
+
+    def checkpoint(self) -> dict:
+        """The bars being built (JSON), for a restarted actor to go on from; see :meth:`restore`."""
+        return {"minute": asdict(self.minute) if self.minute else None,
+                "open": {str(k): asdict(b) for k, b in self._open.items()}, "late": self.late}
+
+    def restore(self, doc: dict) -> None:
+        self.minute = Bar(**doc["minute"]) if doc["minute"] else None
+        self._open = {int(k): Bar(**b) for k, b in doc["open"].items()}
+        self.late = doc["late"]
 
     def current(self, timeframe: str) -> dict | None:
         """The open bar of ``timeframe`` including the minute being built (``complete`` False)."""

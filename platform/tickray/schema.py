@@ -13,6 +13,9 @@ TRADE = pa.schema([
     ("trade_id", pa.int64()),
 ])
 
+# What a stream actor received, as received: the receive time, the combined-stream name and the text.
+WS_RAW = pa.schema([("ts", TS), ("symbol", pa.string()), ("stream", pa.string()), ("msg", pa.string())])
+
 BAR = pa.schema([
     ("ts", TS), ("symbol", pa.string()), ("open", pa.float64()), ("high", pa.float64()),
     ("low", pa.float64()), ("close", pa.float64()), ("volume", pa.float64()),

@@ -186,7 +186,9 @@ class BookRebuild:
     dropped: list[tuple[int, str, str]] = field(default_factory=list)  # (ts ms, symbol, reason)
 
 
-class _TopNWriter:
+class TopNWriter:
+    """Book states as rows of the lake's ``book`` dataset (the top ``levels`` of each side)."""
+
     def __init__(self, symbol: str, levels: int):
         self.symbol, self.levels = symbol, levels
         self.ts: list[int] = []
@@ -222,7 +224,7 @@ def rebuild_book_depth(path: Path, levels: int = 10) -> BookRebuild:
     kind = t["update_type"].to_pylist()
     price = pc.cast(t["price"], pa.string()).to_pylist()
     qty = pc.cast(t["qty"], pa.string()).to_pylist()
-    out = _TopNWriter(symbol, levels)
+    out = TopNWriter(symbol, levels)
     dropped: list[tuple[int, str, str]] = []
     sync = BookSync(symbol, on_change=lambda ts_ms: out.add(ts_ms * 1_000_000, sync),
                     on_drop=lambda up, why: dropped.append((up.ts_ms, symbol, why)))
@@ -300,7 +302,7 @@ class CaptureRead:
 
 class _SymbolRebuild:
     def __init__(self, symbol: str, levels: int, spot: bool, dropped: list):
-        self.out = _TopNWriter(symbol, levels)
+        self.out = TopNWriter(symbol, levels)
         self.sync = BookSync(symbol, spot=spot, on_change=lambda ts_ms: self.out.add(ts_ms * 1_000_000, self.sync),
                              on_drop=lambda up, why: dropped.append((up.ts_ms, symbol, why)))
         self.trades: dict[str, list] = {"ts": [], "price": [], "qty": [], "side": [], "trade_id": []}
@@ -381,7 +383,7 @@ def read_ws_capture(path: Path | Sequence[Path], levels: int = 10, symbol: str |
     ordered = [books[s] for s in sorted(books)]
     leftover = [(up.ts_ms, b.sync.symbol, NO_BOOK) for b in ordered for up in b.sync.pending()]
     trades = pa.concat_tables([b.trade_table() for b in ordered]) if ordered else TRADE.empty_table()
-    book = pa.concat_tables([b.out.table() for b in ordered]) if ordered else _TopNWriter("", levels).table()
+    book = pa.concat_tables([b.out.table() for b in ordered]) if ordered else TopNWriter("", levels).table()
     rebuild = BookRebuild(book, *(sum(getattr(b.sync.counters, k) for b in ordered)
                                   for k in ("applied", "gaps", "resyncs", "stale_dropped")),
                           unsynced_dropped=len(leftover), dropped=dropped + leftover)

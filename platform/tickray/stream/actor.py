@@ -25,8 +25,10 @@ import logging
 import math
 import random
 import time
+import uuid
 from collections import Counter, deque
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Literal
 
 import httpx
@@ -37,8 +39,10 @@ import redis.asyncio as aioredis
 import websockets
 from ray.util import metrics
 
+from tickray import lake
 from tickray.errors import ConfigError
 from tickray.features import FEATURE_SET_VERSION
+from tickray.stream.cold import ColdBuffer
 from tickray.stream.pipeline import FeatureUpdate, SymbolPipeline
 
 FEATURES_KEY = "tickray:features:{symbol}"
@@ -50,6 +54,7 @@ QUARANTINE_MAXLEN = 100_000
 CLOSED_BARS_STREAM = "tickray:bars:1m:{symbol}"
 CLOSED_BARS_MAXLEN = 10_080  # a week of minutes
 LIVE_BARS_KEY = "tickray:bars:live:{symbol}"
+CHECKPOINT_KEY = "tickray:stream:checkpoint:{symbol}"
 
 DEFAULT_STREAMS = ("depth@0ms", "aggTrade", "bookTicker", "kline_1m")
 # REST prefix and the most streams one connection may carry, per venue
@@ -70,6 +75,10 @@ class ConnectorOptions:
     bar_timeframes: tuple[str, ...] = ("15m", "1h", "4h")
     history_maxlen: int = 86_400  # feature rows kept per symbol (a day of seconds)
     autostart: bool = False  # connect on creation, so an actor that Ray restarts reconnects by itself
+    name: str = "stream"  # the connector's name: its lake files and checkpoints carry it
+    lake_root: str | None = None  # set: raw messages, trades and book states are appended to this lake
+    flush_s: float = 60.0  # how often the lake is appended to and the checkpoint written
+    resume_max_age_s: float = 3600.0  # an older checkpoint is not resumed (its gap is too long to backfill)
 
 
 def stream_names(symbol: str, streams: tuple[str, ...] = DEFAULT_STREAMS) -> list[str]:
@@ -178,6 +187,14 @@ class StreamIngestActor:
         self._requests: dict[int, asyncio.Future] = {}
         self._next_id = 1
         self._stop = False
+        self._resumed = False
+        self._seq = 0  # lake flushes; files are named by it and by this incarnation, so none is overwritten
+        self._incarnation = uuid.uuid4().hex[:8]  # a new one each time Ray (re)starts the process
+        self._last_message_at = 0.0
+        self._unwritten: list[tuple[int, dict]] = []  # flushes the lake has not taken yet (retried)
+        self._checkpointed: dict[str, int] = {}  # symbol → last trade id of its latest checkpoint
+        self.durable: Counter = Counter()  # checkpoints written, rows appended to the lake, failed writes
+        self._published_ts: dict[tuple[str, str], int] = {}  # (symbol, "bar" | "row") → newest in Redis
         if self.opt.autostart:  # Ray runs an async actor's __init__ on its event loop
             asyncio.get_running_loop().create_task(self.start())
 
@@ -192,7 +209,8 @@ class StreamIngestActor:
             sym = n.split("@", 1)[0].upper()
             if sym not in self.pipes:
                 self.pipes[sym] = SymbolPipeline(sym, spot=self.opt.venue == "spot",
-                                                 bar_timeframes=tuple(self.opt.bar_timeframes))
+                                                 bar_timeframes=tuple(self.opt.bar_timeframes),
+                                                 cold=ColdBuffer(sym) if self.opt.lake_root else None)
         self.streams.extend(new)
 
     async def start(self) -> None:
@@ -201,16 +219,19 @@ class StreamIngestActor:
             self._http = httpx.AsyncClient(base_url=self.rest_url, timeout=10)
             self._queue: asyncio.Queue = asyncio.Queue(maxsize=self.opt.buffer)
             self._metrics = _Metrics()
+            await self._resume()
             loop = asyncio.get_running_loop()
             self._tasks = [loop.create_task(self._read()), loop.create_task(self._process()),
-                           loop.create_task(self._flush_metrics())]
+                           loop.create_task(self._flush_metrics()), loop.create_task(self._flush_loop())]
 
     async def stop(self) -> None:
+        """Stop reading, then flush to the lake and checkpoint: a stopped connector loses nothing."""
         self._stop = True
         for t in self._tasks:
             t.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._flush()
             await self._http.aclose()
             await self._redis.aclose()
         self._tasks = []
@@ -253,6 +274,7 @@ class StreamIngestActor:
             "pipeline_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))},
             "lag_ms": dict(self._lag), "queued": self._queue.qsize() if self._tasks else 0,
             "connected": self._ws is not None, "streams": list(self.streams),
+            "durable": dict(self.durable), "incarnation": self._incarnation, "last_message_at": self._last_message_at,
         }
 
     def state(self, symbol: str) -> dict[str, float]:
@@ -281,8 +303,8 @@ class StreamIngestActor:
                     self._ws, opened = ws, time.monotonic()
                     self.counts["connections"] += 1
                     log_event("connected", url=url, streams=len(self.streams))
-                    if not first:
-                        await self._queue.put(("reconnected", 0))  # in order with the messages before it
+                    if not first or self._resumed:  # resumed: catch up from the checkpoint like a reconnect
+                        await self._queue.put(("reconnected", 0, 0))  # in order with the messages before it
                     first, backoff = False, self.opt.backoff_s
                     while not self._stop:
                         left = self.opt.max_connection_s - (time.monotonic() - opened)
@@ -296,7 +318,8 @@ class StreamIngestActor:
                             if self.opt.max_connection_s - (time.monotonic() - opened) > 0:
                                 raise
                             continue
-                        await self._queue.put((raw, time.perf_counter_ns()))  # waits while the buffer is full
+                        # waits while the buffer is full
+                        await self._queue.put((raw, time.perf_counter_ns(), time.time_ns()))
                     continue  # planned: straight back, no backoff
             except asyncio.CancelledError:
                 raise
@@ -312,12 +335,12 @@ class StreamIngestActor:
 
     async def _process(self) -> None:
         while True:
-            raw, t0 = await self._queue.get()
+            raw, t0, recv_ns = await self._queue.get()
             try:
                 if raw == "reconnected":
                     await self._after_reconnect()
                 else:
-                    await self._on_raw(raw, t0)
+                    await self._on_raw(raw, t0, recv_ns)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a bug must not take the connection down: quarantine and carry on
@@ -335,6 +358,83 @@ class StreamIngestActor:
             if pipe.last_trade_id >= 0:
                 await self._backfill(pipe, pipe.last_trade_id + 1, None)
 
+    # ---- durability: the lake and the checkpoint -------------------------------------------------
+
+    async def _resume(self) -> None:
+        """Go on from each symbol's checkpoint: the trades after it are fetched again from REST (on
+        connecting), so the lake loses none and the state counts none twice. Lake trade files written
+        after the checkpoint are removed first: those trades come again."""
+        for sym, pipe in self.pipes.items():
+            for kind, key, field_ in (("bar", CLOSED_BARS_STREAM, "bar"), ("row", FEATURES_HISTORY, "doc")):
+                last = await self._redis.xrevrange(key.format(symbol=sym), count=1)
+                if last:
+                    doc = orjson.loads(last[0][1][field_.encode()])
+                    self._published_ts[(sym, kind)] = doc["ts" if kind == "bar" else "ts_ns"]
+            raw = await self._redis.get(CHECKPOINT_KEY.format(symbol=sym))
+            if raw is None:
+                continue
+            ck = orjson.loads(raw)
+            age_s = time.time() - ck["at"]
+            if age_s > self.opt.resume_max_age_s:
+                log_event("checkpoint too old", symbol=sym, age_s=round(age_s), max_age_s=self.opt.resume_max_age_s)
+                continue
+            pipe.restore(ck["pipeline"])
+            self._seq = max(self._seq, ck["seq"])
+            self._resumed = True
+            removed = self._drop_trades_after(sym, ck["connector"], ck["seq"]) if self.opt.lake_root else 0
+            self._checkpointed[sym] = pipe.last_trade_id
+            self.counts["resumed from checkpoint"] += 1
+            log_event("resumed", symbol=sym, last_trade_id=pipe.last_trade_id, checkpoint_seq=ck["seq"],
+                      age_s=round(age_s, 1), lake_trade_files_removed=removed)
+
+    def _drop_trades_after(self, symbol: str, connector: str, seq: int) -> int:
+        removed = 0
+        for f in Path(self.opt.lake_root).glob(f"trades/date=*/symbol={symbol}/part-live-{connector}-*.parquet"):
+            if int(f.stem.rsplit("-", 2)[1]) > seq:
+                f.unlink()
+                removed += 1
+        return removed
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.opt.flush_s)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        """Append what was gathered to the lake, then checkpoint every symbol as of that same moment: a
+        checkpoint never claims trades the lake does not hold. A lake that refuses the write (full, gone)
+        keeps the rows in memory for the next flush, and the checkpoint waits."""
+        self._seq += 1
+        seq, at = self._seq, time.time()
+        if self.opt.lake_root:
+            self._unwritten.append((seq, {s: p.cold.take() for s, p in self.pipes.items()}))
+        # only symbols that traded since their last checkpoint: the state and bars move with trades
+        docs = {s: orjson.dumps({"connector": self.opt.name, "seq": seq, "at": at, "pipeline": p.checkpoint()})
+                for s, p in self.pipes.items() if p.last_trade_id > self._checkpointed.get(s, -1)}
+        ids = {s: self.pipes[s].last_trade_id for s in docs}
+        if self._unwritten:
+            try:
+                self.durable.update(await asyncio.to_thread(self._write_lake, list(self._unwritten)))
+                self._unwritten = []
+            except OSError as e:
+                self.durable[f"lake write failed: {type(e).__name__}"] += 1
+                log_event("lake write failed", detail=str(e)[:200], pending_flushes=len(self._unwritten))
+                return
+        if docs:
+            await self._redis.mset({CHECKPOINT_KEY.format(symbol=s): d for s, d in docs.items()})
+            self._checkpointed.update(ids)
+            self.durable["checkpoints"] += len(docs)
+
+    def _write_lake(self, flushes: list[tuple[int, dict]]) -> Counter:
+        rows: Counter = Counter()
+        for seq, by_symbol in flushes:
+            for tables in by_symbol.values():
+                for dataset, t in tables.items():
+                    lake.append_partitions(t, Path(self.opt.lake_root), dataset,
+                                           f"live-{self.opt.name}-{seq:08d}-{self._incarnation}")
+                    rows[f"lake {dataset} rows"] += t.num_rows
+        return rows
+
     async def _flush_metrics(self) -> None:
         while True:
             await asyncio.sleep(1.0)
@@ -343,8 +443,9 @@ class StreamIngestActor:
 
     # ---- per message ---------------------------------------------------------------------------
 
-    async def _on_raw(self, raw: str | bytes, t0: int) -> None:
+    async def _on_raw(self, raw: str | bytes, t0: int, recv_ns: int = 0) -> None:
         self.counts["received"] += 1
+        self._last_message_at = time.time()
         try:
             msg = orjson.loads(raw)
         except orjson.JSONDecodeError as e:
@@ -366,6 +467,8 @@ class StreamIngestActor:
         pipe = self.pipes.get(symbol)
         if pipe is None:
             return await self._quarantine(raw, f"unknown symbol {symbol}: not subscribed")
+        if pipe.cold:
+            pipe.cold.on_raw(recv_ns or time.time_ns(), stream, raw if isinstance(raw, str) else raw.decode())
         reason = validate(data, e) or self._check_order(symbol, e, data)
         if reason:
             return await self._quarantine(raw, reason, symbol)
@@ -489,14 +592,25 @@ class StreamIngestActor:
 
     # ---- publishing ----------------------------------------------------------------------------
 
+    def _first_time(self, symbol: str, kind: str, ts: int) -> bool:
+        """False for a bar or feature row Redis already has (published before a restart, rebuilt after it
+        from the checkpoint and the backfilled trades)."""
+        if ts <= self._published_ts.get((symbol, kind), -1):
+            return False
+        self._published_ts[(symbol, kind)] = ts
+        return True
+
     async def _publish_closed_minutes(self, pipe: SymbolPipeline) -> None:
+        bars = [b for b in pipe.closed_minutes if self._first_time(pipe.symbol, "bar", b["ts"])]
+        pipe.closed_minutes = []
+        if not bars:
+            return
         async with self._redis.pipeline(transaction=False) as p:
-            for bar in pipe.closed_minutes:
+            for bar in bars:
                 p.xadd(CLOSED_BARS_STREAM.format(symbol=pipe.symbol), {"bar": orjson.dumps(bar)},
                        maxlen=CLOSED_BARS_MAXLEN, approximate=True)
             await p.execute()
-        self.counts["bars closed"] += len(pipe.closed_minutes)
-        pipe.closed_minutes = []
+        self.counts["bars closed"] += len(bars)
 
     async def _publish(self, pipe: SymbolPipeline, updates: list[FeatureUpdate], t0: int,
                        event_ms: int | None = None) -> None:
@@ -511,8 +625,9 @@ class StreamIngestActor:
                 body = orjson.dumps({"symbol": sym, "ts_ns": up.ts_ns, "mid": up.mid, "features": up.features,
                                      "feature_set_version": FEATURE_SET_VERSION, "published_at": time.time()})
                 p.set(FEATURES_KEY.format(symbol=sym), body)
-                p.xadd(FEATURES_HISTORY.format(symbol=sym), {"doc": body}, maxlen=self.opt.history_maxlen,
-                       approximate=True)
+                if self._first_time(sym, "row", up.ts_ns):
+                    p.xadd(FEATURES_HISTORY.format(symbol=sym), {"doc": body}, maxlen=self.opt.history_maxlen,
+                           approximate=True)
                 p.publish(FEATURES_CHANNEL, body)
             p.hset(STATE_KEY.format(symbol=sym), mapping=state_doc)
             if live:
@@ -526,6 +641,14 @@ class StreamIngestActor:
             self._lag[sym] = time.time() * 1e3 - event_ms
         n = self.last_features.get(sym, {}).get("n", 0) + len(updates)
         self.last_features[sym] = {"n": n, "ts_ns": last.ts_ns}
+
+
+def forget(r, symbols: list[str]) -> None:
+    """Drop what Redis holds of these symbols' live state (checkpoints included), so the next connector
+    starts clean instead of resuming: for replaying another session's capture."""
+    keys = [k.format(symbol=s.upper()) for s in symbols
+            for k in (CHECKPOINT_KEY, FEATURES_KEY, FEATURES_HISTORY, STATE_KEY, CLOSED_BARS_STREAM, LIVE_BARS_KEY)]
+    r.delete(*keys)
 
 
 def wait_for_messages(actor, count: int, timeout_s: float = 300.0, poll_s: float = 0.2) -> dict:

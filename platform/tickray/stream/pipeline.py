@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from tickray.book import BookSync, DepthUpdate, TopOfBookCheck
 from tickray.features import BOOK_LEVELS, GridBuilder, OnlineFeatures
 from tickray.live_bars import LiveBars
+from tickray.stream.cold import ColdBuffer
 from tickray.stream.state import MarketState
 
 
@@ -36,6 +37,7 @@ class SymbolPipeline:
     online: OnlineFeatures = field(default_factory=OnlineFeatures)
     state: MarketState = field(init=False)
     last_trade_id: int = -1
+    cold: ColdBuffer | None = None  # set: trades and book states are also kept for the lake
     _closed: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -44,6 +46,8 @@ class SymbolPipeline:
         self.state = MarketState(self.symbol)
 
     def _book_changed(self, ts_ms: int) -> None:
+        if self.cold:
+            self.cold.on_book(ts_ms * 1_000_000, self.sync)
         levels = GridBuilder.flatten(*self.sync.book.top(BOOK_LEVELS))
         self._closed.extend(self.grid.on_book(ts_ms * 1_000_000, levels))
 
@@ -74,7 +78,20 @@ class SymbolPipeline:
         self._closed.extend(self.grid.on_trade(ts, price, qty, side))
         self.closed_minutes.extend(self.bars.on_trade(ts, price, qty, side))
         self.state.on_trade(ts, price, qty, side > 0)
+        if self.cold:
+            self.cold.on_trade(ts, price, qty, side, self.last_trade_id)
         return self._emit()
+
+    def checkpoint(self) -> dict:
+        """What a restarted actor resumes from (JSON): the last trade applied, the market state and the
+        bars being built. The book is not kept (it resyncs from a snapshot), nor the feature look-backs
+        (they fill again from the live book)."""
+        return {"last_trade_id": self.last_trade_id, "state": self.state.checkpoint(), "bars": self.bars.checkpoint()}
+
+    def restore(self, doc: dict) -> None:
+        self.last_trade_id = doc["last_trade_id"]
+        self.state.restore(doc["state"])
+        self.bars.restore(doc["bars"])
 
     def _emit(self) -> list[FeatureUpdate]:
         out = []

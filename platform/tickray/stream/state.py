@@ -50,6 +50,15 @@ class RollingTrades:
     def count(self) -> int:
         return len(self.trades)
 
+    def sums(self) -> list[float]:
+        return [self.volume, self.quote, self.buy]
+
+    def restore(self, trades: list, sums: list[float]) -> None:
+        """The window as checkpointed: its trades and running sums (kept, not re-added, so the figures
+        are the ones the actor had, to the last bit)."""
+        self.trades = deque(tuple(t) for t in trades)
+        self.volume, self.quote, self.buy = sums
+
 
 @dataclass
 class MarketState:
@@ -76,6 +85,20 @@ class MarketState:
         self.last_price, self.last_qty, self.last_trade_ts = price, qty, ts
         self.cumulative_volume += qty
         self.trades_total += 1
+
+    def checkpoint(self) -> dict:
+        """Everything a restarted actor needs to go on from here (JSON); see :meth:`restore`."""
+        return {"last": [self.last_price, self.last_qty, self.last_trade_ts], "cumulative_volume": self.cumulative_volume,
+                "trades_total": self.trades_total, "five": list(self.five.trades), "five_sums": self.five.sums(),
+                "one_count": self.one.count, "one_sums": self.one.sums(), "large": list(self.large)}
+
+    def restore(self, doc: dict) -> None:
+        self.last_price, self.last_qty, self.last_trade_ts = doc["last"]
+        self.cumulative_volume, self.trades_total = doc["cumulative_volume"], doc["trades_total"]
+        self.five.restore(doc["five"], doc["five_sums"])
+        # the 1m window is the tail of the 5m one: both end at the latest trade
+        self.one.restore(doc["five"][len(doc["five"]) - doc["one_count"]:], doc["one_sums"])
+        self.large = deque(doc["large"])
 
     def snapshot(self, book: OrderBook | None) -> dict[str, float]:
         """Every field of the state now (NaN where undefined: an empty side, no trade yet)."""
