@@ -82,6 +82,7 @@ def ray_head(tmp_path):
     what needs a job server; yields the environment that reaches it, and stops it with `tickray down`."""
     env = {**os.environ, "TICKRAY_STATE_DIR": str(tmp_path / "state"), "TICKRAY_REDIS_PORT": str(free_port()),
            "TICKRAY_RAY_PORT": str(free_port()), "TICKRAY_DASHBOARD_PORT": str(free_port()),
+           "TICKRAY_METRICS_PORT": str(free_port()),
            "TICKRAY_RAY_NUM_CPUS": "2", "RAY_AUTH_MODE": "token"}
     cli = [sys.executable, "-m", "tickray.cli"]
     up = subprocess.run([*cli, "up"], capture_output=True, text=True, env=env, timeout=180, check=False)

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
+import httpx
 import numpy as np
 import orjson
 import pyarrow as pa
@@ -264,6 +265,18 @@ def test_many_symbols_and_streams_added_at_run_time(ray_cluster, settings, share
     assert keep_book["synced"] and keep_book["last_update_id"] == exchange.books["KEEPUSDT"].book.last_update_id
 
 
+def _exported(port: int, name: str, timeout_s: float = 60.0) -> list[str]:
+    """The lines of metric ``name`` the head exports for Prometheus (and the dashboard's charts); Ray sends
+    an actor's metrics there every few seconds."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        lines = [x for x in text.splitlines() if name in x and not x.startswith("#")]
+        if lines or time.monotonic() > deadline:
+            return lines
+        time.sleep(1)
+
+
 def test_replay_and_stream_from_the_command_line(ray_head, capture):
     """`tickray replay` stands in for the venue (sending every 50th message twice); `tickray stream` starts a
     detached connector on the head that `tickray up` started; `--status` and `--stop` reach it."""
@@ -293,8 +306,11 @@ def test_replay_and_stream_from_the_command_line(ray_head, capture):
         r = redis.Redis(port=int(ray_head["TICKRAY_REDIS_PORT"]))
         assert orjson.loads(r.get(FEATURES_KEY.format(symbol="BTCUSDT")))["symbol"] == "BTCUSDT"
         assert r.xlen(FEATURES_HISTORY.format(symbol="BTCUSDT")) == stats["features_published"]["BTCUSDT"]
+        metrics = _exported(int(ray_head["TICKRAY_METRICS_PORT"]), "tickray_stream_messages")
+        assert any('symbol="BTCUSDT"' in line and 'stream="trade"' in line for line in metrics), metrics
         status = tickray("status")
-        assert "stream default: ok, BTCUSDT," in status.stdout and "0 restarts" in status.stdout, status.stdout
+        # the venue is gone (--once): the connector says so, and keeps trying
+        assert "stream default: disconnected, BTCUSDT," in status.stdout and "0 restarts" in status.stdout, status.stdout
         stopped = tickray("stream", "--stop")
         assert "connector 'default' stopped" in stopped.stdout, stopped.stderr
         lake_root = Path(ray_head["TICKRAY_STATE_DIR"]) / "lake"

@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     ray_port: int = 6385
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 8265
+    # Where the head exports its metrics (tickray's and Ray's) in Prometheus' text format, at /metrics.
+    metrics_port: int = 8267
     # Where the bar cache fetches 1m klines the lake lacks (binance-usdm, binance-spot, upbit; empty: the
     # lake only), and at which base URL (empty: the venue's public one).
     kline_venue: str = ""
@@ -52,7 +54,7 @@ class Settings(BaseSettings):
     serve_host: str = "127.0.0.1"
     serve_port: int = 8000
 
-    @field_validator("redis_port", "ray_port", "dashboard_port", "serve_port")
+    @field_validator("redis_port", "ray_port", "dashboard_port", "metrics_port", "serve_port")
     @classmethod
     def _port_in_range(cls, v: int) -> int:
         if not 0 < v < 65536:

@@ -189,7 +189,8 @@ def ray_status(settings: Settings) -> ServiceState:
     addr = ray_head_address(settings)
     if addr:
         dash = f"http://{settings.dashboard_host}:{settings.dashboard_port}"
-        return ServiceState("ray", True, pid, f"head at {addr}, dashboard {dash}")
+        return ServiceState("ray", True, pid, f"head at {addr}, dashboard {dash}, "
+                                              f"metrics http://127.0.0.1:{settings.metrics_port}/metrics")
     return ServiceState("ray", False, None, "no Ray head started by tickray (jobs start a local Ray)")
 
 
@@ -212,6 +213,7 @@ def start_ray_head(settings: Settings, timeout_s: float = 90.0) -> ServiceState:
             [str(ray_exe), "start", "--head", "--block", f"--port={settings.ray_port}", f"--num-cpus={num_cpus}",
              "--include-dashboard=true", f"--dashboard-host={host}",
              f"--dashboard-port={settings.dashboard_port}", "--disable-usage-stats",
+             f"--metrics-export-port={settings.metrics_port}",
              # Ray's fixed default (52365) is taken when another Ray runs here: jobs then find no agent.
              f"--dashboard-agent-listen-port={free_port()}"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
