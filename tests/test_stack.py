@@ -65,6 +65,7 @@ def test_unknown_setting_in_the_environment_stops_the_cli(tmp_path):
 def test_up_starts_a_ray_head_that_jobs_join_and_down_stops_it(tmp_path):
     env = {"TICKRAY_STATE_DIR": str(tmp_path), "TICKRAY_REDIS_PORT": str(free_port()),
            "TICKRAY_RAY_PORT": str(free_port()), "TICKRAY_DASHBOARD_PORT": str(free_port()),
+           "TICKRAY_METRICS_PORT": str(free_port()),
            "TICKRAY_RAY_NUM_CPUS": "1"}
     up = _cli("up", env=env)
     try:

@@ -200,7 +200,8 @@ def start_ray_head(settings: Settings, timeout_s: float = 90.0) -> ServiceState:
     if state.running:
         return state
     host = settings.dashboard_host
-    for port, what in ((settings.ray_port, "Ray head"), (settings.dashboard_port, "Ray dashboard")):
+    for port, what in ((settings.ray_port, "Ray head"), (settings.dashboard_port, "Ray dashboard"),
+                      (settings.metrics_port, "Ray metrics export")):
         if port_in_use("127.0.0.1", port):
             raise StackError(f"port {port} ({what}) is held by another process; stop it or change the port")
     num_cpus = settings.ray_num_cpus or os.cpu_count() or 2
