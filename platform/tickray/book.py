@@ -261,6 +261,7 @@ class TopOfBookCheck:
     def __init__(self, keep: int = 512, max_waiting: int = 10_000):
         self.counters = TopOfBookCounters()
         self._states: list[_State] = []
+        self._ids: list[int] = []  # the states' u, for bisect without a key function (a ticker each ~20 µs)
         self._keep = keep
         self._waiting: list[tuple[int, float, float]] = []  # tickers ahead of the book
         self._max_waiting = max_waiting
@@ -269,15 +270,16 @@ class TopOfBookCheck:
     def reset(self) -> None:
         """The book's chain broke: what is waiting cannot be judged."""
         self.counters.unjudged += len(self._waiting)
-        self._states, self._waiting, self.counters.waiting = [], [], 0
+        self._states, self._ids, self._waiting, self.counters.waiting = [], [], [], 0
 
     def on_book(self, U: int, u: int, bid: float, ask: float) -> bool:
         """A book state after an applied diff ``[U, u]`` (or a snapshot, ``U = u``). False on a mismatch."""
         if self._states and self._states[-1].next_U is None:
             self._states[-1].next_U = U
         self._states.append(_State(u, bid, ask))
+        self._ids.append(u)
         if len(self._states) > 2 * self._keep:
-            del self._states[:-self._keep]
+            del self._states[:-self._keep], self._ids[:-self._keep]
         ok, waiting, self._waiting = True, self._waiting, []
         self.counters.waiting = 0
         for b, tb, ta in waiting:
@@ -298,7 +300,7 @@ class TopOfBookCheck:
                 self._waiting.append((b, bid, ask))
                 c.waiting += 1
             return True
-        i = bisect.bisect_right(self._states, b, key=lambda s: s.u) - 1
+        i = bisect.bisect_right(self._ids, b) - 1
         s = self._states[i]
         if b != s.u and (s.next_U is None or b >= s.next_U):
             c.unobservable += 1
