@@ -443,7 +443,7 @@ class StreamIngestActor:
 
     # ---- per message ---------------------------------------------------------------------------
 
-    async def _on_raw(self, raw: str | bytes, t0: int, recv_ns: int = 0) -> None:
+    async def _on_raw(self, raw: str | bytes, t0: int, recv_ns: int) -> None:
         self.counts["received"] += 1
         self._last_message_at = time.time()
         try:
@@ -468,7 +468,7 @@ class StreamIngestActor:
         if pipe is None:
             return await self._quarantine(raw, f"unknown symbol {symbol}: not subscribed")
         if pipe.cold:
-            pipe.cold.on_raw(recv_ns or time.time_ns(), stream, raw if isinstance(raw, str) else raw.decode())
+            pipe.cold.on_raw(recv_ns, stream, raw if isinstance(raw, str) else raw.decode())
         reason = validate(data, e) or self._check_order(symbol, e, data)
         if reason:
             return await self._quarantine(raw, reason, symbol)

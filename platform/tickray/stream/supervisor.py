@@ -166,19 +166,12 @@ class StreamSupervisor:
         actor = self._actors.get(name) or self._create(self.specs[name])
         try:
             st = await asyncio.wait_for(actor.stats.remote(), timeout=max(self.check_s, 5.0))
-        except (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError,
-                ray.exceptions.RayActorError) as e:
-            gone = isinstance(e, ray.exceptions.ActorDiedError)
+        except (ray.exceptions.RayActorError, TimeoutError) as e:
+            gone = isinstance(e, ray.exceptions.ActorDiedError)  # for good: Ray will not bring it back
             w.problem = "restarting" if gone else "unanswered"
             w.unanswered += 1
             if gone or w.unanswered >= self.replace_after:
-                await self._replace(name, w, f"{type(e).__name__}")
-            return
-        except TimeoutError:
-            w.unanswered += 1
-            w.problem = "unanswered"
-            if w.unanswered >= self.replace_after:
-                await self._replace(name, w, "no answer")
+                await self._replace(name, w, type(e).__name__)
             return
         now = time.time()
         if w.incarnation is not None and st["incarnation"] != w.incarnation:
