@@ -20,9 +20,22 @@ def _symbols(s: str) -> list[str]:
 def cmd_up(args, settings) -> None:
     from tickray import stack
 
-    for s in stack.up(settings, with_ray=not args.no_ray):
+    for s in stack.up(settings, with_ray=not args.no_ray, autoscaling_config=args.autoscaling_config):
         print(f"{s.name}: {s.detail}")
     print(f"MLflow tracking: {settings.tracking_uri}")
+
+
+def cmd_check_cluster(args, settings) -> None:
+    from tickray.cluster import validate_cluster_config
+
+    config = validate_cluster_config(args.cluster_config)
+    types = config["available_node_types"]
+    workers = ", ".join(f"{name} {t.get('min_workers', 0)}..{t.get('max_workers', config['max_workers'])} "
+                        f"{t.get('resources') or 'resources detected'}"
+                        for name, t in types.items() if name != config["head_node_type"])
+    print(f"{args.cluster_config}: valid for Ray {__import__('ray').__version__}; provider {config['provider']['type']}, "
+          f"head {config['head_node_type']} {types[config['head_node_type']].get('resources')}; workers {workers}; "
+          f"idle timeout {config['idle_timeout_minutes']} min")
 
 
 def cmd_down(args, settings) -> None:
@@ -43,18 +56,58 @@ def cmd_status(args, settings) -> None:
         if (root / ds).exists():
             print(f"lake   {ds}: {lake.dataset_rows(root, ds):,} rows in {len(lake.partitions(root, ds))} partitions")
     print(f"lake   root {root}")
+    _registry_status(settings)
     if settings.ray_address or stack.ray_head_address(settings):
-        _stream_status(settings)
+        from tickray.runtime import connect_ray
+
+        dashboard = connect_ray(settings)
+        _cluster_status(dashboard)
+        _stream_status()
 
 
-def _stream_status(settings) -> None:
+def _registry_status(settings) -> None:
+    """The registry's champions (and challengers), one line per registered model."""
+    if settings.tracking_uri.startswith("sqlite:///") and not Path(settings.tracking_uri[10:]).exists():
+        return  # nothing trained yet: opening the store would create it
+    from mlflow.tracking import MlflowClient
+
+    for m in MlflowClient(settings.tracking_uri).search_registered_models():
+        roles = ", ".join(f"{alias} v{v}" for alias, v in sorted(m.aliases.items())) or "no alias"
+        print(f"model  {m.name}: {roles}")
+
+
+def _cluster_status(dashboard: str | None) -> None:
+    """Nodes and their resources, running jobs and Serve applications of the cluster this process joined."""
+    import ray
+    from ray import serve
+
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    total, free = ray.cluster_resources(), ray.available_resources()
+    used = ", ".join(f"{k} {total[k] - free.get(k, 0):g}/{total[k]:g}" for k in ("CPU", "GPU") if k in total)
+    print(f"nodes  {len(nodes)} alive ({used} in use), dashboard {dashboard or 'off'}")
+    if dashboard:
+        from ray.job_submission import JobStatus, JobSubmissionClient
+
+        # submitted jobs only: every connected driver (this one too) is listed as a job as well
+        jobs = [j for j in JobSubmissionClient(dashboard).list_jobs() if j.submission_id]
+        running = [j for j in jobs if j.status in (JobStatus.PENDING, JobStatus.RUNNING)]
+        print(f"jobs   {len(running)} running, {len(jobs) - len(running)} ended")
+        for j in running:
+            print(f"jobs   {j.submission_id} {j.status.value}: {j.entrypoint}")
+    apps = serve.status().applications
+    if not apps:
+        print("serve  no applications")
+    for name, app in apps.items():
+        replicas = sum(sum(d.replica_states.values()) for d in app.deployments.values())
+        print(f"serve  {name}: {app.status.value}, {len(app.deployments)} deployments, {replicas} replicas")
+
+
+def _stream_status() -> None:
     """One line per connector of the cluster's stream supervisor."""
     import ray
 
-    from tickray.runtime import connect_ray
     from tickray.stream.supervisor import find_supervisor
 
-    connect_ray(settings)
     sup = find_supervisor()
     health = ray.get(sup.health.remote(), timeout=60) if sup is not None else {}
     if not health:
@@ -358,7 +411,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("up", help="start the local stack: redis-server and a Ray head (with dashboard)")
     s.add_argument("--no-ray", action="store_true", help="start only redis-server")
+    s.add_argument("--autoscaling-config", type=Path, metavar="YAML",
+                   help="a fake_multinode cluster config (infra/local-cluster.yaml): the head's autoscaler adds "
+                        "and removes worker nodes on this machine as demand asks")
     s.set_defaults(fn=cmd_up)
+
+    s = sub.add_parser("check-cluster", help="check a cluster launcher config with Ray's own schema, naming the "
+                                             "key at fault, before `ray up`")
+    s.add_argument("cluster_config", type=Path, metavar="YAML", help="cluster.yaml or infra/local-cluster.yaml")
+    s.set_defaults(fn=cmd_check_cluster)
     sub.add_parser("down", help="stop what `tickray up` started (and nothing else)").set_defaults(fn=cmd_down)
     sub.add_parser("status", help="show the local stack, MLflow and the lake").set_defaults(fn=cmd_status)
 

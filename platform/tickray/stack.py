@@ -194,7 +194,27 @@ def ray_status(settings: Settings) -> ServiceState:
     return ServiceState("ray", False, None, "no Ray head started by tickray (jobs start a local Ray)")
 
 
-def start_ray_head(settings: Settings, timeout_s: float = 90.0) -> ServiceState:
+def _autoscaling_twin(settings: Settings, config_path: Path) -> tuple[Path, float, dict[str, str]]:
+    """The fake-multinode config pointed at this head's GCS port, the head's CPUs, and the environment the
+    fake provider needs (it refuses to start without RAY_FAKE_CLUSTER)."""
+    import yaml
+
+    from tickray.cluster import FAKE_PROVIDER, head_resources, validate_cluster_config
+
+    config = validate_cluster_config(config_path)
+    if config["provider"]["type"] != FAKE_PROVIDER:
+        raise StackError(f"{config_path}: provider {config['provider']['type']!r} starts cloud machines: use "
+                         f"`ray up {config_path}`; `tickray up --autoscaling-config` takes {FAKE_PROVIDER} configs")
+    config["provider"]["gcs_address"] = f"127.0.0.1:{settings.ray_port}"  # the provider assumes 6379
+    prepared = _run_dir(settings) / "autoscaling.yaml"
+    prepared.write_text(yaml.safe_dump(config, sort_keys=False))
+    env = {"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": os.environ.get("AUTOSCALER_UPDATE_INTERVAL_S", "1")}
+    return prepared, head_resources(config).get("CPU", 1), env
+
+
+def start_ray_head(settings: Settings, timeout_s: float = 90.0, autoscaling_config: Path | None = None) -> ServiceState:
+    """A Ray head with its dashboard; with ``autoscaling_config`` (a fake_multinode cluster config such as
+    infra/local-cluster.yaml) its autoscaler adds and removes worker nodes on this machine as demand asks."""
     run = _run_dir(settings)
     state = ray_status(settings)
     if state.running:
@@ -205,6 +225,10 @@ def start_ray_head(settings: Settings, timeout_s: float = 90.0) -> ServiceState:
         if port_in_use("127.0.0.1", port):
             raise StackError(f"port {port} ({what}) is held by another process; stop it or change the port")
     num_cpus = settings.ray_num_cpus or os.cpu_count() or 2
+    extra_args, extra_env = [], {}
+    if autoscaling_config is not None:
+        prepared, num_cpus, extra_env = _autoscaling_twin(settings, Path(autoscaling_config))
+        extra_args = [f"--autoscaling-config={prepared}"]
     ray_exe = Path(sys.executable).with_name("ray")
     log_path = settings.state_path / "ray-head.log"
     # --block keeps `ray start` in the foreground as the head's parent: stopping its process group
@@ -216,11 +240,11 @@ def start_ray_head(settings: Settings, timeout_s: float = 90.0) -> ServiceState:
              f"--dashboard-port={settings.dashboard_port}", "--disable-usage-stats",
              f"--metrics-export-port={settings.metrics_port}",
              # Ray's fixed default (52365) is taken when another Ray runs here: jobs then find no agent.
-             f"--dashboard-agent-listen-port={free_port()}"],
+             f"--dashboard-agent-listen-port={free_port()}", *extra_args],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"),
                  # A job's bare `python` is found on the head's PATH: make it this environment's.
-                 "PATH": f"{ray_exe.parent}{os.pathsep}{os.environ.get('PATH', '')}"},
+                 "PATH": f"{ray_exe.parent}{os.pathsep}{os.environ.get('PATH', '')}", **extra_env},
         )
     (run / "ray.pid").write_text(str(proc.pid))
     address = f"127.0.0.1:{settings.ray_port}"
@@ -255,11 +279,11 @@ def stop_ray_head(settings: Settings) -> bool:
 # ---------------------------------------------------------------- the whole stack
 
 
-def up(settings: Settings, with_ray: bool = True) -> list[ServiceState]:
+def up(settings: Settings, with_ray: bool = True, autoscaling_config: Path | None = None) -> list[ServiceState]:
     started: list[ServiceState] = [start_redis(settings)]
     if with_ray:
         try:
-            started.append(start_ray_head(settings))
+            started.append(start_ray_head(settings, autoscaling_config=autoscaling_config))
         except StackError:
             stop_redis(settings)  # nothing half-started is left running
             raise
