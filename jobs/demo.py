@@ -2,7 +2,7 @@
 
 import sys
 
-from tickray.cli import main
+from _entry import run
 
 if __name__ == "__main__":
-    sys.exit(main(["demo", *sys.argv[1:]]))
+    sys.exit(run("demo"))

@@ -3,7 +3,7 @@ base models, baselines and the stacked ensemble, registered in MLflow (the same 
 
 import sys
 
-from tickray.cli import main
+from _entry import run
 
 if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1:]]))
+    sys.exit(run("train"))

@@ -3,7 +3,7 @@ Ray Tune over one base model, then the full training with the best parameters (a
 
 import sys
 
-from tickray.cli import main
+from _entry import run
 
 if __name__ == "__main__":
-    sys.exit(main(["tune", *sys.argv[1:]]))
+    sys.exit(run("tune"))

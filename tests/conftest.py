@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -85,12 +86,26 @@ def ray_head(tmp_path):
            "TICKRAY_METRICS_PORT": str(free_port()),
            "TICKRAY_RAY_NUM_CPUS": "2", "RAY_AUTH_MODE": "token"}
     cli = [sys.executable, "-m", "tickray.cli"]
-    up = subprocess.run([*cli, "up"], capture_output=True, text=True, env=env, timeout=180, check=False)
+    # started outside the repo, as on a cluster: a job sees the project only through --working-dir
+    up = subprocess.run([*cli, "up"], capture_output=True, text=True, env=env, timeout=180, check=False, cwd=tmp_path)
     try:
         assert up.returncode == 0, up.stderr
         yield env
     finally:
-        subprocess.run([*cli, "down"], capture_output=True, text=True, env=env, timeout=120, check=False)
+        subprocess.run([*cli, "down"], capture_output=True, text=True, env=env, timeout=120, check=False, cwd=tmp_path)
+
+
+def ray_job(env: dict[str, str], verb: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`ray job VERB …` against the head of ``ray_head`` (``env``), as a user runs it; retried while the
+    head's job agent is still registering (a few seconds after its ports open)."""
+    cmd = [str(Path(sys.executable).with_name("ray")), "job", verb,
+           "--address", f"http://127.0.0.1:{env['TICKRAY_DASHBOARD_PORT']}", *args]
+    for _ in range(30):
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False)
+        if "No available agent to submit job" not in r.stderr:
+            return r
+        time.sleep(2)
+    return r
 
 
 @pytest.fixture(autouse=True)

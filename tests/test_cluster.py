@@ -4,12 +4,15 @@ cluster.yaml adding and removing worker nodes on this machine."""
 import copy
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
-from conftest import REPO, free_port
+from conftest import REPO, free_port, ray_job
 from tickray.cluster import validate_cluster_config
 from tickray.errors import ConfigError
 
@@ -89,3 +92,62 @@ def test_the_autoscaling_twin_adds_nodes_under_demand_and_removes_them_when_idle
     left = subprocess.run(["pgrep", "-f", f"gcs-address=[0-9.]*:{env['TICKRAY_RAY_PORT']}"], capture_output=True,
                           text=True, check=False)
     assert left.stdout == "", left.stdout  # no fake worker node outlives the head
+
+
+_STATUS = {"succeeded": "SUCCEEDED", "was stopped": "STOPPED", "failed": "FAILED"}
+
+
+def _job_status(env, job_id: str, until: set[str], timeout_s: float = 300) -> str:
+    """What `ray job status` says, polled until it is one of ``until``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        out = ray_job(env, "status", job_id, timeout=60).stdout
+        ended = re.search(rf"Job '{job_id}' (succeeded|was stopped|failed)", out)
+        running = re.search(rf"Status for job '{job_id}': (\w+)", out)
+        status = _STATUS[ended.group(1)] if ended else running.group(1) if running else out
+        if status in until or time.monotonic() > deadline:
+            return status
+        time.sleep(1)
+
+
+def test_a_job_goes_submit_status_logs_stop_on_a_head(ray_head, shared_data, tmp_path):
+    env = ray_head
+    runtime_env = json.dumps({"env_vars": {"TICKRAY_STATE_DIR": env["TICKRAY_STATE_DIR"]}})
+
+    def submit(*args: str, working_dir: bool = True) -> subprocess.CompletedProcess:
+        where = ["--working-dir", str(REPO), "--runtime-env-json", runtime_env] if working_dir else []
+        return ray_job(env, "submit", "--no-wait", *where, "--", *args)
+
+    def job_id(r: subprocess.CompletedProcess) -> str:
+        found = re.search(r"Job '(\S+)' submitted successfully", r.stdout + r.stderr)
+        assert found, r.stdout[-2000:] + r.stderr[-2000:]
+        return found.group(1)
+
+    capture = shared_data / "binance" / "ws" / "usdm_btcusdt_20240718.gz"
+    ingest = job_id(submit("python", "jobs/ingest.py", str(capture), "--lake", str(tmp_path / "lake")))
+    assert _job_status(env, ingest, {"SUCCEEDED", "FAILED"}) == "SUCCEEDED", ray_job(env, "logs", ingest).stdout
+    logs = ray_job(env, "logs", ingest).stdout
+    assert "trades: 974 rows from 1 files" in logs, logs[-3000:]
+
+    long = job_id(submit("python", "jobs/backtest.py", "--config", "jobs/configs/backtest-synthetic.yaml"))
+    assert _job_status(env, long, {"RUNNING"}) == "RUNNING"
+    assert ray_job(env, "stop", long).returncode == 0
+    assert _job_status(env, long, {"STOPPED", "FAILED", "SUCCEEDED"}) == "STOPPED"
+
+    # failures end the job non-zero, with the reason in its logs
+    bad = job_id(submit("python", "jobs/backtest.py", "--config", "jobs/configs/no-such.yaml"))
+    assert _job_status(env, bad, {"SUCCEEDED", "FAILED"}) == "FAILED"
+    assert "jobs/configs/no-such.yaml" in ray_job(env, "logs", bad).stdout
+    nowhere = job_id(submit("python", "jobs/ingest.py", str(capture), working_dir=False))
+    assert _job_status(env, nowhere, {"SUCCEEDED", "FAILED"}) == "FAILED"
+    assert "jobs/ingest.py': [Errno 2] No such file or directory" in ray_job(env, "logs", nowhere).stdout
+
+
+def test_a_job_under_a_python_without_the_project_says_what_to_do():
+    """`ray job submit -- python jobs/X.py` runs the head's own Python: one without tickray's
+    dependencies (here the system's) ends at once with the remedy, not a traceback."""
+    system = shutil.which("python3", path="/usr/bin:/bin")
+    r = subprocess.run([system, "-E", "-s", str(REPO / "jobs" / "ingest.py"), "--help"], capture_output=True, text=True,
+                       timeout=60, check=False)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"jobs/ingest.py: {system} cannot import" in r.stderr and "the Python the Ray head was started with" in r.stderr

@@ -247,26 +247,15 @@ def test_train_job_submits_to_a_ray_head_as_is(market_lake, ray_head, tmp_path):
     """`ray job submit … -- python jobs/train.py --config …` against a head started like `tickray up`:
     the logs are followed to the end and the registered model is in the job's MLflow store."""
     import json
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
 
-    from conftest import REPO
+    from conftest import REPO, ray_job
 
     env = ray_head
     runtime_env = {"env_vars": {"TICKRAY_STATE_DIR": env["TICKRAY_STATE_DIR"]}}
 
-    def submit(*args: str) -> subprocess.CompletedProcess:
-        cmd = [str(Path(sys.executable).with_name("ray")), "job", "submit",
-               "--address", f"http://127.0.0.1:{env['TICKRAY_DASHBOARD_PORT']}", "--working-dir", str(REPO),
-               "--runtime-env-json", json.dumps(runtime_env), "--", "python", "jobs/train.py", *args]
-        for _ in range(30):  # the head's job agent registers a few seconds after its ports open
-            r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
-            if "No available agent to submit job" not in r.stderr:
-                return r
-            time.sleep(2)
-        return r
+    def submit(*args: str):
+        return ray_job(env, "submit", "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env),
+                       "--", "python", "jobs/train.py", *args)
 
     ok = submit("--config", "jobs/configs/train-synthetic.yaml", "--set", f"data.lake={market_lake}",
                 "--set", "models.lstm=null", "--set", "models.transformer=null", "--set", "registry.prefix=job")
