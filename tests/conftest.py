@@ -77,6 +77,33 @@ def market_lake(ray_cluster, market, tmp_path_factory):
     return root
 
 
+# The session's trained models (test_training reads them; test_cluster serves one on a multi-node cluster).
+SMALL_TRAINING = {
+    "data": {"horizons_s": [10, 60], "train_every_s": 4},
+    "split": {"folds": 3},
+    "models": {"xgboost": {"num_boost_round": 200},
+               "lstm": {"window": 10, "hidden": 16, "epochs": 2},
+               "transformer": {"window": 10, "hidden": 16, "heads": 2, "epochs": 2}},
+}
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mlflow")
+    return f"sqlite:///{d}/mlflow.db", str(d / "artifacts"), d / "ray_results"
+
+
+@pytest.fixture(scope="session")
+def trained(market_lake, mlflow_store):
+    from tickray.training.config import parse_config
+    from tickray.training.pipeline import run_training
+
+    uri, artifacts, storage = mlflow_store
+    report = run_training(parse_config(SMALL_TRAINING), market_lake, uri, artifacts, storage)
+    print("\n".join(report.lines()))
+    return report
+
+
 @pytest.fixture
 def ray_head(tmp_path):
     """A Ray head started like `tickray up` (its own ports, Redis and state under tmp_path/"state"), for

@@ -151,3 +151,22 @@ def test_a_job_under_a_python_without_the_project_says_what_to_do():
                        timeout=60, check=False)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert f"jobs/ingest.py: {system} cannot import" in r.stderr and "the Python the Ray head was started with" in r.stderr
+
+
+def test_work_spreads_over_nodes_and_an_ingest_survives_losing_one(market, trained, mlflow_store, redis_settings,
+                                                                   tmp_path):
+    """Head + a CPU worker + a GPU worker (ray.cluster_utils.Cluster): Ray Data ingest and feature tasks run
+    on more than one node, the serving deployment's 2 replicas land on 2 nodes, and an ingest whose worker
+    is removed while a task runs still writes every row (Ray retries the lost tasks). GPU trials landing on
+    the GPU node only: test_tune.py."""
+    run = subprocess.run([sys.executable, str(REPO / "tests" / "multinode_script.py"), str(market[0]), mlflow_store[0],
+                          redis_settings.redis_url, str(tmp_path)],
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert run.returncode == 0, run.stderr[-4000:]
+    seen = json.loads([line for line in run.stdout.splitlines() if line.startswith("{")][-1])
+    print(seen)
+    assert len(seen["ingest_nodes"]) >= 2 and len(seen["feature_nodes"]) >= 2
+    assert len(set(seen["replica_nodes"])) == 2 and seen["health"] == 200
+    assert seen["removed_while_running"], "the worker was removed after its tasks had ended: nothing was tested"
+    assert seen["rows_after_removal"] == seen["rows"] and seen["quarantined_equal"]
+    assert seen["lake2_rows"] == seen["lake_rows"] and seen["lake_rows"]["trades"] > 0

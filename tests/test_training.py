@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from conftest import SMALL_TRAINING as SMALL
 from mlflow.tracking import MlflowClient
 from tickray.errors import ConfigError
 from tickray.features.windows import complete_windows
@@ -20,29 +21,6 @@ from tickray.training.data import (
     split_windows,
 )
 from tickray.training.pipeline import run_training
-
-SMALL = {
-    "data": {"horizons_s": [10, 60], "train_every_s": 4},
-    "split": {"folds": 3},
-    "models": {"xgboost": {"num_boost_round": 200},
-               "lstm": {"window": 10, "hidden": 16, "epochs": 2},
-               "transformer": {"window": 10, "hidden": 16, "heads": 2, "epochs": 2}},
-}
-
-
-@pytest.fixture(scope="module")
-def mlflow_store(tmp_path_factory):
-    d = tmp_path_factory.mktemp("mlflow")
-    return f"sqlite:///{d}/mlflow.db", str(d / "artifacts"), d / "ray_results"
-
-
-@pytest.fixture(scope="module")
-def trained(market_lake, mlflow_store):
-    uri, artifacts, storage = mlflow_store
-    report = run_training(parse_config(SMALL), market_lake, uri, artifacts, storage)
-    print("\n".join(report.lines()))
-    return report
-
 
 # ---- config and data errors: one line, before any cluster time ------------------------------------
 

@@ -246,7 +246,8 @@ def _dropped_rows(dropped: list, schema: pa.Schema) -> pa.Table:
 def _ingest_inputs(batch: dict, levels: int, stage: str) -> dict:
     """Ray Data map function: read one input, validate its rows and write them (good ones into the staged
     datasets, bad ones into the staged quarantine) in this task, so no dataset ever passes through the
-    object store or the driver; return only counts: (dataset, reason or "", rows)."""
+    object store or the driver; return only counts: (dataset, reason or "", rows), and the node that ran
+    the task (a ("", "", 0) row when the input fed nothing, so that every task is seen)."""
     counts: list[tuple[str, str, int]] = []
     for kind, paths, datasets, schema, start, stop in zip(batch["kind"], batch["paths"], batch["datasets"],
                                                           batch["schema"], batch["shard_start"], batch["shard_stop"]):
@@ -270,9 +271,12 @@ def _ingest_inputs(batch: dict, levels: int, stage: str) -> dict:
                 lake.write_partitions(bad, Path(stage) / lake.QUARANTINE / dataset, name)
                 for r, n in Counter(bad_reason.to_pylist()).items():
                     counts.append((dataset, r, n))
+    counts = counts or [("", "", 0)]
+    node = ray.get_runtime_context().get_node_id()
     return {"dataset": np.array([c[0] for c in counts], dtype=object),
             "reason": np.array([c[1] for c in counts], dtype=object),
-            "rows": np.array([c[2] for c in counts], dtype=np.int64)}
+            "rows": np.array([c[2] for c in counts], dtype=np.int64),
+            "node": np.array([node] * len(counts), dtype=object)}
 
 
 @dataclass
@@ -283,6 +287,8 @@ class IngestReport:
     partitions: dict[str, list[str]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    tasks: int = 0
+    nodes: set[str] = field(default_factory=set)  # where the tasks whose results were kept ran
 
     def lines(self) -> list[str]:
         out = []
@@ -291,6 +297,8 @@ class IngestReport:
             qs = ", ".join(f"{r}: {n}" for r, n in q.most_common()) or "none"
             out.append(f"{ds}: {self.rows[ds]:,} rows from {self.files[ds]} files into "
                        f"{len(self.partitions[ds])} partitions; quarantined {sum(q.values()):,} ({qs})")
+        if self.nodes:
+            out.append(f"{self.tasks} tasks on {len(self.nodes)} node(s)")
         if self.skipped:
             shown = ", ".join(self.skipped[:5]) + (", ..." if len(self.skipped) > 5 else "")
             out.append(f"not ingested on their own: {len(self.skipped)} files: {shown}")
@@ -315,6 +323,7 @@ def ingest(inputs: list[Path], lake_root: Path, levels: int = 10, shard_bytes: i
         with one_stage_execution():
             counts = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
                 _ingest_inputs, batch_size=1, fn_kwargs={"levels": levels, "stage": str(stage)}).take_all()
+        report.tasks, report.nodes = len(items), {c["node"] for c in counts}
         for dataset in DATASETS:
             fed = [i for i in found if dataset in i.datasets]
             if not fed:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -133,7 +133,7 @@ def _compute_and_write(batch: dict, root: str, stage: str, dataset: str) -> dict
             t = bar_features_for_symbol(Path(root), item["symbol"])
         name = f"{item.get('date', 'all')}-{item['symbol']}"
         rows += sum(n for *_, n in lake.write_partitions(t, Path(stage) / dataset, name))
-    return {"rows": np.array([rows])}
+    return {"rows": np.array([rows]), "node": np.array([ray.get_runtime_context().get_node_id()], dtype=object)}
 
 
 @dataclass
@@ -141,22 +141,28 @@ class FeaturesReport:
     rows: dict[str, int]
     partitions: dict[str, list[str]]
     seconds: float
+    tasks: int = 0
+    nodes: set[str] = field(default_factory=set)  # where the tasks whose results were kept ran
 
     def lines(self) -> list[str]:
         sets = {"features": (FEATURE_SET_VERSION, len(FEATURE_NAMES)),
                 "bar_features": (BAR_FEATURE_SET, len(BAR_FEATURE_NAMES))}
         return [f"{ds}: {self.rows[ds]:,} rows x {sets[ds][1]} features ({sets[ds][0]}) in "
-                f"{len(self.partitions[ds])} partitions" for ds in self.rows] + [f"({self.seconds:.1f}s)"]
+                f"{len(self.partitions[ds])} partitions" for ds in self.rows] + [
+                f"({self.seconds:.1f}s, {self.tasks} tasks on {len(self.nodes)} node(s))"]
 
 
-def _run(lake_root: Path, dataset: str, items: list[dict]) -> tuple[list[str], int]:
+def _run(lake_root: Path, dataset: str, items: list[dict], report: FeaturesReport) -> None:
     stage = lake.staging_dir(lake_root)
     try:
         with one_stage_execution():
             counts = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
                 _compute_and_write, batch_size=1,
                 fn_kwargs={"root": str(lake_root), "stage": str(stage), "dataset": dataset}).take_all()
-        return lake.commit(stage / dataset, lake_root / dataset), sum(int(c["rows"]) for c in counts)
+        report.partitions[dataset] = lake.commit(stage / dataset, lake_root / dataset)
+        report.rows[dataset] = sum(int(c["rows"]) for c in counts)
+        report.tasks += len(counts)
+        report.nodes.update(c["node"] for c in counts)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
@@ -172,10 +178,8 @@ def build_features(lake_root: Path) -> FeaturesReport:
                                 f"{lake_root}; run `tickray ingest` first")
     report = FeaturesReport({}, {}, 0.0)
     if parts:
-        report.partitions["features"], report.rows["features"] = _run(
-            lake_root, "features", [{"date": d, "symbol": s} for d, s in parts])
+        _run(lake_root, "features", [{"date": d, "symbol": s} for d, s in parts], report)
     if bar_symbols:
-        report.partitions["bar_features"], report.rows["bar_features"] = _run(
-            lake_root, "bar_features", [{"symbol": s} for s in bar_symbols])
+        _run(lake_root, "bar_features", [{"symbol": s} for s in bar_symbols], report)
     report.seconds = time.perf_counter() - t0
     return report
