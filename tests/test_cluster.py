@@ -170,3 +170,104 @@ def test_work_spreads_over_nodes_and_an_ingest_survives_losing_one(market, train
     assert seen["removed_while_running"], "the worker was removed after its tasks had ended: nothing was tested"
     assert seen["rows_after_removal"] == seen["rows"] and seen["quarantined_equal"]
     assert seen["lake2_rows"] == seen["lake_rows"] and seen["lake_rows"]["trades"] > 0
+
+
+# ---- infra/: the image, Redis, MLflow, Prometheus and Grafana -------------------------------------------
+
+
+def test_the_image_runs_the_ray_python_and_torch_the_project_pins():
+    import ray
+
+    dockerfile = (REPO / "infra" / "Dockerfile").read_text()
+    base = re.search(r"^ARG BASE=rayproject/ray:(\S+)-py(\d)(\d+)-cpu$", dockerfile, re.MULTILINE)
+    assert base and base.group(1) == ray.__version__, "the image's Ray must be the drivers' Ray"
+    assert (int(base.group(2)), int(base.group(3))) == sys.version_info[:2]
+    torch_pin = re.search(r'"torch==([\d.]+)"', (REPO / "pyproject.toml").read_text()).group(1)
+    assert f'"torch=={torch_pin}"' in dockerfile and 'pip install --no-cache-dir -e ".[cluster]"' in dockerfile
+
+
+def test_redis_conf_wants_a_password_and_evicts_only_what_expires(tmp_path):
+    import redis
+    from tickray import stack
+    from tickray.config import Settings
+
+    port = free_port()
+    server = subprocess.Popen(["redis-server", str(REPO / "infra" / "redis.conf"), "--port", str(port), "--dir",
+                               str(tmp_path), "--requirepass", "s3cret"], stdout=subprocess.DEVNULL)
+    try:
+        settings = Settings(state_dir=tmp_path, redis_port=port, redis_password="s3cret")
+        deadline = time.monotonic() + 10
+        while not stack.port_in_use("127.0.0.1", port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port).ping()
+        stack.check_redis(settings)  # tickray's clients authenticate with TICKRAY_REDIS_PASSWORD
+        r = stack.redis_client(settings)
+        assert r.config_get("maxmemory-policy") == {"maxmemory-policy": "volatile-lru"}
+        assert r.config_get("appendonly") == {"appendonly": "yes"}
+        with pytest.raises(redis.ResponseError, match="unknown command"):
+            r.flushall()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_the_mlflow_server_script_serves_runs_and_artifacts(tmp_path):
+    import httpx
+    import mlflow
+
+    port = free_port()
+    env = {**os.environ, "MLFLOW_HOME": str(tmp_path), "MLFLOW_HOST": "127.0.0.1", "MLFLOW_PORT": str(port),
+           "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+    server = subprocess.Popen([str(REPO / "infra" / "mlflow-server.sh")], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        mlflow.set_tracking_uri(url)
+        exp = mlflow.create_experiment("infra-check")
+        (tmp_path / "note.txt").write_text("through the server")
+        with mlflow.start_run(experiment_id=exp) as run:
+            mlflow.log_metric("auc", 0.61)
+            mlflow.log_artifact(str(tmp_path / "note.txt"))
+        assert mlflow.get_run(run.info.run_id).data.metrics["auc"] == 0.61
+        stored = list((tmp_path / "artifacts").rglob("note.txt"))  # proxied: the client never touched the store
+        assert len(stored) == 1 and stored[0].read_text() == "through the server"
+        assert (tmp_path / "mlflow.db").exists()
+    finally:
+        mlflow.set_tracking_uri(None)
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+
+
+_METRIC = re.compile(r'(Counter|Gauge|Histogram)\(\s*"(tickray_\w+)"')
+_SUFFIX = {"Counter": ("_total",), "Histogram": ("_bucket", "_count", "_sum"), "Gauge": ("",)}
+
+
+def test_prometheus_finds_rays_nodes_and_grafana_charts_every_tickray_metric():
+    from ray._private import ray_constants
+
+    prom = yaml.safe_load((REPO / "infra" / "prometheus.yml").read_text())
+    files = [f for job in prom["scrape_configs"] for sd in job.get("file_sd_configs", []) for f in sd["files"]]
+    assert files == [f"/tmp/ray/{ray_constants.PROMETHEUS_SERVICE_DISCOVERY_FILE}"]
+
+    defined = {}  # every metric the code registers with Ray, by kind
+    for path in (REPO / "platform").rglob("*.py"):
+        for kind, name in _METRIC.findall(path.read_text()):
+            defined[name] = kind
+    assert {"tickray_stream_messages", "tickray_bar_cache_lookups", "tickray_serve_predict_ms"} <= defined.keys()
+    dashboard = json.loads((REPO / "infra" / "grafana" / "dashboards" / "tickray.json").read_text())
+    charted = set()
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            for exported in re.findall(r"\bray_(tickray_\w+)", target["expr"]):
+                name = next((n for n in defined if any(exported == n + s for s in _SUFFIX[defined[n]])), None)
+                assert name, f"panel {panel['title']!r} charts {exported}, which no code exports as such"
+                charted.add(name)
+    assert charted == defined.keys(), f"not on the dashboard: {sorted(defined.keys() - charted)}"

@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import ray
 import redis
 
 from tickray import lake
@@ -117,7 +118,9 @@ class BarCache:
         step, per_chunk = minutes * MINUTE_NS, self._bars_per_chunk(minutes)
         first, last = start_ns // step // per_chunk, (end_ns - 1) // step // per_chunk
         keys = [(s.upper(), c) for s in symbols for c in range(first, last + 1)]
+        before = self.stats.found.copy()
         chunks = self._chunks(keys, minutes)
+        _export_lookups(self.stats.found - before)
         parts = [_between(chunks[k], start_ns, end_ns) if k[1] in (first, last) else chunks[k] for k in keys]
         # one contiguous table: kernels over thousands of small chunks pay per chunk
         return pa.concat_tables(parts).combine_chunks() if parts else RESAMPLED.empty_table()
@@ -286,6 +289,23 @@ class BarCache:
         if self.stats.l2_errors == 1 or self.stats.l2_errors % 100 == 0:
             log.warning("bar cache: Redis %s failed (%s: %s); answering from memory and the lake "
                         "(%d failures so far)", what, type(e).__name__, e, self.stats.l2_errors)
+
+
+_LOOKUPS = None
+
+
+def _export_lookups(found: Counter) -> None:
+    """Lookups by the layer that answered, to Ray's metrics (the hit ratio on the Grafana dashboard)."""
+    global _LOOKUPS
+    if not ray.is_initialized():
+        return
+    if _LOOKUPS is None:
+        from ray.util.metrics import Counter as RayCounter
+
+        _LOOKUPS = RayCounter("tickray_bar_cache_lookups", "bar chunks asked of the cache, by the layer that answered",
+                              tag_keys=("layer",))
+    for layer, n in found.items():
+        _LOOKUPS.inc(n, tags={"layer": layer})
 
 
 def _ns(t: pa.Table) -> np.ndarray:

@@ -15,6 +15,7 @@ import redis
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 from ray import serve
+from ray.util import metrics
 
 from tickray.stream.actor import FEATURES_KEY
 from tickray.training import registry
@@ -37,6 +38,9 @@ class Predictor:
                              "features per prediction; this deployment has only the latest row")
         self.feature_set_version = self.model.model.feature_set_version
         self.redis = redis.Redis.from_url(redis_url, socket_timeout=2)
+        self.latency = metrics.Histogram("tickray_serve_predict_ms", "a /v1/predict request in the replica, ms",
+                                         boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000],
+                                         tag_keys=("model", "model_version"))
 
     def _predict(self, matrix: np.ndarray) -> list[dict]:
         p, conf = self.model.model.predict_matrix(matrix.astype(np.float32), np.arange(len(matrix)))
@@ -48,6 +52,7 @@ class Predictor:
 
     @api.post("/v1/predict")
     def predict(self, req: PredictRequest) -> dict:
+        t0 = time.perf_counter()
         if not req.symbols and not req.rows:
             raise HTTPException(422, "give 'symbols' (live features) or 'rows' (explicit features)")
         names = self.model.features
@@ -74,6 +79,8 @@ class Predictor:
                 p = self._predict(np.array([[doc["features"][n] for n in names]], dtype=float))[0]
                 out.append(self._prediction(p, symbol=doc["symbol"], ts_ns=doc["ts_ns"],
                                             feature_age_s=round(time.time() - doc["published_at"], 3)))
+        self.latency.observe((time.perf_counter() - t0) * 1e3,
+                             tags={"model": self.model.name, "model_version": str(self.model.version)})
         return {"model": self.model.name, "model_version": self.model.version, "predictions": out}
 
     @api.get("/v1/health")
