@@ -271,3 +271,11 @@ def test_prometheus_finds_rays_nodes_and_grafana_charts_every_tickray_metric():
                 assert name, f"panel {panel['title']!r} charts {exported}, which no code exports as such"
                 charted.add(name)
     assert charted == defined.keys(), f"not on the dashboard: {sorted(defined.keys() - charted)}"
+
+
+def test_status_names_the_registrys_champions(trained, mlflow_store, tmp_path):
+    r = _cli("status", env={"TICKRAY_STATE_DIR": str(tmp_path), "TICKRAY_MLFLOW_TRACKING_URI": mlflow_store[0],
+                            "TICKRAY_REDIS_PORT": str(free_port())})
+    assert r.returncode == 0, r.stderr
+    for family in ("xgboost", "lstm", "transformer", "ensemble"):
+        assert re.search(rf"^model  tickray-{family}: champion v\d+", r.stdout, re.MULTILINE), r.stdout
