@@ -313,7 +313,9 @@ class StreamIngestActor:
                             log_event("planned reconnect", after_s=round(time.monotonic() - opened, 1))
                             break
                         try:
-                            raw = await asyncio.wait_for(ws.recv(), timeout=min(self.opt.read_timeout_s, left))
+                            # not wait_for: it wraps every recv in a new task, a loop turn per message
+                            async with asyncio.timeout(min(self.opt.read_timeout_s, left)):
+                                raw = await ws.recv()
                         except TimeoutError:
                             if self.opt.max_connection_s - (time.monotonic() - opened) > 0:
                                 raise
