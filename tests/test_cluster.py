@@ -59,11 +59,17 @@ def _stack_env(tmp_path) -> dict[str, str]:
             "TICKRAY_METRICS_PORT": str(free_port()), "RAY_AUTH_MODE": "token"}
 
 
-def test_up_refuses_a_cloud_config_for_the_twin(tmp_path):
+def test_up_refuses_a_cloud_or_broken_config_for_the_twin(tmp_path):
     env = _stack_env(tmp_path)
     r = _cli("up", "--autoscaling-config", str(REPO / "cluster.yaml"), env=env)
     assert r.returncode == 2 and "provider 'aws' starts cloud machines: use `ray up" in r.stderr
     assert "redis  down" in _cli("status", env=env).stdout  # nothing is left half-started
+    twin = yaml.safe_load((REPO / "infra" / "local-cluster.yaml").read_text())
+    twin["available_node_types"]["cpu_worker"]["max_wrokers"] = 3
+    (tmp_path / "twin.yaml").write_text(yaml.safe_dump(twin))
+    r = _cli("up", "--autoscaling-config", str(tmp_path / "twin.yaml"), env=env)
+    assert r.returncode == 2 and "available_node_types.cpu_worker: Additional properties" in r.stderr, r.stderr
+    assert "redis  down" in _cli("status", env=env).stdout
 
 
 def test_the_autoscaling_twin_adds_nodes_under_demand_and_removes_them_when_idle(tmp_path):

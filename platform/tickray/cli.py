@@ -26,6 +26,8 @@ def cmd_up(args, settings) -> None:
 
 
 def cmd_check_cluster(args, settings) -> None:
+    import ray
+
     from tickray.cluster import validate_cluster_config
 
     config = validate_cluster_config(args.cluster_config)
@@ -33,7 +35,7 @@ def cmd_check_cluster(args, settings) -> None:
     workers = ", ".join(f"{name} {t.get('min_workers', 0)}..{t.get('max_workers', config['max_workers'])} "
                         f"{t.get('resources') or 'resources detected'}"
                         for name, t in types.items() if name != config["head_node_type"])
-    print(f"{args.cluster_config}: valid for Ray {__import__('ray').__version__}; provider {config['provider']['type']}, "
+    print(f"{args.cluster_config}: valid for Ray {ray.__version__}; provider {config['provider']['type']}, "
           f"head {config['head_node_type']} {types[config['head_node_type']].get('resources')}; workers {workers}; "
           f"idle timeout {config['idle_timeout_minutes']} min")
 
@@ -67,7 +69,7 @@ def cmd_status(args, settings) -> None:
 
 def _registry_status(settings) -> None:
     """The registry's champions (and challengers), one line per registered model."""
-    if settings.tracking_uri.startswith("sqlite:///") and not Path(settings.tracking_uri[10:]).exists():
+    if settings.tracking_uri.startswith("sqlite:///") and not Path(settings.tracking_uri.removeprefix("sqlite:///")).exists():
         return  # nothing trained yet: opening the store would create it
     from mlflow.tracking import MlflowClient
 
@@ -421,7 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("cluster_config", type=Path, metavar="YAML", help="cluster.yaml or infra/local-cluster.yaml")
     s.set_defaults(fn=cmd_check_cluster)
     sub.add_parser("down", help="stop what `tickray up` started (and nothing else)").set_defaults(fn=cmd_down)
-    sub.add_parser("status", help="show the local stack, MLflow and the lake").set_defaults(fn=cmd_status)
+    sub.add_parser("status", help="show the local stack, the lake, the registry's champions and, with a cluster, "
+                                  "its nodes, jobs, Serve applications and stream connectors").set_defaults(fn=cmd_status)
 
     s = sub.add_parser("generate", help="write a synthetic market in Binance's real file formats")
     s.add_argument("--symbols", type=_symbols, default=["BTCUSDT", "ETHUSDT"], help="comma-separated")

@@ -20,7 +20,7 @@ from pathlib import Path
 import redis
 
 from tickray.config import Settings
-from tickray.errors import StackError
+from tickray.errors import StackError, TickrayError
 
 
 @dataclass
@@ -284,7 +284,7 @@ def up(settings: Settings, with_ray: bool = True, autoscaling_config: Path | Non
     if with_ray:
         try:
             started.append(start_ray_head(settings, autoscaling_config=autoscaling_config))
-        except StackError:
+        except TickrayError:  # a refused twin config too
             stop_redis(settings)  # nothing half-started is left running
             raise
     return started
