@@ -104,22 +104,31 @@ def trained(market_lake, mlflow_store):
     return report
 
 
+def stack_env(state_dir: Path, **extra: str) -> dict[str, str]:
+    """TICKRAY_* settings for a stack of its own: its state folder and a free port for every service."""
+    return {"TICKRAY_STATE_DIR": str(state_dir), "TICKRAY_REDIS_PORT": str(free_port()),
+            "TICKRAY_RAY_PORT": str(free_port()), "TICKRAY_DASHBOARD_PORT": str(free_port()),
+            "TICKRAY_METRICS_PORT": str(free_port()), "RAY_AUTH_MODE": "token", **extra}
+
+
+def tickray_cli(*args: str, env: dict[str, str], timeout: float = 180, cwd: Path | None = None):
+    """`tickray ARGS…` in a process of its own, as a user runs it, with ``env`` over this environment."""
+    return subprocess.run([sys.executable, "-m", "tickray.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=timeout, check=False, cwd=cwd)
+
+
 @pytest.fixture
 def ray_head(tmp_path):
     """A Ray head started like `tickray up` (its own ports, Redis and state under tmp_path/"state"), for
     what needs a job server; yields the environment that reaches it, and stops it with `tickray down`."""
-    env = {**os.environ, "TICKRAY_STATE_DIR": str(tmp_path / "state"), "TICKRAY_REDIS_PORT": str(free_port()),
-           "TICKRAY_RAY_PORT": str(free_port()), "TICKRAY_DASHBOARD_PORT": str(free_port()),
-           "TICKRAY_METRICS_PORT": str(free_port()),
-           "TICKRAY_RAY_NUM_CPUS": "2", "RAY_AUTH_MODE": "token"}
-    cli = [sys.executable, "-m", "tickray.cli"]
+    env = {**os.environ, **stack_env(tmp_path / "state", TICKRAY_RAY_NUM_CPUS="2")}
     # started outside the repo, as on a cluster: a job sees the project only through --working-dir
-    up = subprocess.run([*cli, "up"], capture_output=True, text=True, env=env, timeout=180, check=False, cwd=tmp_path)
+    up = tickray_cli("up", env=env, cwd=tmp_path)
     try:
         assert up.returncode == 0, up.stderr
         yield env
     finally:
-        subprocess.run([*cli, "down"], capture_output=True, text=True, env=env, timeout=120, check=False, cwd=tmp_path)
+        tickray_cli("down", env=env, timeout=120, cwd=tmp_path)
 
 
 def ray_job(env: dict[str, str], verb: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -12,14 +12,9 @@ import time
 
 import pytest
 import yaml
-from conftest import REPO, free_port, ray_job
+from conftest import REPO, free_port, ray_job, stack_env, tickray_cli
 from tickray.cluster import validate_cluster_config
 from tickray.errors import ConfigError
-
-
-def _cli(*args, env, timeout=180):
-    return subprocess.run([sys.executable, "-m", "tickray.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=timeout, check=False)
 
 
 @pytest.mark.parametrize("path", ["cluster.yaml", "infra/local-cluster.yaml"])
@@ -28,7 +23,7 @@ def test_cluster_configs_pass_rays_own_validation(path):
     head = config["available_node_types"][config["head_node_type"]]
     gpu = [t for t in config["available_node_types"].values() if t["resources"].get("GPU")]
     assert head["resources"].get("CPU", 0) <= 1 and gpu  # a light head, and a GPU worker type
-    r = _cli("check-cluster", str(REPO / path), env={})
+    r = tickray_cli("check-cluster", str(REPO / path), env={})
     assert r.returncode == 0 and "valid for Ray" in r.stdout, r.stderr
 
 
@@ -49,35 +44,29 @@ def test_an_edited_cluster_yaml_is_refused_naming_the_key(tmp_path, edit, messag
     with pytest.raises(ConfigError) as e:
         validate_cluster_config(path)
     assert str(e.value).startswith(f"{path}: ") and message in str(e.value) and "\n" not in str(e.value)
-    r = _cli("check-cluster", str(path), env={})
+    r = tickray_cli("check-cluster", str(path), env={})
     assert r.returncode == 2 and message in r.stderr
 
 
-def _stack_env(tmp_path) -> dict[str, str]:
-    return {"TICKRAY_STATE_DIR": str(tmp_path / "state"), "TICKRAY_REDIS_PORT": str(free_port()),
-            "TICKRAY_RAY_PORT": str(free_port()), "TICKRAY_DASHBOARD_PORT": str(free_port()),
-            "TICKRAY_METRICS_PORT": str(free_port()), "RAY_AUTH_MODE": "token"}
-
-
 def test_up_refuses_a_cloud_or_broken_config_for_the_twin(tmp_path):
-    env = _stack_env(tmp_path)
-    r = _cli("up", "--autoscaling-config", str(REPO / "cluster.yaml"), env=env)
+    env = stack_env(tmp_path / "state")
+    r = tickray_cli("up", "--autoscaling-config", str(REPO / "cluster.yaml"), env=env)
     assert r.returncode == 2 and "provider 'aws' starts cloud machines: use `ray up" in r.stderr
-    assert "redis  down" in _cli("status", env=env).stdout  # nothing is left half-started
+    assert "redis  down" in tickray_cli("status", env=env).stdout  # nothing is left half-started
     twin = yaml.safe_load((REPO / "infra" / "local-cluster.yaml").read_text())
     twin["available_node_types"]["cpu_worker"]["max_wrokers"] = 3
     (tmp_path / "twin.yaml").write_text(yaml.safe_dump(twin))
-    r = _cli("up", "--autoscaling-config", str(tmp_path / "twin.yaml"), env=env)
+    r = tickray_cli("up", "--autoscaling-config", str(tmp_path / "twin.yaml"), env=env)
     assert r.returncode == 2 and "available_node_types.cpu_worker: Additional properties" in r.stderr, r.stderr
-    assert "redis  down" in _cli("status", env=env).stdout
+    assert "redis  down" in tickray_cli("status", env=env).stdout
 
 
 def test_the_autoscaling_twin_adds_nodes_under_demand_and_removes_them_when_idle(tmp_path):
-    env = _stack_env(tmp_path)
-    up = _cli("up", "--autoscaling-config", str(REPO / "infra" / "local-cluster.yaml"), env=env)
+    env = stack_env(tmp_path / "state")
+    up = tickray_cli("up", "--autoscaling-config", str(REPO / "infra" / "local-cluster.yaml"), env=env)
     try:
         assert up.returncode == 0, up.stderr
-        before = _cli("status", env=env).stdout
+        before = tickray_cli("status", env=env).stdout
         assert "nodes  1 alive (CPU 0/1 in use)" in before, before
         run = subprocess.run([sys.executable, str(REPO / "tests" / "twin_demand_script.py")], capture_output=True,
                              text=True, env={**os.environ, **env}, timeout=400, check=False)
@@ -90,10 +79,10 @@ def test_the_autoscaling_twin_adds_nodes_under_demand_and_removes_them_when_idle
         assert seen["gpu_task_on_gpu_node"]
         # ... and takes them all away once idle (idle_timeout_minutes 0.2)
         assert seen["back_to_start_after_s"] is not None and seen["end"] == 1
-        after = _cli("status", env=env).stdout
+        after = tickray_cli("status", env=env).stdout
         assert "nodes  1 alive" in after and "jobs   0 running" in after and "serve  no applications" in after
     finally:
-        down = _cli("down", env=env)
+        down = tickray_cli("down", env=env)
     assert "ray" in down.stdout
     left = subprocess.run(["pgrep", "-f", f"gcs-address=[0-9.]*:{env['TICKRAY_RAY_PORT']}"], capture_output=True,
                           text=True, check=False)
@@ -280,7 +269,7 @@ def test_prometheus_finds_rays_nodes_and_grafana_charts_every_tickray_metric():
 
 
 def test_status_names_the_registrys_champions(trained, mlflow_store, tmp_path):
-    r = _cli("status", env={"TICKRAY_STATE_DIR": str(tmp_path), "TICKRAY_MLFLOW_TRACKING_URI": mlflow_store[0],
+    r = tickray_cli("status", env={"TICKRAY_STATE_DIR": str(tmp_path), "TICKRAY_MLFLOW_TRACKING_URI": mlflow_store[0],
                             "TICKRAY_REDIS_PORT": str(free_port())})
     assert r.returncode == 0, r.stderr
     for family in ("xgboost", "lstm", "transformer", "ensemble"):

@@ -7,15 +7,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import free_port, stack_env, tickray_cli
 from tickray import stack
 from tickray.config import Settings
 from tickray.errors import StackError
 
 
 def _cli(*args, env):
-    return subprocess.run([sys.executable, "-m", "tickray.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=120, check=False)
+    return tickray_cli(*args, env=env, timeout=120)
 
 
 def test_up_status_down_redis(tmp_path):
@@ -63,10 +62,7 @@ def test_unknown_setting_in_the_environment_stops_the_cli(tmp_path):
 
 
 def test_up_starts_a_ray_head_that_jobs_join_and_down_stops_it(tmp_path):
-    env = {"TICKRAY_STATE_DIR": str(tmp_path), "TICKRAY_REDIS_PORT": str(free_port()),
-           "TICKRAY_RAY_PORT": str(free_port()), "TICKRAY_DASHBOARD_PORT": str(free_port()),
-           "TICKRAY_METRICS_PORT": str(free_port()),
-           "TICKRAY_RAY_NUM_CPUS": "1"}
+    env = stack_env(tmp_path, TICKRAY_RAY_NUM_CPUS="1")
     up = _cli("up", env=env)
     try:
         assert up.returncode == 0, up.stderr
