@@ -20,7 +20,8 @@ from ray.util.state import list_actors, list_tasks
 from tickray import lake
 from tickray.features.job import build_features
 from tickray.ingest import ingest
-from tickray.serving.app import Predictor
+from tickray.serving.app import build
+from tickray.serving.config import Replicas, ServeConfig
 from tickray.stack import free_port
 
 market, tracking_uri, redis_url, work = Path(sys.argv[1]), sys.argv[2], sys.argv[3], Path(sys.argv[4])
@@ -40,9 +41,10 @@ try:
             "feature_nodes": sorted(feats.nodes), "feature_rows": feats.rows}
 
     serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
-    serve.run(Predictor.options(num_replicas=2).bind(tracking_uri, "tickray-xgboost", redis_url),
+    serve.run(build(ServeConfig(model="tickray-xgboost", tracking_uri=tracking_uri, redis_url=redis_url,
+                                split_families=False, gateway=Replicas(min_replicas=2, max_replicas=2))),
               name="tickray", route_prefix="/")
-    replicas = list_actors(filters=[("class_name", "=", "ServeReplica:tickray:Predictor"), ("state", "=", "ALIVE")])
+    replicas = list_actors(filters=[("class_name", "=", "ServeReplica:tickray:Gateway"), ("state", "=", "ALIVE")])
     health = httpx.get(f"http://127.0.0.1:{serve.context._global_client.http_config.port}/v1/health", timeout=30)
     out |= {"replica_nodes": sorted(a.node_id for a in replicas), "health": health.status_code}
     serve.shutdown()

@@ -399,6 +399,43 @@ def cmd_stream(args, settings) -> None:
           f"`tickray stream --name {args.name} --status`")
 
 
+def cmd_serve(args, settings) -> None:
+    from tickray.config import read_yaml_mapping
+    from tickray.serving.security import new_key
+
+    if args.new_key:
+        key, digest = new_key()
+        print(f"API key (give it to the caller; it is not stored): {key}\n"
+              f"its SHA-256 (add to api_keys_sha256 in {args.file}): {digest}")
+        return
+    from ray import serve
+
+    from tickray import stack
+    from tickray.runtime import connect_ray
+    from tickray.serving.app import APP_NAME, deploy
+    from tickray.serving.config import parse_serve_config
+
+    if not (settings.ray_address or stack.ray_head_address(settings)):
+        raise ConfigError("serve: no Ray cluster to deploy on; start one with `tickray up` (or set TICKRAY_RAY_ADDRESS)")
+    connect_ray(settings)
+    if args.stop:
+        serve.delete(APP_NAME)
+        print(f"Serve application {APP_NAME!r} deleted")
+        return
+    doc = read_yaml_mapping(Path(args.file), "Serve config")
+    apps = [a for a in doc.get("applications", []) if a.get("name") == APP_NAME]
+    if not apps:
+        raise ConfigError(f"{args.file}: no application named {APP_NAME!r} under applications")
+    overrides = {k: v for k, v in (("model", args.model), ("canary_share", args.canary_share)) if v is not None}
+    cfg = parse_serve_config({"tracking_uri": settings.tracking_uri, "redis_url": settings.redis_url,
+                              **{k: v for k, v in apps[0].get("args", {}).items() if v != ""}, **overrides},
+                             f"{args.file}: applications.{APP_NAME}.args")
+    url = deploy(cfg, settings.serve_host, settings.serve_port)
+    print(f"{cfg.model} (champion) at {url}: POST /v1/predict, GET /v1/predictions/{{symbol}}/latest, "
+          f"WS /v1/stream, GET /v1/models, GET /v1/health, docs at {url}/docs; "
+          f"auth {'on' if cfg.auth_enabled else 'OFF (no keys configured)'}")
+
+
 def cmd_demo(args, settings) -> None:
     from tickray.demo import run_demo
 
@@ -528,6 +565,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fresh", action="store_true", help="start clean instead of resuming the symbols' checkpoints "
                    "(for a replay of another session)")
     s.set_defaults(fn=cmd_stream)
+
+    s = sub.add_parser("serve", help="deploy the prediction API on Ray Serve (serve/config.yaml, the blanks "
+                       "filled from these settings): the registry's champion, fed by the stream actors' features")
+    s.add_argument("--file", default="serve/config.yaml", help="the Serve config (its `tickray` application)")
+    s.add_argument("--model", help="registered model to serve (default: the file's)")
+    s.add_argument("--canary-share", type=float, help="share of requests for `challenger` (default: the file's)")
+    s.add_argument("--new-key", action="store_true", help="print a new API key and the digest to configure")
+    s.add_argument("--stop", action="store_true", help="delete the application")
+    s.set_defaults(fn=cmd_serve)
 
     s = sub.add_parser("demo", help="run every stage end to end on the embedded default")
     s.add_argument("--symbols", type=_symbols, default=["BTCUSDT", "ETHUSDT"], help="comma-separated")

@@ -26,6 +26,7 @@ from tickray.features.job import build_features
 from tickray.ingest import ingest
 from tickray.runtime import connect_ray
 from tickray.serving.app import deploy
+from tickray.serving.config import ServeConfig
 from tickray.stream.actor import StreamIngestActor, forget, wait_for_messages
 from tickray.synth import generate
 from tickray.training.config import parse_config
@@ -100,7 +101,8 @@ def run_demo(settings: Settings, symbols: list[str], days: int = 1, seed: int = 
     result.model_version = tr.versions[result.model_name]
 
     t = stage("6/9 deploy on Ray Serve")
-    base = deploy(settings.tracking_uri, result.model_name, settings.redis_url, settings.serve_host, settings.serve_port)
+    serving = ServeConfig(model=result.model_name, tracking_uri=settings.tracking_uri, redis_url=settings.redis_url)
+    base = deploy(serving, settings.serve_host, settings.serve_port)
     health = httpx.get(f"{base}/v1/health", timeout=30).json()
     say(f"Serve at {base}: {health} ({time.perf_counter() - t:.1f}s)")
 

@@ -195,9 +195,15 @@ class SequenceModel:
     net: nn.Module = field(repr=False)
     window: int = 30
     batch_size: int = 1024
+    device: str = "cpu"
+
+    def to(self, device: str) -> SequenceModel:
+        """The model on ``device`` (a serving replica with a GPU moves it there once)."""
+        self.net, self.device = self.net.to(device), device
+        return self
 
     def predict(self, x: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        return predict_net(self.net, x, idx, self.window, torch.device("cpu"), self.batch_size)
+        return predict_net(self.net, x, idx, self.window, torch.device(self.device), self.batch_size)
 
 
 def predict_net(net: nn.Module, x: np.ndarray, idx: np.ndarray, window: int, device: torch.device,

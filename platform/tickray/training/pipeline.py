@@ -141,7 +141,7 @@ def _champion_score(client: MlflowClient, name: str, rows: Rows, test: np.ndarra
         p, _ = ours.predict_matrix(rows.x, test)
         return float(np.mean([m[metric] for m in _score(rows, test, p).values()]))
 
-    champ = registry.champion_version(client, name)
+    champ = registry.alias_version(client, name)
     if champ is None:
         return None, ours_on_test(), None, ""
     loaded = registry.load(tracking_uri, name, registry.CHAMPION)

@@ -128,16 +128,20 @@ class LoadedModel:
 
 
 def load(tracking_uri: str, name: str, alias: str = CHAMPION) -> LoadedModel:
+    return load_version(tracking_uri, name, str(MlflowClient(tracking_uri).get_model_version_by_alias(name, alias).version))
+
+
+def load_version(tracking_uri: str, name: str, version: str) -> LoadedModel:
     client = MlflowClient(tracking_uri)
-    mv = client.get_model_version_by_alias(name, alias)
+    mv = client.get_model_version(name, version)
     mlflow.set_tracking_uri(tracking_uri)
     wrapper = mlflow.pyfunc.load_model(f"models:/{name}/{mv.version}").unwrap_python_model()
     return LoadedModel(name, str(mv.version), wrapper, dict(mv.tags))
 
 
-def champion_version(client: MlflowClient, name: str) -> str | None:
+def alias_version(client: MlflowClient, name: str, alias: str = CHAMPION) -> str | None:
     try:
-        return str(client.get_model_version_by_alias(name, CHAMPION).version)
+        return str(client.get_model_version_by_alias(name, alias).version)
     except mlflow.exceptions.MlflowException:
         return None
 

@@ -1,0 +1,109 @@
+"""The Serve application's settings: the ``args`` of an application in ``serve/config.yaml``.
+
+Every key is known (a typo is a one-line error naming it); secrets never sit in the file in clear:
+API keys are listed as SHA-256 hashes, or read from an environment variable and hashed at build time.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tickray.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Replicas(_Strict):
+    """Serve autoscaling: replicas between min and max, scaled on ongoing requests per replica."""
+    min_replicas: int = Field(1, ge=1)
+    max_replicas: int = Field(1, ge=1)
+    target_ongoing_requests: float = Field(4.0, gt=0)
+    num_cpus: float = Field(0.25, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas {self.max_replicas} < min_replicas {self.min_replicas}")
+        return self
+
+    def options(self) -> dict:
+        actor = {"num_cpus": self.num_cpus, **({"num_gpus": self.num_gpus} if self.num_gpus else {})}
+        if self.min_replicas == self.max_replicas:
+            return {"num_replicas": self.min_replicas, "ray_actor_options": actor}
+        return {"ray_actor_options": actor, "autoscaling_config": {
+            "min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
+            "target_ongoing_requests": self.target_ongoing_requests}}
+
+
+class RateLimit(_Strict):
+    """Per API key (or JWT subject): at most ``requests`` in any ``window_s`` seconds (a sliding window)."""
+    requests: int = Field(600, ge=1)
+    window_s: float = Field(60.0, gt=0)
+
+
+class ServeConfig(_Strict):
+    # The registered ensemble served (its ``champion``; ``challenger`` takes canary_share of requests).
+    model: str = "tickray-ensemble"
+    # Blank: the project's settings (TICKRAY_* variables) where the application is built.
+    tracking_uri: str = ""
+    redis_url: str = ""
+    canary_share: float = Field(0.0, ge=0, le=1)
+    # True: one deployment per base-model family, reached through handles (scale or give GPUs to one
+    # family alone); False: every family in the gateway's replica, no hop (the fastest on one node).
+    split_families: bool = True
+    gateway: Replicas = Replicas()
+    families: Replicas = Replicas()
+    # A family that has not answered in this time is left out of the answer (which says so).
+    family_timeout_s: float = Field(2.0, gt=0)
+    # Features older than this are stale: "reject" answers 503, "flag" answers with confidence 0.
+    stale_after_s: float = Field(10.0, gt=0)
+    stale_policy: Literal["reject", "flag"] = "flag"
+    # How often replicas look for a moved alias in the registry.
+    reload_poll_s: float = Field(2.0, gt=0)
+    # Authentication: SHA-256 hex digests of API keys, plus the keys in the variable api_keys_env names
+    # (comma-separated, hashed when the app is built), plus HS256 JWTs signed with the secret in the
+    # variable jwt_secret_env. None of them configured: no authentication (Serve binds to localhost).
+    api_keys_sha256: list[str] = Field(default_factory=list)
+    api_keys_env: str = "TICKRAY_API_KEYS"
+    jwt_secret_env: str = "TICKRAY_JWT_SECRET"
+    jwt_secret: str = Field("", exclude=True, repr=False)  # filled from jwt_secret_env at build time
+    rate_limit: RateLimit | None = RateLimit()
+    max_body_bytes: int = Field(65_536, ge=256)
+    max_symbols: int = Field(100, ge=1)
+    cors_origins: list[str] = Field(default_factory=list)
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys_sha256 or self.jwt_secret)
+
+
+def parse_serve_config(args: dict, where: str = "serve config") -> ServeConfig:
+    """The application's args → :class:`ServeConfig`, with the keys and secret from the environment."""
+    from tickray.serving.security import hash_key
+
+    try:
+        cfg = ServeConfig.model_validate(args)
+    except ValidationError as e:
+        err = e.errors()[0]
+        at = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"{where}: {at}: {err['msg']}") from None
+    env_keys = [k.strip() for k in os.environ.get(cfg.api_keys_env, "").split(",") if k.strip()]
+    bad = [h for h in cfg.api_keys_sha256 if len(h) != 64 or any(c not in "0123456789abcdef" for c in h.lower())]
+    if bad:
+        raise ConfigError(f"{where}: api_keys_sha256: {bad[0]!r} is not a SHA-256 hex digest "
+                          "(`tickray serve --new-key` prints one)")
+    if not (cfg.tracking_uri and cfg.redis_url):
+        from tickray.config import load_settings
+
+        settings = load_settings()
+        cfg = cfg.model_copy(update={"tracking_uri": cfg.tracking_uri or settings.tracking_uri,
+                                     "redis_url": cfg.redis_url or settings.redis_url})
+    return cfg.model_copy(update={
+        "api_keys_sha256": sorted({h.lower() for h in cfg.api_keys_sha256} | {hash_key(k) for k in env_keys}),
+        "jwt_secret": os.environ.get(cfg.jwt_secret_env, "")})
