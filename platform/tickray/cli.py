@@ -415,6 +415,16 @@ def cmd_serve(args, settings) -> None:
     from tickray.serving.app import APP_NAME, deploy
     from tickray.serving.config import parse_serve_config
 
+    cfg = None
+    if not args.stop:  # a bad config is reported before any cluster is touched
+        doc = read_yaml_mapping(Path(args.file), "Serve config")
+        apps = [a for a in doc.get("applications") or [] if a.get("name") == APP_NAME]
+        if not apps:
+            raise ConfigError(f"{args.file}: no application named {APP_NAME!r} under applications")
+        overrides = {k: v for k, v in (("model", args.model), ("canary_share", args.canary_share)) if v is not None}
+        cfg = parse_serve_config({"tracking_uri": settings.tracking_uri, "redis_url": settings.redis_url,
+                                  **{k: v for k, v in (apps[0].get("args") or {}).items() if v != ""}, **overrides},
+                                 f"{args.file}: applications.{APP_NAME}.args")
     if not (settings.ray_address or stack.ray_head_address(settings)):
         raise ConfigError("serve: no Ray cluster to deploy on; start one with `tickray up` (or set TICKRAY_RAY_ADDRESS)")
     connect_ray(settings)
@@ -422,14 +432,6 @@ def cmd_serve(args, settings) -> None:
         serve.delete(APP_NAME)
         print(f"Serve application {APP_NAME!r} deleted")
         return
-    doc = read_yaml_mapping(Path(args.file), "Serve config")
-    apps = [a for a in doc.get("applications", []) if a.get("name") == APP_NAME]
-    if not apps:
-        raise ConfigError(f"{args.file}: no application named {APP_NAME!r} under applications")
-    overrides = {k: v for k, v in (("model", args.model), ("canary_share", args.canary_share)) if v is not None}
-    cfg = parse_serve_config({"tracking_uri": settings.tracking_uri, "redis_url": settings.redis_url,
-                              **{k: v for k, v in apps[0].get("args", {}).items() if v != ""}, **overrides},
-                             f"{args.file}: applications.{APP_NAME}.args")
     url = deploy(cfg, settings.serve_host, settings.serve_port)
     print(f"{cfg.model} (champion) at {url}: POST /v1/predict, GET /v1/predictions/{{symbol}}/latest, "
           f"WS /v1/stream, GET /v1/models, GET /v1/health, docs at {url}/docs; "

@@ -76,7 +76,6 @@ class ServeConfig(_Strict):
     rate_limit: RateLimit | None = RateLimit()
     max_body_bytes: int = Field(65_536, ge=256)
     max_symbols: int = Field(100, ge=1)
-    cors_origins: list[str] = Field(default_factory=list)
 
     @property
     def auth_enabled(self) -> bool:

@@ -1,0 +1,324 @@
+"""The prediction API on Ray Serve, over real HTTP and WebSocket: the session's trained ensemble from the
+MLflow registry, split into a deployment per base family, fed by a stream actor that replays the real
+BTCUSDT capture into the session's redis-server."""
+
+import asyncio
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+import ray
+import websockets
+from conftest import free_port
+from mlflow.tracking import MlflowClient
+from ray import serve
+from tickray.exchange_sim import ReplayExchange
+from tickray.serving.app import build
+from tickray.serving.config import ServeConfig, parse_serve_config
+from tickray.serving.features import LiveFeatures
+from tickray.serving.security import hash_key, sign_jwt
+from tickray.stack import redis_client
+from tickray.stream.actor import StreamIngestActor, forget, wait_for_messages
+from tickray.training import registry
+
+KEY = "tk_test_key"
+JWT_SECRET = "test-secret-of-the-session"
+STREAMS = ("depth@0ms", "trade", "bookTicker")
+
+
+@pytest.fixture(scope="module")
+def capture(shared_data):
+    return shared_data / "binance" / "ws" / "usdm_btcusdt_20240718.gz"
+
+
+def _replay(capture, redis_url):
+    """A stream actor fed the capture by a local exchange; returns both (the caller stops them)."""
+    exchange = ReplayExchange([capture], speed=30.0).start()
+    actor = StreamIngestActor.remote(["BTCUSDT"], exchange.ws_url, exchange.rest_url, redis_url, streams=STREAMS)
+    ray.get(actor.start.remote())
+    return exchange, actor
+
+
+def _stop(exchange, actor):
+    ray.get(actor.stop.remote())
+    ray.kill(actor)
+    exchange.stop()
+
+
+@pytest.fixture(scope="module")
+def live(ray_cluster, redis_settings, capture):
+    """BTCUSDT's live features in Redis, from the whole capture."""
+    forget(redis_client(redis_settings), ["BTCUSDT"])
+    exchange, actor = _replay(capture, redis_settings.redis_url)
+    try:
+        wait_for_messages(actor, len(exchange.messages), timeout_s=120)
+    finally:
+        _stop(exchange, actor)
+    return redis_settings
+
+
+@pytest.fixture(scope="module")
+def api(live, trained, mlflow_store, monkeypatch_module):
+    """The app as `tickray serve` deploys it: keys, JWT, rate limit, families split out."""
+    monkeypatch_module.setenv("TICKRAY_TEST_JWT", JWT_SECRET)
+    cfg = parse_serve_config({"tracking_uri": mlflow_store[0], "redis_url": live.redis_url,
+                              "api_keys_sha256": [hash_key(KEY)], "jwt_secret_env": "TICKRAY_TEST_JWT",
+                              "rate_limit": {"requests": 100, "window_s": 1}, "stale_after_s": 3600,
+                              "reload_poll_s": 0.5, "max_body_bytes": 32768})
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build(cfg), name="tickray", route_prefix="/")
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"X-API-Key": KEY}, timeout=30) as client:
+        yield client
+    serve.delete("tickray")
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+def _champion(mlflow_store) -> registry.LoadedModel:
+    return registry.load(mlflow_store[0], "tickray-ensemble")
+
+
+def test_a_prediction_from_live_features_equals_the_registered_models(api, live, mlflow_store):
+    """Through the gateway and the family deployments, the answer is the registered pyfunc's own
+    prediction on the same feature rows, at every horizon."""
+    r = api.post("/v1/predict", json={"symbols": ["btcusdt"]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    model = _champion(mlflow_store)
+    (pred,) = body["predictions"]
+    assert body["model"] == "tickray-ensemble" and pred["model_version"] == model.version
+    assert pred["symbol"] == "BTCUSDT" and "degraded" not in pred and pred["stale"] is False
+    assert set(pred["horizons"]) == {"10s", "60s"} and pred["feature_age_s"] > 0
+
+    window = model.model.model.window
+    series = asyncio.run(_series(live.redis_url, model, window))
+    assert series.ts_ns[-1] == pred["ts_ns"]
+    frame = pd.DataFrame(series.x, columns=model.features).assign(symbol="BTCUSDT", ts=series.ts_ns)
+    expect = model.model.predict(None, frame).iloc[-1]
+    for h in (10, 60):
+        assert pred["horizons"][f"{h}s"]["prob_up"] == pytest.approx(expect[f"prob_up_{h}s"], abs=1e-5)
+        assert pred["horizons"][f"{h}s"]["confidence"] == pytest.approx(expect[f"confidence_{h}s"], abs=1e-5)
+
+    latest = api.get("/v1/predictions/BTCUSDT/latest").json()
+    assert latest["horizons"] == pred["horizons"] and latest["ts_ns"] == pred["ts_ns"]
+
+
+async def _series(redis_url, model, window):
+    import redis.asyncio as aioredis
+
+    r = aioredis.Redis.from_url(redis_url)
+    try:
+        return (await LiveFeatures(r, model.features, model.model.feature_set_version).series(["BTCUSDT"], window))[
+            "BTCUSDT"]
+    finally:
+        await r.aclose()
+
+
+def test_explicit_rows_models_health_and_docs(api, mlflow_store):
+    model = _champion(mlflow_store)
+    rng = np.random.default_rng(0)
+    start = 1_721_347_000 * 10**9
+    rows = [{"features": {n: float(v) for n, v in zip(model.features, rng.normal(size=len(model.features)))},
+             "ts_ns": start + i * 10**9, "symbol": "X"} for i in range(12)]
+    r = api.post("/v1/predict", json={"rows": rows[::-1]})  # any order: answered in the request's
+    assert r.status_code == 200, r.text
+    preds = r.json()["predictions"]
+    assert [p["row"] for p in preds] == list(range(12)) and preds[0]["ts_ns"] == rows[-1]["ts_ns"]
+    # the sequence models read 10 consecutive seconds: only the newest 3 rows have them
+    full = [p for p in preds if "degraded" not in p]
+    assert len(full) == 3 and all(p["ts_ns"] >= start + 9 * 10**9 for p in full)
+    assert set(preds[-1]["degraded"]) == {"lstm", "transformer"}
+    alone = api.post("/v1/predict", json={"rows": [{"features": rows[0]["features"]}]}).json()["predictions"][0]
+    assert "needs 10 consecutive seconds" in alone["degraded"]["lstm"]
+
+    models = api.get("/v1/models").json()
+    champ = models["versions"]["champion"]
+    assert champ["version"] == model.version and set(champ["families"]) == {"xgboost", "lstm", "transformer"}
+    assert champ["families"]["lstm"]["window_s"] == 10 and set(champ["weights"]) == {"10s", "60s"}
+    health = httpx.get(f"{api.base_url}/v1/health").json()  # no key needed for readiness
+    assert health["status"] == "ready" and health["auth"] == "on" and "BTCUSDT" in health["features"]
+    spec = httpx.get(f"{api.base_url}/openapi.json").json()
+    assert {"/v1/predict", "/v1/predictions/{symbol}/latest", "/v1/models", "/v1/health"} <= set(spec["paths"])
+    assert httpx.get(f"{api.base_url}/docs").status_code == 200
+
+
+@pytest.mark.parametrize("headers, body, status, says", [
+    ({"X-API-Key": ""}, {"symbols": ["BTCUSDT"]}, 401, "missing credentials"),
+    ({"X-API-Key": "tk_wrong"}, {"symbols": ["BTCUSDT"]}, 401, "invalid API key"),
+    ({"X-API-Key": "", "Authorization": "Bearer " + sign_jwt({"sub": "a", "exp": 1}, JWT_SECRET)},
+     {"symbols": ["BTCUSDT"]}, 401, "expired"),
+    ({"X-API-Key": "", "Authorization": "Bearer " + sign_jwt({"sub": "a"}, "another secret")},
+     {"symbols": ["BTCUSDT"]}, 401, "bad signature"),
+    ({}, {"symbols": ["DOGEUSDT"]}, 404, "no live features for symbol 'DOGEUSDT'"),
+    ({}, b"{not json", 422, "Invalid JSON"),
+    ({}, {"symbols": "BTCUSDT"}, 422, "symbols: Input should be a valid array"),
+    ({}, {"symbols": ["BTCUSDT"], "horizon": 5}, 422, "horizon: Extra inputs"),
+    ({}, {"rows": [{"features": {"spread_bps": 1.0}}]}, 422, "rows.0.features: missing"),
+    ({}, {"rows": [{"features": {"spread_bps": "wide"}}]}, 422, "rows.0.features.spread_bps"),
+    ({}, {"symbols": ["S" * 40000]}, 413, "over the limit of 32768"),
+])
+def test_bad_requests_get_a_json_error_saying_what(api, headers, body, status, says):
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    r = api.post("/v1/predict", content=content, headers={"Content-Type": "application/json", **headers})
+    assert r.status_code == status, r.text
+    assert says in r.json()["detail"]
+
+
+def test_a_jwt_caller_over_its_rate_limit_gets_429_with_retry_after(api):
+    token = sign_jwt({"sub": "burst", "exp": time.time() + 600}, JWT_SECRET)
+    headers = {"X-API-Key": "", "Authorization": f"Bearer {token}"}
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda _: api.get("/v1/models", headers=headers), range(160)))
+    limited = [r for r in codes if r.status_code == 429]
+    assert {r.status_code for r in codes} == {200, 429}
+    assert 1 <= int(limited[0].headers["Retry-After"]) <= 1 and "rate limit of 100" in limited[0].json()["detail"]
+    assert api.get("/v1/models").status_code == 200  # another caller is not limited
+
+
+def _copy_version(tracking_uri: str, name: str, version: str) -> str:
+    """A new registry version of the same artefact (what a retraining that changed nothing registers)."""
+    client = MlflowClient(tracking_uri)
+    mv = client.get_model_version(name, version)
+    new = client.create_model_version(name, mv.source, run_id=mv.run_id, tags=mv.tags)
+    return str(new.version)
+
+
+def test_moving_the_champion_alias_under_load_fails_no_request(api, mlflow_store):
+    uri = mlflow_store[0]
+    client = MlflowClient(uri)
+    old = _champion(mlflow_store).version
+    new = _copy_version(uri, "tickray-ensemble", old)
+    seen, failed = [], []
+
+    def caller(stop_at: float) -> None:
+        while time.monotonic() < stop_at:
+            r = api.post("/v1/predict", json={"symbols": ["BTCUSDT"]})
+            (seen if r.status_code == 200 else failed).append(r.json().get("model_version", r.text))
+
+    stop_at = time.monotonic() + 12
+    with ThreadPoolExecutor(4) as pool:
+        running = [pool.submit(caller, stop_at) for _ in range(4)]
+        time.sleep(3)
+        client.set_registered_model_alias("tickray-ensemble", registry.CHAMPION, new)
+        time.sleep(5)
+        client.set_registered_model_alias("tickray-ensemble", registry.CHAMPION, old)  # the rollback
+        for f in running:
+            f.result()
+    assert not failed and len(seen) > 50
+    switched = [i for i in range(1, len(seen)) if seen[i] != seen[i - 1]]
+    assert seen[0] == old and new in seen and seen[-1] == old and len(switched) >= 2
+
+
+def test_a_family_that_fails_degrades_the_answer_and_the_canary_gets_its_share(api, live, mlflow_store):
+    """A second app: stale features rejected, half the requests to `challenger`. Killing the LSTM
+    family's replica: answers go on without it, saying so, until Serve has replaced it."""
+    uri = mlflow_store[0]
+    champion = _champion(mlflow_store).version
+    challenger = _copy_version(uri, "tickray-ensemble", champion)
+    MlflowClient(uri).set_registered_model_alias("tickray-ensemble", registry.CHALLENGER, challenger)
+    cfg = ServeConfig(tracking_uri=uri, redis_url=live.redis_url, canary_share=0.5, stale_after_s=0.5,
+                      stale_policy="reject", family_timeout_s=0.5, rate_limit=None)
+    serve.run(build(cfg), name="strict", route_prefix="/strict")
+    base = f"{api.base_url}/strict"
+    try:
+        stale = httpx.post(f"{base}/v1/predict", json={"symbols": ["BTCUSDT"]}, timeout=30)
+        assert stale.status_code == 503 and "stale features: BTCUSDT" in stale.json()["detail"]
+
+        model = _champion(mlflow_store)
+        rows = [{"features": {n: 0.1 for n in model.features}, "ts_ns": (1_721_347_000 + i) * 10**9}
+                for i in range(10)]
+        versions = [httpx.post(f"{base}/v1/predict", json={"rows": rows}, timeout=30).json()["model_version"]
+                    for _ in range(40)]
+        assert 8 <= versions.count(challenger) <= 32 and champion in versions
+
+        (lstm,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                   if "strict#Family-lstm" in a["name"]]
+        ray.kill(ray.get_actor(lstm, namespace="serve"), no_restart=True)
+        answers = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            r = httpx.post(f"{base}/v1/predict", json={"rows": rows}, timeout=30)
+            assert r.status_code == 200, r.text
+            last = r.json()["predictions"][-1]
+            answers.append(last.get("degraded", {}))
+            if len(answers) > 3 and not answers[-1]:
+                break
+        degraded = [a for a in answers if a]
+        assert degraded and set(degraded[0]) == {"lstm"} and "failed" in degraded[0]["lstm"]
+        assert not answers[-1]  # the replacement replica answers again
+    finally:
+        serve.delete("strict")
+        MlflowClient(uri).delete_registered_model_alias("tickray-ensemble", registry.CHALLENGER)
+
+
+def test_the_websocket_pushes_a_prediction_for_each_new_feature_row(api, capture, live):
+    """Subscribed to BTCUSDT while the capture replays again: a prediction for every second published."""
+    ws_url = str(api.base_url).replace("http://", "ws://") + f"/v1/stream?api_key={KEY}"
+
+    async def listen(n: int) -> list[dict]:
+        async with websockets.connect(ws_url) as ws:
+            await ws.send(json.dumps({"subscribe": ["btcusdt"]}))
+            assert json.loads(await ws.recv()) == {"subscribed": ["BTCUSDT"]}
+            got = []
+            while sum("horizons" in g for g in got) < n:
+                got.append(json.loads(await asyncio.wait_for(ws.recv(), 60)))
+            return got
+
+    async def refused() -> str:
+        try:
+            async with websockets.connect(ws_url.replace(KEY, "wrong")) as ws:
+                await ws.recv()
+        except websockets.exceptions.InvalidStatus as e:
+            return str(e.response.status_code)
+        except websockets.exceptions.ConnectionClosed as e:
+            return str(e.rcvd.code if e.rcvd else "closed")
+        return "accepted"
+
+    assert asyncio.run(refused()) in {"403", "1008"}
+    forget(redis_client(live), ["BTCUSDT"])
+    with ThreadPoolExecutor(1) as pool:
+        pushed = pool.submit(asyncio.run, listen(20))
+        time.sleep(2)
+        exchange, actor = _replay(capture, live.redis_url)
+        try:
+            got = pushed.result(timeout=120)
+        finally:
+            _stop(exchange, actor)
+    # the first minute of the replay has no 60 s look-back yet: those rows are answered with the reason
+    early = [g for g in got if "horizons" not in g]
+    assert all(g["error"] == 503 and "features undefined" in g["detail"] for g in early)
+    got = [g for g in got if "horizons" in g]
+    assert all(g["symbol"] == "BTCUSDT" and set(g["horizons"]) == {"10s", "60s"} for g in got)
+    ts = [g["ts_ns"] for g in got]
+    assert ts == sorted(ts) and len(set(ts)) >= 15
+    lag_ms = sorted((g["pushed_at"] - g["published_at"]) * 1e3 for g in got)
+    print(f"feature published → prediction pushed: p50 {lag_ms[len(lag_ms) // 2]:.1f} ms, max {lag_ms[-1]:.1f} ms")
+
+
+def test_tickray_serve_checks_its_config_before_touching_a_cluster(tmp_path, capsys):
+    from tickray.cli import main
+    from tickray.serving.security import hash_key as digest
+
+    assert main(["serve", "--new-key"]) == 0
+    out = capsys.readouterr().out
+    key = out.split("not stored): ")[1].split()[0]
+    assert digest(key) in out
+    repo_config = Path(__file__).resolve().parents[1] / "serve" / "config.yaml"
+    bad = tmp_path / "serve.yaml"
+    for edit, says in [(("max_symbols: 100", "max_symbol: 100"), "args: max_symbol: Extra inputs are not permitted"),
+                       (("stale_policy: flag", "stale_policy: maybe"), "args: stale_policy: Input should be 'reject'"),
+                       (("min_replicas: 1, max_replicas: 2", "min_replicas: 3, max_replicas: 2"),
+                        "args: gateway: Value error, max_replicas 2 < min_replicas 3")]:
+        bad.write_text(repo_config.read_text().replace(*edit, 1))
+        assert main(["serve", "--file", str(bad)]) == 2
+        assert f"tickray serve: error: {bad}: applications.tickray.{says}" in capsys.readouterr().err
