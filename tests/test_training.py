@@ -243,3 +243,17 @@ def test_train_job_submits_to_a_ray_head_as_is(market_lake, ray_head, tmp_path):
     assert bad.returncode != 0 and "unknown model 'randomforest'" in bad.stdout + bad.stderr
     client = MlflowClient(f"sqlite:///{tmp_path / 'state' / 'mlflow.db'}")
     assert client.get_model_version_by_alias("job-ensemble", "champion").tags["feature_set_version"] == "tick-v2"
+
+
+@pytest.mark.parametrize("max_features", [1.0, 0.5])
+def test_the_shock_detectors_numpy_scorer_equals_sklearns(max_features):
+    """Serving scores the isolation forest with its own tree walk (sklearn's costs ~10 ms a call): the
+    scores must be sklearn's, also for forests whose trees each saw a subset of the columns."""
+    from sklearn.ensemble import IsolationForest
+    from tickray.training.ensemble import ForestScorer
+
+    rng = np.random.default_rng(3)
+    fit = rng.normal(size=(3000, 12))
+    forest = IsolationForest(n_estimators=50, max_features=max_features, random_state=0).fit(fit)
+    probe = np.vstack([rng.normal(size=(500, 12)), rng.normal(scale=6, size=(500, 12)), fit[:5]])
+    np.testing.assert_allclose(ForestScorer(forest).score_samples(probe), forest.score_samples(probe), atol=1e-12)

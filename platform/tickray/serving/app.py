@@ -148,13 +148,12 @@ class Gateway:
             try:
                 aliases = await asyncio.to_thread(self.versions.aliases)
                 for alias, version in aliases.items():
-                    if alias == registry.CHALLENGER and self.cfg.canary_share == 0:
+                    if alias == registry.CHALLENGER and (self.cfg.canary_share == 0 or version is None):
+                        self.live[alias] = None
                         continue
                     current = self.live[alias]
                     if version is None or (current is not None and current.version == version):
-                        if version is None:
-                            self.live[alias] = None if alias == registry.CHALLENGER else current
-                        continue
+                        continue  # a champion alias removed by mistake keeps the last one serving
                     loaded = await self.versions.get(version)
                     await asyncio.gather(*(h.load.remote(version) for f, h in self.handles.items()
                                            if f in bases_of(loaded)))
