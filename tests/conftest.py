@@ -79,8 +79,7 @@ def market_lake(ray_cluster, market, tmp_path_factory):
 
 # The session's trained models (test_training reads them; test_cluster serves one on a multi-node cluster).
 SMALL_TRAINING = {
-    # Look-backs of a minute at most: the live features of a 3-minute capture are defined after one.
-    "data": {"horizons_s": [10, 60], "train_every_s": 4, "max_lookback_s": 60},
+    "data": {"horizons_s": [10, 60], "train_every_s": 4},
     "split": {"folds": 3},
     "models": {"xgboost": {"num_boost_round": 200},
                "lstm": {"window": 10, "hidden": 16, "epochs": 2},

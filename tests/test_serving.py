@@ -1,6 +1,7 @@
 """The prediction API on Ray Serve, over real HTTP and WebSocket: the session's trained ensemble from the
 MLflow registry, split into a deployment per base family, fed by a stream actor that replays the real
-BTCUSDT capture into the session's redis-server."""
+BTCUSDT session (8 minutes in two captures: the models read up to 5 minutes back) into the session's
+redis-server."""
 
 import asyncio
 import json
@@ -33,12 +34,12 @@ STREAMS = ("depth@0ms", "trade", "bookTicker")
 
 @pytest.fixture(scope="module")
 def capture(shared_data):
-    return shared_data / "binance" / "ws" / "usdm_btcusdt_20240718.gz"
+    return [shared_data / "binance" / "ws" / f"usdm_btcusdt_2024071{d}.gz" for d in (8, 9)]
 
 
 def _replay(capture, redis_url):
-    """A stream actor fed the capture by a local exchange; returns both (the caller stops them)."""
-    exchange = ReplayExchange([capture], speed=30.0).start()
+    """A stream actor fed the captures by a local exchange; returns both (the caller stops them)."""
+    exchange = ReplayExchange(capture, speed=30.0).start()
     actor = StreamIngestActor.remote(["BTCUSDT"], exchange.ws_url, exchange.rest_url, redis_url, streams=STREAMS)
     ray.get(actor.start.remote())
     return exchange, actor
@@ -71,6 +72,7 @@ def api(live, trained, mlflow_store, monkeypatch_module):
                               "rate_limit": {"requests": 100, "window_s": 1}, "stale_after_s": 3600,
                               "reload_poll_s": 0.5, "max_body_bytes": 32768})
     port = free_port()
+    serve.shutdown()  # the demo's test leaves Serve running on the session's Ray, on its own port
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build(cfg), name="tickray", route_prefix="/")
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"X-API-Key": KEY}, timeout=30) as client:
@@ -294,7 +296,7 @@ def test_the_websocket_pushes_a_prediction_for_each_new_feature_row(api, capture
             got = pushed.result(timeout=120)
         finally:
             _stop(exchange, actor)
-    # the first minute of the replay has no 60 s look-back yet: those rows are answered with the reason
+    # the first 5 minutes of the replay lack the longest look-backs: those rows are answered with the reason
     early = [g for g in got if "horizons" not in g]
     assert all(g["error"] == 503 and "features undefined" in g["detail"] for g in early)
     got = [g for g in got if "horizons" in g]
