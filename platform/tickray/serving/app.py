@@ -33,7 +33,7 @@ from ray.util import metrics
 
 from tickray.errors import ConfigError
 from tickray.serving.config import ServeConfig, parse_serve_config
-from tickray.serving.features import FeatureError, LiveFeatures, Series
+from tickray.serving.features import FeatureError, LiveFeatures, Series, doc_problem
 from tickray.serving.models import Inputs, ModelVersions, bases_of, combine, describe
 from tickray.serving.security import Authenticator, AuthError, RateLimiter
 from tickray.stream.actor import FEATURES_CHANNEL, FEATURES_KEY
@@ -371,10 +371,19 @@ class Gateway:
                 symbol = key.decode().rsplit(":", 1)[1]
                 if key.decode() != FEATURES_KEY.format(symbol=symbol):
                     continue  # the history streams share the prefix
-                doc = orjson.loads(await self.redis.get(key) or b"{}")
-                if doc:
-                    age = time.time() - doc["published_at"]
-                    fresh[symbol] = {"age_s": round(age, 3), "stale": age > self.cfg.stale_after_s}
+                raw = await self.redis.get(key)
+                if raw is None:
+                    continue
+                try:
+                    doc = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    doc = None
+                problem = doc_problem(doc) if doc is not None else "not JSON"
+                if problem:
+                    fresh[symbol] = {"unusable": problem}
+                    continue
+                age = time.time() - doc["published_at"]
+                fresh[symbol] = {"age_s": round(age, 3), "stale": age > self.cfg.stale_after_s}
             champion = self.live[registry.CHAMPION]
             return {"status": "ready", "model": self.cfg.model, "model_version": champion.version,
                     "versions": {a: m.version for a, m in self.live.items() if m is not None},

@@ -38,8 +38,22 @@ class Series:
         return time.time() - self.published_at
 
 
+DOC_KEYS = ("ts_ns", "features", "feature_set_version", "published_at")  # what a stream actor publishes
+
+
+def doc_problem(doc) -> str | None:
+    """Why a feature document cannot be used (None when it can)."""
+    if not isinstance(doc, dict):
+        return f"a {type(doc).__name__}, not an object"
+    missing = [k for k in DOC_KEYS if k not in doc]
+    return f"it lacks {', '.join(missing)} (not written by a tickray stream actor?)" if missing else None
+
+
 def rows_from_docs(symbol: str, docs: list[dict], names: list[str], feature_set_version: str) -> Series:
     """Docs of one symbol (any order) → a Series; FeatureError when they are not the model's features."""
+    bad = next((p for p in map(doc_problem, docs) if p), None)
+    if bad:
+        raise FeatureError(409, f"{symbol}: live features unusable: {bad}")
     latest = max(docs, key=lambda d: d["ts_ns"])
     if latest.get("feature_set_version") != feature_set_version:
         raise FeatureError(409, f"{symbol}: live features are set {latest.get('feature_set_version')!r}, the "
