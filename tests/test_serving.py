@@ -323,7 +323,7 @@ def test_tickray_serve_checks_its_config_before_touching_a_cluster(tmp_path, cap
     assert digest(key) in out
     repo_config = Path(__file__).resolve().parents[1] / "serve" / "config.yaml"
     bad = tmp_path / "serve.yaml"
-    for edit, says in [(("max_symbols: 100", "max_symbol: 100"), "args: max_symbol: Extra inputs are not permitted"),
+    for edit, says in [(("max_symbols: 100", "max_symbol: 100"), "args: unknown key 'max_symbol'"),
                        (("stale_policy: flag", "stale_policy: maybe"), "args: stale_policy: Input should be 'reject'"),
                        (("min_replicas: 1, max_replicas: 2", "min_replicas: 3, max_replicas: 2"),
                         "args: gateway: Value error, max_replicas 2 < min_replicas 3")]:

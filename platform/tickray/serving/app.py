@@ -31,7 +31,6 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from ray.util import metrics
 
-from tickray.errors import ConfigError
 from tickray.serving.config import ServeConfig, parse_serve_config
 from tickray.serving.features import FeatureError, LiveFeatures, Series, doc_problem
 from tickray.serving.models import Inputs, ModelVersions, bases_of, combine, describe
@@ -73,16 +72,15 @@ async def _api_error(request, exc: ApiError) -> JSONResponse:
     return JSONResponse({"error": exc.status, "detail": exc.detail}, exc.status, headers=exc.headers)
 
 
+def _invalid_field(errors: list[dict]) -> ApiError:
+    """422 naming the first field at fault (pydantic's own message)."""
+    err = errors[0]
+    return ApiError(422, f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}")
+
+
 @api.exception_handler(RequestValidationError)
 async def _invalid(request, exc: RequestValidationError) -> JSONResponse:
-    err = exc.errors()[0]
-    return JSONResponse({"error": 422, "detail": f"{'.'.join(map(str, err['loc']))}: {err['msg']}"}, 422)
-
-
-def _validation_error(e: ValidationError) -> ApiError:
-    err = e.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "body"
-    return ApiError(422, f"{where}: {err['msg']}")
+    return await _api_error(request, _invalid_field(exc.errors()))
 
 
 @serve.deployment
@@ -114,10 +112,8 @@ class Gateway:
         self.cfg, self.handles = cfg, families
         self.versions = ModelVersions(cfg.tracking_uri, cfg.model)
         aliases = self.versions.aliases()
-        if aliases[registry.CHAMPION] is None:
-            raise ConfigError(f"{cfg.model} has no '{registry.CHAMPION}' version in the registry at {cfg.tracking_uri}")
         self.live: dict[str, registry.LoadedModel | None] = {
-            registry.CHAMPION: self.versions.get_now(aliases[registry.CHAMPION]),
+            registry.CHAMPION: self.versions.champion_now(),
             registry.CHALLENGER: (self.versions.get_now(aliases[registry.CHALLENGER])
                                   if cfg.canary_share > 0 and aliases[registry.CHALLENGER] else None)}
         self.redis = aioredis.Redis.from_url(cfg.redis_url, socket_timeout=2)
@@ -336,7 +332,7 @@ class Gateway:
             try:
                 req = PredictRequest.model_validate_json(await self._body(request))
             except ValidationError as e:
-                raise _validation_error(e) from None
+                raise _invalid_field(e.errors()) from None
             if bool(req.symbols) == bool(req.rows):
                 raise ApiError(422, "body: give either 'symbols' (live features) or 'rows' (explicit features)")
             return await (self._from_symbols(req.symbols) if req.symbols else self._from_rows(req.rows))
@@ -449,11 +445,7 @@ def build(cfg: ServeConfig) -> serve.Application:
     champion when the families are split out."""
     handles = {}
     if cfg.split_families:
-        versions = ModelVersions(cfg.tracking_uri, cfg.model)
-        champion = versions.aliases()[registry.CHAMPION]
-        if champion is None:
-            raise ConfigError(f"{cfg.model} has no '{registry.CHAMPION}' version in the registry at {cfg.tracking_uri}")
-        for fam in bases_of(versions.get_now(champion)):
+        for fam in bases_of(ModelVersions(cfg.tracking_uri, cfg.model).champion_now()):
             handles[fam] = FamilyModel.options(name=f"Family-{fam}", **cfg.families.options()).bind(
                 cfg.tracking_uri, cfg.model, fam)
     return Gateway.options(**cfg.gateway.options()).bind(cfg, handles)

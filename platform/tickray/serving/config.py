@@ -11,7 +11,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tickray.config import load_settings
 from tickray.errors import ConfigError
+from tickray.serving.security import hash_key
+from tickray.training.config import one_line_error
 
 
 class _Strict(BaseModel):
@@ -84,25 +87,20 @@ class ServeConfig(_Strict):
 
 def parse_serve_config(args: dict, where: str = "serve config") -> ServeConfig:
     """The application's args → :class:`ServeConfig`, with the keys and secret from the environment."""
-    from tickray.serving.security import hash_key
-
     try:
         cfg = ServeConfig.model_validate(args)
     except ValidationError as e:
-        err = e.errors()[0]
-        at = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{where}: {at}: {err['msg']}") from None
+        raise ConfigError(one_line_error(e, where)) from None
     env_keys = [k.strip() for k in os.environ.get(cfg.api_keys_env, "").split(",") if k.strip()]
     bad = [h for h in cfg.api_keys_sha256 if len(h) != 64 or any(c not in "0123456789abcdef" for c in h.lower())]
     if bad:
         raise ConfigError(f"{where}: api_keys_sha256: {bad[0]!r} is not a SHA-256 hex digest "
                           "(`tickray serve --new-key` prints one)")
+    urls = {}
     if not (cfg.tracking_uri and cfg.redis_url):
-        from tickray.config import load_settings
-
         settings = load_settings()
-        cfg = cfg.model_copy(update={"tracking_uri": cfg.tracking_uri or settings.tracking_uri,
-                                     "redis_url": cfg.redis_url or settings.redis_url})
+        urls = {"tracking_uri": cfg.tracking_uri or settings.tracking_uri, "redis_url": cfg.redis_url or settings.redis_url}
     return cfg.model_copy(update={
+        **urls,
         "api_keys_sha256": sorted({h.lower() for h in cfg.api_keys_sha256} | {hash_key(k) for k in env_keys}),
         "jwt_secret": os.environ.get(cfg.jwt_secret_env, "")})

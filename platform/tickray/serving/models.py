@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from mlflow.tracking import MlflowClient
 
+from tickray.errors import ConfigError
 from tickray.features.windows import complete_windows
 from tickray.training import registry
 from tickray.training.ensemble import Ensemble
@@ -46,6 +47,13 @@ class ModelVersions:
                 if hasattr(model, "to"):
                     model.to(self.device)
         return loaded
+
+    def champion_now(self) -> registry.LoadedModel:
+        """Blocking: the current champion, or a ConfigError when the model has none."""
+        version = self.aliases()[registry.CHAMPION]
+        if version is None:
+            raise ConfigError(f"{self.name} has no '{registry.CHAMPION}' version in the registry at {self.tracking_uri}")
+        return self.get_now(version)
 
     def get_now(self, version: str) -> registry.LoadedModel:
         """Blocking: for a replica's constructor."""
