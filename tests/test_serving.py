@@ -227,46 +227,85 @@ def test_moving_the_champion_alias_under_load_fails_no_request(api, mlflow_store
     assert seen[0] == old and new in seen and seen[-1] == old and len(switched) >= 2
 
 
-def test_a_family_that_fails_degrades_the_answer_and_the_canary_gets_its_share(api, live, mlflow_store):
-    """A second app: stale features rejected, half the requests to `challenger`. Killing the LSTM
-    family's replica: answers go on without it, saying so, until Serve has replaced it."""
+def _consecutive_rows(model, n: int = 10) -> list[dict]:
+    return [{"features": {k: 0.1 for k in model.features}, "ts_ns": (1_721_347_000 + i) * 10**9} for i in range(n)]
+
+
+def test_stale_features_are_refused_the_canary_gets_its_share_and_cors_lets_only_listed_origins(
+        api, live, mlflow_store):
+    """A second app: stale features rejected, half the requests to `challenger`, one origin allowed."""
     uri = mlflow_store[0]
     champion = _champion(mlflow_store).version
     challenger = _copy_version(uri, "tickray-ensemble", champion)
     MlflowClient(uri).set_registered_model_alias("tickray-ensemble", registry.CHALLENGER, challenger)
     cfg = ServeConfig(tracking_uri=uri, redis_url=live.redis_url, canary_share=0.5, stale_after_s=0.5,
-                      stale_policy="reject", family_timeout_s=0.5, rate_limit=None)
+                      stale_policy="reject", rate_limit=None, cors_origins=["https://dash.example"],
+                      split_families=False)
     serve.run(build(cfg), name="strict", route_prefix="/strict")
     base = f"{api.base_url}/strict"
     try:
         stale = httpx.post(f"{base}/v1/predict", json={"symbols": ["BTCUSDT"]}, timeout=30)
         assert stale.status_code == 503 and "stale features: BTCUSDT" in stale.json()["detail"]
 
-        model = _champion(mlflow_store)
-        rows = [{"features": {n: 0.1 for n in model.features}, "ts_ns": (1_721_347_000 + i) * 10**9}
-                for i in range(10)]
+        rows = _consecutive_rows(_champion(mlflow_store))
         versions = [httpx.post(f"{base}/v1/predict", json={"rows": rows}, timeout=30).json()["model_version"]
                     for _ in range(40)]
         assert 8 <= versions.count(challenger) <= 32 and champion in versions
 
-        (lstm,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                   if "strict#Family-lstm" in a["name"]]
-        ray.kill(ray.get_actor(lstm, namespace="serve"), no_restart=True)
-        answers = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            r = httpx.post(f"{base}/v1/predict", json={"rows": rows}, timeout=30)
-            assert r.status_code == 200, r.text
-            last = r.json()["predictions"][-1]
-            answers.append(last.get("degraded", {}))
-            if len(answers) > 3 and not answers[-1]:
-                break
-        degraded = [a for a in answers if a]
-        assert degraded and set(degraded[0]) == {"lstm"} and "failed" in degraded[0]["lstm"]
-        assert not answers[-1]  # the replacement replica answers again
+        def preflight(url: str, origin: str) -> httpx.Response:
+            return httpx.options(f"{url}/v1/predict", timeout=30, headers={
+                "Origin": origin, "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "x-api-key,content-type"})
+
+        ok = preflight(base, "https://dash.example")
+        assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "https://dash.example"
+        assert "access-control-allow-origin" not in preflight(base, "https://evil.example").headers
+        assert "access-control-allow-origin" not in preflight(api.base_url, "https://dash.example").headers
     finally:
         serve.delete("strict")
         MlflowClient(uri).delete_registered_model_alias("tickray-ensemble", registry.CHALLENGER)
+
+
+def test_a_minute_of_load_with_a_family_replica_killed_fails_no_request(api, live, mlflow_store):
+    """60 s of 4 clients (live symbols and explicit rows, which every family computes): the LSTM family's
+    replica is killed at 20 s. Answers go on without it, saying so, until Serve's replacement answers."""
+    uri = mlflow_store[0]
+    cfg = ServeConfig(tracking_uri=uri, redis_url=live.redis_url, stale_after_s=3600, rate_limit=None,
+                      family_timeout_s=1.0)
+    serve.run(build(cfg), name="load", route_prefix="/load")
+    base = f"{api.base_url}/load"
+    rows = _consecutive_rows(_champion(mlflow_store))
+    answers: list[tuple[float, str, int, dict]] = []  # (time, kind, status, the last prediction's degradation)
+
+    def caller(kind: str, start: float, stop_at: float) -> None:
+        body = {"rows": rows} if kind == "rows" else {"symbols": ["BTCUSDT"]}
+        with httpx.Client(timeout=30) as client:
+            while time.monotonic() < stop_at:
+                r = client.post(f"{base}/v1/predict", json=body)
+                last = r.json()["predictions"][-1].get("degraded", {}) if r.status_code == 200 else {}
+                answers.append((time.monotonic() - start, kind, r.status_code, last))
+
+    try:
+        start = time.monotonic()
+        with ThreadPoolExecutor(4) as pool:
+            running = [pool.submit(caller, kind, start, start + 60) for kind in ("rows", "symbols") * 2]
+            time.sleep(20)
+            (lstm,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                       if "load#Family-lstm" in a["name"]]
+            ray.kill(ray.get_actor(lstm, namespace="serve"), no_restart=True)
+            for f in running:
+                f.result()
+    finally:
+        serve.delete("load")
+    failed = [a for a in answers if a[2] != 200]
+    degraded = [t for t, _, _, d in answers if d]
+    assert all(set(d) == {"lstm"} and "failed" in d["lstm"] for *_, d in answers if d)
+    print(f"{len(answers)} requests in 60 s, {len(failed)} failed, answers without the LSTM family from "
+          f"{degraded[0]:.1f} s to {degraded[-1]:.1f} s" if degraded else "none degraded")
+    assert len(answers) > 1000 and len(failed) <= len(answers) // 1000
+    assert degraded and degraded[0] >= 19 and degraded[-1] < 55
+    recovered = [a for a in answers if a[1] == "rows" and a[0] > degraded[-1]]
+    assert len(recovered) > 10  # the replacement answers every request after it
 
 
 def test_the_websocket_pushes_a_prediction_for_each_new_feature_row(api, capture, live):

@@ -8,7 +8,8 @@ One port serves both sides of the venue:
   client missed (``aggTrades`` and ``historicalTrades`` from ``fromId``).
 
 There is one market: a clock replays the captures in receive-time order, paced by ``speed`` (10: ten
-times faster than recorded; 0: as fast as the connected clients take them, waiting while none is).
+times faster than recorded; 0: as fast as the connected clients take them, waiting while none is),
+which may be changed while it runs (fast-forward a warm-up, then the recorded pace).
 Every connection sees the market from the moment it subscribes, as on the venue: what is sent while a
 client is away is gone from its stream, and it has the REST side to catch up. The snapshot is the book
 as of the market so far (the exchange keeps its own book with the same book module, seeded by the
@@ -198,12 +199,14 @@ class ReplayExchange:
         timeline = sorted([(t, s, b, i) for i, (t, s, b) in enumerate(self.messages)]
                           + [(t, s, raw.encode(), -1) for t, s, raw in self.inject], key=lambda m: m[0])
         loop = asyncio.get_running_loop()
-        t_first, start = timeline[0][0] if timeline else 0, loop.time()
+        t_anchor, clock_anchor, speed = timeline[0][0] if timeline else 0, loop.time(), self.speed
         for k, (recv_ns, name, body, index) in enumerate(timeline, 1):
             if _every(self.faults.stall_every, k):
                 await asyncio.sleep(self.faults.stall_s)
-            if self.speed > 0:
-                delay = (recv_ns - t_first) / 1e9 / self.speed - (loop.time() - start)
+            if self.speed != speed:  # changed while running: the new pace counts from this message
+                t_anchor, clock_anchor, speed = recv_ns, loop.time(), self.speed
+            if speed > 0:
+                delay = (recv_ns - t_anchor) / 1e9 / speed - (loop.time() - clock_anchor)
                 if delay > 0:
                     await asyncio.sleep(delay)
             else:

@@ -19,12 +19,14 @@ import asyncio
 import logging
 import random
 import time
+from collections import OrderedDict
 
 import numpy as np
 import orjson
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
@@ -32,7 +34,7 @@ from ray.serve.handle import DeploymentHandle
 from ray.util import metrics
 
 from tickray.serving.config import ServeConfig, parse_serve_config
-from tickray.serving.features import FeatureError, LiveFeatures, Series, doc_problem
+from tickray.serving.features import FeatureError, LiveFeatures, Reading, doc_problem
 from tickray.serving.models import Inputs, ModelVersions, bases_of, combine, describe
 from tickray.serving.security import Authenticator, AuthError, RateLimiter
 from tickray.stream.actor import FEATURES_CHANNEL, FEATURES_KEY
@@ -41,6 +43,8 @@ from tickray.training import registry
 log = logging.getLogger("ray.serve")
 NS = 1_000_000_000
 APP_NAME = "tickray"
+FAILED = "failed:"  # how a family that could not answer is reported (never remembered as an answer)
+RECENT_PREDICTIONS = 4096  # live predictions kept per gateway replica, keyed by version and published row
 
 
 class ApiError(Exception):
@@ -65,6 +69,27 @@ class PredictRequest(BaseModel):
 
 
 api = FastAPI(title="tickray", version="0.1.0", description=__doc__.split("\n\n")[0])
+
+class CrossOrigin:
+    """CORS as the replica's gateway config says (``cors_origins``), decided at the first request (after
+    the gateway's constructor): Starlette's middleware for the listed origins, or nothing at all, so that
+    browsers refuse every cross-origin call."""
+
+    def __init__(self, app):
+        self.app, self.inner = app, None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":  # at start-up, before the gateway exists
+            return await self.app(scope, receive, send)
+        if self.inner is None:
+            origins = serve.get_replica_context().servable_object.cfg.cors_origins
+            self.inner = CORSMiddleware(self.app, allow_origins=origins, allow_methods=["GET", "POST"],
+                                        allow_headers=["Authorization", "Content-Type", "X-API-Key"],
+                                        max_age=600) if origins else self.app
+        await self.inner(scope, receive, send)
+
+
+api.add_middleware(CrossOrigin)
 
 
 @api.exception_handler(ApiError)
@@ -121,6 +146,7 @@ class Gateway:
         self.limiter = RateLimiter(self.redis, cfg.rate_limit.requests, cfg.rate_limit.window_s) \
             if cfg.rate_limit else None
         self._poller: asyncio.Task | None = None
+        self._recent: OrderedDict[tuple, dict] = OrderedDict()
         self.requests = metrics.Counter("tickray_serve_requests", "API requests by route and status code",
                                         tag_keys=("route", "code"))
         self.stage_ms = metrics.Histogram("tickray_serve_stage_ms", "time in one stage of a prediction, ms",
@@ -129,6 +155,8 @@ class Gateway:
         self.latency = metrics.Histogram("tickray_serve_predict_ms", "a prediction request in the replica, ms",
                                          boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000],
                                          tag_keys=("model", "model_version"))
+        self.cache = metrics.Counter("tickray_serve_live_predictions", "live predictions answered from the "
+                                     "replica's recent ones (hit) or computed (miss)", tag_keys=("result",))
         if not self.auth.enabled:
             log.warning("tickray serve: no API keys and no JWT secret configured; the API is open")
 
@@ -236,7 +264,7 @@ class Gateway:
         for (fam, (ends, _)), p in zip(calls.items(), results):
             if isinstance(p, BaseException):  # one family failing degrades the answer, never fails it
                 first = str(p).strip().splitlines()[-1][:200] if str(p).strip() else ""
-                why[fam] = f"failed: {type(p).__name__} {first}".strip()
+                why[fam] = f"{FAILED} {type(p).__name__} {first}".strip()
                 continue
             full = np.full((m, len(loaded.horizons)), np.nan)
             full[[pos[int(e)] for e in ends]] = p
@@ -265,38 +293,62 @@ class Gateway:
                              tags={"model": loaded.name, "model_version": loaded.version})
         return out
 
-    async def _series(self, loaded: registry.LoadedModel, symbols: list[str]) -> dict[str, Series]:
+    async def _read(self, loaded: registry.LoadedModel, symbols: list[str]) -> dict[str, Reading]:
         t0 = time.perf_counter()
         window = max(m.window for m in bases_of(loaded).values())
         try:
-            series = await LiveFeatures(self.redis, loaded.features, loaded.model.feature_set_version).series(
+            readings = await LiveFeatures(self.redis, loaded.features, loaded.model.feature_set_version).read(
                 symbols, window)
         except FeatureError as e:
             raise ApiError(e.status, str(e)) from None
         self.stage_ms.observe((time.perf_counter() - t0) * 1e3, tags={"stage": "features"})
-        return series
+        return readings
+
+    async def _live_predictions(self, loaded: registry.LoadedModel, alias: str,
+                                readings: list[Reading]) -> list[dict]:
+        """A prediction per symbol's latest row: computed once per version and published row, since every
+        caller asking before the next row gets the same answer."""
+        def key(r: Reading) -> tuple:
+            return loaded.version, r.symbol, r.ts_ns, r.latest["published_at"]  # a row published again: anew
+
+        found = {key(r): self._recent[key(r)] for r in readings if key(r) in self._recent}
+        todo = [r for r in readings if key(r) not in found]
+        if found:
+            self.cache.inc(len(found), tags={"result": "hit"})
+        if todo:
+            self.cache.inc(len(todo), tags={"result": "miss"})
+            parts = [r.series() for r in todo]
+            x = np.concatenate([v.x for v in parts])
+            ts = np.concatenate([v.ts_ns for v in parts])
+            sym = np.concatenate([np.full(v.ts_ns.size, v.symbol, object) for v in parts])
+            ends = np.cumsum([v.ts_ns.size for v in parts]) - 1
+            preds = await self._predict(loaded, alias, Inputs(x, ts, sym, ends))
+            for r, pred in zip(todo, preds):
+                found[key(r)] = pred
+                if not any(w.startswith(FAILED) for w in pred.get("degraded", {}).values()):  # not a passing fault
+                    self._recent[key(r)] = pred
+            while len(self._recent) > RECENT_PREDICTIONS:
+                self._recent.popitem(last=False)
+        # copies: the caller marks its own answer (staleness, alias)
+        return [{**pred, "alias": alias, "horizons": {h: dict(v) for h, v in pred["horizons"].items()}}
+                for pred in (found[key(r)] for r in readings)]
 
     async def _from_symbols(self, symbols: list[str]) -> dict:
         symbols = list(dict.fromkeys(s.upper() for s in symbols))
         if len(symbols) > self.cfg.max_symbols:
             raise ApiError(422, f"symbols: {len(symbols)} symbols, at most {self.cfg.max_symbols} per request")
         alias, loaded = self._pick()
-        series = await self._series(loaded, symbols)
-        stale = {s: v.age_s for s, v in series.items() if v.age_s > self.cfg.stale_after_s}
+        readings = await self._read(loaded, symbols)
+        stale = {s: r.age_s for s, r in readings.items() if r.age_s > self.cfg.stale_after_s}
         if stale and self.cfg.stale_policy == "reject":
             raise ApiError(503, "stale features: " + ", ".join(
                 f"{s} {a:.1f}s old" for s, a in stale.items()) + f" (limit {self.cfg.stale_after_s:g}s); "
                 "is its stream actor running?")
-        parts = [series[s] for s in symbols]
-        x = np.concatenate([v.x for v in parts])
-        ts = np.concatenate([v.ts_ns for v in parts])
-        sym = np.concatenate([np.full(v.ts_ns.size, v.symbol, object) for v in parts])
-        ends = np.cumsum([v.ts_ns.size for v in parts]) - 1
-        preds = await self._predict(loaded, alias, Inputs(x, ts, sym, ends))
-        for v, pred in zip(parts, preds):
-            pred.update(symbol=v.symbol, ts_ns=int(v.ts_ns[-1]), feature_age_s=round(v.age_s, 3),
-                        stale=v.symbol in stale)
-            if v.symbol in stale:
+        parts = [readings[s] for s in symbols]
+        preds = await self._live_predictions(loaded, alias, parts)
+        for r, pred in zip(parts, preds):
+            pred.update(symbol=r.symbol, ts_ns=r.ts_ns, feature_age_s=round(r.age_s, 3), stale=r.symbol in stale)
+            if r.symbol in stale:
                 for h in pred["horizons"].values():
                     h["confidence"] = 0.0
         return {"model": loaded.name, "model_version": loaded.version, "predictions": preds}
@@ -417,6 +469,7 @@ class Gateway:
                 pred = out["predictions"][0]
                 pred["pushed_at"] = time.time()
                 pred["published_at"] = doc["published_at"]
+                pred["tick_received_at"] = doc.get("tick_received_at")  # the stream actor's, when it says
                 await ws.send_text(orjson.dumps({"model": out["model"], **pred}).decode())
         except WebSocketDisconnect:
             pass

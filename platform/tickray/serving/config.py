@@ -28,6 +28,9 @@ class Replicas(_Strict):
     target_ongoing_requests: float = Field(4.0, gt=0)
     num_cpus: float = Field(0.25, ge=0)
     num_gpus: float = Field(0.0, ge=0)
+    # Requests a replica takes at once; beyond it callers queue in Serve's router, which backs off
+    # (Serve's default of 5 made 32 clients on one gateway wait seconds).
+    max_ongoing_requests: int = Field(32, ge=1)
 
     @model_validator(mode="after")
     def _bounds(self):
@@ -37,9 +40,10 @@ class Replicas(_Strict):
 
     def options(self) -> dict:
         actor = {"num_cpus": self.num_cpus, **({"num_gpus": self.num_gpus} if self.num_gpus else {})}
+        common = {"ray_actor_options": actor, "max_ongoing_requests": self.max_ongoing_requests}
         if self.min_replicas == self.max_replicas:
-            return {"num_replicas": self.min_replicas, "ray_actor_options": actor}
-        return {"ray_actor_options": actor, "autoscaling_config": {
+            return {"num_replicas": self.min_replicas, **common}
+        return {**common, "autoscaling_config": {
             "min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
             "target_ongoing_requests": self.target_ongoing_requests}}
 
@@ -77,6 +81,8 @@ class ServeConfig(_Strict):
     jwt_secret_env: str = "TICKRAY_JWT_SECRET"
     jwt_secret: str = Field("", exclude=True, repr=False)  # filled from jwt_secret_env at build time
     rate_limit: RateLimit | None = RateLimit()
+    # Origins whose pages may call the API from a browser (e.g. "https://dash.example.com"); none: CORS off.
+    cors_origins: list[str] = Field(default_factory=list)
     max_body_bytes: int = Field(65_536, ge=256)
     max_symbols: int = Field(100, ge=1)
 

@@ -31,11 +31,6 @@ class Series:
     symbol: str
     ts_ns: np.ndarray  # (n,) int64
     x: np.ndarray  # (n, F) float32, in the model's feature order
-    published_at: float  # wall-clock time the latest row was published
-
-    @property
-    def age_s(self) -> float:
-        return time.time() - self.published_at
 
 
 DOC_KEYS = ("ts_ns", "features", "feature_set_version", "published_at")  # what a stream actor publishes
@@ -49,33 +44,57 @@ def doc_problem(doc) -> str | None:
     return f"it lacks {', '.join(missing)} (not written by a tickray stream actor?)" if missing else None
 
 
-def rows_from_docs(symbol: str, docs: list[dict], names: list[str], feature_set_version: str) -> Series:
-    """Docs of one symbol (any order) → a Series; FeatureError when they are not the model's features."""
-    bad = next((p for p in map(doc_problem, docs) if p), None)
+def _checked_latest(symbol: str, doc, names: list[str], feature_set_version: str) -> dict:
+    """The latest doc of a symbol, or FeatureError when it is not the model's features."""
+    bad = doc_problem(doc)
     if bad:
         raise FeatureError(409, f"{symbol}: live features unusable: {bad}")
-    latest = max(docs, key=lambda d: d["ts_ns"])
-    if latest.get("feature_set_version") != feature_set_version:
-        raise FeatureError(409, f"{symbol}: live features are set {latest.get('feature_set_version')!r}, the "
+    if doc.get("feature_set_version") != feature_set_version:
+        raise FeatureError(409, f"{symbol}: live features are set {doc.get('feature_set_version')!r}, the "
                                 f"model was trained on {feature_set_version!r}")
-    missing = [n for n in names if n not in latest["features"]]
+    missing = [n for n in names if n not in doc["features"]]
     if missing:
         raise FeatureError(409, f"{symbol}: live features lack {', '.join(missing[:5])} the model reads")
-    by_ts = {d["ts_ns"]: d for d in docs if d.get("feature_set_version") == feature_set_version}
-    ts = np.array(sorted(by_ts), np.int64)
-    x = np.array([[_num(by_ts[t]["features"].get(n)) for n in names] for t in ts], np.float32)
-    return Series(symbol, ts, x, float(latest["published_at"]))
+    return doc
 
 
 def _num(v) -> float:
     return float("nan") if v is None else float(v)
 
 
+@dataclass
+class Reading:
+    """One symbol's latest row (checked) and the raw rows before it, parsed only when a model needs them."""
+    symbol: str
+    latest: dict
+    earlier: list[bytes]
+    names: list[str]
+
+    @property
+    def ts_ns(self) -> int:
+        return int(self.latest["ts_ns"])
+
+    @property
+    def age_s(self) -> float:
+        return time.time() - float(self.latest["published_at"])
+
+    def series(self) -> Series:
+        version = self.latest["feature_set_version"]
+        by_ts = {self.ts_ns: self.latest}
+        for raw in self.earlier:
+            doc = orjson.loads(raw)
+            if isinstance(doc, dict) and doc.get("feature_set_version") == version and "ts_ns" in doc:
+                by_ts.setdefault(int(doc["ts_ns"]), doc)
+        ts = np.array(sorted(t for t in by_ts if t <= self.ts_ns), np.int64)
+        x = np.array([[_num(by_ts[t]["features"].get(n)) for n in self.names] for t in ts], np.float32)
+        return Series(self.symbol, ts, x)
+
+
 class LiveFeatures:
     def __init__(self, redis_async, names: list[str], feature_set_version: str):
         self.redis, self.names, self.version = redis_async, names, feature_set_version
 
-    async def series(self, symbols: list[str], window: int) -> dict[str, Series]:
+    async def read(self, symbols: list[str], window: int) -> dict[str, Reading]:
         """Each symbol's latest row and, when ``window`` > 1, the window - 1 rows before it: one round trip."""
         async with self.redis.pipeline(transaction=False) as p:
             for s in symbols:
@@ -88,8 +107,13 @@ class LiveFeatures:
             latest = replies[i * step]
             if latest is None:
                 raise FeatureError(404, f"no live features for symbol {s!r}: no stream actor publishes it")
-            docs = [orjson.loads(latest)]
-            if window > 1:
-                docs += [orjson.loads(fields[b"doc"]) for _, fields in replies[i * step + 1]]
-            out[s] = rows_from_docs(s, docs, self.names, self.version)
+            try:
+                doc = orjson.loads(latest)
+            except orjson.JSONDecodeError:
+                raise FeatureError(409, f"{s}: live features unusable: not JSON") from None
+            earlier = [fields[b"doc"] for _, fields in replies[i * step + 1]] if window > 1 else []
+            out[s] = Reading(s, _checked_latest(s, doc, self.names, self.version), earlier, self.names)
         return out
+
+    async def series(self, symbols: list[str], window: int) -> dict[str, Series]:
+        return {s: r.series() for s, r in (await self.read(symbols, window)).items()}

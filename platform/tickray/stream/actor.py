@@ -215,7 +215,8 @@ class StreamIngestActor:
 
     async def start(self) -> None:
         if not self._tasks:
-            self._redis = aioredis.from_url(self.redis_url)
+            # bounded: a Redis that stops answering is an error here, never a connector (or its stop) hung
+            self._redis = aioredis.from_url(self.redis_url, socket_timeout=10, socket_connect_timeout=5)
             self._http = httpx.AsyncClient(base_url=self.rest_url, timeout=10)
             self._queue: asyncio.Queue = asyncio.Queue(maxsize=self.opt.buffer)
             self._metrics = _Metrics()
@@ -230,7 +231,9 @@ class StreamIngestActor:
         for t in self._tasks:
             t.cancel()
         if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            _, stuck = await asyncio.wait(self._tasks, timeout=10)
+            if stuck:
+                log_event("stop: tasks still running after 10 s", tasks=[t.get_coro().__qualname__ for t in stuck])
             await self._flush()
             await self._http.aclose()
             await self._redis.aclose()
@@ -622,10 +625,13 @@ class StreamIngestActor:
         state = pipe.state.snapshot(pipe.sync.book if pipe.sync.synced else None)
         state_doc = {k: ("nan" if isinstance(v, float) and math.isnan(v) else repr(v)) for k, v in state.items()}
         live = {tf: orjson.dumps(bar) for tf, bar in self.live_bars(sym).items() if bar is not None}
+        # the wall time the message that closed these rows arrived: where tick -> prediction lag starts
+        tick_at = time.time() - (time.perf_counter_ns() - t0) / 1e9
         async with self._redis.pipeline(transaction=False) as p:
             for up in updates:
                 body = orjson.dumps({"symbol": sym, "ts_ns": up.ts_ns, "mid": up.mid, "features": up.features,
-                                     "feature_set_version": FEATURE_SET_VERSION, "published_at": time.time()})
+                                     "feature_set_version": FEATURE_SET_VERSION, "tick_received_at": tick_at,
+                                     "published_at": time.time()})
                 p.set(FEATURES_KEY.format(symbol=sym), body)
                 if self._first_time(sym, "row", up.ts_ns):
                     p.xadd(FEATURES_HISTORY.format(symbol=sym), {"doc": body}, maxlen=self.opt.history_maxlen,
