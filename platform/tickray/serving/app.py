@@ -11,6 +11,9 @@ node. Routes: ``POST /v1/predict``, ``GET /v1/predictions/{symbol}/latest``, ``W
 Lifecycle: replicas follow the registry's aliases. When ``champion`` moves, the new version is loaded
 beside the old one and swapped in; no request fails or waits on the registry. ``canary_share`` of the
 requests go to ``challenger``. Every answer names the version that made it.
+
+A live prediction is computed once per version and published feature row: callers asking before the
+next row (a second later) get the same answer, each with its own feature age and stale flag.
 """
 
 # No `from __future__ import annotations` here: FastAPI must see the route parameters' real types
@@ -69,6 +72,7 @@ class PredictRequest(BaseModel):
 
 
 api = FastAPI(title="tickray", version="0.1.0", description=__doc__.split("\n\n")[0])
+
 
 class CrossOrigin:
     """CORS as the replica's gateway config says (``cors_origins``), decided at the first request (after
@@ -289,9 +293,12 @@ class Gateway:
             if missing:
                 row["degraded"] = missing
             out.append(row)
+        return out
+
+    def _answered(self, loaded: registry.LoadedModel, t0: float) -> None:
+        """Per version, so that champion and challenger compare: computed or remembered answers alike."""
         self.latency.observe((time.perf_counter() - t0) * 1e3,
                              tags={"model": loaded.name, "model_version": loaded.version})
-        return out
 
     async def _read(self, loaded: registry.LoadedModel, symbols: list[str]) -> dict[str, Reading]:
         t0 = time.perf_counter()
@@ -338,6 +345,7 @@ class Gateway:
         if len(symbols) > self.cfg.max_symbols:
             raise ApiError(422, f"symbols: {len(symbols)} symbols, at most {self.cfg.max_symbols} per request")
         alias, loaded = self._pick()
+        t0 = time.perf_counter()
         readings = await self._read(loaded, symbols)
         stale = {s: r.age_s for s, r in readings.items() if r.age_s > self.cfg.stale_after_s}
         if stale and self.cfg.stale_policy == "reject":
@@ -351,10 +359,12 @@ class Gateway:
             if r.symbol in stale:
                 for h in pred["horizons"].values():
                     h["confidence"] = 0.0
+        self._answered(loaded, t0)
         return {"model": loaded.name, "model_version": loaded.version, "predictions": preds}
 
     async def _from_rows(self, rows: list[FeatureRow]) -> dict:
         alias, loaded = self._pick()
+        t0 = time.perf_counter()
         names = loaded.features
         for i, row in enumerate(rows):
             missing, extra = set(names) - row.features.keys(), row.features.keys() - set(names)
@@ -371,6 +381,7 @@ class Gateway:
         out = [None] * len(rows)
         for pos, k in enumerate(order):
             out[k] = {**preds[pos], "row": int(k), "symbol": str(sym[k]), "ts_ns": int(ts[k])}
+        self._answered(loaded, t0)
         return {"model": loaded.name, "model_version": loaded.version, "predictions": out}
 
     # ---- routes ---------------------------------------------------------------------------------

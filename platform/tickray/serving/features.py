@@ -82,8 +82,11 @@ class Reading:
         version = self.latest["feature_set_version"]
         by_ts = {self.ts_ns: self.latest}
         for raw in self.earlier:
-            doc = orjson.loads(raw)
-            if isinstance(doc, dict) and doc.get("feature_set_version") == version and "ts_ns" in doc:
+            try:
+                doc = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue  # not a row of this series: its second counts as missing
+            if doc_problem(doc) is None and doc["feature_set_version"] == version:  # others are not this series
                 by_ts.setdefault(int(doc["ts_ns"]), doc)
         ts = np.array(sorted(t for t in by_ts if t <= self.ts_ns), np.int64)
         x = np.array([[_num(by_ts[t]["features"].get(n)) for n in self.names] for t in ts], np.float32)
