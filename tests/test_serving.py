@@ -120,8 +120,8 @@ async def _series(redis_url, model, window):
 
     r = aioredis.Redis.from_url(redis_url)
     try:
-        return (await LiveFeatures(r, model.features, model.model.feature_set_version).series(["BTCUSDT"], window))[
-            "BTCUSDT"]
+        readings = await LiveFeatures(r, model.features, model.model.feature_set_version).read(["BTCUSDT"], window)
+        return readings["BTCUSDT"].series()
     finally:
         await r.aclose()
 

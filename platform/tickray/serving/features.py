@@ -117,6 +117,3 @@ class LiveFeatures:
             earlier = [fields[b"doc"] for _, fields in replies[i * step + 1]] if window > 1 else []
             out[s] = Reading(s, _checked_latest(s, doc, self.names, self.version), earlier, self.names)
         return out
-
-    async def series(self, symbols: list[str], window: int) -> dict[str, Series]:
-        return {s: r.series() for s, r in (await self.read(symbols, window)).items()}
