@@ -24,7 +24,7 @@ from tickray.serving.config import ServeConfig, parse_serve_config
 from tickray.serving.features import LiveFeatures
 from tickray.serving.security import hash_key, sign_jwt
 from tickray.stack import redis_client
-from tickray.stream.actor import StreamIngestActor, forget, wait_for_messages
+from tickray.stream.actor import ConnectorOptions, StreamIngestActor, forget, wait_for_messages
 from tickray.training import registry
 
 KEY = "tk_test_key"
@@ -350,6 +350,59 @@ def test_the_websocket_pushes_a_prediction_for_each_new_feature_row(api, capture
     assert ts == sorted(ts) and len(set(ts)) >= 15
     lag_ms = sorted((g["pushed_at"] - g["published_at"]) * 1e3 for g in got)
     print(f"feature published → prediction pushed: p50 {lag_ms[len(lag_ms) // 2]:.1f} ms, max {lag_ms[-1]:.1f} ms")
+
+
+def test_a_killed_stream_actor_makes_predictions_stale_then_fresh_again(api, capture, live, mlflow_store):
+    """The stream actor is killed mid-session and Ray restarts it: answers are flagged stale (confidence 0)
+    while it is away, then fresh again, with every feature defined, as soon as it publishes: its feature
+    look-backs resume from the grid rows it had published instead of filling again for 5 minutes."""
+    cfg = ServeConfig(tracking_uri=mlflow_store[0], redis_url=live.redis_url, stale_after_s=0.75,
+                      stale_policy="flag", rate_limit=None, split_families=False)
+    serve.run(build(cfg), name="watch", route_prefix="/watch")
+    forget(redis_client(live), ["BTCUSDT"])
+    exchange = ReplayExchange(capture, speed=30.0).start()  # fast through the first 5 minutes
+    actor = StreamIngestActor.options(max_restarts=1, max_task_retries=-1).remote(
+        ["BTCUSDT"], exchange.ws_url, exchange.rest_url, live.redis_url, streams=STREAMS,
+        options=ConnectorOptions(autostart=True, flush_s=0.5))
+    answers: list[tuple[float, int, dict]] = []
+
+    def ask_until(done, timeout_s: float = 90) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            r = httpx.post(f"{api.base_url}/watch/v1/predict", json={"symbols": ["BTCUSDT"]}, timeout=30)
+            answers.append((time.monotonic(), r.status_code, r.json()))
+            if done(r.status_code, r.json()):
+                return
+            assert time.monotonic() < deadline, answers[-3:]
+            time.sleep(0.05)
+
+    def fresh(status: int, body: dict) -> bool:
+        return status == 200 and not body["predictions"][0]["stale"]
+
+    try:
+        ask_until(fresh)
+        exchange.speed = 4.0  # then a row every quarter of a second: Ray restarts the actor in about one
+        ask_until(lambda status, body: fresh(status, body) and answers[-2][1] == 200)
+        killed, before = time.monotonic(), answers[-1][2]["predictions"][0]["ts_ns"]
+        ray.kill(actor, no_restart=False)
+        ask_until(lambda status, body: status == 200 and body["predictions"][0]["stale"])
+        ask_until(lambda status, body: fresh(status, body) and body["predictions"][0]["ts_ns"] > before)
+        back = time.monotonic()
+        ask_until(lambda *_: time.monotonic() > back + 3)
+        stats = ray.get(actor.stats.remote())
+    finally:
+        serve.delete("watch")
+        _stop(exchange, actor)
+    after = [(t - killed, status, body) for t, status, body in answers if t > killed]
+    stale = [t for t, status, body in after if status == 200 and body["predictions"][0]["stale"]]
+    print(f"stream actor killed: answers stale from {stale[0]:.1f} s to {stale[-1]:.1f} s, fresh from "
+          f"{back - killed:.1f} s; {stats['messages']['grid rows resumed']} grid rows resumed")
+    assert stats["messages"]["resumed from checkpoint"] == 1 and stats["messages"]["grid rows resumed"] > 300
+    assert all(status == 200 for _, status, _ in after), [b for _, s, b in after if s != 200][:3]
+    assert all(h["confidence"] == 0 for t, _, body in after if t in stale
+               for h in body["predictions"][0]["horizons"].values())
+    since_back = [body["predictions"][0]["stale"] for t, _, body in after if t > back - killed]
+    assert since_back.count(False) > len(since_back) / 2  # fresh again (a busy machine may delay a row)
 
 
 def test_tickray_serve_checks_its_config_before_touching_a_cluster(tmp_path, capsys):

@@ -338,18 +338,24 @@ def test_spot_rules_and_payloads(ray_cluster, settings, shared_data):
     assert stats["messages"]["bookTicker"] > 0 and not stats["quarantined"], stats
 
 
-def test_a_killed_connector_comes_back_by_itself(ray_cluster, settings, capture):
-    """What `tickray stream` starts: Ray restarts the process, which resumes from its checkpoint, reconnects,
-    resyncs and goes on, counting every trade once."""
+def test_a_killed_connector_comes_back_by_itself_with_its_feature_look_backs(ray_cluster, settings, capture):
+    """What `tickray stream` starts: Ray restarts the process, which resumes from its checkpoint and the grid
+    rows it published, reconnects, fetches the trades it missed, resyncs and goes on, counting every trade
+    once. Its features are defined from the first row after the restart (the look-backs did not start
+    again), and those computed from trades alone equal the batch ones over the whole session: the grid
+    lost and doubled no trade. The seconds it was away carry its last book, so book features differ."""
+    r = redis_client(settings)
     exchange = ReplayExchange([capture], speed=SPEED).start()
-    forget(redis_client(settings), ["BTCUSDT"])
+    forget(r, ["BTCUSDT"])
     actor = StreamIngestActor.options(max_restarts=1, max_task_retries=-1).remote(
         ["BTCUSDT"], exchange.ws_url, exchange.rest_url, settings.redis_url, streams=STREAMS,
         options=ConnectorOptions(autostart=True, flush_s=0.5))
     try:
-        first = wait_for_messages(actor, 3000, timeout_s=60)
+        first = wait_for_messages(actor, 4500, timeout_s=60)  # past the first minute: 60 s look-backs defined
         assert first["connected"] and first["trades"]["BTCUSDT"] > 0
         time.sleep(0.6)  # past a checkpoint
+        exchange.speed = 5.0  # the rest of the session outlasts the restart
+        killed_at = time.time()
         ray.kill(actor, no_restart=False)
         stats = _settle(actor, exchange)
         book = ray.get(actor.book.remote("BTCUSDT"))
@@ -360,7 +366,22 @@ def test_a_killed_connector_comes_back_by_itself(ray_cluster, settings, capture)
     assert stats["messages"]["connections"] == 1 and stats["messages"]["received"] < len(exchange.messages)
     assert book["synced"] and book["last_update_id"] == exchange.books["BTCUSDT"].book.last_update_id
     assert stats["incarnation"] != first["incarnation"] and stats["messages"]["resumed from checkpoint"] == 1
-    assert stats["trades"]["BTCUSDT"] == 974 and stats["features_published"]["BTCUSDT"] > 0
+    assert stats["trades"]["BTCUSDT"] == 974 and stats["messages"]["grid rows resumed"] > 60
+
+    cap = read_ws_capture(capture)
+    grid = grid_from_events(cap.trades, cap.book.book)
+    batch = compute_features(grid)
+    docs = [orjson.loads(f[b"doc"]) for _, f in r.xrange(FEATURES_HISTORY.format(symbol="BTCUSDT"))]
+    after = [d for d in docs if d["published_at"] > killed_at]
+    assert len(after) > 30 and np.all(np.diff([d["ts_ns"] for d in docs]) == 1_000_000_000)  # no second missed
+    trades_only = ("tflow_5s", "tflow_30s", "tflow_60s", "signed_vol_60s", "vol_rate_60s", "trades_30s")
+    windowed = [f for f in FEATURE_NAMES if not FEATURES[f].from_start and FEATURES[f].lookback <= 60]
+    for d in docs[60:]:  # the actor's grid starts at its first book: windows from then on
+        i = int(np.searchsorted(grid["ts"], d["ts_ns"]))
+        live = {f: np.nan if v is None else v for f, v in d["features"].items()}
+        assert all(np.array_equal(live[f], batch[f][i], equal_nan=True) for f in trades_only), (d, i)
+        if d in after:  # where the batch look-back is covered, so is the resumed actor's
+            assert not [f for f in windowed if np.isnan(live[f]) and np.isfinite(batch[f][i])], d
 
 
 def _lake_table(root: Path, dataset: str) -> pa.Table:

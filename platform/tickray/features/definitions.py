@@ -329,3 +329,18 @@ class OnlineFeatures:
         lo = max(0, self._n - self.lookback)
         grid = {"ts": self._ts[lo:self._n], **{k: self._buf[lo:self._n, i] for i, k in enumerate(self._fields)}}
         return {name: float(v[-1]) for name, v in compute_features(grid, self.names).items()}
+
+    def last_row(self) -> bytes:
+        """The newest grid row's values (GRID_FIELDS after ts), packed: what :meth:`restore` takes back."""
+        return self._buf[self._n - 1].tobytes()
+
+    def restore(self, ts: list[int], rows: list[bytes]) -> None:
+        """Refill the ring with consecutive seconds of rows from :meth:`last_row`, oldest first: the next
+        :meth:`update` then computes what it would have without the interruption."""
+        keep = min(len(ts), self.lookback - 1)
+        if keep and np.any(np.diff(ts[-keep:]) != NS):
+            raise ValueError("grid rows to restore must be consecutive seconds")
+        self._ts[:keep] = ts[len(ts) - keep:]
+        for i, raw in enumerate(rows[len(rows) - keep:]):
+            self._buf[i] = np.frombuffer(raw, np.float64)
+        self._n = keep

@@ -123,6 +123,13 @@ class GridBuilder:
         self._pending_book.append((ts_ns, levels))
         return self._advance(ts_ns)
 
+    def resume(self, last_row: dict) -> None:
+        """Go on after ``last_row`` (closed before an interruption): its book carries into the next seconds
+        until a new state comes, and trades of its second or earlier are late (that row holds them)."""
+        self.next_sec = last_row["ts"] // NS + 1
+        self.levels = tuple(float(last_row[k]) for k in LEVEL_FIELDS)
+        self._pending_book, self._trades, self._max_ts = [], defaultdict(list), 0
+
     def on_trade(self, ts_ns: int, price: float, qty: float, side: int) -> list[dict]:
         if self.next_sec is not None and ts_ns < self.next_sec * NS:
             self.late += 1

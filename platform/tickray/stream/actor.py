@@ -15,7 +15,9 @@ venue's REST trades before the trade that revealed it. Invalid messages go to th
 Redis, per symbol: ``tickray:features:<SYM>`` (the latest features, one JSON value, so Serve reads every
 symbol with one MGET) and ``tickray:features:history:<SYM>`` (capped stream of them), ``tickray:state:<SYM>``
 (hash: the market state, see :mod:`tickray.stream.state`), the channel ``tickray:features``, closed 1m bars
-in ``tickray:bars:1m:<SYM>`` and the open bar of each timeframe in ``tickray:bars:live:<SYM>``.
+in ``tickray:bars:1m:<SYM>`` and the open bar of each timeframe in ``tickray:bars:live:<SYM>``. The
+checkpoint a restarted actor resumes from is ``tickray:stream:checkpoint:<SYM>`` (written with each lake
+flush) plus the grid rows of the feature look-backs, ``tickray:stream:grid:<SYM>`` (written as they close).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from ray.util import metrics
 
 from tickray import lake
 from tickray.errors import ConfigError
-from tickray.features import FEATURE_SET_VERSION
+from tickray.features import FEATURE_SET_VERSION, LOOKBACK
 from tickray.stream.cold import ColdBuffer
 from tickray.stream.pipeline import FeatureUpdate, SymbolPipeline
 
@@ -55,6 +57,7 @@ CLOSED_BARS_STREAM = "tickray:bars:1m:{symbol}"
 CLOSED_BARS_MAXLEN = 10_080  # a week of minutes
 LIVE_BARS_KEY = "tickray:bars:live:{symbol}"
 CHECKPOINT_KEY = "tickray:stream:checkpoint:{symbol}"
+GRID_ROWS = "tickray:stream:grid:{symbol}"  # capped stream of the last LOOKBACK grid rows
 
 DEFAULT_STREAMS = ("depth@0ms", "aggTrade", "bookTicker", "kline_1m")
 # REST prefix and the most streams one connection may carry, per venue
@@ -79,6 +82,9 @@ class ConnectorOptions:
     lake_root: str | None = None  # set: raw messages, trades and book states are appended to this lake
     flush_s: float = 60.0  # how often the lake is appended to and the checkpoint written
     resume_max_age_s: float = 3600.0  # an older checkpoint is not resumed (its gap is too long to backfill)
+    # A restart within this keeps the feature look-backs, the missed seconds carrying the last book (their
+    # trades come from REST); after a longer one the look-backs fill again from the live market.
+    resume_features_max_gap_s: float = 60.0
 
 
 def stream_names(symbol: str, streams: tuple[str, ...] = DEFAULT_STREAMS) -> list[str]:
@@ -353,15 +359,17 @@ class StreamIngestActor:
                 await self._quarantine(raw, f"internal error ({type(e).__name__}: {e})")
 
     async def _after_reconnect(self) -> None:
-        """Diffs and trades were missed while away: every book resyncs, trades are fetched from REST."""
+        """Diffs and trades were missed while away: trades are fetched from REST, then every book resyncs
+        (in that order, so the trades land in the grid seconds they belong to before the book moves on)."""
         for pipe in self.pipes.values():
             if pipe.sync.synced:
                 pipe.sync.synced = False
                 pipe.sync.counters.gaps += 1
+        await asyncio.gather(*(self._backfill(pipe, pipe.resume_from_trade(), None)
+                               for pipe in self.pipes.values() if pipe.last_trade_id >= 0))
+        for pipe in self.pipes.values():
             if any(n.startswith(f"{pipe.symbol.lower()}@depth") for n in self.streams):
                 self._request_snapshot(pipe.symbol)
-            if pipe.last_trade_id >= 0:
-                await self._backfill(pipe, pipe.last_trade_id + 1, None)
 
     # ---- durability: the lake and the checkpoint -------------------------------------------------
 
@@ -389,8 +397,30 @@ class StreamIngestActor:
             removed = self._drop_trades_after(sym, ck["connector"], ck["seq"]) if self.opt.lake_root else 0
             self._checkpointed[sym] = pipe.last_trade_id
             self.counts["resumed from checkpoint"] += 1
+            rows = self._resume_grid(pipe, await self._redis.xrevrange(GRID_ROWS.format(symbol=sym),
+                                                                      count=LOOKBACK - 1))
             log_event("resumed", symbol=sym, last_trade_id=pipe.last_trade_id, checkpoint_seq=ck["seq"],
-                      age_s=round(age_s, 1), lake_trade_files_removed=removed)
+                      age_s=round(age_s, 1), lake_trade_files_removed=removed, grid_rows=rows)
+
+    def _resume_grid(self, pipe: SymbolPipeline, entries: list) -> int:
+        """Hand the pipeline the consecutive grid rows published last (newest first in ``entries``) unless
+        they are older than ``resume_features_max_gap_s``; returns how many it took."""
+        if not entries:
+            return 0
+        gap_s = time.time() - int(entries[0][0].split(b"-")[0]) / 1e3  # the entry id: when Redis took it
+        if gap_s > self.opt.resume_features_max_gap_s:
+            log_event("feature look-backs not resumed", symbol=pipe.symbol, gap_s=round(gap_s, 1),
+                      max_gap_s=self.opt.resume_features_max_gap_s)
+            return 0
+        ts, rows = [], []
+        for _, f in entries:
+            if ts and int(f[b"ts"]) != ts[-1] - 1_000_000_000:
+                break  # an earlier run of rows, before a restart that did not resume them
+            ts.append(int(f[b"ts"]))
+            rows.append(f[b"row"])
+        pipe.resume_grid(ts[::-1], rows[::-1], int(entries[0][1][b"trade_id"]))
+        self.counts["grid rows resumed"] += len(ts)
+        return len(ts)
 
     def _drop_trades_after(self, symbol: str, connector: str, seq: int) -> int:
         removed = 0
@@ -544,7 +574,7 @@ class StreamIngestActor:
             for d in rows:
                 await self._apply_trade(pipe, d, time.perf_counter_ns())
             got += len(rows)
-            start = pipe.last_trade_id + 1
+            start = pipe.trade_id(rows[-1]) + 1
         if stop is not None and start < stop:
             self.counts["trades lost"] += stop - start  # the venue no longer has them: said, not hidden
         self.counts["trades backfilled"] += got
@@ -636,6 +666,8 @@ class StreamIngestActor:
                 if self._first_time(sym, "row", up.ts_ns):
                     p.xadd(FEATURES_HISTORY.format(symbol=sym), {"doc": body}, maxlen=self.opt.history_maxlen,
                            approximate=True)
+                    p.xadd(GRID_ROWS.format(symbol=sym), {"ts": up.ts_ns, "trade_id": up.grid_trade_id,
+                                                          "row": up.grid_row}, maxlen=LOOKBACK, approximate=True)
                 p.publish(FEATURES_CHANNEL, body)
             p.hset(STATE_KEY.format(symbol=sym), mapping=state_doc)
             if live:
@@ -655,7 +687,8 @@ def forget(r, symbols: list[str]) -> None:
     """Drop what Redis holds of these symbols' live state (checkpoints included), so the next connector
     starts clean instead of resuming: for replaying another session's capture."""
     keys = [k.format(symbol=s.upper()) for s in symbols
-            for k in (CHECKPOINT_KEY, FEATURES_KEY, FEATURES_HISTORY, STATE_KEY, CLOSED_BARS_STREAM, LIVE_BARS_KEY)]
+            for k in (CHECKPOINT_KEY, GRID_ROWS, FEATURES_KEY, FEATURES_HISTORY, STATE_KEY, CLOSED_BARS_STREAM,
+                      LIVE_BARS_KEY)]
     r.delete(*keys)
 
 

@@ -8,10 +8,13 @@ bars (tickray.live_bars), whose closed minutes equal the batch 1m bars.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from tickray.book import BookSync, DepthUpdate, TopOfBookCheck
-from tickray.features import BOOK_LEVELS, GridBuilder, OnlineFeatures
+from tickray.features import BOOK_LEVELS, GRID_FIELDS, GridBuilder, OnlineFeatures
 from tickray.live_bars import LiveBars
 from tickray.stream.cold import ColdBuffer
 from tickray.stream.state import MarketState
@@ -23,6 +26,8 @@ class FeatureUpdate:
     ts_ns: int  # second start of the grid row the features belong to
     features: dict[str, float]  # NaN while a feature's look-back is not yet covered
     mid: float
+    grid_row: bytes  # the grid row itself (OnlineFeatures.last_row): kept so a restarted actor resumes
+    grid_trade_id: int  # the newest trade in this row or an earlier one (-1: none yet)
 
 
 @dataclass
@@ -37,8 +42,11 @@ class SymbolPipeline:
     online: OnlineFeatures = field(default_factory=OnlineFeatures)
     state: MarketState = field(init=False)
     last_trade_id: int = -1
+    grid_trade_id: int = -1  # the newest trade handed to the grid (ahead of last_trade_id after resume_grid)
     cold: ColdBuffer | None = None  # set: trades and book states are also kept for the lake
     _closed: list = field(default_factory=list)
+    _in_grid: deque = field(default_factory=deque)  # (ts_ns, id) of trades in seconds the grid has not closed
+    _closed_trade_id: int = -1  # the newest trade in a closed grid row
 
     def __post_init__(self) -> None:
         self.sync = BookSync(self.symbol, spot=self.spot, on_change=self._book_changed, check=TopOfBookCheck())
@@ -72,10 +80,17 @@ class SymbolPipeline:
         return range(self.last_trade_id + 1, self.trade_id(data)) if self.last_trade_id >= 0 else range(0)
 
     def on_trade(self, data: dict) -> list[FeatureUpdate]:
-        """A validated @aggTrade / @trade payload; returns the feature rows it closed."""
-        self.last_trade_id = self.trade_id(data)
+        """A validated @aggTrade / @trade payload; returns the feature rows it closed. After
+        :meth:`resume_grid` a trade may be new to the grid only, or to everything but the grid."""
+        tid = self.trade_id(data)
         ts, price, qty, side = int(data["T"]) * 1_000_000, float(data["p"]), float(data["q"]), -1 if data["m"] else 1
-        self._closed.extend(self.grid.on_trade(ts, price, qty, side))
+        if tid > self.grid_trade_id:
+            self.grid_trade_id = tid
+            self._in_grid.append((ts, tid))
+            self._closed.extend(self.grid.on_trade(ts, price, qty, side))
+        if tid <= self.last_trade_id:
+            return self._emit()
+        self.last_trade_id = tid
         self.closed_minutes.extend(self.bars.on_trade(ts, price, qty, side))
         self.state.on_trade(ts, price, qty, side > 0)
         if self.cold:
@@ -89,14 +104,32 @@ class SymbolPipeline:
         return {"last_trade_id": self.last_trade_id, "state": self.state.checkpoint(), "bars": self.bars.checkpoint()}
 
     def restore(self, doc: dict) -> None:
-        self.last_trade_id = doc["last_trade_id"]
+        self.last_trade_id = self.grid_trade_id = doc["last_trade_id"]
         self.state.restore(doc["state"])
         self.bars.restore(doc["bars"])
+
+    def resume_grid(self, ts: list[int], rows: list[bytes], trade_id: int) -> None:
+        """Go on from the grid rows published before an interruption (consecutive seconds, oldest first;
+        ``trade_id`` from the newest), so the feature look-backs need not fill again. The seconds until
+        the book is synced again carry the last book, as the batch grid does over a gap in book data; the
+        trades after ``trade_id`` reach the grid, those after ``last_trade_id`` everything else."""
+        self.online.restore(ts, rows)
+        self.grid.resume({"ts": ts[-1], **dict(zip(GRID_FIELDS[1:], np.frombuffer(rows[-1], np.float64)))})
+        self.grid_trade_id = self._closed_trade_id = trade_id
+        self._in_grid.clear()
+
+    def resume_from_trade(self) -> int:
+        """The first trade id a restarted actor fetches again: the grid may be behind the checkpoint."""
+        return min(self.last_trade_id, self.grid_trade_id) + 1
 
     def _emit(self) -> list[FeatureUpdate]:
         out = []
         for row in self._closed:
             feats = self.online.update(row)
-            out.append(FeatureUpdate(self.symbol, row["ts"], feats, (row["bid_px_1"] + row["ask_px_1"]) / 2))
+            end = row["ts"] + 1_000_000_000
+            while self._in_grid and self._in_grid[0][0] < end:
+                self._closed_trade_id = self._in_grid.popleft()[1]
+            out.append(FeatureUpdate(self.symbol, row["ts"], feats, (row["bid_px_1"] + row["ask_px_1"]) / 2,
+                                     self.online.last_row(), self._closed_trade_id))
         self._closed = []
         return out
