@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
 import ray
@@ -22,6 +23,7 @@ from tickray.exchange_sim import ReplayExchange
 from tickray.serving.app import build
 from tickray.serving.config import ServeConfig, parse_serve_config
 from tickray.serving.features import LiveFeatures
+from tickray.serving.realised import RealisedAccuracy, pool
 from tickray.serving.security import hash_key, sign_jwt
 from tickray.stack import redis_client
 from tickray.stream.actor import ConnectorOptions, StreamIngestActor, forget, wait_for_messages
@@ -30,6 +32,7 @@ from tickray.training import registry
 KEY = "tk_test_key"
 JWT_SECRET = "test-secret-of-the-session"
 STREAMS = ("depth@0ms", "trade", "bookTicker")
+NS = 1_000_000_000
 
 
 @pytest.fixture(scope="module")
@@ -403,6 +406,77 @@ def test_a_killed_stream_actor_makes_predictions_stale_then_fresh_again(api, cap
                for h in body["predictions"][0]["horizons"].values())
     since_back = [body["predictions"][0]["stale"] for t, _, body in after if t > back - killed]
     assert since_back.count(False) > len(since_back) / 2  # fresh again (a busy machine may delay a row)
+
+
+def test_ensemble_weights_follow_the_realised_accuracy_of_live_predictions(api, capture, live, mlflow_store):
+    """With realised_weights, each live prediction the replica computed is scored once its horizons have
+    passed, against the mids the stream actor published: the record /v1/models shows counts exactly the
+    predicted rows whose horizons ended on a move, and once every family has min_scored scores the
+    answers say the realised weights combined them."""
+    cfg = ServeConfig(tracking_uri=mlflow_store[0], redis_url=live.redis_url, stale_after_s=3600, rate_limit=None,
+                      split_families=False, realised_weights={"window": 1000, "min_scored": 20, "score_every_s": 0.5})
+    serve.run(build(cfg), name="realised", route_prefix="/realised")
+    base = f"{api.base_url}/realised"
+    forget(redis_client(live), ["BTCUSDT"])
+    exchange, actor = _replay(capture, live.redis_url)
+    predicted, combined_by = {}, []  # row → the families that answered for it
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (not combined_by or "stacked" in combined_by[-1]):
+            r = httpx.post(f"{base}/v1/predict", json={"symbols": ["BTCUSDT"]}, timeout=30)
+            if r.status_code == 200:
+                exchange.speed = 4.0  # past the warm-up: slower, so that most rows are asked for
+                pred = r.json()["predictions"][0]
+                predicted[pred["ts_ns"]] = {"xgboost", "lstm", "transformer"} - set(pred.get("degraded", {}))
+                combined_by.append([h["combined_by"] for h in pred["horizons"].values()])
+            time.sleep(0.05)
+        _stop(exchange, actor)
+        time.sleep(1.5)  # the last scoring passes
+        record = httpx.get(f"{base}/v1/models", timeout=30).json()["versions"]["champion"]["realised"]
+    finally:
+        serve.delete("realised")
+    assert combined_by[0] == ["stacked", "stacked"] and combined_by[-1] == ["realised", "realised"], combined_by[-1]
+    docs = [orjson.loads(f[b"doc"]) for _, f in redis_client(live).xrange("tickray:features:history:BTCUSDT")]
+    mid = {d["ts_ns"]: d["mid"] for d in docs}
+    last = max(mid)
+    for h in (10, 60):
+        got = record["horizons"][f"{h}s"]["families"]
+        for family, scores in got.items():
+            expected = sum(1 for t, answered in predicted.items()
+                           if family in answered and t + 60 * NS <= last and mid[t + h * NS] != mid[t])
+            assert scores["scored"] == expected, (h, family, expected, got)
+        assert abs(sum(f["weight"] for f in got.values()) - 1) < 1e-3  # each rounded to 4 places
+    assert record["pending"] == sum(1 for t in predicted if t + 60 * NS > last) and record["expired"] == 0
+    print("realised record:", json.dumps(record["horizons"]))
+
+
+def test_realised_accuracy_weights_the_family_that_has_been_right():
+    """Three families over a random walk of mids: one knows the future, one tosses a coin, one is wrong.
+    After min_scored scores the first takes all the weight; before, the stacked meta-learner answers."""
+    rng = np.random.default_rng(7)
+    ts = (1_721_347_000 + np.arange(400)) * NS
+    mid = 60_000 * np.exp(np.cumsum(rng.normal(0, 1e-4, 400)))
+    mid[200] = mid[190]  # 10 s that end where they began: not scored
+    tracker = RealisedAccuracy(["oracle", "coin", "contrarian"], [10, 60], window=500, min_scored=100)
+    for t in range(300):
+        up = np.array([mid[t + 10] > mid[t], mid[t + 60] > mid[t]])
+        tracker.record("BTCUSDT", int(ts[t]), float(mid[t]), np.stack([np.where(up, 0.9, 0.1), np.full(2, 0.5),
+                                                                       np.where(up, 0.3, 0.7)]))
+        if t == 150:
+            assert np.isnan(tracker.weights()).all()  # nothing scored yet
+    assert tracker.score("BTCUSDT", ts[:50], mid[:50]) == 0  # no horizon has passed yet
+    assert tracker.score("BTCUSDT", ts[20:], mid[20:]) == 300 - 20 and tracker.expired == 20
+    summary = tracker.summary()["horizons"]
+    assert summary["10s"]["families"]["oracle"] == {"scored": 279, "log_loss": round(-np.log(0.9), 5),
+                                                    "hit_rate": 1.0, "weight": 1.0}
+    assert summary["60s"]["families"]["coin"]["weight"] == 0 and summary["60s"]["combined_by"] == "realised"
+    assert tracker.flat == 1 and not any(tracker.pending.values())
+    w = tracker.weights()
+    p, cover = pool({"oracle": np.array([[0.8, 0.3]]), "coin": np.array([[0.5, 0.5]])},
+                    ["oracle", "coin", "contrarian"], w)
+    assert np.allclose(p, [[0.8, 0.3]]) and np.allclose(cover, 1.0)
+    p, cover = pool({"coin": np.array([[0.5, 0.5]])}, ["oracle", "coin", "contrarian"], w)
+    assert np.allclose(cover, 0.0)  # the weight that answered: none, so the confidence is zero
 
 
 def test_tickray_serve_checks_its_config_before_touching_a_cluster(tmp_path, capsys):

@@ -39,9 +39,11 @@ from ray.util import metrics
 from tickray.serving.config import ServeConfig, parse_serve_config
 from tickray.serving.features import FeatureError, LiveFeatures, Reading, doc_problem
 from tickray.serving.models import Inputs, ModelVersions, bases_of, combine, describe
+from tickray.serving.realised import RealisedAccuracy, RecentMids
 from tickray.serving.security import Authenticator, AuthError, RateLimiter
-from tickray.stream.actor import FEATURES_CHANNEL, FEATURES_KEY
+from tickray.stream.actor import FEATURES_CHANNEL, FEATURES_HISTORY, FEATURES_KEY
 from tickray.training import registry
+from tickray.training.ensemble import Ensemble
 
 log = logging.getLogger("ray.serve")
 NS = 1_000_000_000
@@ -151,6 +153,9 @@ class Gateway:
             if cfg.rate_limit else None
         self._poller: asyncio.Task | None = None
         self._recent: OrderedDict[tuple, dict] = OrderedDict()
+        self._realised: dict[str, RealisedAccuracy] = {}  # version → its families' scored live predictions
+        self._mids = RecentMids(keep=3600)  # the published mids the predictions are scored against
+        self._scorer: asyncio.Task | None = None
         self.requests = metrics.Counter("tickray_serve_requests", "API requests by route and status code",
                                         tag_keys=("route", "code"))
         self.stage_ms = metrics.Histogram("tickray_serve_stage_ms", "time in one stage of a prediction, ms",
@@ -169,6 +174,8 @@ class Gateway:
     def _follow_aliases(self) -> None:
         if self._poller is None or self._poller.done():
             self._poller = asyncio.get_running_loop().create_task(self._poll_aliases())
+        if self.cfg.realised_weights and (self._scorer is None or self._scorer.done()):
+            self._scorer = asyncio.get_running_loop().create_task(self._score_realised())
 
     async def _poll_aliases(self) -> None:
         while True:
@@ -189,6 +196,48 @@ class Gateway:
                     log.info("%s %s now v%s", self.cfg.model, alias, version)
             except Exception as e:  # noqa: BLE001 (the registry being away must not stop serving)
                 log.warning("alias poll of %s failed: %s", self.cfg.model, e)
+
+    def _tracker(self, loaded: registry.LoadedModel) -> RealisedAccuracy | None:
+        """The version's realised-accuracy record, when weights follow it (ensembles only)."""
+        rw = self.cfg.realised_weights
+        if rw is None or not isinstance(loaded.model.model, Ensemble):
+            return None
+        if loaded.version not in self._realised:
+            self._realised[loaded.version] = RealisedAccuracy(list(bases_of(loaded)), loaded.horizons, rw.window,
+                                                              rw.min_scored)
+        return self._realised[loaded.version]
+
+    async def _score_realised(self) -> None:
+        """Score the live predictions whose horizons have passed, from the published rows' mids."""
+        while True:
+            await asyncio.sleep(self.cfg.realised_weights.score_every_s)
+            try:
+                served = {m.version for m in self.live.values() if m is not None}
+                for version in [v for v in self._realised if v not in served]:
+                    del self._realised[version]
+                trackers = list(self._realised.values())
+                for symbol in {s for t in trackers for s, p in t.pending.items() if p}:
+                    oldest = min(min(t.pending[symbol]) for t in trackers if t.pending.get(symbol))
+                    await self._read_mids(symbol, max(self._mids.newest(symbol), oldest - 1))
+                    for t in trackers:
+                        t.score(symbol, *self._mids.series(symbol))
+            except Exception as e:  # noqa: BLE001 (Redis away or a foreign row: scoring waits, serving goes on)
+                log.warning("scoring realised accuracy failed: %s", e)
+
+    async def _read_mids(self, symbol: str, after_ts: int, page: int = 200) -> None:
+        """The symbol's rows published after ``after_ts`` from its feature history, newest first."""
+        got, end = [], "+"
+        while True:
+            entries = await self.redis.xrevrange(FEATURES_HISTORY.format(symbol=symbol), max=end, count=page)
+            for _, f in entries:
+                doc = orjson.loads(f[b"doc"])
+                if doc["ts_ns"] <= after_ts:
+                    return self._mids.add(symbol, got)
+                if isinstance(doc.get("mid"), float) and doc["mid"] > 0:
+                    got.append((doc["ts_ns"], doc["mid"]))
+            if len(entries) < page:
+                return self._mids.add(symbol, got)
+            end = "(" + entries[-1][0].decode()
 
     def _pick(self) -> tuple[str, registry.LoadedModel]:
         challenger = self.live[registry.CHALLENGER]
@@ -275,21 +324,34 @@ class Gateway:
             base[fam] = full
         return base, why
 
-    async def _predict(self, loaded: registry.LoadedModel, alias: str, inputs: Inputs) -> list[dict]:
+    async def _predict(self, loaded: registry.LoadedModel, alias: str, inputs: Inputs,
+                       live: list[Reading] | None = None) -> list[dict]:
+        """Predictions for the targets; ``live``: the readings they are the latest rows of (scored later)."""
         t0 = time.perf_counter()
         base, why = await self._base(loaded, inputs)
         t1 = time.perf_counter()
         self.stage_ms.observe((t1 - t0) * 1e3, tags={"stage": "models"})
         if not base:
             raise ApiError(503, "no model could answer: " + "; ".join(f"{f} {w}" for f, w in why.items()))
-        p, conf = combine(loaded, inputs.x[inputs.targets], base)
+        tracker = self._tracker(loaded)
+        weights = tracker.weights() if tracker else None
+        p, conf = combine(loaded, inputs.x[inputs.targets], base, weights)
         self.stage_ms.observe((time.perf_counter() - t1) * 1e3, tags={"stage": "combine"})
+        if tracker and live:
+            nan = np.full((inputs.targets.size, len(loaded.horizons)), np.nan)
+            probs = np.stack([base.get(f, nan) for f in tracker.families], axis=1)  # (targets, families, H)
+            for r, pr in zip(live, probs):
+                if isinstance(r.latest.get("mid"), float):
+                    tracker.record(r.symbol, r.ts_ns, r.latest["mid"], pr)
         out = []
         for i in range(inputs.targets.size):
             missing = {f: w for f, w in why.items() if f not in base or np.isnan(base[f][i]).all()}
             row = {"horizons": {f"{h}s": {"prob_up": round(float(p[i, j]), 6), "confidence": round(float(conf[i, j]), 6)}
                                 for j, h in enumerate(loaded.horizons)},
                    "model_version": loaded.version, "alias": alias}
+            if weights is not None:
+                for j, h in enumerate(loaded.horizons):
+                    row["horizons"][f"{h}s"]["combined_by"] = "stacked" if np.isnan(weights[0, j]) else "realised"
             if missing:
                 row["degraded"] = missing
             out.append(row)
@@ -329,7 +391,7 @@ class Gateway:
             ts = np.concatenate([v.ts_ns for v in parts])
             sym = np.concatenate([np.full(v.ts_ns.size, v.symbol, object) for v in parts])
             ends = np.cumsum([v.ts_ns.size for v in parts]) - 1
-            preds = await self._predict(loaded, alias, Inputs(x, ts, sym, ends))
+            preds = await self._predict(loaded, alias, Inputs(x, ts, sym, ends), live=todo)
             for r, pred in zip(todo, preds):
                 found[key(r)] = pred
                 if not any(w.startswith(FAILED) for w in pred.get("degraded", {}).values()):  # not a passing fault
@@ -417,7 +479,8 @@ class Gateway:
             await self._admit(request.headers)
             return {"model": self.cfg.model, "canary_share": self.cfg.canary_share,
                     "split_families": self.cfg.split_families,
-                    "versions": {a: describe(m) for a, m in self.live.items() if m is not None}}
+                    "versions": {a: {**describe(m), **({"realised": t.summary()} if (t := self._tracker(m)) else {})}
+                                 for a, m in self.live.items() if m is not None}}
         return await self._answer("/v1/models", work)
 
     @api.get("/v1/health")

@@ -54,6 +54,14 @@ class RateLimit(_Strict):
     window_s: float = Field(60.0, gt=0)
 
 
+class RealisedWeights(_Strict):
+    """Ensemble weights that follow each family's realised accuracy on the live predictions (see
+    tickray.serving.realised)."""
+    window: int = Field(600, ge=10)  # the latest scored predictions per family and horizon
+    min_scored: int = Field(100, ge=1)  # scores every family needs before its horizon is pooled
+    score_every_s: float = Field(2.0, gt=0)
+
+
 class ServeConfig(_Strict):
     # The registered ensemble served (its ``champion``; ``challenger`` takes canary_share of requests).
     model: str = "tickray-ensemble"
@@ -68,6 +76,8 @@ class ServeConfig(_Strict):
     families: Replicas = Replicas()
     # A family that has not answered in this time is left out of the answer (which says so).
     family_timeout_s: float = Field(2.0, gt=0)
+    # None: the stacked meta-learner combines the families; set: weights that follow realised accuracy.
+    realised_weights: RealisedWeights | None = None
     # Features older than this are stale: "reject" answers 503, "flag" answers with confidence 0.
     stale_after_s: float = Field(10.0, gt=0)
     stale_policy: Literal["reject", "flag"] = "flag"

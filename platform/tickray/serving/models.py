@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from tickray.errors import ConfigError
 from tickray.features.windows import complete_windows
+from tickray.serving.realised import pool
 from tickray.training import registry
 from tickray.training.ensemble import Ensemble
 
@@ -95,17 +96,25 @@ class Inputs:
         return self.targets[ok[self.targets]]
 
 
-def combine(loaded: registry.LoadedModel, x: np.ndarray, base: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def combine(loaded: registry.LoadedModel, x: np.ndarray, base: dict[str, np.ndarray],
+            realised: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities, confidence), each (m, H), from base predictions (m, H) per family, NaN where a
     family could not answer for a row; ``x`` is the (m, F) target rows (the shock detector reads them).
-    The confidence of a row is scaled by the share of the meta-learner's weight that answered."""
+    ``realised``: (families, H) weights that follow realised accuracy (RealisedAccuracy.weights), which
+    pool the horizons they cover instead of the meta-learner. The confidence of a row is scaled by the
+    share of the combining weight that answered."""
     inner = loaded.model.model
     if not isinstance(inner, Ensemble):
         p = next(iter(base.values()))
         return p, np.nan_to_num(np.abs(2 * p - 1))
     raw = inner.combine(base)
     p = np.column_stack([c(raw[:, j]) for j, c in enumerate(inner.calibrators)])
-    conf = np.abs(2 * p - 1) * inner.coverage(base)
+    cover = inner.coverage(base)
+    if realised is not None and not np.isnan(realised).all():
+        ready = ~np.isnan(realised[0])
+        pooled, pooled_cover = pool(base, list(inner.bases), np.nan_to_num(realised))
+        p[:, ready], cover[:, ready] = pooled[:, ready], pooled_cover[:, ready]
+    conf = np.abs(2 * p - 1) * cover
     if inner.shock is not None:
         conf = conf * inner.shock.normality(x)[:, None]
     return p, conf
