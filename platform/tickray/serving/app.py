@@ -230,7 +230,12 @@ class Gateway:
         while True:
             entries = await self.redis.xrevrange(FEATURES_HISTORY.format(symbol=symbol), max=end, count=page)
             for _, f in entries:
-                doc = orjson.loads(f[b"doc"])
+                try:
+                    doc = orjson.loads(f.get(b"doc", b"{}"))
+                except orjson.JSONDecodeError:
+                    continue
+                if doc_problem(doc) is not None:
+                    continue  # not a stream actor's row (LiveFeatures skips it too)
                 if doc["ts_ns"] <= after_ts:
                     return self._mids.add(symbol, got)
                 if isinstance(doc.get("mid"), float) and doc["mid"] > 0:

@@ -17,11 +17,10 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from tickray.training.ensemble import logit
+from tickray.features.grid import NS
+from tickray.training.ensemble import EPS, logit
 
 LN2 = math.log(2)
-NS = 1_000_000_000
-EPS = 1e-6
 
 
 class RealisedAccuracy:
@@ -108,7 +107,7 @@ def pool(base: dict[str, np.ndarray], families: list[str], weights: np.ndarray) 
             continue
         ok = ~np.isnan(base[f])
         wf = np.where(ok, weights[i], 0.0)
-        z += wf * np.nan_to_num(logit(np.clip(base[f], EPS, 1 - EPS)))
+        z += wf * np.nan_to_num(logit(base[f]))
         cover += wf
     p = 1 / (1 + np.exp(-z / np.maximum(cover, 1e-12)))
     return p, cover
