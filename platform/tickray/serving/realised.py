@@ -35,6 +35,7 @@ class RealisedAccuracy:
         self.scores = {(f, h): deque(maxlen=window) for f in self.families for h in self.horizons}  # (loss, hit)
         self.flat = 0  # horizons that ended where they began: not scored
         self.expired = 0  # predictions whose outcome was never seen (the history had moved past it)
+        self._weights: np.ndarray | None = None  # as of the last scores: every prediction reads them
 
     def record(self, symbol: str, ts_ns: int, mid: float, probs: np.ndarray) -> None:
         """One live prediction: ``probs`` is (families, horizons)."""
@@ -69,16 +70,21 @@ class RealisedAccuracy:
                         p = min(max(p, EPS), 1 - EPS)
                         self.scores[(f, h)].append((-math.log(p if up else 1 - p), (p > 0.5) == up))
             scored += 1
+        if scored:
+            self._weights = None
         return scored
 
     def weights(self) -> np.ndarray:
         """(families, horizons) pool weights; a column of NaN where the stacked meta-learner answers."""
+        if self._weights is not None:
+            return self._weights
         w = np.full((len(self.families), len(self.horizons)), np.nan)
         for j, h in enumerate(self.horizons):
             if all(len(self.scores[(f, h)]) >= self.min_scored for f in self.families):
                 gain = np.array([max(LN2 - np.mean([s[0] for s in self.scores[(f, h)]]), 0.0) for f in self.families])
                 if gain.sum() > 0:
                     w[:, j] = gain / gain.sum()
+        self._weights = w
         return w
 
     def summary(self) -> dict:
