@@ -180,8 +180,10 @@ class ReplayExchange:
 
     # ---- the market ----------------------------------------------------------------------------
 
-    def _release(self, recv_ns: int, body: bytes) -> None:
+    def _release(self, recv_ns: int, name: str, body: bytes) -> None:
         """The market passes a message: the exchange's book and trade history move, sent or not."""
+        if name.split("@", 2)[1] not in ("depth", "aggTrade", "trade"):
+            return  # nothing the REST side serves (most messages: not parsed, the replay keeps its pace)
         data = orjson.loads(body)["data"]
         e, symbol = data.get("e"), data.get("s", "")
         if e == "depthUpdate":
@@ -214,7 +216,7 @@ class ReplayExchange:
                     self._client_joined.clear()
                     await self._client_joined.wait()
             if index >= 0:
-                self._release(recv_ns, body)
+                self._release(recv_ns, name, body)
             if index in self.drop:
                 continue
             text = body.decode()

@@ -2,9 +2,10 @@
 version, grouped in named feature sets. Batch jobs and stream actors call the same functions.
 
 A feature at row t reads rows t-lookback .. t only (never ahead). Window sums come from
-``rolling.window_sum``, whose result depends only on the rows of the window, so computing over the last
-``LOOKBACK`` rows gives the same bits as computing over a whole day: that is the streaming form
-(:class:`OnlineFeatures`). Windowed features are NaN until their window is full, except those marked
+``rolling.window_sum``, whose result depends only on the rows of the window, and the streaming form
+(:class:`OnlineFeatures`) evaluates the same functions on one row at a time, with the window sums and lags
+kept running (``rolling.RunningWindow``): the same bits as over a whole day, in O(1) per row. Windowed
+features are NaN until their window is full, except those marked
 ``from_start`` (volume rates over 5 and 15 min, and what is measured against the 15-minute activity
 baseline), which start once 60 rows exist and average the rows they have.
 """
@@ -17,8 +18,8 @@ from functools import cached_property
 
 import numpy as np
 
+from tickray.features import rolling
 from tickray.features.grid import BOOK_LEVELS, GRID_FIELDS, NS
-from tickray.features.rolling import full_window_sum, lag, window_mean
 
 BASELINE_S = 900  # the "normal activity" window that rates and thresholds are measured against
 BASELINE_MIN_ROWS = 60
@@ -79,11 +80,22 @@ class Grid:
             out = out + fn(i)
         return out
 
+    # Every operation across rows goes through these three methods: the online form
+    # (:class:`OnlineFeatures`) serves them from running state instead of from the columns.
     def wsum(self, x: np.ndarray, w: int) -> np.ndarray:
-        return full_window_sum(x, w, self.origin)
+        """Sum over the trailing ``w`` rows, NaN until the window is full."""
+        return rolling.full_window_sum(x, w, self.origin)
+
+    def wmean(self, x: np.ndarray, w: int, min_rows: int | None = None) -> np.ndarray:
+        """Mean over the trailing ``w`` rows (see ``rolling.window_mean``)."""
+        return rolling.window_mean(x, w, self.origin, min_rows)
+
+    def lag(self, x: np.ndarray, k: int) -> np.ndarray:
+        """``x`` as it was ``k`` rows earlier (NaN for the first ``k`` rows)."""
+        return rolling.lag(x, k)
 
     def baseline(self, x: np.ndarray) -> np.ndarray:
-        return window_mean(x, BASELINE_S, self.origin, BASELINE_MIN_ROWS)
+        return self.wmean(x, BASELINE_S, BASELINE_MIN_ROWS)
 
     @cached_property
     def mid(self) -> np.ndarray:
@@ -95,7 +107,7 @@ class Grid:
 
     @cached_property
     def ret1(self) -> np.ndarray:
-        return (self.logmid - lag(self.logmid, 1)) * 1e4
+        return (self.logmid - self.lag(self.logmid, 1)) * 1e4
 
     @cached_property
     def qty(self) -> np.ndarray:
@@ -113,7 +125,7 @@ class Grid:
     def ofi_event(self) -> np.ndarray:
         """Cont-Kukanov-Stoikov order-flow imbalance of the best quotes between consecutive rows."""
         b, a, qb, qa = self["bid_px_1"], self["ask_px_1"], self["bid_sz_1"], self["ask_sz_1"]
-        pb, pa, pqb, pqa = lag(b, 1), lag(a, 1), lag(qb, 1), lag(qa, 1)
+        pb, pa, pqb, pqa = self.lag(b, 1), self.lag(a, 1), self.lag(qb, 1), self.lag(qa, 1)
         e = (np.where(b >= pb, qb, 0.0) - np.where(b <= pb, pqb, 0.0)
              - np.where(a <= pa, qa, 0.0) + np.where(a >= pa, pqa, 0.0))
         e[np.isnan(pb) | np.isnan(b)] = np.nan
@@ -197,7 +209,7 @@ for _side in ("bid", "ask"):
 _register("ret_1s", 1, "log mid return over 1 s, bps")(lambda g: g.ret1)
 for _k in (5, 30, 60, 300):
     _register(f"ret_{_k}s", _k, f"log mid return (momentum) over {_k} s, bps")(
-        lambda g, k=_k: (g.logmid - lag(g.logmid, k)) * 1e4)
+        lambda g, k=_k: (g.logmid - g.lag(g.logmid, k)) * 1e4)
 
 for _w in (5, 30, 60, 300):
     _register(f"ofi_{_w}s", _w, f"order-flow imbalance of the best quotes over {_w} s, per unit of mean "
@@ -240,7 +252,7 @@ _register("vol_rate_60s", 59, "log(1 + traded quantity per second) over 60 s")(
 for _w in (300, BASELINE_S):
     _register(f"vol_rate_{_w}s", _w - 1, f"log(1 + traded quantity per second) over {_w} s "
               f"(from {BASELINE_MIN_ROWS} rows on, over the rows there are)", from_start=True)(
-        lambda g, w=_w: np.log1p(window_mean(g.qty, w, g.origin, BASELINE_MIN_ROWS)))
+        lambda g, w=_w: np.log1p(g.wmean(g.qty, w, BASELINE_MIN_ROWS)))
 
 for _side in ("buy", "sell"):
     _register(f"{_side}_pressure_60s", BASELINE_S - 1, f"{_side} quantity over 60 s relative to the normal "
@@ -265,12 +277,12 @@ def _intensity(g: Grid) -> np.ndarray:
 def _large_trades(g: Grid) -> np.ndarray:
     has = g["n_trades"] > 0
     logsize = np.where(has, np.log(_ratio(g.qty, g["n_trades"], 1.0)), 0.0)
-    n = window_mean(has.astype(float), BASELINE_S, g.origin, BASELINE_MIN_ROWS)
-    m1 = window_mean(logsize, BASELINE_S, g.origin, BASELINE_MIN_ROWS)
-    m2 = window_mean(np.square(logsize), BASELINE_S, g.origin, BASELINE_MIN_ROWS)
+    n = g.baseline(has.astype(float))
+    m1 = g.baseline(logsize)
+    m2 = g.baseline(np.square(logsize))
     mean = _ratio(m1, n, np.nan)
     sd = np.sqrt(np.maximum(_ratio(m2, n, np.nan) - np.square(mean), 0.0))
-    threshold = lag(np.exp(mean + LARGE_TRADE_Z * sd), 1)  # from earlier rows only
+    threshold = g.lag(np.exp(mean + LARGE_TRADE_Z * sd), 1)  # from earlier rows only
     flag = np.where(np.isnan(threshold), np.nan, (g["max_qty"] > threshold).astype(float))
     return g.wsum(flag, 60)
 
@@ -302,45 +314,73 @@ def compute_features(grid: dict[str, np.ndarray], names: tuple[str, ...] = FEATU
     return {name: FEATURES[name].fn(g) for name in names}
 
 
+class _OnlineGrid(Grid):
+    """One grid row (columns of length 1) whose operations across rows are served, in the order the
+    definitions call them, by the running state kept on ``tape``: one entry per call site of
+    ``wsum``/``wmean``/``lag`` in one evaluation of the feature set, created on the first row."""
+
+    def __init__(self, cols: dict[str, np.ndarray], ts: np.ndarray, tape: list):
+        self.cols, self.ts, self.n = cols, ts, 1
+        self.origin = int(ts[0] // NS)
+        self._tape, self._next = tape, 0
+
+    def _op(self, kind: type, arg: int):
+        if self._next == len(self._tape):
+            self._tape.append(kind(arg))
+        op = self._tape[self._next]
+        self._next += 1
+        if type(op) is not kind or getattr(op, "w", None) not in (None, arg):
+            raise RuntimeError("the feature definitions called their window operations in another order "
+                               "than on the first row: an online feature must not branch on the data")
+        return op
+
+    def wsum(self, x: np.ndarray, w: int) -> np.ndarray:
+        return np.array([self._op(rolling.RunningWindow, w).full_sum(float(x[-1]), self.origin)])
+
+    def wmean(self, x: np.ndarray, w: int, min_rows: int | None = None) -> np.ndarray:
+        return np.array([self._op(rolling.RunningWindow, w).mean(float(x[-1]), self.origin, min_rows)])
+
+    def lag(self, x: np.ndarray, k: int) -> np.ndarray:
+        return np.array([self._op(rolling.RunningLag, k).push(float(x[-1]))])
+
+
 class OnlineFeatures:
     """The streaming form: add one grid row, read the features of that row.
 
-    It keeps the last LOOKBACK rows in a ring and evaluates the same definitions on them; window sums do
-    not depend on what lies outside a window, so the values are the batch values bit for bit.
+    The definitions run on that row alone; their window sums and lags come from running state that has
+    seen every row since the first (``rolling.RunningWindow``, ``RunningLag``), so the values are the
+    batch values bit for bit at a cost that does not grow with the look-back.
     """
 
     def __init__(self, names: tuple[str, ...] = FEATURE_NAMES):
         self.names = names
         self.lookback = max(FEATURES[n].lookback for n in names) + 1
         self._fields = [k for k in GRID_FIELDS if k != "ts"]
-        self._buf = np.empty((2 * self.lookback, len(self._fields)))
-        self._ts = np.empty(2 * self.lookback, np.int64)
-        self._n = 0
+        self._tape: list = []
+        self._sec: int | None = None  # the absolute second of the last row
+        self._last = np.full(len(self._fields), np.nan)
 
     def update(self, row: dict) -> dict[str, float]:
-        if self._n == self._buf.shape[0]:  # keep the newest lookback-1 rows, in one copy per lookback rows
-            keep = self.lookback - 1
-            self._buf[:keep] = self._buf[self._n - keep:self._n]
-            self._ts[:keep] = self._ts[self._n - keep:self._n]
-            self._n = keep
-        self._buf[self._n] = [row[k] for k in self._fields]
-        self._ts[self._n] = row["ts"]
-        self._n += 1
-        lo = max(0, self._n - self.lookback)
-        grid = {"ts": self._ts[lo:self._n], **{k: self._buf[lo:self._n, i] for i, k in enumerate(self._fields)}}
-        return {name: float(v[-1]) for name, v in compute_features(grid, self.names).items()}
+        sec = int(row["ts"]) // NS
+        if self._sec is not None and sec != self._sec + 1:
+            self._tape = []  # not the next second: the look-backs start again, as on a new connection
+        self._sec = sec
+        self._last = np.array([row[k] for k in self._fields], dtype=np.float64)
+        g = _OnlineGrid({k: self._last[i:i + 1] for i, k in enumerate(self._fields)},
+                        np.array([row["ts"]], dtype=np.int64), self._tape)
+        return {name: float(FEATURES[name].fn(g)[-1]) for name in self.names}
 
     def last_row(self) -> bytes:
         """The newest grid row's values (GRID_FIELDS after ts), packed: what :meth:`restore` takes back."""
-        return self._buf[self._n - 1].tobytes()
+        return self._last.tobytes()
 
     def restore(self, ts: list[int], rows: list[bytes]) -> None:
-        """Refill the ring with consecutive seconds of rows from :meth:`last_row`, oldest first: the next
-        :meth:`update` then computes what it would have without the interruption."""
+        """Start again from consecutive seconds of rows from :meth:`last_row`, oldest first: the next
+        :meth:`update` then computes what it would have without the interruption (only the last
+        ``lookback - 1`` rows matter)."""
         keep = min(len(ts), self.lookback - 1)
         if keep and np.any(np.diff(ts[-keep:]) != NS):
             raise ValueError("grid rows to restore must be consecutive seconds")
-        self._ts[:keep] = ts[len(ts) - keep:]
-        for i, raw in enumerate(rows[len(rows) - keep:]):
-            self._buf[i] = np.frombuffer(raw, np.float64)
-        self._n = keep
+        self._tape, self._sec = [], None
+        for t, raw in zip(ts[len(ts) - keep:], rows[len(rows) - keep:]):
+            self.update({"ts": t, **dict(zip(self._fields, np.frombuffer(raw, np.float64)))})

@@ -10,6 +10,9 @@ drift of a running cumulative sum.
 
 from __future__ import annotations
 
+import math
+from collections import deque
+
 import numpy as np
 
 
@@ -64,3 +67,66 @@ def lag(x: np.ndarray, k: int) -> np.ndarray:
     if k < x.size:
         out[k:] = x[: x.size - k]
     return out
+
+
+class RunningWindow:
+    """:func:`window_sum` one row at a time, with the same bits: the rows of the current block summed
+    from its start, and the previous block's suffix sums (computed once, when the block ends).
+
+    ``push(x, sec)`` takes the value of absolute second ``sec`` (one more than the last push) and returns
+    the trailing ``w``-row sum at it, clipped at the first row pushed, like ``window_sum`` at the last row
+    of every array that starts with that first row.
+    """
+
+    def __init__(self, w: int):
+        self.w = w
+        self.n = 0  # rows pushed
+        self._first_block = self._block = 0
+        self._values: list[float] = []  # the current block from its start (zeros before the first row)
+        self._prefix = 0.0
+        self._suffix: list[float] = []  # the previous block's suffix sums
+
+    def push(self, x: float, sec: int) -> float:
+        w = self.w
+        block, pos = divmod(sec, w)
+        if self.n == 0:
+            self._first_block = self._block = block
+            self._values = [0.0] * pos  # window_sum's zero padding before the first row
+            self._prefix = 0.0
+        elif block != self._block:
+            s, suffix = 0.0, [0.0] * w
+            for j in range(w - 1, -1, -1):  # cumsum of the reversed block
+                s = self._values[j] if j == w - 1 else s + self._values[j]
+                suffix[j] = s
+            self._suffix, self._values, self._block = suffix, [], block
+        self._prefix = x if not self._values else self._prefix + x  # cumsum: the first element as is
+        self._values.append(x)
+        self.n += 1
+        start = sec - w + 1
+        if start > self._first_block * w and start % w:  # the window starts inside the previous block
+            return self._prefix + self._suffix[start % w]
+        return self._prefix
+
+    def full_sum(self, x: float, sec: int) -> float:
+        """:func:`full_window_sum`: NaN until ``w`` rows have been pushed."""
+        out = self.push(x, sec)
+        return out if self.n >= self.w else math.nan
+
+    def mean(self, x: float, sec: int, min_rows: int | None = None) -> float:
+        """:func:`window_mean` at the row pushed."""
+        out = self.push(x, sec)
+        count = float(min(self.n, self.w))
+        return out / count if count >= (self.w if min_rows is None else min_rows) else math.nan
+
+
+class RunningLag:
+    """:func:`lag` one row at a time: the value pushed ``k`` rows ago (NaN before ``k`` rows)."""
+
+    def __init__(self, k: int):
+        self._hist: deque[float] = deque(maxlen=k)
+
+    def push(self, x: float) -> float:
+        h = self._hist
+        out = h[0] if len(h) == h.maxlen else math.nan
+        h.append(x)
+        return out

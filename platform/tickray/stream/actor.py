@@ -29,6 +29,7 @@ import random
 import time
 import uuid
 from collections import Counter, deque
+from collections.abc import Coroutine
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -104,7 +105,8 @@ def _positive(data: dict, *keys: str) -> str | None:
 
 
 def validate(data: dict, e: str) -> str | None:
-    """A reason the payload cannot be used, or None."""
+    """A reason the payload cannot be used, or None. A depth event's levels are parsed to floats in
+    place, once: the book takes them as they are."""
     try:
         if e in ("aggTrade", "trade"):
             int(data["T"]), int(data["a" if e == "aggTrade" else "t"]), bool(data["m"])
@@ -114,9 +116,12 @@ def validate(data: dict, e: str) -> str | None:
                 return "non-positive quantity"
         elif e == "depthUpdate":
             int(data["U"]), int(data["u"])
-            for p, q in data["b"] + data["a"]:
-                if not (float(p) > 0 and float(q) >= 0):
+            bids = [(float(p), float(q)) for p, q in data["b"]]
+            asks = [(float(p), float(q)) for p, q in data["a"]]
+            for p, q in bids + asks:
+                if not (p > 0 and q >= 0):
                     return "non-positive price or negative quantity in depth"
+            data["b"], data["a"] = bids, asks
         elif e == "bookTicker":
             int(data["u"])
             return _positive(data, "b", "a", "B", "A")
@@ -197,6 +202,8 @@ class StreamIngestActor:
         self._seq = 0  # lake flushes; files are named by it and by this incarnation, so none is overwritten
         self._incarnation = uuid.uuid4().hex[:8]  # a new one each time Ray (re)starts the process
         self._last_message_at = 0.0
+        self._last_recv_ns = 0  # perf_counter_ns of the last message read (the watchdog's clock)
+        self._ended_by: str | None = None  # why the watchdog ended the connection: "silent" or "planned"
         self._unwritten: list[tuple[int, dict]] = []  # flushes the lake has not taken yet (retried)
         self._checkpointed: dict[str, int] = {}  # symbol → last trade id of its latest checkpoint
         self.durable: Counter = Counter()  # checkpoints written, rows appended to the lake, failed writes
@@ -306,32 +313,29 @@ class StreamIngestActor:
         backoff, first = self.opt.backoff_s, True
         while not self._stop:
             url = f"{self.ws_url}/stream?streams=" + "/".join(self.streams)
+            watch = None
             try:
                 async with websockets.connect(url, max_size=None, ping_interval=20, ping_timeout=20,
                                               open_timeout=10, compression=None) as ws:
-                    self._ws, opened = ws, time.monotonic()
+                    self._ws = ws
                     self.counts["connections"] += 1
                     log_event("connected", url=url, streams=len(self.streams))
                     if not first or self._resumed:  # resumed: catch up from the checkpoint like a reconnect
                         await self._queue.put(("reconnected", 0, 0))  # in order with the messages before it
                     first, backoff = False, self.opt.backoff_s
-                    while not self._stop:
-                        left = self.opt.max_connection_s - (time.monotonic() - opened)
-                        if left <= 0:
-                            self.counts["planned reconnects"] += 1
-                            log_event("planned reconnect", after_s=round(time.monotonic() - opened, 1))
-                            break
-                        try:
-                            # not wait_for: it wraps every recv in a new task, a loop turn per message
-                            async with asyncio.timeout(min(self.opt.read_timeout_s, left)):
-                                raw = await ws.recv()
-                        except TimeoutError:
-                            if self.opt.max_connection_s - (time.monotonic() - opened) > 0:
-                                raise
-                            continue
-                        # waits while the buffer is full
-                        await self._queue.put((raw, time.perf_counter_ns(), time.time_ns()))
-                    continue  # planned: straight back, no backoff
+                    self._last_recv_ns, self._ended_by = time.perf_counter_ns(), None
+                    watch = asyncio.get_running_loop().create_task(self._watch(ws))
+                    try:
+                        while not self._stop:
+                            raw = await ws.recv()
+                            self._last_recv_ns = t0 = time.perf_counter_ns()
+                            await self._queue.put((raw, t0, time.time_ns()))  # waits while the buffer is full
+                    except websockets.ConnectionClosed:
+                        if self._ended_by == "silent":
+                            raise TimeoutError(f"no message for {self.opt.read_timeout_s:g} s") from None
+                        if self._ended_by == "planned":
+                            continue  # straight back, no backoff
+                        raise
             except asyncio.CancelledError:
                 raise
             except (OSError, TimeoutError, websockets.ConnectionClosed, websockets.InvalidHandshake) as e:
@@ -341,8 +345,30 @@ class StreamIngestActor:
                 log_event("disconnected", reason=reason, detail=str(e)[:200], retry_in_s=round(backoff, 3))
             finally:
                 self._ws = None
+                if watch:
+                    watch.cancel()
             await asyncio.sleep(backoff * (0.5 + random.random()))  # jitter: clients do not come back in step
             backoff = min(backoff * 2, self.opt.backoff_max_s)
+
+    async def _watch(self, ws) -> None:
+        """Ends a connection that has been silent for ``read_timeout_s`` or has lived ``max_connection_s``,
+        saying which in ``_ended_by``. A watchdog, not a timeout around every read: that cost a tenth of
+        the actor's time at full rate."""
+        opened, tick = time.monotonic(), min(1.0, self.opt.read_timeout_s / 4)
+        while True:
+            await asyncio.sleep(tick)
+            if self._queue.full():  # reading is paused for a slow consumer: that is not the venue's silence
+                self._last_recv_ns = time.perf_counter_ns()
+            elif (time.perf_counter_ns() - self._last_recv_ns) / 1e9 >= self.opt.read_timeout_s:
+                self._ended_by = "silent"
+                ws.transport.abort()  # a stalled server would not answer a closing handshake either
+                return
+            if time.monotonic() - opened >= self.opt.max_connection_s:
+                self.counts["planned reconnects"] += 1
+                log_event("planned reconnect", after_s=round(time.monotonic() - opened, 1))
+                self._ended_by = "planned"
+                await ws.close(1000, "planned reconnect")
+                return
 
     async def _process(self) -> None:
         while True:
@@ -351,7 +377,9 @@ class StreamIngestActor:
                 if raw == "reconnected":
                     await self._after_reconnect()
                 else:
-                    await self._on_raw(raw, t0, recv_ns)
+                    io = self._on_raw(raw, t0, recv_ns)
+                    if io is not None:
+                        await io
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a bug must not take the connection down: quarantine and carry on
@@ -478,46 +506,49 @@ class StreamIngestActor:
 
     # ---- per message ---------------------------------------------------------------------------
 
-    async def _on_raw(self, raw: str | bytes, t0: int, recv_ns: int) -> None:
+    def _on_raw(self, raw: str | bytes, t0: int, recv_ns: int) -> Coroutine | None:
+        """Parse, validate and apply one message; returns the Redis or REST work it leaves, if any. Most
+        messages leave none, and so cost no coroutine (at full rate that is a fifth of the actor's time)."""
         self.counts["received"] += 1
         self._last_message_at = time.time()
         try:
             msg = orjson.loads(raw)
         except orjson.JSONDecodeError as e:
-            return await self._quarantine(raw, f"unparsable JSON ({e})")
+            return self._quarantine(raw, f"unparsable JSON ({e})")
         if not isinstance(msg, dict):
-            return await self._quarantine(raw, "unknown message: not a JSON object")
+            return self._quarantine(raw, "unknown message: not a JSON object")
         if "data" not in msg:
             if msg.get("id") in self._requests:  # the venue's answer to SUBSCRIBE and friends
                 self._requests[msg["id"]].set_result(msg)
-                return
-            return await self._quarantine(raw, "unknown message: neither stream data nor a request's answer")
+                return None
+            return self._quarantine(raw, "unknown message: neither stream data nor a request's answer")
         data, stream = msg["data"], str(msg.get("stream", ""))
         e = event_type(data) if isinstance(data, dict) else None
         if e not in KNOWN_EVENTS:
-            return await self._quarantine(raw, f"unknown event type {e!r} on stream {stream!r}")
+            return self._quarantine(raw, f"unknown event type {e!r} on stream {stream!r}")
         symbol = str(data.get("s", "")).upper()
         if stream.split("@", 1)[0].upper() != symbol:
-            return await self._quarantine(raw, f"symbol mismatch: stream {stream!r} carries {symbol or 'no symbol'}")
+            return self._quarantine(raw, f"symbol mismatch: stream {stream!r} carries {symbol or 'no symbol'}")
         pipe = self.pipes.get(symbol)
         if pipe is None:
-            return await self._quarantine(raw, f"unknown symbol {symbol}: not subscribed")
+            return self._quarantine(raw, f"unknown symbol {symbol}: not subscribed")
         if pipe.cold:
             pipe.cold.on_raw(recv_ns, stream, raw if isinstance(raw, str) else raw.decode())
         reason = validate(data, e) or self._check_order(symbol, e, data)
         if reason:
-            return await self._quarantine(raw, reason, symbol)
+            return self._quarantine(raw, reason, symbol)
         self.counts[e] += 1
         self._metrics.pending[("msg", symbol, e)] += 1
         if e == "depthUpdate":
             before = pipe.sync.counters.gaps
-            await self._publish(pipe, pipe.on_depth(data), t0, data.get("E"))
+            updates = pipe.on_depth(data)
             if pipe.sync.counters.gaps > before:
                 self._metrics.pending[("event", "book gap")] += 1
                 log_event("book gap", symbol=symbol, u=data["u"], pu=data.get("pu"))
             if pipe.sync.needs_snapshot:
                 self._request_snapshot(symbol)
-        elif e == "bookTicker" and not pipe.on_book_ticker(data):
+            return self._publish(pipe, updates, t0, data.get("E")) if updates else None
+        if e == "bookTicker" and not pipe.on_book_ticker(data):
             self._metrics.pending[("event", "book contradicted")] += 1
             log_event("book contradicted", symbol=symbol, **pipe.sync.check.last_mismatch)
             self._request_snapshot(symbol)
@@ -526,11 +557,12 @@ class StreamIngestActor:
             if tid <= pipe.last_trade_id:
                 self.counts["duplicate trades"] += 1
                 self._metrics.pending[("event", "duplicate trade")] += 1
-                return await self._quarantine(raw, "duplicate trade id", symbol, counted=False)
+                return self._quarantine(raw, "duplicate trade id", symbol, counted=False)
             missing = pipe.missing_trades(data)
             if missing:
-                await self._backfill(pipe, missing.start, missing.stop, e)
-            await self._apply_trade(pipe, data, t0)
+                return self._backfill(pipe, missing.start, missing.stop, e, then=(data, t0))
+            return self._apply_trade(pipe, data, t0)
+        return None
 
     def _check_order(self, symbol: str, e: str, data: dict) -> str | None:
         """Streams without ids must not go back in time (bookTicker: its update id)."""
@@ -545,13 +577,21 @@ class StreamIngestActor:
         self._last_event[(symbol, e)] = mark
         return None
 
-    async def _apply_trade(self, pipe: SymbolPipeline, data: dict, t0: int) -> None:
-        await self._publish(pipe, pipe.on_trade(data), t0, data.get("E"))
+    def _apply_trade(self, pipe: SymbolPipeline, data: dict, t0: int) -> Coroutine | None:
+        """Apply a trade; returns the publishing it leaves (feature rows or 1m bars it closed), if any."""
+        updates = pipe.on_trade(data)
+        return self._publish_trade(pipe, updates, t0, data.get("E")) if updates or pipe.closed_minutes else None
+
+    async def _publish_trade(self, pipe: SymbolPipeline, updates: list[FeatureUpdate], t0: int,
+                             event_ms: int | None) -> None:
+        await self._publish(pipe, updates, t0, event_ms)
         if pipe.closed_minutes:
             await self._publish_closed_minutes(pipe)
 
-    async def _backfill(self, pipe: SymbolPipeline, start: int, stop: int | None, e: str | None = None) -> None:
-        """Trades ``start`` .. ``stop - 1`` (or up to the latest) from the venue's REST, applied in order."""
+    async def _backfill(self, pipe: SymbolPipeline, start: int, stop: int | None, e: str | None = None,
+                        then: tuple[dict, int] | None = None) -> None:
+        """Trades ``start`` .. ``stop - 1`` (or up to the latest) from the venue's REST, applied in order;
+        then the live trade ``then`` (payload, receive time) that showed them missing."""
         e = e or ("aggTrade" if any(s.startswith(f"{pipe.symbol.lower()}@aggTrade") for s in self.streams)
                   else "trade")
         path = "aggTrades" if e == "aggTrade" else "historicalTrades"
@@ -572,7 +612,9 @@ class StreamIngestActor:
             if not rows:
                 break
             for d in rows:
-                await self._apply_trade(pipe, d, time.perf_counter_ns())
+                io = self._apply_trade(pipe, d, time.perf_counter_ns())
+                if io is not None:
+                    await io
             got += len(rows)
             start = pipe.trade_id(rows[-1]) + 1
         if stop is not None and start < stop:
@@ -580,6 +622,10 @@ class StreamIngestActor:
         self.counts["trades backfilled"] += got
         self._metrics.pending[("event", "trades backfilled")] += got
         log_event("backfill", symbol=pipe.symbol, trades=got, next_id=start)
+        if then is not None:
+            io = self._apply_trade(pipe, *then)
+            if io is not None:
+                await io
 
     @staticmethod
     def _rest_trade(row: dict, e: str, symbol: str) -> dict:
