@@ -67,10 +67,6 @@ class Grid:
     def __getitem__(self, name: str) -> np.ndarray:
         return self.cols[name]
 
-    def levels(self, side: str, kind: str) -> np.ndarray:
-        """(rows, BOOK_LEVELS) matrix of one side's prices or sizes, best level first."""
-        return np.column_stack([self.cols[f"{side}_{kind}_{i}"] for i in range(1, BOOK_LEVELS + 1)])
-
     def level_sum(self, side: str, fn: Callable[[int], np.ndarray] | None = None) -> np.ndarray:
         """Sum over the top levels of ``fn(i)`` (default: the size at level i), added level by level so
         the result does not depend on how many rows are computed at once (a BLAS dot product might)."""
@@ -132,6 +128,15 @@ class Grid:
         return e
 
     @cached_property
+    def day_fraction(self) -> np.ndarray:
+        """Time of day (UTC) as a fraction of the day."""
+        return (self.ts // NS % 86_400) / 86_400
+
+    @cached_property
+    def day_hours(self) -> np.ndarray:
+        return self.day_fraction * 24
+
+    @cached_property
     def trade_baseline(self) -> np.ndarray:
         return self.baseline(self.qty)
 
@@ -146,11 +151,10 @@ def _spread_bps(g: Grid) -> np.ndarray:
 @_register("spread_ticks", 0, "spread in units of the smallest gap between adjacent levels (the tick "
                               "where the book is dense; NaN with one level)")
 def _spread_ticks(g: Grid) -> np.ndarray:
-    gaps = np.column_stack([-np.diff(g.levels("bid", "px"), axis=1), np.diff(g.levels("ask", "px"), axis=1)])
-    gaps = np.where(gaps > 0, gaps, np.nan)
-    ok = ~np.all(np.isnan(gaps), axis=1)
     tick = np.full(g.n, np.nan)
-    tick[ok] = np.nanmin(gaps[ok], axis=1)
+    for i in range(1, BOOK_LEVELS):
+        for gap in (g[f"bid_px_{i}"] - g[f"bid_px_{i + 1}"], g[f"ask_px_{i + 1}"] - g[f"ask_px_{i}"]):
+            tick = np.fmin(tick, np.where(gap > 0, gap, np.nan))  # fmin: the smallest positive gap, NaN-free
     return (g["ask_px_1"] - g["bid_px_1"]) / tick
 
 
@@ -289,17 +293,13 @@ def _large_trades(g: Grid) -> np.ndarray:
 
 # --- time of day (UTC) -------------------------------------------------------------------------------
 
-def _day_fraction(g: Grid) -> np.ndarray:
-    return (g.ts // NS % 86_400) / 86_400
-
-
 _register("tod_sin", 0, "time of day (UTC) on the unit circle, sine")(
-    lambda g: np.sin(2 * np.pi * _day_fraction(g)))
+    lambda g: np.sin(2 * np.pi * g.day_fraction))
 _register("tod_cos", 0, "time of day (UTC) on the unit circle, cosine")(
-    lambda g: np.cos(2 * np.pi * _day_fraction(g)))
+    lambda g: np.cos(2 * np.pi * g.day_fraction))
 for _name, (_h0, _h1) in {"asia": (0, 8), "europe": (7, 16), "us": (13, 21)}.items():
     _register(f"session_{_name}", 0, f"1 inside the {_name} trading session, {_h0:02d}:00-{_h1:02d}:00 UTC")(
-        lambda g, h0=_h0, h1=_h1: ((_day_fraction(g) * 24 >= h0) & (_day_fraction(g) * 24 < h1)).astype(float))
+        lambda g, h0=_h0, h1=_h1: ((g.day_hours >= h0) & (g.day_hours < h1)).astype(float))
 
 
 FEATURE_SETS: dict[str, tuple[str, ...]] = {"tick-v2": tuple(FEATURES)}

@@ -64,6 +64,9 @@ DEFAULT_STREAMS = ("depth@0ms", "aggTrade", "bookTicker", "kline_1m")
 # REST prefix and the most streams one connection may carry, per venue
 VENUES = {"usdm": ("/fapi/v1", 200), "coinm": ("/dapi/v1", 200), "spot": ("/api/v3", 1024)}
 KNOWN_EVENTS = {"depthUpdate", "aggTrade", "trade", "bookTicker", "kline", "markPriceUpdate"}
+# In a burst, closed feature rows go to Redis together: after this many messages that closed some...
+OUTBOX_MAX = 32
+OUTBOX_MAX_WAIT_NS = 10_000_000  # ...or once the oldest has waited this long (at the live pace: at once)
 
 log = logging.getLogger("tickray.stream")
 
@@ -99,21 +102,24 @@ def event_type(data: dict) -> str | None:
 
 def _positive(data: dict, *keys: str) -> str | None:
     for k in keys:
-        if not float(data[k]) > 0:
+        if not (v := float(data[k])) > 0:
             return f"non-positive {k}"
+        data[k] = v
     return None
 
 
 def validate(data: dict, e: str) -> str | None:
-    """A reason the payload cannot be used, or None. A depth event's levels are parsed to floats in
-    place, once: the book takes them as they are."""
+    """A reason the payload cannot be used, or None. The numbers it checks are parsed in place, once:
+    the pipeline takes them as they are."""
     try:
         if e in ("aggTrade", "trade"):
-            int(data["T"]), int(data["a" if e == "aggTrade" else "t"]), bool(data["m"])
-            if not float(data["p"]) > 0:
+            tid = "a" if e == "aggTrade" else "t"
+            data["T"], data[tid], _ = int(data["T"]), int(data[tid]), bool(data["m"])
+            if not (p := float(data["p"])) > 0:
                 return "non-positive price"
-            if not float(data["q"]) > 0:
+            if not (q := float(data["q"])) > 0:
                 return "non-positive quantity"
+            data["p"], data["q"] = p, q
         elif e == "depthUpdate":
             int(data["U"]), int(data["u"])
             bids = [(float(p), float(q)) for p, q in data["b"]]
@@ -123,7 +129,7 @@ def validate(data: dict, e: str) -> str | None:
                     return "non-positive price or negative quantity in depth"
             data["b"], data["a"] = bids, asks
         elif e == "bookTicker":
-            int(data["u"])
+            data["u"] = int(data["u"])
             return _positive(data, "b", "a", "B", "A")
         elif e == "kline":
             k = data["k"]
@@ -188,7 +194,6 @@ class StreamIngestActor:
         self.counts: Counter = Counter()
         self.quarantined: Counter = Counter()
         self.last_features: dict[str, dict] = {}
-        self._last_event: dict[tuple[str, str], int] = {}  # (symbol, event) → last E / u, for order checks
         self._latency: deque = deque(maxlen=20_000)  # ms, receive → published, the latest messages
         self._lag: dict[str, float] = {}
         self._samples: list[float] = []
@@ -208,6 +213,10 @@ class StreamIngestActor:
         self._checkpointed: dict[str, int] = {}  # symbol → last trade id of its latest checkpoint
         self.durable: Counter = Counter()  # checkpoints written, rows appended to the lake, failed writes
         self._published_ts: dict[tuple[str, str], int] = {}  # (symbol, "bar" | "row") → newest in Redis
+        # feature rows and bars closed, not yet in Redis: (pipeline, rows, receive perf_counter_ns, event ms)
+        self._outbox: list[tuple[SymbolPipeline, list[FeatureUpdate], int, int | None]] = []
+        self._outbox_since = 0  # perf_counter_ns when the oldest row in the outbox was put there
+        self._sending = asyncio.Lock()
         if self.opt.autostart:  # Ray runs an async actor's __init__ on its event loop
             asyncio.get_running_loop().create_task(self.start())
 
@@ -247,6 +256,7 @@ class StreamIngestActor:
             _, stuck = await asyncio.wait(self._tasks, timeout=10)
             if stuck:
                 log_event("stop: tasks still running after 10 s", tasks=[t.get_coro().__qualname__ for t in stuck])
+            await self._send_outbox()
             await self._flush()
             await self._http.aclose()
             await self._redis.aclose()
@@ -380,6 +390,9 @@ class StreamIngestActor:
                     io = self._on_raw(raw, t0, recv_ns)
                     if io is not None:
                         await io
+                if self._outbox and (self._queue.empty() or len(self._outbox) >= OUTBOX_MAX
+                                     or time.perf_counter_ns() - self._outbox_since > OUTBOX_MAX_WAIT_NS):
+                    await self._send_outbox()
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a bug must not take the connection down: quarantine and carry on
@@ -534,7 +547,7 @@ class StreamIngestActor:
             return self._quarantine(raw, f"unknown symbol {symbol}: not subscribed")
         if pipe.cold:
             pipe.cold.on_raw(recv_ns, stream, raw if isinstance(raw, str) else raw.decode())
-        reason = validate(data, e) or self._check_order(symbol, e, data)
+        reason = validate(data, e) or pipe.out_of_order(e, data)
         if reason:
             return self._quarantine(raw, reason, symbol)
         self.counts[e] += 1
@@ -547,7 +560,9 @@ class StreamIngestActor:
                 log_event("book gap", symbol=symbol, u=data["u"], pu=data.get("pu"))
             if pipe.sync.needs_snapshot:
                 self._request_snapshot(symbol)
-            return self._publish(pipe, updates, t0, data.get("E")) if updates else None
+            if updates:
+                self._to_outbox(pipe, updates, t0, data.get("E"))
+            return None
         if e == "bookTicker" and not pipe.on_book_ticker(data):
             self._metrics.pending[("event", "book contradicted")] += 1
             log_event("book contradicted", symbol=symbol, **pipe.sync.check.last_mismatch)
@@ -564,29 +579,10 @@ class StreamIngestActor:
             return self._apply_trade(pipe, data, t0)
         return None
 
-    def _check_order(self, symbol: str, e: str, data: dict) -> str | None:
-        """Streams without ids must not go back in time (bookTicker: its update id)."""
-        if e not in ("bookTicker", "kline", "markPriceUpdate"):
-            return None
-        mark = int(data["u"] if e == "bookTicker" else data.get("E", 0))
-        last = self._last_event.get((symbol, e), -1)
-        if mark < last:
-            return f"{e} going backwards ({mark} after {last})"
-        if mark == last and e == "bookTicker":
-            return "duplicate bookTicker update id"
-        self._last_event[(symbol, e)] = mark
-        return None
-
-    def _apply_trade(self, pipe: SymbolPipeline, data: dict, t0: int) -> Coroutine | None:
-        """Apply a trade; returns the publishing it leaves (feature rows or 1m bars it closed), if any."""
+    def _apply_trade(self, pipe: SymbolPipeline, data: dict, t0: int) -> None:
         updates = pipe.on_trade(data)
-        return self._publish_trade(pipe, updates, t0, data.get("E")) if updates or pipe.closed_minutes else None
-
-    async def _publish_trade(self, pipe: SymbolPipeline, updates: list[FeatureUpdate], t0: int,
-                             event_ms: int | None) -> None:
-        await self._publish(pipe, updates, t0, event_ms)
-        if pipe.closed_minutes:
-            await self._publish_closed_minutes(pipe)
+        if updates or pipe.closed_minutes:
+            self._to_outbox(pipe, updates, t0, data.get("E"))
 
     async def _backfill(self, pipe: SymbolPipeline, start: int, stop: int | None, e: str | None = None,
                         then: tuple[dict, int] | None = None) -> None:
@@ -612,9 +608,8 @@ class StreamIngestActor:
             if not rows:
                 break
             for d in rows:
-                io = self._apply_trade(pipe, d, time.perf_counter_ns())
-                if io is not None:
-                    await io
+                self._apply_trade(pipe, d, time.perf_counter_ns())
+            await self._send_outbox()
             got += len(rows)
             start = pipe.trade_id(rows[-1]) + 1
         if stop is not None and start < stop:
@@ -623,9 +618,7 @@ class StreamIngestActor:
         self._metrics.pending[("event", "trades backfilled")] += got
         log_event("backfill", symbol=pipe.symbol, trades=got, next_id=start)
         if then is not None:
-            io = self._apply_trade(pipe, *then)
-            if io is not None:
-                await io
+            self._apply_trade(pipe, *then)
 
     @staticmethod
     def _rest_trade(row: dict, e: str, symbol: str) -> dict:
@@ -648,7 +641,10 @@ class StreamIngestActor:
             self.counts["snapshots"] += 1
             pipe = self.pipes[symbol]
             resyncs = pipe.sync.counters.resyncs
-            await self._publish(pipe, pipe.on_snapshot(r.json()), time.perf_counter_ns())
+            updates = pipe.on_snapshot(r.json())
+            if updates:
+                self._to_outbox(pipe, updates, time.perf_counter_ns())
+                await self._send_outbox()
             if pipe.sync.counters.resyncs > resyncs:
                 self._metrics.pending[("event", "book resync")] += 1
                 log_event("book resync", symbol=symbol, last_update_id=pipe.sync.book.last_update_id)
@@ -681,52 +677,66 @@ class StreamIngestActor:
         self._published_ts[(symbol, kind)] = ts
         return True
 
-    async def _publish_closed_minutes(self, pipe: SymbolPipeline) -> None:
-        bars = [b for b in pipe.closed_minutes if self._first_time(pipe.symbol, "bar", b["ts"])]
-        pipe.closed_minutes = []
-        if not bars:
-            return
-        async with self._redis.pipeline(transaction=False) as p:
-            for bar in bars:
-                p.xadd(CLOSED_BARS_STREAM.format(symbol=pipe.symbol), {"bar": orjson.dumps(bar)},
-                       maxlen=CLOSED_BARS_MAXLEN, approximate=True)
-            await p.execute()
-        self.counts["bars closed"] += len(bars)
+    def _to_outbox(self, pipe: SymbolPipeline, updates: list[FeatureUpdate], t0: int,
+                   event_ms: int | None = None) -> None:
+        if not self._outbox:
+            self._outbox_since = time.perf_counter_ns()
+        self._outbox.append((pipe, updates, t0, event_ms))
 
-    async def _publish(self, pipe: SymbolPipeline, updates: list[FeatureUpdate], t0: int,
-                       event_ms: int | None = None) -> None:
-        if not updates:
-            return
-        sym = pipe.symbol
-        state = pipe.state.snapshot(pipe.sync.book if pipe.sync.synced else None)
-        state_doc = {k: ("nan" if isinstance(v, float) and math.isnan(v) else repr(v)) for k, v in state.items()}
-        live = {tf: orjson.dumps(bar) for tf, bar in self.live_bars(sym).items() if bar is not None}
-        # the wall time the message that closed these rows arrived: where tick -> prediction lag starts
-        tick_at = time.time() - (time.perf_counter_ns() - t0) / 1e9
-        async with self._redis.pipeline(transaction=False) as p:
-            for up in updates:
-                body = orjson.dumps({"symbol": sym, "ts_ns": up.ts_ns, "mid": up.mid, "features": up.features,
-                                     "feature_set_version": FEATURE_SET_VERSION, "tick_received_at": tick_at,
-                                     "published_at": time.time()})
-                p.set(FEATURES_KEY.format(symbol=sym), body)
-                if self._first_time(sym, "row", up.ts_ns):
-                    p.xadd(FEATURES_HISTORY.format(symbol=sym), {"doc": body}, maxlen=self.opt.history_maxlen,
-                           approximate=True)
-                    p.xadd(GRID_ROWS.format(symbol=sym), {"ts": up.ts_ns, "trade_id": up.grid_trade_id,
-                                                          "row": up.grid_row}, maxlen=LOOKBACK, approximate=True)
-                p.publish(FEATURES_CHANNEL, body)
-            p.hset(STATE_KEY.format(symbol=sym), mapping=state_doc)
-            if live:
-                p.hset(LIVE_BARS_KEY.format(symbol=sym), mapping=live)
-            await p.execute()
-        ms = (time.perf_counter_ns() - t0) / 1e6
-        self._latency.append(ms)
-        self._samples.append(ms)
-        last = updates[-1]
-        if event_ms:
-            self._lag[sym] = time.time() * 1e3 - event_ms
-        n = self.last_features.get(sym, {}).get("n", 0) + len(updates)
-        self.last_features[sym] = {"n": n, "ts_ns": last.ts_ns}
+    async def _send_outbox(self) -> None:
+        """Publish the feature rows and 1m bars closed since the last call, in one Redis pipeline: at the
+        live pace that is after every message that closed one; in a burst, every OUTBOX_MAX messages that
+        closed rows or after OUTBOX_MAX_WAIT_NS. Sent in order (one sender at a time)."""
+        async with self._sending:
+            outbox, self._outbox = self._outbox, []
+            if not outbox:
+                return
+            last: dict[str, SymbolPipeline] = {}
+            bars = 0
+            async with self._redis.pipeline(transaction=False) as p:
+                for pipe, updates, t0, _ in outbox:
+                    sym = pipe.symbol
+                    last[sym] = pipe
+                    # the wall time the message that closed these rows arrived: where tick -> prediction lag starts
+                    tick_at = time.time() - (time.perf_counter_ns() - t0) / 1e9
+                    for up in updates:
+                        body = orjson.dumps({"symbol": sym, "ts_ns": up.ts_ns, "mid": up.mid, "features": up.features,
+                                             "feature_set_version": FEATURE_SET_VERSION, "tick_received_at": tick_at,
+                                             "published_at": time.time()})
+                        if up is updates[-1]:
+                            p.set(FEATURES_KEY.format(symbol=sym), body)
+                        if self._first_time(sym, "row", up.ts_ns):
+                            p.xadd(FEATURES_HISTORY.format(symbol=sym), {"doc": body},
+                                   maxlen=self.opt.history_maxlen, approximate=True)
+                            p.xadd(GRID_ROWS.format(symbol=sym), {"ts": up.ts_ns, "trade_id": up.grid_trade_id,
+                                                                  "row": up.grid_row}, maxlen=LOOKBACK, approximate=True)
+                        p.publish(FEATURES_CHANNEL, body)
+                for sym, pipe in last.items():
+                    for bar in pipe.closed_minutes:
+                        if self._first_time(sym, "bar", bar["ts"]):
+                            p.xadd(CLOSED_BARS_STREAM.format(symbol=sym), {"bar": orjson.dumps(bar)},
+                                   maxlen=CLOSED_BARS_MAXLEN, approximate=True)
+                            bars += 1
+                    pipe.closed_minutes = []
+                    state = pipe.state.snapshot(pipe.sync.book if pipe.sync.synced else None)
+                    p.hset(STATE_KEY.format(symbol=sym), mapping={
+                        k: ("nan" if isinstance(v, float) and math.isnan(v) else repr(v)) for k, v in state.items()})
+                    live = {tf: orjson.dumps(bar) for tf, bar in self.live_bars(sym).items() if bar is not None}
+                    if live:
+                        p.hset(LIVE_BARS_KEY.format(symbol=sym), mapping=live)
+                await p.execute()
+        self.counts["bars closed"] += bars
+        done_ns, now_ms = time.perf_counter_ns(), time.time() * 1e3
+        for pipe, updates, t0, event_ms in outbox:
+            if not updates:
+                continue  # a trade that closed a 1m bar and no feature row
+            ms = (done_ns - t0) / 1e6
+            self._latency.append(ms)
+            self._samples.append(ms)
+            if event_ms:
+                self._lag[pipe.symbol] = now_ms - event_ms
+            n = self.last_features.get(pipe.symbol, {}).get("n", 0) + len(updates)
+            self.last_features[pipe.symbol] = {"n": n, "ts_ns": updates[-1].ts_ns}
 
 
 def forget(r, symbols: list[str]) -> None:

@@ -47,6 +47,7 @@ class SymbolPipeline:
     _closed: list = field(default_factory=list)
     _in_grid: deque = field(default_factory=deque)  # (ts_ns, id) of trades in seconds the grid has not closed
     _closed_trade_id: int = -1  # the newest trade in a closed grid row
+    _marks: dict[str, int] = field(default_factory=dict)  # event → the last E (or bookTicker u) taken
 
     def __post_init__(self) -> None:
         self.sync = BookSync(self.symbol, spot=self.spot, on_change=self._book_changed, check=TopOfBookCheck())
@@ -66,6 +67,19 @@ class SymbolPipeline:
     def on_depth(self, data: dict) -> list[FeatureUpdate]:
         self.sync.on_update(DepthUpdate.from_message(data))
         return self._emit()
+
+    def out_of_order(self, e: str, data: dict) -> str | None:
+        """Why a message of a stream without ids goes back in time (bookTicker: by its update id), or None."""
+        if e not in ("bookTicker", "kline", "markPriceUpdate"):
+            return None
+        mark = int(data["u"] if e == "bookTicker" else data.get("E", 0))
+        last = self._marks.get(e, -1)
+        if mark < last:
+            return f"{e} going backwards ({mark} after {last})"
+        if mark == last and e == "bookTicker":
+            return "duplicate bookTicker update id"
+        self._marks[e] = mark
+        return None
 
     def on_book_ticker(self, data: dict) -> bool:
         """The venue's best bid and ask at an update id; False when it contradicts the book."""
