@@ -39,7 +39,7 @@ from ray import serve
 from tickray import stack
 from tickray.config import Settings
 from tickray.exchange_sim import ReplayExchange
-from tickray.serving.app import build
+from tickray.serving.app import deploy
 from tickray.serving.config import ServeConfig
 from tickray.serving.security import hash_key
 from tickray.stream.actor import StreamIngestActor, forget, wait_for_messages
@@ -81,12 +81,6 @@ def sweep(name: str, url: str, clients: list[int], duration_s: float) -> dict[in
         print(f"  {name:<22} {c:>3} clients: {r['rps']:7.1f} req/s  p50 {r['p50_ms']:6.1f} ms  "
               f"p99 {r['p99_ms']:6.1f} ms  errors {r['errors'] or 0}", flush=True)
     return runs
-
-
-def serve_app(cfg: ServeConfig, port: int) -> str:
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build(cfg), name="tickray", route_prefix="/")
-    return f"http://127.0.0.1:{port}"
 
 
 def plain_app(cfg: ServeConfig, tmp: Path) -> tuple[subprocess.Popen, str]:
@@ -159,7 +153,7 @@ def main() -> None:
             warm = sum(1 for m in exchange.messages if m[0] - t_first < WARM_UP_S * 1e9)
             wait_for_messages(actor, warm, timeout_s=120)
             exchange.speed = 1.0
-            url = serve_app(cfg, stack.free_port())
+            url = deploy(cfg, "127.0.0.1", stack.free_port())
             lags = np.array(asyncio.run(pushed_lags(url, args.paced_s)))
             exchange.speed = 0.0  # the rest as fast as the actor takes it: the features stay in Redis
             wait_for_messages(actor, len(exchange.messages), timeout_s=120)
@@ -174,7 +168,7 @@ def main() -> None:
                                                            args.duration_s)}
             serve.shutdown()
             split = cfg.model_copy(update={"split_families": True})
-            url = serve_app(split, stack.free_port())
+            url = deploy(split, "127.0.0.1", stack.free_port())
             results["Serve, family deployments"] = sweep("Serve, family deployments", url, clients, args.duration_s)
             serve.shutdown()
             proc, url = plain_app(cfg, tmp)

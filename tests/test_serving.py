@@ -20,7 +20,7 @@ from conftest import free_port
 from mlflow.tracking import MlflowClient
 from ray import serve
 from tickray.exchange_sim import ReplayExchange
-from tickray.serving.app import build
+from tickray.serving.app import build, deploy
 from tickray.serving.config import ServeConfig, parse_serve_config
 from tickray.serving.features import LiveFeatures
 from tickray.serving.realised import RealisedAccuracy, pool
@@ -76,9 +76,8 @@ def api(live, trained, mlflow_store, monkeypatch_module):
                               "reload_poll_s": 0.5, "max_body_bytes": 32768})
     port = free_port()
     serve.shutdown()  # the demo's test leaves Serve running on the session's Ray, on its own port
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build(cfg), name="tickray", route_prefix="/")
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"X-API-Key": KEY}, timeout=30) as client:
+    url = deploy(cfg, "127.0.0.1", port)
+    with httpx.Client(base_url=url, headers={"X-API-Key": KEY}, timeout=30) as client:
         yield client
     serve.delete("tickray")
 

@@ -1,5 +1,6 @@
 """The stream-ingest actor over a real WebSocket to a local exchange replaying real captures."""
 
+import gzip
 import json
 import subprocess
 import sys
@@ -336,6 +337,31 @@ def test_spot_rules_and_payloads(ray_cluster, settings, shared_data):
     assert (book["bids"], book["asks"]) == venue.book.top(20)
     assert stats["trades"]["BTCUSDT"] == len(exchange.trades[("BTCUSDT", "trade")])
     assert stats["messages"]["bookTicker"] > 0 and not stats["quarantined"], stats
+
+
+def test_coin_m_symbols_payloads_and_rest(ray_cluster, settings, capture, tmp_path):
+    """COIN-M (dapi): contract symbols with an underscore (BTCUSD_PERP), a pair (``ps``) on every payload, a
+    snapshot that names its symbol, REST under /dapi/v1. No COIN-M capture exists here, so the real USD-M
+    capture is relabelled to COIN-M's shapes, byte for byte otherwise (sizes stay in BTC, not contracts:
+    the pipeline takes sizes as they come)."""
+    raw = gzip.decompress(capture.read_bytes())
+    coinm = (raw.replace(b"btcusdt@", b"btcusd_perp@")
+             .replace(b'"s":"BTCUSDT"', b'"s":"BTCUSD_PERP","ps":"BTCUSD"')
+             .replace(b'{"lastUpdateId"', b'{"symbol":"BTCUSD_PERP","pair":"BTCUSD","lastUpdateId"'))
+    path = tmp_path / "coinm_capture.gz"
+    path.write_bytes(gzip.compress(coinm))
+    exchange = ReplayExchange([path], speed=SPEED)
+    with connector(exchange, settings, symbols=("BTCUSD_PERP",), options=ConnectorOptions(venue="coinm")) as actor:
+        stats = _settle(actor, exchange)
+        book = ray.get(actor.book.remote("BTCUSD_PERP"))
+    venue = exchange.books["BTCUSD_PERP"]
+    assert book["synced"] and book["last_update_id"] == venue.book.last_update_id
+    assert (book["bids"], book["asks"]) == venue.book.top(20)
+    assert stats["trades"]["BTCUSD_PERP"] == 974 and not stats["quarantined"], stats
+    check = stats["book_check"]["BTCUSD_PERP"]
+    assert check["checked"] > 0 and check["mismatched"] == 0, check
+    assert stats["features_published"]["BTCUSD_PERP"] > 100
+    assert set(exchange.rest_requests) == {"/dapi/v1/depth"}, exchange.rest_requests
 
 
 def test_a_killed_connector_comes_back_by_itself_with_its_feature_look_backs(ray_cluster, settings, capture):

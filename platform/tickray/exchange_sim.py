@@ -27,6 +27,7 @@ import asyncio
 import bisect
 import re
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -82,6 +83,7 @@ class ReplayExchange:
     books: dict[str, BookSync] = field(default_factory=dict, init=False)
     trades: dict[tuple[str, str], list[dict]] = field(default_factory=dict, init=False)  # (symbol, e) → released
     finished: threading.Event = field(default_factory=threading.Event, init=False)  # the market has replayed all
+    rest_requests: Counter = field(default_factory=Counter, init=False)  # path → requests answered
     _clients: set[_Client] = field(default_factory=set, init=False)
     _server: Server | None = field(default=None, init=False)
     _loop: asyncio.AbstractEventLoop | None = field(default=None, init=False)
@@ -97,7 +99,8 @@ class ReplayExchange:
                 continue
             for recv_ns, msg in iter_capture(path):
                 if "lastUpdateId" in msg:
-                    self._seed(symbol_from_filename(path), recv_ns, msg)
+                    # COIN-M snapshots name their symbol; USD-M and spot ones leave it to the file's name
+                    self._seed(msg.get("symbol") or symbol_from_filename(path), recv_ns, msg)
                 elif "stream" in msg:
                     self.messages.append((recv_ns, msg["stream"], orjson.dumps(msg)))
         self.messages.sort(key=lambda m: m[0])
@@ -122,6 +125,7 @@ class ReplayExchange:
         url = urlparse(request.path)
         if url.path == "/stream":
             return None  # go on with the WebSocket handshake
+        self.rest_requests[url.path] += 1
         rest = REST_PATH.match(url.path)
         if not rest:
             return connection.respond(404, "not found\n")
@@ -182,7 +186,7 @@ class ReplayExchange:
 
     def _release(self, recv_ns: int, name: str, body: bytes) -> None:
         """The market passes a message: the exchange's book and trade history move, sent or not."""
-        if name.split("@", 2)[1] not in ("depth", "aggTrade", "trade"):
+        if name.partition("@")[2].partition("@")[0] not in ("depth", "aggTrade", "trade"):
             return  # nothing the REST side serves (most messages: not parsed, the replay keeps its pace)
         data = orjson.loads(body)["data"]
         e, symbol = data.get("e"), data.get("s", "")

@@ -154,7 +154,7 @@ def _spread_ticks(g: Grid) -> np.ndarray:
     tick = np.full(g.n, np.nan)
     for i in range(1, BOOK_LEVELS):
         for gap in (g[f"bid_px_{i}"] - g[f"bid_px_{i + 1}"], g[f"ask_px_{i + 1}"] - g[f"ask_px_{i}"]):
-            tick = np.fmin(tick, np.where(gap > 0, gap, np.nan))  # fmin: the smallest positive gap, NaN-free
+            tick = np.fmin(tick, np.where(gap > 0, gap, np.nan))  # fmin skips NaN: NaN only without any
     return (g["ask_px_1"] - g["bid_px_1"]) / tick
 
 

@@ -578,9 +578,9 @@ def build(cfg: ServeConfig) -> serve.Application:
     handles = {}
     if cfg.split_families:
         for fam in bases_of(ModelVersions(cfg.tracking_uri, cfg.model).champion_now()):
-            handles[fam] = FamilyModel.options(name=f"Family-{fam}", **cfg.families.options()).bind(
-                cfg.tracking_uri, cfg.model, fam)
-    return Gateway.options(**cfg.gateway.options()).bind(cfg, handles)
+            handles[fam] = FamilyModel.options(name=f"Family-{fam}", logging_config=cfg.logging_config(),
+                                               **cfg.families.options()).bind(cfg.tracking_uri, cfg.model, fam)
+    return Gateway.options(logging_config=cfg.logging_config(), **cfg.gateway.options()).bind(cfg, handles)
 
 
 def app_builder(args: dict) -> serve.Application:
@@ -590,6 +590,6 @@ def app_builder(args: dict) -> serve.Application:
 
 def deploy(cfg: ServeConfig, host: str, port: int, name: str = APP_NAME) -> str:
     """Deploy (or update) the app on the connected Ray cluster; returns its base URL."""
-    serve.start(http_options={"host": host, "port": port})
+    serve.start(http_options={"host": host, "port": port}, logging_config=cfg.logging_config())  # the proxy's
     serve.run(build(cfg), name=name, route_prefix="/")
     return f"http://{host}:{port}"

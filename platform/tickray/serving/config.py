@@ -95,6 +95,13 @@ class ServeConfig(_Strict):
     cors_origins: list[str] = Field(default_factory=list)
     max_body_bytes: int = Field(65_536, ge=256)
     max_symbols: int = Field(100, ge=1)
+    # Serve's line per request in the proxy's and replicas' logs: off, as uvicorn's is in the benchmark's
+    # plain app (each costs CPU on the request path); warnings and errors are logged either way.
+    access_log: bool = False
+
+    def logging_config(self) -> dict:
+        """Serve's LoggingConfig (deployments, and the proxy through serve.start)."""
+        return {"enable_access_log": self.access_log}
 
     @property
     def auth_enabled(self) -> bool:

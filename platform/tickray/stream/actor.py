@@ -520,8 +520,8 @@ class StreamIngestActor:
     # ---- per message ---------------------------------------------------------------------------
 
     def _on_raw(self, raw: str | bytes, t0: int, recv_ns: int) -> Coroutine | None:
-        """Parse, validate and apply one message; returns the Redis or REST work it leaves, if any. Most
-        messages leave none, and so cost no coroutine (at full rate that is a fifth of the actor's time)."""
+        """Parse, validate and apply one message; returns the Redis or REST work it leaves, if any (most
+        leave none: no coroutine per message)."""
         self.counts["received"] += 1
         self._last_message_at = time.time()
         try:

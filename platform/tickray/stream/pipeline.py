@@ -114,7 +114,7 @@ class SymbolPipeline:
     def checkpoint(self) -> dict:
         """What a restarted actor resumes from (JSON): the last trade applied, the market state and the
         bars being built. The book is not kept (it resyncs from a snapshot), nor the feature look-backs
-        (they fill again from the live book)."""
+        (the grid rows published to Redis bring them back: :meth:`resume_grid`)."""
         return {"last_trade_id": self.last_trade_id, "state": self.state.checkpoint(), "bars": self.bars.checkpoint()}
 
     def restore(self, doc: dict) -> None:
