@@ -15,7 +15,7 @@ the sequence window) and runs all three models and the meta-learner: the same wo
   models read 5 minutes back); for every feature row, the time from the stream actor receiving the
   message that closed it to a ``/v1/stream`` WebSocket client receiving the prediction. Goal p99 < 50 ms.
 
-    python benchmarks/bench_serve.py [--data ../shared/data] [--duration-s 10] [--paced-s 60]
+    python benchmarks/bench_serve.py [--data ../shared/data] [--duration-s 10] [--paced-s 60] [--access-log]
 """
 
 from __future__ import annotations
@@ -125,6 +125,7 @@ def main() -> None:
     ap.add_argument("--clients", default="1,8,32")
     ap.add_argument("--duration-s", type=float, default=10.0)
     ap.add_argument("--paced-s", type=float, default=60.0)
+    ap.add_argument("--access-log", action="store_true", help="Serve's line per request on (to see its cost)")
     args = ap.parse_args()
     ws = Path(args.data) / "binance" / "ws"
     captures = [ws / "usdm_btcusdt_20240718.gz", ws / "usdm_btcusdt_20240719.gz"]
@@ -141,7 +142,7 @@ def main() -> None:
             print(f"ensemble registered at {uri} ({time.perf_counter() - t:.0f} s)", flush=True)
             cfg = ServeConfig(tracking_uri=uri, redis_url=settings.redis_url, api_keys_sha256=[hash_key(KEY)],
                               rate_limit={"requests": 10**9, "window_s": 60}, stale_after_s=3600,
-                              split_families=False)
+                              split_families=False, access_log=args.access_log)
 
             # The session fast-forwarded through the warm-up, then at its recorded pace.
             forget(stack.redis_client(settings), ["BTCUSDT"])
