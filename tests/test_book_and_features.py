@@ -7,6 +7,7 @@ from tickray.features import (
     FEATURE_NAMES,
     FEATURES,
     GRID_FIELDS,
+    OnlineFeatures,
     compute_features,
     grid_from_events,
 )
@@ -141,8 +142,6 @@ def _random_grid(n: int, seed: int = 0) -> dict[str, np.ndarray]:
 def test_online_features_equal_batch_over_full_windows_and_after_a_restore():
     """Past every look-back (the captures are shorter than the 16-minute ones): the running window sums
     give the batch bits at every row, across block boundaries and NaN, and after a restore from rows."""
-    from tickray.features import OnlineFeatures
-
     grid = _random_grid(2_600)
     batch = compute_features(grid)
     fields = [k for k in GRID_FIELDS if k != "ts"]

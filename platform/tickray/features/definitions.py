@@ -326,10 +326,10 @@ class _OnlineGrid(Grid):
 
     def _op(self, kind: type, arg: int):
         if self._next == len(self._tape):
-            self._tape.append(kind(arg))
-        op = self._tape[self._next]
+            self._tape.append(((kind, arg), kind(arg)))
+        key, op = self._tape[self._next]
         self._next += 1
-        if type(op) is not kind or getattr(op, "w", None) not in (None, arg):
+        if key != (kind, arg):
             raise RuntimeError("the feature definitions called their window operations in another order "
                                "than on the first row: an online feature must not branch on the data")
         return op
