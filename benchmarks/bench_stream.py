@@ -19,7 +19,6 @@ from pathlib import Path
 
 import orjson
 import ray
-import redis
 import tickray  # noqa: F401  (sets RAY_AUTH_MODE before Ray starts)
 from tickray import stack
 from tickray.config import Settings
@@ -87,7 +86,7 @@ def main() -> None:
                   f"the ceiling (goal >= 50,000 msg/s); book {stats['book']['BTCUSDT']}, "
                   f"quarantined {sum(stats['quarantined'].values())}")
 
-            forget(redis.Redis.from_url(settings.redis_url), ["BTCUSDT"])  # a new session, not a resumed one
+            forget(stack.redis_client(settings), ["BTCUSDT"])  # a new session, not a resumed one
             paced = ReplayExchange(captures[:1], speed=1.0).start()
             stats, rate = run_actor(paced, settings.redis_url, lambda s, elapsed: elapsed >= args.paced_s)
             paced.stop()
