@@ -219,8 +219,9 @@ class Gateway:
                 for symbol in {s for t in trackers for s, p in t.pending.items() if p}:
                     oldest = min(min(t.pending[symbol]) for t in trackers if t.pending.get(symbol))
                     await self._read_mids(symbol, max(self._mids.newest(symbol), oldest - 1))
+                    ts, mid = self._mids.series(symbol)  # once for every version served
                     for t in trackers:
-                        t.score(symbol, *self._mids.series(symbol))
+                        t.score(symbol, ts, mid)
             except Exception as e:  # noqa: BLE001 (Redis away or a foreign row: scoring waits, serving goes on)
                 log.warning("scoring realised accuracy failed: %s", e)
 
