@@ -154,6 +154,11 @@ def usable(rows: Rows) -> np.ndarray:
     return ok & ~np.isnan(rows.y).all(axis=1)
 
 
+def labelled(y: np.ndarray, idx: np.ndarray, j: int) -> np.ndarray:
+    """The rows of ``idx`` whose label for horizon ``j`` is known."""
+    return idx[~np.isnan(y[idx, j])]
+
+
 def purged_kfold(ts: np.ndarray, idx: np.ndarray, k: int, purge_ns: int, embargo_ns: int
                  ) -> list[tuple[np.ndarray, np.ndarray]]:
     """k contiguous time blocks of ``idx``; for block [a, b) the training rows are those with

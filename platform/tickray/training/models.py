@@ -1,4 +1,5 @@
-"""The model families and how one of them is fitted in one process.
+"""The baselines and the sequence models, and how one of them is fitted in one process (XGBoost has its
+own module, :mod:`tickray.training.boosting`).
 
 Every fitted model answers ``predict(x, idx) -> (len(idx), H)`` probabilities of an up-move, one column
 per horizon, for rows ``idx`` of a feature matrix sorted by (symbol, ts): tabular models read the row,
@@ -15,21 +16,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import xgboost
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from tickray.features.windows import gather_windows
-from tickray.training.config import SequenceConfig, XGBoostConfig
+from tickray.training.boosting import XGBModel  # noqa: F401  (models registered before boosting.py name it here)
+from tickray.training.config import SequenceConfig
+from tickray.training.data import labelled
 from tickray.training.metrics import classification_metrics
-
-XGB_REPORT_EVERY = 25  # boosting rounds between progress reports (each costs a round trip on Ray Train)
-
-
-def _labelled(y: np.ndarray, idx: np.ndarray, j: int) -> np.ndarray:
-    return idx[~np.isnan(y[idx, j])]
 
 
 @dataclass
@@ -61,65 +57,9 @@ class LogisticModel:
 def fit_logistic(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> LogisticModel:
     pipes = []
     for j in range(y.shape[1]):
-        rows = _labelled(y, idx, j)
+        rows = labelled(y, idx, j)
         pipes.append(make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(x[rows], y[rows, j]))
     return LogisticModel(pipes)
-
-
-@dataclass
-class XGBModel:
-    boosters: list[xgboost.Booster]
-    family: str = "xgboost"
-    window: int = 1
-
-    def predict(self, x: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        d = xgboost.DMatrix(x[idx])
-        return np.column_stack([b.predict(d) for b in self.boosters])
-
-
-def xgb_params(cfg: XGBoostConfig, seed: int, nthread: int, device: str) -> dict:
-    return {"tree_method": "hist", **cfg.params, "objective": "binary:logistic", "eval_metric": ["logloss", "auc"],
-            "nthread": nthread, "device": device, "seed": seed}
-
-
-class _Every(xgboost.callback.TrainingCallback):
-    """Calls ``report(round, {metric: value})`` every ``every`` rounds; a True return stops training."""
-
-    def __init__(self, every: int, report: Callable[[int, dict], bool | None]):
-        self.every, self.report = every, report
-
-    def after_iteration(self, model, epoch: int, evals_log: dict) -> bool:
-        if (epoch + 1) % self.every:
-            return False
-        valid = evals_log.get("valid", {})
-        return bool(self.report(epoch + 1, {f"valid_{k}": v[-1] for k, v in valid.items()}))
-
-
-def fit_xgboost_horizon(dtrain: xgboost.DMatrix, dvalid: xgboost.DMatrix, cfg: XGBoostConfig, params: dict,
-                        report: Callable[[int, dict], bool | None] | None = None) -> tuple[xgboost.Booster, dict]:
-    """One horizon's booster with early stopping on the validation rows; the history of valid metrics."""
-    history: dict = {}
-    callbacks = [_Every(XGB_REPORT_EVERY, report)] if report else []
-    booster = xgboost.train(params, dtrain, num_boost_round=cfg.num_boost_round,
-                            evals=[(dvalid, "valid")],  # scoring the training rows every round costs, tells nothing
-                            early_stopping_rounds=cfg.early_stopping_rounds, evals_result=history,
-                            verbose_eval=False, callbacks=callbacks)
-    if booster.best_iteration is not None and booster.best_iteration + 1 < booster.num_boosted_rounds():
-        booster = booster[: booster.best_iteration + 1]
-    return booster, history.get("valid", {})
-
-
-def fit_xgboost(x: np.ndarray, y: np.ndarray, train: np.ndarray, valid: np.ndarray, cfg: XGBoostConfig,
-                seed: int = 7, nthread: int = 1, device: str = "cpu") -> tuple[XGBModel, list[dict]]:
-    params = xgb_params(cfg, seed, nthread, device)
-    boosters, histories = [], []
-    for j in range(y.shape[1]):
-        tr, va = _labelled(y, train, j), _labelled(y, valid, j)
-        b, h = fit_xgboost_horizon(xgboost.DMatrix(x[tr], label=y[tr, j]),
-                                   xgboost.DMatrix(x[va], label=y[va, j]), cfg, params)
-        boosters.append(b)
-        histories.append(h)
-    return XGBModel(boosters), histories
 
 
 # ---- sequence models ------------------------------------------------------------------------------

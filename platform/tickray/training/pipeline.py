@@ -28,7 +28,7 @@ from mlflow.tracking import MlflowClient
 
 from tickray.features.windows import complete_windows
 from tickray.runtime import require_resources
-from tickray.training import registry, trainers
+from tickray.training import boosting, registry, trainers
 from tickray.training.config import SEQUENCE_FAMILIES, SequenceConfig, TrainConfig, XGBoostConfig
 from tickray.training.data import (
     NS,
@@ -41,7 +41,7 @@ from tickray.training.data import (
 )
 from tickray.training.ensemble import Ensemble, fit_calibrators, fit_meta, fit_shock
 from tickray.training.metrics import classification_metrics
-from tickray.training.models import fit_logistic, fit_prior, fit_sequence, fit_xgboost, local_device
+from tickray.training.models import fit_logistic, fit_prior, fit_sequence, local_device
 
 BASELINES = ("prior", "logistic")
 
@@ -116,7 +116,7 @@ def _sample_frame(rows: Rows, idx: np.ndarray, window: int) -> pd.DataFrame:
 def _final_fit(family: str, cfg, rows: Rows, fit: np.ndarray, stop: np.ndarray, seed: int, storage: Path):
     name = f"{family}-{int(time.time())}"
     if family == "xgboost":
-        return trainers.train_xgboost(rows, fit, stop, cfg, seed, storage, name)
+        return boosting.train_xgboost(rows, fit, stop, cfg, seed, storage, name)
     return trainers.train_sequence(family, rows, fit, stop, cfg, seed, storage, name)
 
 
@@ -178,7 +178,7 @@ def stack(bases: dict, oof: dict[str, np.ndarray], oof_idx: np.ndarray, rows: Ro
 
 def _fit_base(family: str, mcfg, x: np.ndarray, y: np.ndarray, fit: np.ndarray, stop: np.ndarray, seed: int):
     if family == "xgboost":
-        return fit_xgboost(x, y, fit, stop, mcfg, seed, nthread=max(1, int(mcfg.resources.cpu)), device=local_device())
+        return boosting.fit_xgboost(x, y, fit, stop, mcfg, seed, nthread=max(1, int(mcfg.resources.cpu)))
     return fit_sequence(family, x, y, fit, stop, mcfg, seed, local_device())
 
 

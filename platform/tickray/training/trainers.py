@@ -1,10 +1,8 @@
-"""The final fits on Ray Train: XGBoost with ``XGBoostTrainer`` and the sequence models with
-``TorchTrainer``, as many workers as the config asks for, on GPUs when it asks for them.
+"""The sequence models' final fit on Ray Train with ``TorchTrainer`` (XGBoost's is in
+:mod:`tickray.training.boosting`), as many workers as the config asks for, on GPUs when it asks for them.
 
-Both share the feature matrix through the object store (one copy per node). XGBoost workers each take
-a share of the training rows and build one booster per horizon together (xgboost's collective): no
-DataFrame round trip, which cost 7 s of 42 on a million rows here. Torch workers each get a Ray Data
-shard of the window-end indices and gather windows batch by batch; DDP keeps their weights equal.
+The workers share the feature matrix through the object store (one copy per node). Each gets a Ray Data
+shard of the window-end indices and gathers windows batch by batch; DDP keeps their weights equal.
 Every epoch is a checkpoint; the best one by validation loss is kept.
 """
 
@@ -19,69 +17,13 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
-import xgboost
-from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, RunConfig
 from ray.train.torch import TorchTrainer
-from ray.train.xgboost import XGBoostTrainer
 
-from tickray.training.config import SequenceConfig, XGBoostConfig
+from tickray.training.boosting import scaling
+from tickray.training.config import SequenceConfig
 from tickray.training.data import Rows
-from tickray.training.models import (
-    SequenceModel,
-    XGBModel,
-    build_net,
-    fit_xgboost,
-    local_device,
-    train_net,
-    unwrapped,
-)
-
-
-def _scaling(num_workers: int, resources) -> ScalingConfig:
-    per = {"CPU": resources.cpu, **({"GPU": resources.gpu} if resources.gpu else {})}
-    return ScalingConfig(num_workers=num_workers, use_gpu=resources.gpu > 0, resources_per_worker=per)
-
-
-def _xgb_worker(config: dict) -> None:
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    x, y = ray.get(config["x"]), ray.get(config["y"])  # shared memory on this node, no copy
-    # Each worker builds its DMatrix from its own share of the rows; xgboost's collective sums the
-    # histograms (and the validation metrics) across workers.
-    train = np.array_split(config["train"], world)[rank]
-    valid = np.array_split(config["valid"], world)[rank]
-    cfg = XGBoostConfig.model_validate(config["cfg"])
-    model, histories = fit_xgboost(x, y, train, valid, cfg, config["seed"], max(1, int(cfg.resources.cpu)),
-                                   local_device())
-    boosters = model.boosters
-    metrics = {f"{label}_valid_logloss": min(h["logloss"]) for label, h in zip(config["labels"], histories)}
-    if rank == 0:
-        with tempfile.TemporaryDirectory() as d:
-            for i, b in enumerate(boosters):
-                b.save_model(str(Path(d) / f"booster_{i}.json"))
-            (Path(d) / "history.json").write_text(json.dumps(histories))
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-    else:
-        ray.train.report(metrics)
-
-
-def train_xgboost(rows: Rows, train: np.ndarray, valid: np.ndarray, cfg: XGBoostConfig, seed: int,
-                  storage_path: Path, name: str) -> tuple[XGBModel, list[dict]]:
-    labels = rows.labels()
-    # rows in a random order, so that each worker's share spans the whole period
-    order = np.random.default_rng(seed).permutation(train.size)
-    trainer = XGBoostTrainer(
-        _xgb_worker,
-        train_loop_config={"x": ray.put(rows.x), "y": ray.put(rows.y), "train": train[order], "valid": valid,
-                           "labels": labels, "cfg": cfg.model_dump(), "seed": seed},
-        scaling_config=_scaling(cfg.num_workers, cfg.resources),
-        run_config=RunConfig(name=name, storage_path=str(storage_path)),
-    )
-    result = trainer.fit()
-    with result.checkpoint.as_directory() as d:
-        boosters = [xgboost.Booster(model_file=str(Path(d) / f"booster_{i}.json")) for i in range(len(labels))]
-        histories = json.loads((Path(d) / "history.json").read_text())
-    return XGBModel(boosters), histories
+from tickray.training.models import SequenceModel, build_net, train_net, unwrapped
 
 
 def _torch_worker(config: dict) -> None:
@@ -122,7 +64,7 @@ def train_sequence(family: str, rows: Rows, train: np.ndarray, valid: np.ndarray
         _torch_worker,
         train_loop_config={"x": ray.put(rows.x), "y": ray.put(rows.y), "cfg": cfg.model_dump(), "seed": seed,
                            "family": family, "scale_rows": train, "valid": valid},
-        scaling_config=_scaling(cfg.num_workers, cfg.resources),
+        scaling_config=scaling(cfg.num_workers, cfg.resources),
         run_config=RunConfig(name=name, storage_path=str(storage_path),
                              checkpoint_config=CheckpointConfig(checkpoint_score_attribute="valid_loss",
                                                                 checkpoint_score_order="min")),

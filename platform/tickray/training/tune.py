@@ -18,8 +18,6 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import ray
-import xgboost
 from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune import FailureConfig, RunConfig, Tuner
@@ -29,9 +27,10 @@ from ray.tune.search.optuna import OptunaSearch
 from tickray.errors import ConfigError
 from tickray.runtime import require_resources
 from tickray.training import registry
+from tickray.training.boosting import XGB_REPORT_EVERY
 from tickray.training.config import SequenceConfig, TrainConfig, XGBoostConfig
 from tickray.training.data import NS, inner_split, load_rows, split_windows, thin
-from tickray.training.models import fit_sequence, fit_xgboost_horizon, local_device, xgb_params
+from tickray.training.trial import run_trial
 
 SPACE_TYPES = {
     "uniform": lambda s: tune.uniform(s["low"], s["high"]),
@@ -61,22 +60,6 @@ def search_space(cfg: TrainConfig) -> dict:
     return space
 
 
-def _trial(config: dict, family: str, base: dict, x: np.ndarray, y: np.ndarray, fit: np.ndarray,
-           stop: np.ndarray, seed: int) -> None:
-    """One trial: the family's fit code with the trial's parameters, reporting after every rung."""
-    where = {"node": ray.get_runtime_context().get_node_id(), "device": local_device()}
-    if family == "xgboost":
-        cfg = XGBoostConfig.model_validate({**base, "params": {**base["params"], **config}})
-        params = xgb_params(cfg, seed, max(1, int(cfg.resources.cpu)), where["device"])
-        tr, va = fit[~np.isnan(y[fit, 0])], stop[~np.isnan(y[stop, 0])]
-        fit_xgboost_horizon(xgboost.DMatrix(x[tr], label=y[tr, 0]), xgboost.DMatrix(x[va], label=y[va, 0]),
-                            cfg, params, report=lambda r, m: tune.report({**m, "rounds": r, **where}))
-        return
-    cfg = SequenceConfig.model_validate({**base, **config})
-    fit_sequence(family, x, y, fit, stop, cfg, seed, where["device"],
-                 on_epoch=lambda e, m, net: tune.report({**m, **where}))
-
-
 def tune_family(cfg: TrainConfig, x: np.ndarray, y: np.ndarray, fit: np.ndarray, stop: np.ndarray,
                 storage: Path, resume: bool = False) -> tune.ResultGrid:
     """The search itself, on whatever cluster this process is connected to."""
@@ -86,7 +69,7 @@ def tune_family(cfg: TrainConfig, x: np.ndarray, y: np.ndarray, fit: np.ndarray,
     res = {"CPU": t.resources.cpu, "GPU": t.resources.gpu}
     require_resources(res, 1, "tune.resources")
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, family=t.family, base=base, x=x, y=y, fit=fit, stop=stop, seed=cfg.seed),
+        tune.with_parameters(run_trial, family=t.family, base=base, x=x, y=y, fit=fit, stop=stop, seed=cfg.seed),
         {"cpu": t.resources.cpu, "gpu": t.resources.gpu})
     name = f"tune-{cfg.name}-{t.family}"
     path = Path(storage) / name
@@ -107,8 +90,6 @@ def tune_family(cfg: TrainConfig, x: np.ndarray, y: np.ndarray, fit: np.ndarray,
 
 
 def _max_rungs(cfg: TrainConfig) -> int:
-    from tickray.training.models import XGB_REPORT_EVERY
-
     t = cfg.tune
     if t.family == "xgboost":
         rounds = (cfg.models.xgboost or XGBoostConfig()).num_boost_round
