@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 from collections.abc import Iterator
@@ -12,6 +13,20 @@ import ray
 from tickray import stack
 from tickray.config import Settings
 from tickray.errors import ConfigError
+
+
+def local_device() -> str:
+    """Where this process's fits run: "cuda" when it sees a CUDA device, else "cpu". Asked of the CUDA
+    driver, as ``torch.cuda.is_available()`` does, so that XGBoost's workers need not import torch (3 s
+    here). Ray hides from a worker the GPUs it did not give it (CUDA_VISIBLE_DEVICES); a node that only
+    advertises a GPU resource, as the tests' pretend GPU node does, has no driver to answer."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return "cpu"
+    count = ctypes.c_int(0)
+    found = cuda.cuInit(0) == 0 and cuda.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
+    return "cuda" if found else "cpu"
 
 
 def connect_ray(settings: Settings) -> str | None:

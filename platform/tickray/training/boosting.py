@@ -21,6 +21,7 @@ import xgboost
 from ray.train import RunConfig, ScalingConfig
 from ray.train.xgboost import XGBoostTrainer
 
+from tickray.runtime import local_device
 from tickray.training.config import Resources, XGBoostConfig
 from tickray.training.data import labelled
 
@@ -28,11 +29,6 @@ if TYPE_CHECKING:
     from tickray.training.data import Rows
 
 XGB_REPORT_EVERY = 25  # boosting rounds between progress reports (each costs a round trip on Ray Train)
-
-
-def worker_device() -> str:
-    """The GPU Ray gave this worker, if it gave one (every XGBoost fit runs in a Ray task or actor)."""
-    return "cuda" if ray.get_gpu_ids() else "cpu"
 
 
 def scaling(num_workers: int, resources: Resources) -> ScalingConfig:
@@ -84,8 +80,8 @@ def fit_xgboost_horizon(dtrain: xgboost.DMatrix, dvalid: xgboost.DMatrix, cfg: X
 
 
 def fit_xgboost(x: np.ndarray, y: np.ndarray, train: np.ndarray, valid: np.ndarray, cfg: XGBoostConfig,
-                seed: int = 7, nthread: int = 1) -> tuple[XGBModel, list[dict]]:
-    params = xgb_params(cfg, seed, nthread, worker_device())
+                seed: int = 7, nthread: int = 1, device: str = "cpu") -> tuple[XGBModel, list[dict]]:
+    params = xgb_params(cfg, seed, nthread, device)
     boosters, histories = [], []
     for j in range(y.shape[1]):
         tr, va = labelled(y, train, j), labelled(y, valid, j)
@@ -107,7 +103,8 @@ def _train_worker(config: dict) -> None:
     train = np.sort(np.array_split(config["train"], world)[rank])
     valid = np.array_split(config["valid"], world)[rank]
     cfg = XGBoostConfig.model_validate(config["cfg"])
-    model, histories = fit_xgboost(x, y, train, valid, cfg, config["seed"], max(1, int(cfg.resources.cpu)))
+    model, histories = fit_xgboost(x, y, train, valid, cfg, config["seed"], max(1, int(cfg.resources.cpu)),
+                                   local_device())
     metrics = {f"{label}_valid_logloss": min(h["logloss"]) for label, h in zip(config["labels"], histories)}
     if rank == 0:
         with tempfile.TemporaryDirectory() as d:

@@ -239,7 +239,3 @@ def fit_sequence(family: str, x: np.ndarray, y: np.ndarray, train: np.ndarray, v
     best, history = train_net(net, x, y, shuffled_batches(train, cfg.batch_size, seed), valid, cfg,
                               torch.device(device), seed, on_epoch)
     return SequenceModel(family, best, cfg.window), history
-
-
-def local_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -27,7 +27,7 @@ import ray
 from mlflow.tracking import MlflowClient
 
 from tickray.features.windows import complete_windows
-from tickray.runtime import require_resources
+from tickray.runtime import local_device, require_resources
 from tickray.training import boosting, registry, trainers
 from tickray.training.config import SEQUENCE_FAMILIES, SequenceConfig, TrainConfig, XGBoostConfig
 from tickray.training.data import (
@@ -41,7 +41,7 @@ from tickray.training.data import (
 )
 from tickray.training.ensemble import Ensemble, fit_calibrators, fit_meta, fit_shock
 from tickray.training.metrics import classification_metrics
-from tickray.training.models import fit_logistic, fit_prior, fit_sequence, local_device
+from tickray.training.models import fit_logistic, fit_prior, fit_sequence
 
 BASELINES = ("prior", "logistic")
 
@@ -178,7 +178,8 @@ def stack(bases: dict, oof: dict[str, np.ndarray], oof_idx: np.ndarray, rows: Ro
 
 def _fit_base(family: str, mcfg, x: np.ndarray, y: np.ndarray, fit: np.ndarray, stop: np.ndarray, seed: int):
     if family == "xgboost":
-        return boosting.fit_xgboost(x, y, fit, stop, mcfg, seed, nthread=max(1, int(mcfg.resources.cpu)))
+        return boosting.fit_xgboost(x, y, fit, stop, mcfg, seed, nthread=max(1, int(mcfg.resources.cpu)),
+                                    device=local_device())
     return fit_sequence(family, x, y, fit, stop, mcfg, seed, local_device())
 
 
