@@ -97,9 +97,8 @@ def _train_worker(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     x, y = ray.get(config["x"]), ray.get(config["y"])  # shared memory on this node, no copy
     # Each worker builds its DMatrix from its own share of the rows; xgboost's collective sums the
-    # histograms (and the validation metrics) across workers.
-    # The shares are drawn at random (see train_xgboost); sorted, they are read from x in order, 0.8 s
-    # sooner on 400k rows than gathered at random.
+    # histograms (and the validation metrics) across workers. A share is drawn at random (see
+    # train_xgboost); sorted, it is read from x in order, 0.8 s sooner on 400k rows than gathered at random.
     train = np.sort(np.array_split(config["train"], world)[rank])
     valid = np.array_split(config["valid"], world)[rank]
     cfg = XGBoostConfig.model_validate(config["cfg"])
