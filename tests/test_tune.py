@@ -36,6 +36,15 @@ def test_bad_search_spaces_are_named(tune, message):
         search_space(parse_config({"tune": tune}))
 
 
+@pytest.mark.parametrize("module", ["tickray.training.trial", "tickray.training.boosting"])
+def test_trial_and_xgboost_worker_code_leave_heavy_imports_out(module):
+    """A Tune trial and an XGBoostTrainer worker import these modules to unpickle their function: torch,
+    MLflow and Optuna there cost seconds in every trial and worker process."""
+    check = f"import sys, {module}; print(sorted({{'torch', 'mlflow', 'optuna'}} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_a_gpu_trial_on_a_cluster_without_gpus_fails_fast(market_lake, tmp_path):
     cfg = parse_config({**TUNE, "tune": {**TUNE["tune"], "resources": {"cpu": 1, "gpu": 1}}})
     with pytest.raises(ConfigError, match=r"tune.resources: one asks for \{'CPU': 1.0, 'GPU': 1.0\}; no node"):
