@@ -301,6 +301,7 @@ class StreamIngestActor:
             "lag_ms": dict(self._lag), "queued": self._queue.qsize() if self._tasks else 0,
             "connected": self._ws is not None, "streams": list(self.streams),
             "durable": dict(self.durable), "incarnation": self._incarnation, "last_message_at": self._last_message_at,
+            "cpu_s": time.process_time(),  # this actor's process: with last_message_at, how busy it is
         }
 
     def state(self, symbol: str) -> dict[str, float]:
