@@ -102,7 +102,7 @@ def _train_worker(config: dict) -> None:
     train = np.sort(np.array_split(config["train"], world)[rank])
     valid = np.array_split(config["valid"], world)[rank]
     cfg = XGBoostConfig.model_validate(config["cfg"])
-    model, histories = fit_xgboost(x, y, train, valid, cfg, config["seed"], max(1, int(cfg.resources.cpu)),
+    model, histories = fit_xgboost(x, y, train, valid, cfg, config["seed"], cfg.resources.threads,
                                    local_device())
     metrics = {f"{label}_valid_logloss": min(h["logloss"]) for label, h in zip(config["labels"], histories)}
     if rank == 0:

@@ -29,6 +29,11 @@ class Resources(_Strict):
     cpu: float = Field(1.0, gt=0)
     gpu: float = Field(0.0, ge=0)
 
+    @property
+    def threads(self) -> int:
+        """Threads for a fit in these resources (at least one, for a fractional CPU)."""
+        return max(1, int(self.cpu))
+
 
 class DataConfig(_Strict):
     lake: Path | None = None  # default: the settings' lake

@@ -178,8 +178,7 @@ def stack(bases: dict, oof: dict[str, np.ndarray], oof_idx: np.ndarray, rows: Ro
 
 def _fit_base(family: str, mcfg, x: np.ndarray, y: np.ndarray, fit: np.ndarray, stop: np.ndarray, seed: int):
     if family == "xgboost":
-        return boosting.fit_xgboost(x, y, fit, stop, mcfg, seed, nthread=max(1, int(mcfg.resources.cpu)),
-                                    device=local_device())
+        return boosting.fit_xgboost(x, y, fit, stop, mcfg, seed, mcfg.resources.threads, local_device())
     return fit_sequence(family, x, y, fit, stop, mcfg, seed, local_device())
 
 

@@ -22,7 +22,7 @@ def run_trial(config: dict, family: str, base: dict, x: np.ndarray, y: np.ndarra
     where = {"node": ray.get_runtime_context().get_node_id(), "device": local_device()}
     if family == "xgboost":
         cfg = XGBoostConfig.model_validate({**base, "params": {**base["params"], **config}})
-        params = xgb_params(cfg, seed, max(1, int(cfg.resources.cpu)), where["device"])
+        params = xgb_params(cfg, seed, cfg.resources.threads, where["device"])
         tr, va = labelled(y, fit, 0), labelled(y, stop, 0)
         fit_xgboost_horizon(xgboost.DMatrix(x[tr], label=y[tr, 0]), xgboost.DMatrix(x[va], label=y[va, 0]),
                             cfg, params, report=lambda r, m: tune.report({**m, "rounds": r, **where}))
