@@ -28,8 +28,10 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def ray_cluster():
     import ray
+    from tickray.stack import ensure_ray_token
 
     if not ray.is_initialized():
+        ensure_ray_token()
         ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()

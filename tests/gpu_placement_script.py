@@ -8,11 +8,13 @@ import numpy as np
 import ray
 import tickray  # noqa: F401  (sets RAY_AUTH_MODE before Ray starts)
 from ray.cluster_utils import Cluster
+from tickray.stack import ensure_ray_token
 from tickray.training.config import parse_config
 from tickray.training.tune import tune_family
 
 NS = 1_000_000_000
 
+ensure_ray_token()  # a Cluster's head, like `ray start --head`, needs one
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
 cpu_node = cluster.add_node(num_cpus=2)
 gpu_node = cluster.add_node(num_cpus=2, num_gpus=1)

@@ -22,12 +22,13 @@ from tickray.features.job import build_features
 from tickray.ingest import ingest
 from tickray.serving.app import build
 from tickray.serving.config import Replicas, ServeConfig
-from tickray.stack import free_port
+from tickray.stack import ensure_ray_token, free_port
 
 market, tracking_uri, redis_url, work = Path(sys.argv[1]), sys.argv[2], sys.argv[3], Path(sys.argv[4])
 inputs = [market / "aggtrades", market / "depth", market / "klines"]
 SHARD = 256 * 1024  # many small tasks: enough of them to spread, and to be caught running
 
+ensure_ray_token()  # a Cluster's head, like `ray start --head`, needs one
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True,
                                                         "dashboard_port": free_port()})
 cpu_node = cluster.add_node(num_cpus=2)

@@ -45,7 +45,7 @@ def test_bad_rows_are_quarantined_with_reasons(ray_cluster, tmp_path):
     (src / "notes.txt").write_text("not market data")
     root = tmp_path / "lake"
     rep = ingest([src], root)
-    assert rep.skipped == [f"{src / 'notes.txt'} (no known format)"] and "1 files" in rep.lines()[-1]
+    assert rep.skipped == [f"{src / 'notes.txt'} (no known format)"] and "1 files" in rep.lines()[-2]
     assert rep.rows["trades"] == 2
     assert dict(rep.quarantined["trades"]) == {"non-positive price": 1, "non-positive size": 1,
                                                "duplicate trade id": 1, "timestamp going backwards": 1}
@@ -53,12 +53,48 @@ def test_bad_rows_are_quarantined_with_reasons(ray_cluster, tmp_path):
     assert q.num_rows == 4 and set(q["reason"].to_pylist()) == set(rep.quarantined["trades"])
 
 
-def test_unreadable_input_names_the_file(ray_cluster, tmp_path):
-    bad = tmp_path / "XUSDT-aggTrades-2024-01-01.zip"
-    bad.write_bytes(b"not a zip")
-    with pytest.raises(Exception) as e:
-        ingest([bad], tmp_path / "lake")
-    assert str(bad) in str(e.value)
+def test_one_bad_file_is_one_failure_and_everything_else_lands(ray_cluster, shared_data, tmp_path, capsys):
+    import shutil
+
+    from tickray.cli import main
+    from tickray.ingest import PARTIAL_EXIT
+
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(shared_data / "binance/aggtrades/XRPETH-aggTrades-2019-10-11_13.derived_from_REST.csv", src)
+    shutil.copy(shared_data / "binance/klines/DOTUSDT-1m-2024-11.zip", src)
+    capture = (shared_data / "binance/ws/spot_btcusdt_20240808.gz").read_bytes()
+    (src / "spot_btcusdt_20240808.gz").write_bytes(capture[: len(capture) // 2])  # cut off in transfer
+    (src / "LTCUSDT-aggTrades-2024-01-01.zip").write_bytes(bytes(range(256)) * 8)  # garbage
+    (src / "LTCUSDT-1m-2024-01.csv").write_bytes(b"")  # empty
+    name = "AAPL_2012-06-21_34200000_57600000_{}_10.csv"  # LOBSTER with a trailing empty column
+    for kind in ("message", "orderbook"):
+        lines = (shared_data / "lobster" / f"TRUNCATED_{name.format(kind)}").read_text().splitlines()
+        (src / name.format(kind)).write_text("".join(f"{line},\n" for line in lines))
+
+    root = tmp_path / "lake"
+    rep = ingest([src], root)
+    assert rep.rows == {"trades": 12_477 + 159, "book": 999, "bars_1m": 43_200}
+    assert rep.files == {"trades": 2, "book": 1, "bars_1m": 1}
+    assert sorted(Path(f.input).name for f in rep.failed) == ["LTCUSDT-aggTrades-2024-01-01.zip",
+                                                             "spot_btcusdt_20240808.gz"]
+    reasons = {Path(f.input).name: f.reason for f in rep.failed}
+    assert "unreadable" in reasons["spot_btcusdt_20240808.gz"] and "\n" not in reasons["spot_btcusdt_20240808.gz"]
+    assert str(src / "spot_btcusdt_20240808.gz") in reasons["spot_btcusdt_20240808.gz"]
+    assert f"{src / 'LTCUSDT-1m-2024-01.csv'} (empty file)" in rep.skipped
+    lines = rep.lines()
+    assert f"inputs: 3 landed, 2 failed, 2 skipped; tracebacks in {rep.log}" == lines[-1]
+    assert sum(line.startswith("failed: ") for line in lines) == 2
+    assert rep.log.parent == root / "_logs" and rep.log.read_text().count("Traceback") == 2
+    assert sorted(lake.partitions(root, "trades")) == [("2012-06-21", "AAPL"), ("2019-10-11", "XRPETH"),
+                                                       ("2019-10-12", "XRPETH"), ("2019-10-13", "XRPETH")]
+    assert not list(root.glob("_staging/*"))  # the failed inputs left nothing behind
+
+    # The command line: the same summary, no traceback on the terminal, its own exit status.
+    assert main(["ingest", str(src), "--lake", str(tmp_path / "cli")]) == PARTIAL_EXIT
+    out = capsys.readouterr()
+    assert "inputs: 3 landed, 2 failed, 2 skipped" in out.out and "Traceback" not in out.out + out.err
+    assert main(["ingest", str(src / "LTCUSDT-1m-2024-01.csv"), "--lake", str(tmp_path / "cli")]) == 0
     with pytest.raises(DataFormatError, match="does not exist"):
         ingest([tmp_path / "nope"], tmp_path / "lake")
 
@@ -102,8 +138,8 @@ def test_lake_parquet_round_trips_and_a_foreign_parquet_is_refused(ray_cluster, 
     foreign = tmp_path / "in" / "foreign.parquet"
     foreign.parent.mkdir()
     pq.write_table(pa.table({"when": [1], "what": ["x"]}), foreign)
-    with pytest.raises(DataFormatError, match=f"{foreign}: its columns"):
-        ingest([foreign.parent], tmp_path / "c")
+    refused = ingest([foreign.parent], tmp_path / "c")
+    assert [(f.input, f.reason.split(": its columns")[0]) for f in refused.failed] == [(str(foreign), str(foreign))]
 
 
 def test_a_large_parquet_file_is_read_by_several_tasks_one_run_of_row_groups_each(ray_cluster, market, tmp_path):

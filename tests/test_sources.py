@@ -8,13 +8,29 @@ from tickray.sources.lobster import read_lobster
 
 
 def test_lobster_times_are_new_york_and_aggressor_is_opposite_the_resting_order(shared_data):
-    trades, book = read_lobster(shared_data / "lobster" / "TRUNCATED_AAPL_2012-06-21_34200000_57600000_message_10.csv")
-    assert book.num_rows == 999 and trades.num_rows == 98 + 61  # executions: visible (4) and hidden (5)
+    trades, book, unknown = read_lobster(
+        shared_data / "lobster" / "TRUNCATED_AAPL_2012-06-21_34200000_57600000_message_10.csv")
+    assert book.num_rows == 999 and unknown == [] and trades.num_rows == 98 + 61  # executions: visible (4) and hidden (5)
     assert str(book["ts"][0]) == "2012-06-21 13:30:00.004241176+00:00"  # 09:30 in New York (EDT)
     first = trades.slice(0, 1).to_pylist()[0]
     assert first["price"] == 585.74 and first["side"] == 1  # a resting sell (-1) executed: a buy
     assert pc.all(pc.less(book["bid_px_1"], book["ask_px_1"])).as_py()
     assert book["bid_px_10"].null_count == 0 and book["bid_ct_1"].null_count == 999
+
+
+def test_lobster_with_a_trailing_empty_column_or_without_its_orderbook(shared_data, tmp_path):
+    name = "AAPL_2012-06-21_34200000_57600000_{}_10.csv"
+    for kind in ("message", "orderbook"):  # the variant real downloads have: a trailing comma on every line
+        lines = (shared_data / "lobster" / f"TRUNCATED_{name.format(kind)}").read_text().splitlines()
+        (tmp_path / name.format(kind)).write_text("".join(f"{line},\n" for line in lines))
+    trades, book, unknown = read_lobster(tmp_path / name.format("message"))
+    assert trades.num_rows == 159 and book.num_rows == 999 and unknown == []
+    assert book["ask_px_1"][0].as_py() == 585.94 and book["bid_sz_10"].null_count == 0
+    (tmp_path / name.format("orderbook")).unlink()
+    alone, no_book, unknown = read_lobster(tmp_path / name.format("message"))
+    assert alone.equals(trades) and no_book.num_rows == 0
+    reason = "no orderbook file: the book after this message is unknown"
+    assert len(unknown) == 999 and {u[1:] for u in unknown} == {("AAPL", reason)}
 
 
 def test_mbp1_keeps_every_fill_and_the_order_counts(shared_data):

@@ -62,12 +62,19 @@ def test_unknown_setting_in_the_environment_stops_the_cli(tmp_path):
 
 
 def test_up_starts_a_ray_head_that_jobs_join_and_down_stops_it(tmp_path):
-    env = stack_env(tmp_path, TICKRAY_RAY_NUM_CPUS="1")
+    # A fresh machine: a HOME without ~/.ray, so no Ray token yet (`ray start --head` refuses to start then).
+    home = tmp_path / "home"
+    home.mkdir()
+    env = stack_env(tmp_path / "state", TICKRAY_RAY_NUM_CPUS="1", HOME=str(home))
+    token = home / ".ray" / "auth_token"
     up = _cli("up", env=env)
     try:
         assert up.returncode == 0, up.stderr
         assert f"head at 127.0.0.1:{env['TICKRAY_RAY_PORT']}" in up.stdout
-        pid = int((tmp_path / "run" / "ray.pid").read_text())
+        assert f"token {token}" in up.stdout
+        assert len(token.read_text()) == 64 and token.stat().st_mode & 0o077 == 0
+        assert f"token  {token}" in _cli("status", env=env).stdout
+        pid = int((tmp_path / "state" / "run" / "ray.pid").read_text())
         # A client process joins the head through the same settings (token auth included).
         code = ("from tickray.config import load_settings; from tickray.runtime import connect_ray; import ray; "
                 "connect_ray(load_settings()); print(int(ray.cluster_resources()['CPU']))")
@@ -88,3 +95,21 @@ def test_missing_shared_data_is_a_one_line_error(tmp_path):
                        env={**os.environ, "TICKRAY_TEST_DATA": str(tmp_path / "nowhere")}, timeout=300, check=False)
     assert r.returncode != 0
     assert f"real market data not found at {tmp_path / 'nowhere'}" in r.stdout
+
+
+def test_the_ray_token_is_created_where_ray_reads_it_and_never_replaced(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    named = tmp_path / "keys" / "ray-token"
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(named))
+    assert stack.ensure_ray_token() == str(named)
+    first = named.read_text()
+    assert len(first) == 64 and int(first, 16) >= 0
+    assert stack.ensure_ray_token() == str(named) and named.read_text() == first
+    named.write_text("a-token-someone-gave-us")
+    stack.ensure_ray_token()
+    assert named.read_text() == "a-token-someone-gave-us"
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "from-the-environment")
+    assert stack.ensure_ray_token() == "$RAY_AUTH_TOKEN"
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    assert stack.ensure_ray_token() == "none needed (RAY_AUTH_MODE=disabled)"

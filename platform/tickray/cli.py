@@ -52,6 +52,7 @@ def cmd_status(args, settings) -> None:
 
     for s in stack.status(settings):
         print(f"{s.name:6} {'up  ' if s.running else 'down'} {s.detail}")
+    print(f"token  {stack.ray_token_source()} (Ray's; `ray job submit` and the dashboard need it)")
     print(f"mlflow {settings.tracking_uri}")
     root = settings.lake_path
     for ds in ("trades", "book", "bars_1m", "features"):
@@ -134,14 +135,15 @@ def cmd_generate(args, settings) -> None:
         print(f"  {p}")
 
 
-def cmd_ingest(args, settings) -> None:
-    from tickray.ingest import ingest
+def cmd_ingest(args, settings) -> int:
+    from tickray.ingest import PARTIAL_EXIT, ingest
     from tickray.runtime import connect_ray
 
     connect_ray(settings)
     rep = ingest([Path(p) for p in args.inputs], Path(args.lake or settings.lake_path), levels=args.levels)
     print("\n".join(rep.lines()))
     print(f"done in {rep.seconds:.1f}s")
+    return PARTIAL_EXIT if rep.failed else 0
 
 
 def cmd_features(args, settings) -> None:
@@ -592,14 +594,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings(args.config)
-        args.fn(args, settings)
+        code = args.fn(args, settings)
     except TickrayError as e:
         print(f"tickray {args.verb}: error: {e}", file=sys.stderr)
         return 2
     except FileNotFoundError as e:
         print(f"tickray {args.verb}: error: {e}", file=sys.stderr)
         return 2
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

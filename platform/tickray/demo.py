@@ -21,6 +21,7 @@ from tickray import stack
 from tickray.backtest.config import BacktestConfig
 from tickray.backtest.walkforward import run_backtest
 from tickray.config import Settings
+from tickray.errors import DataFormatError
 from tickray.exchange_sim import ReplayExchange
 from tickray.features.job import build_features
 from tickray.ingest import ingest
@@ -85,6 +86,8 @@ def run_demo(settings: Settings, symbols: list[str], days: int = 1, seed: int = 
     rep = ingest([data_dir / "aggtrades", data_dir / "depth", data_dir / "klines"], lake_root)
     for line in rep.lines():
         say(line)
+    if rep.failed:
+        raise DataFormatError(f"the demo's own market did not ingest: {rep.failed[0].input}: {rep.failed[0].reason}")
     result.rows_ingested = dict(rep.rows)
     say(f"rows ingested: {sum(rep.rows.values()):,} into {lake_root} ({rep.seconds:.1f}s)")
 

@@ -4,8 +4,9 @@ One Ray Data task per input (a file, or the files of one capture session): it re
 validates and normalises its rows and writes them into a staging copy of every dataset it feeds, so
 memory is bounded by the largest input, never by the dataset, and nothing passes through the object
 store but counts. Bad rows go to ``<root>/quarantine/<dataset>/`` with ``reason`` and ``source``
-columns and are counted; the job fails only for an unreadable input, naming the file. Partitions are
-then swapped into the lake atomically (see lake.py).
+columns and are counted. Every input is its own unit of failure: one that cannot be read is reported in
+one line (its traceback in a log file) and leaves nothing behind, and the others land regardless.
+Partitions are then swapped into the lake atomically (see lake.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import hashlib
 import re
 import shutil
 import time
+import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,12 +138,30 @@ class Input:
         return "+".join(self.paths) + shard
 
 
-def discover(inputs: list[Path], levels: int = 10, shard_bytes: int = SHARD_BYTES) -> tuple[list[Input], list[str]]:
-    """Every recognised input under ``inputs`` (files or folders), and the files not ingested, each with
-    the reason (reported, never silently passed over). A Parquet file or a plain trades CSV larger than
+@dataclass(frozen=True)
+class Failure:
+    """An input that did not land: its name, why in one line, and the traceback for the log."""
+    input: str
+    reason: str
+    trace: str = ""
+
+
+def failure_line(e: BaseException) -> str:
+    """One line for an exception: tickray's own errors already name the file and where; others get their
+    type too (the input's name goes beside it in the report)."""
+    text = " ".join(str(e).split()) or "(no message)"
+    return text if isinstance(e, DataFormatError) else f"{type(e).__name__}: {text}"
+
+
+def discover(inputs: list[Path], levels: int = 10, shard_bytes: int = SHARD_BYTES
+             ) -> tuple[list[Input], list[str], list[Failure]]:
+    """Every recognised input under ``inputs`` (files or folders), the files not ingested, each with the
+    reason (reported, never silently passed over), and the files that failed already here (a tick schema
+    or a Parquet file that cannot be read). A Parquet file or a plain trades CSV larger than
     ``shard_bytes`` is split into several inputs (SHARD_BYTES)."""
     found: list[Input] = []
     skipped: list[str] = []
+    failed: list[Failure] = []
     files: list[Path] = []
     for inp in inputs:
         inp = Path(inp)
@@ -152,7 +172,11 @@ def discover(inputs: list[Path], levels: int = 10, shard_bytes: int = SHARD_BYTE
     mapped: dict[Path, tuple[Path, generic.TickSchema]] = {}  # file → the tick schema mapping it (wins over its name)
     for f in files:
         if f.name.endswith(generic.SCHEMA_SUFFIX):
-            schema = generic.load_schema(f)
+            try:
+                schema = generic.load_schema(f)
+            except Exception as e:  # noqa: BLE001 (one bad file is one failure)
+                failed.append(Failure(str(f), failure_line(e), traceback.format_exc()))
+                continue
             targets = [g for g in generic.schema_files(f, schema) if g in present]
             mapped.update(dict.fromkeys(targets, (f, schema)))
             skipped.append(f"{f} (a tick schema: maps {len(targets)} files)")
@@ -164,14 +188,20 @@ def discover(inputs: list[Path], levels: int = 10, shard_bytes: int = SHARD_BYTE
             continue
         if f.name.endswith(generic.SCHEMA_SUFFIX):
             continue
+        if f.stat().st_size == 0:
+            skipped.append(f"{f} (empty file)")
+            continue
         kind = classify(f)
         twin = _is_twin_of_consumed(f, present)
         if twin:
             skipped.append(f"{f} ({twin})")
         elif kind == "lake_parquet":
-            dataset = lake_parquet.dataset_of(f, levels)
-            found += [Input(kind, (str(f),), (dataset,), shard=shard)
-                      for shard in lake_parquet.row_group_shards(f, shard_bytes)]
+            try:
+                dataset = lake_parquet.dataset_of(f, levels)
+                found += [Input(kind, (str(f),), (dataset,), shard=shard)
+                          for shard in lake_parquet.row_group_shards(f, shard_bytes)]
+            except Exception as e:  # noqa: BLE001
+                failed.append(Failure(str(f), failure_line(e), traceback.format_exc()))
         elif kind in ("agg_trades", "trades"):
             found += [Input(kind, (str(f),), tuple(KIND_DATASETS[kind]), shard=shard)
                       for shard in binance.byte_range_shards(f, shard_bytes)]
@@ -183,7 +213,7 @@ def discover(inputs: list[Path], levels: int = 10, shard_bytes: int = SHARD_BYTE
             found.append(Input(kind, (str(f),), tuple(KIND_DATASETS[kind])))
     found += [Input("ws_capture", tuple(str(f) for f in session), tuple(KIND_DATASETS["ws_capture"]))
               for session in capture_sessions(captures)]
-    return found, skipped
+    return found, skipped, failed
 
 
 Rows = dict[str, tuple[pa.Table, list]]  # dataset → (rows, events that could not become rows)
@@ -227,8 +257,8 @@ def read_input(item: Input, levels: int = 10) -> Rows:
             raise DataFormatError(f"{path}: no REST snapshot log (<exchange>.http.*.txt) beside it")
         return _capture_rows(binance.read_ws_capture(path, levels, snapshots=snaps))
     if kind == "lobster":
-        trades, book = lobster.read_lobster(path, levels)
-        return {"trades": (trades, []), "book": (book, [])}
+        trades, book, unknown = lobster.read_lobster(path, levels)
+        return {"trades": (trades, []), "book": (book, unknown)}
     if kind == "databento_mbp1":
         trades, book = cme.read_mbp1(path, levels)
         return {"trades": (trades, []), "book": (book, [])}
@@ -243,40 +273,58 @@ def _dropped_rows(dropped: list, schema: pa.Schema) -> pa.Table:
     return pa.table({f.name: cols.get(f.name, pa.nulls(n, f.type)) for f in schema}, schema=schema)
 
 
-def _ingest_inputs(batch: dict, levels: int, stage: str) -> dict:
-    """Ray Data map function: read one input, validate its rows and write them (good ones into the staged
-    datasets, bad ones into the staged quarantine) in this task, so no dataset ever passes through the
-    object store or the driver; return only counts: (dataset, reason or "", rows), and the node that ran
-    the task (a ("", "", 0) row when the input fed nothing, so that every task is seen)."""
+def _ingest_one(item: Input, levels: int, stage: Path, name: str) -> list[tuple[str, str, int]]:
+    """Read one input, validate its rows and write them (good ones into the staged datasets, bad ones into
+    the staged quarantine); return (dataset, reason or "", rows)."""
     counts: list[tuple[str, str, int]] = []
+    for dataset, (t, dropped) in read_input(item, levels).items():
+        reason = DATASETS[dataset](t)
+        if dropped:
+            t = pa.concat_tables([t, _dropped_rows(dropped, t.schema)])
+            reason = pa.concat_arrays([reason, pa.array([d[2] for d in dropped], pa.string())])
+        t = t.append_column("date", lake.date_column(t["ts"]))
+        good = pc.is_null(reason)
+        written = lake.write_partitions(t.filter(good), stage / dataset, name)
+        counts.append((dataset, "", sum(n for *_, n in written)))
+        bad = t.filter(pc.invert(good))
+        if bad.num_rows:
+            bad_reason = reason.filter(pc.invert(good))
+            bad = bad.append_column("reason", bad_reason).append_column(
+                "source", pa.array([item.name] * bad.num_rows))
+            lake.write_partitions(bad, stage / lake.QUARANTINE / dataset, name)
+            for r, n in Counter(bad_reason.to_pylist()).items():
+                counts.append((dataset, r, n))
+    return counts
+
+
+def _ingest_inputs(batch: dict, levels: int, stage: str) -> dict:
+    """Ray Data map function: ingest one input in this task, so no dataset ever passes through the object
+    store or the driver; return only counts: (input, dataset, reason or "", rows), the node that ran the
+    task (a row with no dataset when the input fed nothing, so that every task is seen), and for an input
+    that failed its one-line error and traceback (whatever it had staged is removed: it lands whole or
+    not at all)."""
+    rows: list[tuple[str, str, str, int, str, str]] = []
     for kind, paths, datasets, schema, start, stop in zip(batch["kind"], batch["paths"], batch["datasets"],
                                                           batch["schema"], batch["shard_start"], batch["shard_stop"]):
         item = Input(str(kind), tuple(paths), tuple(datasets), str(schema),
                      None if start < 0 else (int(start), int(stop)))
         name = hashlib.sha1(item.name.encode()).hexdigest()[:16]
-        for dataset, (t, dropped) in read_input(item, levels).items():
-            reason = DATASETS[dataset](t)
-            if dropped:
-                t = pa.concat_tables([t, _dropped_rows(dropped, t.schema)])
-                reason = pa.concat_arrays([reason, pa.array([d[2] for d in dropped], pa.string())])
-            t = t.append_column("date", lake.date_column(t["ts"]))
-            good = pc.is_null(reason)
-            written = lake.write_partitions(t.filter(good), Path(stage) / dataset, name)
-            counts.append((dataset, "", sum(n for *_, n in written)))
-            bad = t.filter(pc.invert(good))
-            if bad.num_rows:
-                bad_reason = reason.filter(pc.invert(good))
-                bad = bad.append_column("reason", bad_reason).append_column(
-                    "source", pa.array([item.name] * bad.num_rows))
-                lake.write_partitions(bad, Path(stage) / lake.QUARANTINE / dataset, name)
-                for r, n in Counter(bad_reason.to_pylist()).items():
-                    counts.append((dataset, r, n))
-    counts = counts or [("", "", 0)]
+        try:
+            counts = _ingest_one(item, levels, Path(stage), name) or [("", "", 0)]
+            rows += [(item.name, *c, "", "") for c in counts]
+        except Exception as e:  # noqa: BLE001 (one bad input is one failure, never the whole run's)
+            for f in Path(stage).rglob(f"part-{name}.parquet"):
+                f.unlink()
+            rows.append((item.name, "", "", 0, failure_line(e), traceback.format_exc()))
     node = ray.get_runtime_context().get_node_id()
-    return {"dataset": np.array([c[0] for c in counts], dtype=object),
-            "reason": np.array([c[1] for c in counts], dtype=object),
-            "rows": np.array([c[2] for c in counts], dtype=np.int64),
-            "node": np.array([node] * len(counts), dtype=object)}
+    columns = ("input", "dataset", "reason", "rows", "error", "trace")
+    out = {c: np.array([r[i] for r in rows], dtype=np.int64 if c == "rows" else object)
+           for i, c in enumerate(columns)}
+    return out | {"node": np.array([node] * len(rows), dtype=object)}
+
+
+# `tickray ingest`'s exit status when some inputs landed and others failed (0: every input landed).
+PARTIAL_EXIT = 3
 
 
 @dataclass
@@ -286,12 +334,15 @@ class IngestReport:
     quarantined: dict[str, Counter] = field(default_factory=dict)
     partitions: dict[str, list[str]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    failed: list[Failure] = field(default_factory=list)
+    inputs_ok: int = 0
+    log: Path | None = None  # the tracebacks of the failed inputs
     seconds: float = 0.0
     tasks: int = 0
     nodes: set[str] = field(default_factory=set)  # where the tasks whose results were kept ran
 
     def lines(self) -> list[str]:
-        out = []
+        out = [f"failed: {f.input}: {f.reason}" for f in self.failed]
         for ds in self.rows:
             q = self.quarantined.get(ds, Counter())
             qs = ", ".join(f"{r}: {n}" for r, n in q.most_common()) or "none"
@@ -302,6 +353,8 @@ class IngestReport:
         if self.skipped:
             shown = ", ".join(self.skipped[:5]) + (", ..." if len(self.skipped) > 5 else "")
             out.append(f"not ingested on their own: {len(self.skipped)} files: {shown}")
+        out.append(f"inputs: {self.inputs_ok} landed, {len(self.failed)} failed, {len(self.skipped)} skipped"
+                   + (f"; tracebacks in {self.log}" if self.log else ""))
         return out
 
 
@@ -309,9 +362,10 @@ def ingest(inputs: list[Path], lake_root: Path, levels: int = 10, shard_bytes: i
     """Ingest every recognised file under ``inputs`` into the lake at ``lake_root``."""
     t0 = time.perf_counter()
     lake_root = Path(lake_root)
-    found, skipped = discover(inputs, levels, shard_bytes)
-    report = IngestReport(skipped=skipped)
+    found, skipped, failed = discover(inputs, levels, shard_bytes)
+    report = IngestReport(skipped=skipped, failed=failed)
     if not found:
+        _write_failure_log(report, lake_root)
         return report
     stage = lake.staging_dir(lake_root)
     try:
@@ -324,8 +378,11 @@ def ingest(inputs: list[Path], lake_root: Path, levels: int = 10, shard_bytes: i
             counts = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
                 _ingest_inputs, batch_size=1, fn_kwargs={"levels": levels, "stage": str(stage)}).take_all()
         report.tasks, report.nodes = len(items), {c["node"] for c in counts}
+        failed_inputs = {c["input"] for c in counts if c["error"]}
+        report.failed += [Failure(c["input"], c["error"], c["trace"]) for c in counts if c["error"]]
+        report.inputs_ok = len(found) - len(failed_inputs)
         for dataset in DATASETS:
-            fed = [i for i in found if dataset in i.datasets]
+            fed = [i for i in found if dataset in i.datasets and i.name not in failed_inputs]
             if not fed:
                 continue
             rows = [c for c in counts if c["dataset"] == dataset]
@@ -339,5 +396,18 @@ def ingest(inputs: list[Path], lake_root: Path, levels: int = 10, shard_bytes: i
             report.partitions[dataset] = lake.commit(stage / dataset, lake_root / dataset)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+    _write_failure_log(report, lake_root)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _write_failure_log(report: IngestReport, lake_root: Path) -> None:
+    """The failed inputs' tracebacks, in ``<lake>/_logs/ingest-<UTC time>.log`` (the terminal gets one
+    line per input)."""
+    if not report.failed:
+        return
+    logs = lake_root / "_logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    report.log = logs / f"ingest-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%fZ}.log"
+    report.log.write_text("".join(f"== {f.input}\n{f.reason}\n{f.trace or '(found before reading)'}\n"
+                                  for f in report.failed))

@@ -38,8 +38,14 @@ def connect_ray(settings: Settings) -> str | None:
         address = settings.ray_address or os.environ.get("RAY_ADDRESS") or stack.ray_head_address(settings)
         kwargs = {"logging_level": logging.WARNING, "log_to_driver": True}
         if address:
+            source = stack.ray_token_source()
+            if source.startswith("/") and not os.path.exists(source):
+                raise ConfigError(f"joining Ray at {address} needs the token of its head, and there is none at "
+                                  f"{source}: copy the head's ~/.ray/auth_token there or set "
+                                  f"{stack.TOKEN_ENV} (RAY_AUTH_MODE=disabled if the cluster has no auth)")
             ray.init(address=address, **kwargs)
         else:
+            stack.ensure_ray_token()
             ray.init(address="local", num_cpus=settings.ray_num_cpus, include_dashboard=True,
                      dashboard_host=settings.dashboard_host, dashboard_port=settings.dashboard_port, **kwargs)
     url = ray._private.worker.get_dashboard_url()  # no public API for it in Ray 2.60

@@ -7,6 +7,7 @@ process someone else started. An occupied port is an error, not something to kil
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -164,6 +165,40 @@ def stop_redis(settings: Settings) -> bool:
 
 # ---------------------------------------------------------------- Ray head
 
+# Where Ray 2.60 looks for its token, first to last: the token itself, a file named by RAY_AUTH_TOKEN_PATH,
+# then ~/.ray/auth_token. `ray start --head` refuses to start without one; only ray.init() makes one.
+TOKEN_ENV, TOKEN_PATH_ENV = "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
+
+
+def ray_token_source() -> str:
+    """Where this process's Ray token comes from: the environment variable or the file Ray reads (which
+    may not exist yet), or why there is none to need (token authentication off)."""
+    mode = os.environ.get("RAY_AUTH_MODE", "token")
+    if mode.lower() != "token":
+        return f"none needed (RAY_AUTH_MODE={mode})"
+    if os.environ.get(TOKEN_ENV):
+        return f"${TOKEN_ENV}"
+    return str(Path(os.environ.get(TOKEN_PATH_ENV) or Path.home() / ".ray" / "auth_token").expanduser())
+
+
+def ensure_ray_token() -> str:
+    """The Ray token's source (ray_token_source), its file created when token authentication is on and
+    it does not exist yet: 256 random bits, readable by this user only. An existing token is never
+    replaced: heads and clients already started with it would no longer agree."""
+    source = ray_token_source()
+    if not source.startswith("/"):
+        return source
+    path = Path(source)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return source
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    return source
+
+
 
 def free_port() -> int:
     """A TCP port free on this machine now (for services, tests and benchmarks to listen on)."""
@@ -190,7 +225,8 @@ def ray_status(settings: Settings) -> ServiceState:
     if addr:
         dash = f"http://{settings.dashboard_host}:{settings.dashboard_port}"
         return ServiceState("ray", True, pid, f"head at {addr}, dashboard {dash}, "
-                                              f"metrics http://127.0.0.1:{settings.metrics_port}/metrics")
+                                              f"metrics http://127.0.0.1:{settings.metrics_port}/metrics, "
+                                              f"token {ray_token_source()}")
     return ServiceState("ray", False, None, "no Ray head started by tickray (jobs start a local Ray)")
 
 
@@ -224,6 +260,7 @@ def start_ray_head(settings: Settings, timeout_s: float = 90.0, autoscaling_conf
                       (settings.metrics_port, "Ray metrics export")):
         if port_in_use("127.0.0.1", port):
             raise StackError(f"port {port} ({what}) is held by another process; stop it or change the port")
+    ensure_ray_token()
     num_cpus = settings.ray_num_cpus or os.cpu_count() or 2
     extra_args, extra_env = [], {}
     if autoscaling_config is not None:

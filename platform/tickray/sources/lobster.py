@@ -44,22 +44,28 @@ def _read(path: Path, ncols: int) -> np.ndarray:
                            read_options=pacsv.ReadOptions(autogenerate_column_names=True))
     except pa.ArrowInvalid as e:
         raise DataFormatError(f"{path}: not a readable CSV ({e})") from None
+    if t.num_columns == ncols + 1 and t.column(ncols).null_count == t.num_rows:
+        t = t.drop_columns([t.column_names[ncols]])  # a trailing comma on every line: some LOBSTER downloads
     if t.num_columns != ncols:
         raise DataFormatError(f"{path}: {t.num_columns} columns, expected {ncols}")
     return np.column_stack([c.to_numpy(zero_copy_only=False).astype(np.float64) for c in t.columns]) \
         if t.num_rows else np.zeros((0, ncols))
 
 
-def read_lobster(message_path: Path, levels: int = 10) -> tuple[pa.Table, pa.Table]:
-    """(trades, book) from a message file and its orderbook twin."""
+NO_BOOK = "no orderbook file: the book after this message is unknown"
+
+
+def read_lobster(message_path: Path, levels: int = 10) -> tuple[pa.Table, pa.Table, list]:
+    """(trades, book, messages whose book is unknown as (ts ms, symbol, reason)) from a message file and
+    its orderbook twin. Without the twin the trades still come from the messages; the book cannot be
+    rebuilt from them (the book before the first message is not in the file), so every message is
+    reported as one whose book is unknown."""
     meta = parse_name(message_path)
     n_levels = int(meta["n"])
     msg = _read(message_path, 6)
     book_path = orderbook_path(message_path)
-    if not book_path.exists():
-        raise DataFormatError(f"{message_path}: its orderbook file {book_path.name} is missing")
-    ob = _read(book_path, 4 * n_levels)
-    if len(ob) != len(msg):
+    ob = _read(book_path, 4 * n_levels) if book_path.exists() else None
+    if ob is not None and len(ob) != len(msg):
         raise DataFormatError(f"{book_path}: {len(ob)} rows but the message file has {len(msg)}")
     symbol = meta["ticker"].upper()
     midnight = datetime.fromisoformat(meta["date"]).replace(tzinfo=NEW_YORK)
@@ -76,6 +82,9 @@ def read_lobster(message_path: Path, levels: int = 10) -> tuple[pa.Table, pa.Tab
         "trade_id": np.flatnonzero(ex).astype(np.int64),
     }, schema=TRADE)
 
+    if ob is None:
+        return trades, conform_book({"ts": ts_arr.slice(0, 0), "symbol": pa.array([], pa.string())}, 0, levels), \
+            [(int(t) // 1_000_000, symbol, NO_BOOK) for t in ts]
     cols: dict = {"ts": ts_arr, "symbol": pa.array([symbol] * len(msg), pa.string())}
     for i in range(1, min(levels, n_levels) + 1):
         base = 4 * (i - 1)
@@ -84,4 +93,4 @@ def read_lobster(message_path: Path, levels: int = 10) -> tuple[pa.Table, pa.Tab
         cols[f"bid_px_{i}"] = np.where(np.abs(bid_px) >= 9_999_999_999, np.nan, bid_px / PRICE_SCALE)
         cols[f"ask_sz_{i}"] = np.where(np.isnan(cols[f"ask_px_{i}"]), np.nan, ask_sz)
         cols[f"bid_sz_{i}"] = np.where(np.isnan(cols[f"bid_px_{i}"]), np.nan, bid_sz)
-    return trades, conform_book(cols, len(msg), levels)
+    return trades, conform_book(cols, len(msg), levels), []
