@@ -101,28 +101,41 @@ def test_one_bad_file_is_one_failure_and_everything_else_lands(ray_cluster, shar
 
 def test_every_real_file_ingests_with_its_quarantine_counted(ray_cluster, shared_data, tmp_path):
     root = tmp_path / "lake"
-    rep = ingest([shared_data], root)
+    rep = ingest([shared_data], root)  # the folder grows: what is asserted below is pinned to named files
     print("\n".join(rep.lines()))  # the per-reason counts, shown with -s
+    assert rep.failed == [] and not rep.quarantined["trades"] and not rep.quarantined["bars_1m"]
+    not_market_data = {Path(s.split(" (")[0]).suffix for s in rep.skipped if s.endswith("(no known format)")}
+    assert not_market_data <= {".md", ".zst", ".csv"}  # notes, and the DBN and Tardis files (issue 29)
+    assert all("/tardis/" in s or "/databento/" in s for s in rep.skipped if s.endswith(".csv (no known format)"))
+
+    def rows(dataset, symbol, *dates):
+        return sum(lake.read_partition(root, dataset, d, symbol).num_rows for d in dates)
+
     # usdm_btcusdt_20240719 continues the 0718 session (its snapshot is in the other file): read as one.
-    assert rep.rows == {"trades": 33_305, "book": 16_511, "bars_1m": 277_676}
-    assert not rep.quarantined["trades"] and not rep.quarantined["bars_1m"]
-    assert dict(rep.quarantined["book"]) == {
-        "diff with no book to apply to (no snapshot after it, or after a gap)": 1,
-        "diff older than the snapshot": 19,
-        "null field": 1,  # the bookDepth snap sample holds bids only: no best ask
-    }
+    assert rows("trades", "BTCUSDT", "2024-07-18", "2024-07-19") == 974 + 9_727
+    assert rows("book", "BTCUSDT", "2024-07-18", "2024-07-19") == 3_320 + 5_698
+    # COIN-M across midnight: the snapshot (it names its symbol) then every diff after it, both days.
+    assert rows("trades", "ETHUSD_PERP", "2024-08-08", "2024-08-09") == 3_595
+    assert rows("book", "ETHUSD_PERP", "2024-08-08") == 22_806 and rows("book", "ETHUSD_PERP", "2024-08-09") == 16_328
+    assert rows("trades", "AAPL", "2012-06-21") == 159 and rows("book", "AAPL", "2012-06-21") == 999
+    assert rows("trades", "XRPETH", "2019-10-11", "2019-10-12", "2019-10-13") == 12_477
+    assert rows("trades", "ESU4", "2024-07-01", "2024-07-02") == 120
+    assert {("2021-07-22", s) for s in ("SUSHIUSDT", "AKROUSDT", "KEEPUSDT", "CTKUSDT")} <= set(
+        lake.partitions(root, "book"))
+    assert ("2024-01-02", "6EH4") in set(lake.partitions(root, "bars_1m"))
+
     q = pq.read_table(root / "quarantine" / "book").to_pandas()
-    # the bookDepth update sample on its own: no snapshot to apply its diff to
-    assert list(q[q.reason.str.startswith("diff with no")].source.map(lambda p: Path(p).name)) == [
-        "btcusdt-depth-update.csv"]
+    q["file"] = q.source.map(lambda p: Path(p.split("+")[0]).name)
+    by_file = q.groupby(["file", "reason"]).size().to_dict()
+    assert by_file[("btcusdt-depth-update.csv", "diff with no book to apply to (no snapshot after it, or after a gap)")] == 1
+    assert by_file[("btcusdt-depth-snap.csv", "null field")] == 1  # the bookDepth snap sample holds bids only
+    assert by_file[("cm_ethusd_perp_20240808.gz", "diff older than the snapshot")] == 22
+    assert by_file[("usdm_btcusdt_20240718.gz", "diff older than the snapshot")] == 5
     reasons = {Path(s.split(" (")[0]).name: s.split(" (", 1)[1] for s in rep.skipped}
     assert reasons["BINANCE_FUTURES.ws.1.0.jsonl"] == "same capture as BINANCE_FUTURES.ws.1.0.txt)"
     assert reasons["BINANCE_FUTURES.http.0.0.txt"] == "read with its WebSocket capture)"
     assert reasons["TRUNCATED_AAPL_2012-06-21_34200000_57600000_orderbook_10.csv"] == "read with its message file)"
-    parts = set(lake.partitions(root, "trades"))
-    assert {("2012-06-21", "AAPL"), ("2024-07-01", "ESU4"), ("2021-07-22", "SUSHIUSDT"),
-            ("2019-10-11", "XRPETH")} <= parts
-    assert ("2024-01-02", "6EH4") in set(lake.partitions(root, "bars_1m"))
+    assert any(line.startswith("note: COIN-M: trade qty in contracts") for line in rep.lines())
 
 
 def test_lake_parquet_round_trips_and_a_foreign_parquet_is_refused(ray_cluster, market, tmp_path):

@@ -219,18 +219,21 @@ def discover(inputs: list[Path], levels: int = 10, shard_bytes: int = SHARD_BYTE
 Rows = dict[str, tuple[pa.Table, list]]  # dataset → (rows, events that could not become rows)
 
 
-def _capture_rows(cap: binance.CaptureRead) -> Rows:
+def _capture_rows(cap: binance.CaptureRead, notes: list[str]) -> Rows:
+    notes += cap.notes()
     # unusable messages are counted once, with the trades
     return {"trades": (cap.trades, [(t // 1_000_000, sym, why) for t, sym, why, _ in cap.quarantine]),
             "book": (cap.book.book, cap.book.dropped)}
 
 
-def read_input(item: Input, levels: int = 10) -> Rows:
+def read_input(item: Input, levels: int = 10, notes: list[str] | None = None) -> Rows:
     """Read an input once, into the rows of every dataset it feeds, and for each the events that could
-    not become rows: (ts ms, symbol, reason)."""
+    not become rows: (ts ms, symbol, reason). What a reader of the lake should know about the input (a
+    unit told from the data, messages kept in no dataset) is added to ``notes``."""
     kind, paths = item.kind, [Path(p) for p in item.paths]
+    notes = [] if notes is None else notes
     if kind == "ws_capture":
-        return _capture_rows(binance.read_ws_capture(paths, levels))
+        return _capture_rows(binance.read_ws_capture(paths, levels), notes)
     (path,) = paths
     if kind == "generic":
         tables = generic.read_generic(path, generic.load_schema(Path(item.schema)), levels)
@@ -255,7 +258,7 @@ def read_input(item: Input, levels: int = 10) -> Rows:
         snaps = _cryptofeed_snapshots(path)
         if snaps is None:
             raise DataFormatError(f"{path}: no REST snapshot log (<exchange>.http.*.txt) beside it")
-        return _capture_rows(binance.read_ws_capture(path, levels, snapshots=snaps))
+        return _capture_rows(binance.read_ws_capture(path, levels, snapshots=snaps), notes)
     if kind == "lobster":
         trades, book, unknown = lobster.read_lobster(path, levels)
         return {"trades": (trades, []), "book": (book, unknown)}
@@ -273,11 +276,11 @@ def _dropped_rows(dropped: list, schema: pa.Schema) -> pa.Table:
     return pa.table({f.name: cols.get(f.name, pa.nulls(n, f.type)) for f in schema}, schema=schema)
 
 
-def _ingest_one(item: Input, levels: int, stage: Path, name: str) -> list[tuple[str, str, int]]:
+def _ingest_one(item: Input, levels: int, stage: Path, name: str, notes: list[str]) -> list[tuple[str, str, int]]:
     """Read one input, validate its rows and write them (good ones into the staged datasets, bad ones into
     the staged quarantine); return (dataset, reason or "", rows)."""
     counts: list[tuple[str, str, int]] = []
-    for dataset, (t, dropped) in read_input(item, levels).items():
+    for dataset, (t, dropped) in read_input(item, levels, notes).items():
         reason = DATASETS[dataset](t)
         if dropped:
             t = pa.concat_tables([t, _dropped_rows(dropped, t.schema)])
@@ -300,24 +303,26 @@ def _ingest_one(item: Input, levels: int, stage: Path, name: str) -> list[tuple[
 def _ingest_inputs(batch: dict, levels: int, stage: str) -> dict:
     """Ray Data map function: ingest one input in this task, so no dataset ever passes through the object
     store or the driver; return only counts: (input, dataset, reason or "", rows), the node that ran the
-    task (a row with no dataset when the input fed nothing, so that every task is seen), and for an input
-    that failed its one-line error and traceback (whatever it had staged is removed: it lands whole or
-    not at all)."""
-    rows: list[tuple[str, str, str, int, str, str]] = []
+    task (a row with no dataset when the input fed nothing, so that every task is seen), the input's notes
+    (a row each), and for an input that failed its one-line error and traceback (whatever it had staged
+    is removed: it lands whole or not at all)."""
+    rows: list[tuple[str, str, str, int, str, str, str]] = []
     for kind, paths, datasets, schema, start, stop in zip(batch["kind"], batch["paths"], batch["datasets"],
                                                           batch["schema"], batch["shard_start"], batch["shard_stop"]):
         item = Input(str(kind), tuple(paths), tuple(datasets), str(schema),
                      None if start < 0 else (int(start), int(stop)))
         name = hashlib.sha1(item.name.encode()).hexdigest()[:16]
+        notes: list[str] = []
         try:
-            counts = _ingest_one(item, levels, Path(stage), name) or [("", "", 0)]
-            rows += [(item.name, *c, "", "") for c in counts]
+            counts = _ingest_one(item, levels, Path(stage), name, notes) or [("", "", 0)]
+            rows += [(item.name, *c, "", "", "") for c in counts]
+            rows += [(item.name, "", "", 0, "", "", note) for note in notes]
         except Exception as e:  # noqa: BLE001 (one bad input is one failure, never the whole run's)
             for f in Path(stage).rglob(f"part-{name}.parquet"):
                 f.unlink()
-            rows.append((item.name, "", "", 0, failure_line(e), traceback.format_exc()))
+            rows.append((item.name, "", "", 0, failure_line(e), traceback.format_exc(), ""))
     node = ray.get_runtime_context().get_node_id()
-    columns = ("input", "dataset", "reason", "rows", "error", "trace")
+    columns = ("input", "dataset", "reason", "rows", "error", "trace", "note")
     out = {c: np.array([r[i] for r in rows], dtype=np.int64 if c == "rows" else object)
            for i, c in enumerate(columns)}
     return out | {"node": np.array([node] * len(rows), dtype=object)}
@@ -335,6 +340,7 @@ class IngestReport:
     partitions: dict[str, list[str]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     failed: list[Failure] = field(default_factory=list)
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (input, what to know about it)
     inputs_ok: int = 0
     log: Path | None = None  # the tracebacks of the failed inputs
     seconds: float = 0.0
@@ -343,6 +349,11 @@ class IngestReport:
 
     def lines(self) -> list[str]:
         out = [f"failed: {f.input}: {f.reason}" for f in self.failed]
+        by_text: dict[str, list[str]] = {}
+        for inp, text in self.notes:
+            by_text.setdefault(text, []).append(inp)
+        out += [f"note: {text}: {inputs[0]}" + (f" and {len(inputs) - 1} more inputs" if len(inputs) > 1 else "")
+                for text, inputs in by_text.items()]
         for ds in self.rows:
             q = self.quarantined.get(ds, Counter())
             qs = ", ".join(f"{r}: {n}" for r, n in q.most_common()) or "none"
@@ -381,6 +392,7 @@ def ingest(inputs: list[Path], lake_root: Path, levels: int = 10, shard_bytes: i
         failed_inputs = {c["input"] for c in counts if c["error"]}
         report.failed += [Failure(c["input"], c["error"], c["trace"]) for c in counts if c["error"]]
         report.inputs_ok = len(found) - len(failed_inputs)
+        report.notes = [(c["input"], c["note"]) for c in counts if c["note"]]
         for dataset in DATASETS:
             fed = [i for i in found if dataset in i.datasets and i.name not in failed_inputs]
             if not fed:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import heapq
 import io
+import re
 import zipfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -38,13 +39,16 @@ DEPTH_COLUMNS = ["symbol", "timestamp", "first_update_id", "last_update_id", "si
                  "price", "qty", "pu"]
 
 
+CAPTURE_NAME = re.compile(r"^(?P<market>usdm|spot|cm)_(?P<symbol>.+)_(?P<day>\d{8})\.gz$")
+
+
 def symbol_from_filename(path: Path) -> str:
-    """BTCUSDT-aggTrades-2024-01-01.zip → BTCUSDT; usdm_btcusdt_20240718.gz → BTCUSDT."""
+    """BTCUSDT-aggTrades-2024-01-01.zip → BTCUSDT; usdm_btcusdt_20240718.gz → BTCUSDT;
+    cm_ethusd_perp_20240808.gz → ETHUSD_PERP (COIN-M symbols hold an underscore)."""
     name = Path(path).name
-    if "_" in name and "-" not in name.split("_")[0]:
-        parts = name.split("_")
-        if len(parts) >= 3:
-            return parts[-2].upper()
+    m = CAPTURE_NAME.match(name)
+    if m:
+        return m["symbol"].upper()
     return name.split("-")[0].upper()
 
 
@@ -249,16 +253,26 @@ def rebuild_book_depth(path: Path, levels: int = 10) -> BookRebuild:
 # ------------------------------------------------------------------------------ WebSocket captures
 
 
-def _recv_ns(recv: float) -> int:
-    # ns in hftbacktest captures, µs in its 2023 files, seconds in cryptofeed's.
-    return int(recv * 1e9) if recv < 1e11 else int(recv * 1e3) if recv < 1e17 else int(recv)
+# A receive time's unit, told by its magnitude for a time in 1999..2100: (name, ns per unit, lowest value).
+# hftbacktest captures are in ns (µs in its 2023 files), cryptofeed's in seconds.
+RECV_UNITS = (("ns", 1, 9e17), ("µs", 1_000, 9e14), ("ms", 1_000_000, 9e11), ("s", 1_000_000_000, 9e8))
 
 
-def iter_capture(path: Path, bad: list | None = None) -> Iterator[tuple[int, dict]]:
+def recv_unit(value: float) -> tuple[str, int] | None:
+    """The unit of a receive time from its magnitude, or None when it fits none (not a time 1999..2100)."""
+    for name, ns, low in RECV_UNITS:
+        if low <= value < low * 4.6:
+            return name, ns
+    return None
+
+
+def iter_capture(path: Path, bad: list | None = None, units: dict | None = None) -> Iterator[tuple[int, dict]]:
     """(receive time in ns, message) from a capture: ``<recv_ts> <json>`` lines (hftbacktest),
     ``<recv_ts>: <json>`` lines (cryptofeed, whose ``wss://... <-> ts`` connection lines are skipped)
-    or JSONL ``{"recv_ts", "msg"}``. Unparsable lines are skipped and listed in ``bad`` as
-    (line number, the line)."""
+    or JSONL ``{"recv_ts", "msg"}``. The receive times' unit is the file's, told once by the magnitude
+    of its first (recorded in ``units[path]``); a line whose time is not in that unit, or that cannot
+    be parsed, is skipped and listed in ``bad`` as (line number, the line)."""
+    scale = None
     for lineno, line in enumerate(read_bytes(path).splitlines(), 1):
         line = line.strip()
         if not line or line.startswith((b"wss://", b"ws://")):
@@ -270,11 +284,18 @@ def iter_capture(path: Path, bad: list | None = None) -> Iterator[tuple[int, dic
             else:
                 head, _, body = line.partition(b" ")
                 recv, msg = float(head.rstrip(b":")), orjson.loads(body)
+            unit = recv_unit(recv)
+            if unit is None or (scale is not None and unit[1] != scale):
+                raise ValueError("receive time not in the file's unit")
         except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
             if bad is not None:
                 bad.append((lineno, line[:4096].decode(errors="replace")))
             continue
-        yield _recv_ns(recv), msg
+        if scale is None:
+            scale = unit[1]
+            if units is not None:
+                units[str(path)] = unit[0]
+        yield int(recv * scale) if scale > 1 else int(recv), msg
 
 
 def iter_rest_snapshots(path: Path) -> Iterator[tuple[int, str, dict]]:
@@ -286,9 +307,14 @@ def iter_rest_snapshots(path: Path) -> Iterator[tuple[int, str, dict]]:
         ts, _, body = rest.partition(b": ")
         symbol = (parse_qs(urlparse(url.decode()).query).get("symbol") or [""])[0].upper()
         try:
-            yield _recv_ns(float(ts)), symbol, orjson.loads(body)
+            recv = float(ts)
+            yield int(recv * (recv_unit(recv) or ("s", 1_000_000_000))[1]), symbol, orjson.loads(body)
         except (ValueError, orjson.JSONDecodeError) as e:
             raise DataFormatError(f"{path}: unreadable snapshot line for {symbol} ({e})") from None
+
+
+# Capture messages that have no lake dataset yet: counted as skipped, never quarantined as errors.
+SKIPPED_EVENTS = ("markPriceUpdate", "kline", "bookTicker", "24hrTicker", "forceOrder")
 
 
 @dataclass
@@ -298,6 +324,20 @@ class CaptureRead:
     # Messages that could not be used: (receive time ns, symbol, reason, raw text).
     quarantine: list[tuple[int, str, str, str]] = field(default_factory=list)
     streams: Counter = field(default_factory=Counter)
+    recv_units: dict[str, str] = field(default_factory=dict)  # file → unit of its receive times
+    coinm: bool = False  # COIN-M: trade quantities are contracts, not coin
+
+    def notes(self) -> list[str]:
+        """What a reader of the lake should know about this capture (the ingest report prints them)."""
+        units = set(self.recv_units.values())
+        out = [f"receive times in {units.pop()} (told by their magnitude)"] if len(units) == 1 else [
+            f"{Path(f).name}: receive times in {u} (told by their magnitude)" for f, u in self.recv_units.items()]
+        skipped = {e: n for e, n in self.streams.items() if e in SKIPPED_EVENTS}
+        if skipped:
+            out.append("messages kept in no dataset: " + ", ".join(f"{e} {n:,}" for e, n in sorted(skipped.items())))
+        if self.coinm:
+            out.append("COIN-M: trade qty in contracts (a contract is a fixed USD amount: exchangeInfo contractSize)")
+        return out
 
 
 class _SymbolRebuild:
@@ -337,7 +377,8 @@ def read_ws_capture(path: Path | Sequence[Path], levels: int = 10, symbol: str |
     unknown = default_symbol or "UNKNOWN"
     streams: Counter = Counter()
     dropped: list[tuple[int, str, str]] = []
-    events: Iterator = ((t, None, m) for p in paths for t, m in iter_capture(p, bad))
+    units: dict[str, str] = {}
+    events: Iterator = ((t, None, m) for p in paths for t, m in iter_capture(p, bad, units))
     if snapshots is not None:
         events = heapq.merge(events, iter_rest_snapshots(snapshots), key=lambda e: e[0])
 
@@ -357,7 +398,8 @@ def read_ws_capture(path: Path | Sequence[Path], levels: int = 10, symbol: str |
         flush_bad(last_recv or recv_ns)
         last_recv = recv_ns
         if "lastUpdateId" in msg:
-            state(snap_symbol or default_symbol).sync.on_rest_snapshot(msg)
+            # COIN-M's snapshot names its symbol; USD-M's and spot's do not (the file name does)
+            state(snap_symbol or msg.get("symbol") or default_symbol).sync.on_rest_snapshot(msg)
             streams["snapshot"] += 1
             continue
         data = msg.get("data", msg)
@@ -387,4 +429,5 @@ def read_ws_capture(path: Path | Sequence[Path], levels: int = 10, symbol: str |
     rebuild = BookRebuild(book, *(sum(getattr(b.sync.counters, k) for b in ordered)
                                   for k in ("applied", "gaps", "resyncs", "stale_dropped")),
                           unsynced_dropped=len(leftover), dropped=dropped + leftover)
-    return CaptureRead(trades, rebuild, quarantine, streams)
+    coinm = name.startswith(("cm_", "BINANCE_DELIVERY."))
+    return CaptureRead(trades, rebuild, quarantine, streams, units, coinm)
