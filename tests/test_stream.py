@@ -26,6 +26,7 @@ from tickray.lake import partitions, read_partition
 from tickray.sources.binance import read_ws_capture
 from tickray.stack import redis_client
 from tickray.stream.actor import (
+    CHECKPOINT_KEY,
     CLOSED_BARS_STREAM,
     FEATURES_HISTORY,
     FEATURES_KEY,
@@ -408,6 +409,57 @@ def test_a_killed_connector_comes_back_by_itself_with_its_feature_look_backs(ray
         assert all(np.array_equal(live[f], batch[f][i], equal_nan=True) for f in trades_only), (d, i)
         if d in after:  # where the batch look-back is covered, so is the resumed actor's
             assert not [f for f in windowed if np.isnan(live[f]) and np.isfinite(batch[f][i])], d
+
+
+def test_a_checkpoint_is_resumed_only_from_its_own_source_and_a_market_that_continues_it(ray_cluster, settings,
+                                                                                       capture):
+    """A connector goes on from a checkpoint only when it was written from the same venue, URLs, symbols and
+    streams, and the market's first message continues it in time; otherwise it starts fresh, says why in one
+    line, and counts no trade as lost. Each checkpoint below is the real one, with one thing changed."""
+    r = redis_client(settings)
+    forget(r, ["BTCUSDT"])
+    exchange = ReplayExchange([capture], speed=3.0).start()  # a minute of market: time for six connectors
+    key = CHECKPOINT_KEY.format(symbol="BTCUSDT")
+
+    def run() -> dict:
+        actor = StreamIngestActor.remote(["BTCUSDT"], exchange.ws_url, exchange.rest_url, settings.redis_url,
+                                         streams=STREAMS, options=ConnectorOptions(autostart=True, flush_s=0.3))
+        try:
+            stats = wait_for_messages(actor, 300, timeout_s=60)
+            assert stats["messages"].get("received", 0) >= 300, stats
+        finally:
+            ray.get(actor.stop.remote())  # which checkpoints
+            ray.kill(actor)
+        return stats
+
+    year_ms, hour_ms = 365.25 * 86_400_000, 3_600_000
+    changes = {
+        "checkpoint is from another source: ws://127.0.0.1:1 vs ": lambda c: c["source"].update(ws_url="ws://127.0.0.1:1"),
+        "checkpoint is from another symbol set: BTCUSDT,ETHUSDT vs BTCUSDT": lambda c: c["source"].update(
+            symbols=["BTCUSDT", "ETHUSDT"]),
+        "checkpoint is from another stream set: btcusdt@aggTrade vs ": lambda c: c["source"].update(
+            streams=["btcusdt@aggTrade"]),
+        "market time jumped back 2.4 years": lambda c: c.update(event_ms=c["event_ms"] + int(2.4 * year_ms)),
+        "market time jumped forward 3.0 h, beyond the 60.0 min": lambda c: c.update(event_ms=c["event_ms"] - 3 * hour_ms),
+    }
+    try:
+        first = run()
+        assert first["resume"] == {"BTCUSDT": "fresh: no checkpoint"}
+        for why, change in changes.items():
+            ck = orjson.loads(r.get(key))
+            assert ck["source"]["ws_url"] == exchange.ws_url and ck["event_ms"] > 0
+            change(ck)
+            r.set(key, orjson.dumps(ck))
+            stats = run()
+            assert stats["resume"]["BTCUSDT"].startswith(f"fresh: {why}"), (why, stats["resume"])
+            counts = stats["messages"]
+            assert counts["checkpoints refused"] == 1 and "resumed from checkpoint" not in counts, counts
+            assert "trades lost" not in counts and "trades backfilled" not in counts, counts
+        stats = run()  # the checkpoint the last connector wrote, unchanged: the market continues it
+        assert stats["resume"]["BTCUSDT"].startswith("resumed from checkpoint"), stats["resume"]
+        assert stats["messages"]["resumed from checkpoint"] == 1 and "trades lost" not in stats["messages"]
+    finally:
+        exchange.stop()
 
 
 def _lake_table(root: Path, dataset: str) -> pa.Table:

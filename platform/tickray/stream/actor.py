@@ -17,7 +17,8 @@ symbol with one MGET) and ``tickray:features:history:<SYM>`` (capped stream of t
 (hash: the market state, see :mod:`tickray.stream.state`), the channel ``tickray:features``, closed 1m bars
 in ``tickray:bars:1m:<SYM>`` and the open bar of each timeframe in ``tickray:bars:live:<SYM>``. The
 checkpoint a restarted actor resumes from is ``tickray:stream:checkpoint:<SYM>`` (written with each lake
-flush) plus the grid rows of the feature look-backs, ``tickray:stream:grid:<SYM>`` (written as they close).
+flush) plus the grid rows of the feature look-backs, ``tickray:stream:grid:<SYM>`` (written as they close);
+it is resumed only when it is this connector's source and the market's first message continues it in time.
 """
 
 from __future__ import annotations
@@ -85,7 +86,11 @@ class ConnectorOptions:
     name: str = "stream"  # the connector's name: its lake files and checkpoints carry it
     lake_root: str | None = None  # set: raw messages, trades and book states are appended to this lake
     flush_s: float = 60.0  # how often the lake is appended to and the checkpoint written
-    resume_max_age_s: float = 3600.0  # an older checkpoint is not resumed (its gap is too long to backfill)
+    # A checkpoint is resumed only when it is this source's and the market continues it: its first message
+    # on this connection no older than the checkpoint's last event (less this slack) and no later than
+    # resume_max_age_s after it (further than the trades REST can be asked to fill in).
+    resume_max_age_s: float = 3600.0
+    resume_clock_slack_s: float = 5.0
     # A restart within this keeps the feature look-backs, the missed seconds carrying the last book (their
     # trades come from REST); after a longer one the look-backs fill again from the live market.
     resume_features_max_gap_s: float = 60.0
@@ -179,6 +184,14 @@ def log_event(event: str, **fields) -> None:
     log.warning(orjson.dumps({"event": event, "ts": time.time(), **fields}).decode())
 
 
+def _span(seconds: float) -> str:
+    """A duration as people say it: 45 s, 3.2 min, 5.1 h, 12 days, 2.4 years."""
+    for unit, size in (("years", 365.25 * 86_400), ("days", 86_400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.1f} s"
+
+
 @ray.remote(num_cpus=0)
 class StreamIngestActor:
     def __init__(self, symbols: list[str], ws_url: str, rest_url: str, redis_url: str,
@@ -203,7 +216,10 @@ class StreamIngestActor:
         self._requests: dict[int, asyncio.Future] = {}
         self._next_id = 1
         self._stop = False
-        self._resumed = False
+        # symbol → (checkpoint, its grid rows) of this source, resumed or refused by the market's first message
+        self._pending_resume: dict[str, tuple[dict, list]] = {}
+        self.resume: dict[str, str] = {}  # symbol → how it started: resumed, or fresh and why (one line)
+        self._event_ms: dict[str, int] = {}  # symbol → the newest exchange event time taken
         self._seq = 0  # lake flushes; files are named by it and by this incarnation, so none is overwritten
         self._incarnation = uuid.uuid4().hex[:8]  # a new one each time Ray (re)starts the process
         self._last_message_at = 0.0
@@ -298,7 +314,7 @@ class StreamIngestActor:
             "late": {s: p.grid.late for s, p in self.pipes.items()},
             "trades": {s: p.state.trades_total for s, p in self.pipes.items()},
             "pipeline_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))},
-            "lag_ms": dict(self._lag), "queued": self._queue.qsize() if self._tasks else 0,
+            "resume": dict(self.resume), "lag_ms": dict(self._lag), "queued": self._queue.qsize() if self._tasks else 0,
             "connected": self._ws is not None, "streams": list(self.streams),
             "durable": dict(self.durable), "incarnation": self._incarnation, "last_message_at": self._last_message_at,
             "cpu_s": time.process_time(),  # this actor's process: with last_message_at, how busy it is
@@ -331,7 +347,7 @@ class StreamIngestActor:
                     self._ws = ws
                     self.counts["connections"] += 1
                     log_event("connected", url=url, streams=len(self.streams))
-                    if not first or self._resumed:  # resumed: catch up from the checkpoint like a reconnect
+                    if not first:
                         await self._queue.put(("reconnected", 0, 0))  # in order with the messages before it
                     first, backoff = False, self.opt.backoff_s
                     self._last_recv_ns, self._ended_by = time.perf_counter_ns(), None
@@ -415,11 +431,15 @@ class StreamIngestActor:
 
     # ---- durability: the lake and the checkpoint -------------------------------------------------
 
+    def _source(self, symbol: str) -> dict:
+        """What a checkpoint must have been written from to be resumed here."""
+        return {"venue": self.opt.venue, "ws_url": self.ws_url, "rest_url": self.rest_url, "symbols": sorted(self.pipes),
+                "streams": sorted(n for n in self.streams if n.split("@", 1)[0].upper() == symbol)}
+
     async def _resume(self) -> None:
-        """Go on from each symbol's checkpoint: the trades after it are fetched again from REST (on
-        connecting), so the lake loses none and the state counts none twice. Lake trade files written
-        after the checkpoint are removed first: those trades come again."""
-        for sym, pipe in self.pipes.items():
+        """Find each symbol's checkpoint and keep it if it is this source's (venue, URLs, stream set); the
+        market's first message then resumes it or refuses it (:meth:`_judge_checkpoint`)."""
+        for sym in self.pipes:
             for kind, key, field_ in (("bar", CLOSED_BARS_STREAM, "bar"), ("row", FEATURES_HISTORY, "doc")):
                 last = await self._redis.xrevrange(key.format(symbol=sym), count=1)
                 if last:
@@ -427,22 +447,73 @@ class StreamIngestActor:
                     self._published_ts[(sym, kind)] = doc["ts" if kind == "bar" else "ts_ns"]
             raw = await self._redis.get(CHECKPOINT_KEY.format(symbol=sym))
             if raw is None:
+                self.resume[sym] = "fresh: no checkpoint"
                 continue
             ck = orjson.loads(raw)
-            age_s = time.time() - ck["at"]
-            if age_s > self.opt.resume_max_age_s:
-                log_event("checkpoint too old", symbol=sym, age_s=round(age_s), max_age_s=self.opt.resume_max_age_s)
+            why = self._other_source(ck.get("source") or {}, self._source(sym))
+            if why:
+                self._refuse(sym, why)
                 continue
-            pipe.restore(ck["pipeline"])
-            self._seq = max(self._seq, ck["seq"])
-            self._resumed = True
-            removed = self._drop_trades_after(sym, ck["connector"], ck["seq"]) if self.opt.lake_root else 0
-            self._checkpointed[sym] = pipe.last_trade_id
-            self.counts["resumed from checkpoint"] += 1
-            rows = self._resume_grid(pipe, await self._redis.xrevrange(GRID_ROWS.format(symbol=sym),
-                                                                      count=LOOKBACK - 1))
-            log_event("resumed", symbol=sym, last_trade_id=pipe.last_trade_id, checkpoint_seq=ck["seq"],
-                      age_s=round(age_s, 1), lake_trade_files_removed=removed, grid_rows=rows)
+            grid = await self._redis.xrevrange(GRID_ROWS.format(symbol=sym), count=LOOKBACK - 1)
+            self._pending_resume[sym] = (ck, grid)
+            self.resume[sym] = f"checkpoint {ck['seq']} of {ck['connector']}: waiting for the market"
+
+    @staticmethod
+    def _other_source(was: dict, now: dict) -> str | None:
+        if not was:
+            return "checkpoint is from another source: it records none"
+        for key, what in (("venue", "venue"), ("ws_url", "source"), ("rest_url", "REST source"),
+                          ("symbols", "symbol set"), ("streams", "stream set")):
+            if was.get(key) != now[key]:
+                show = (lambda v: ",".join(v or [])) if key in ("symbols", "streams") else str
+                return f"checkpoint is from another {what}: {show(was.get(key))} vs {show(now[key])}"
+        return None
+
+    def _refuse(self, sym: str, why: str) -> None:
+        """Start ``sym`` fresh: what was published from the refused checkpoint's market does not hold back
+        this one's rows (its clock may be behind)."""
+        self.resume[sym] = f"fresh: {why}"
+        self.counts["checkpoints refused"] += 1
+        for kind in ("bar", "row"):
+            self._published_ts.pop((sym, kind), None)
+        log_event("checkpoint refused", symbol=sym, reason=why)
+
+    def _judge_checkpoint(self, pipe: SymbolPipeline, data: dict, e: str) -> bool:
+        """Does the market continue this symbol's checkpoint? Its first message must be no older than the
+        checkpoint's last event, nor later than the trades missed since could be fetched. Resumed: the pipeline goes on from the checkpoint (True: the trades
+        since are to be fetched); refused: the pipeline starts fresh, said in one line."""
+        sym = pipe.symbol
+        ck, grid = self._pending_resume.pop(sym)
+        event_ms = int(data.get("E") or data.get("T") or 0)
+        was_ms = int(ck.get("event_ms") or 0)
+        jump_s = (event_ms - was_ms) / 1e3
+        why = None
+        if event_ms and was_ms and jump_s < -self.opt.resume_clock_slack_s:
+            why = f"market time jumped back {_span(-jump_s)}"
+        elif event_ms and was_ms and jump_s > self.opt.resume_max_age_s:
+            why = (f"market time jumped forward {_span(jump_s)}, beyond the {_span(self.opt.resume_max_age_s)} "
+                   "the trades missed can be fetched for")
+        if why:
+            self._refuse(sym, why)
+            return False
+        pipe.restore(ck["pipeline"])
+        self._seq = max(self._seq, ck["seq"])
+        removed = self._drop_trades_after(sym, ck["connector"], ck["seq"]) if self.opt.lake_root else 0
+        self._checkpointed[sym] = pipe.last_trade_id
+        self.counts["resumed from checkpoint"] += 1
+        rows = self._resume_grid(pipe, grid)
+        self.resume[sym] = f"resumed from checkpoint {ck['seq']} of {ck['connector']} (market {_span(abs(jump_s))} on)"
+        log_event("resumed", symbol=sym, last_trade_id=pipe.last_trade_id, checkpoint_seq=ck["seq"],
+                  market_gap_s=round(jump_s, 3), lake_trade_files_removed=removed, grid_rows=rows)
+        return True
+
+    async def _resume_then(self, pipe: SymbolPipeline, raw, data: dict, e: str, t0: int) -> None:
+        """After a resume: the trades since the checkpoint from REST (so they land in their grid seconds
+        before the book moves on), then the message that resumed it."""
+        await self._backfill(pipe, pipe.resume_from_trade(), None)
+        io = self._on_data(raw, data, e, pipe, t0)
+        if io is not None:
+            await io
 
     def _resume_grid(self, pipe: SymbolPipeline, entries: list) -> int:
         """Hand the pipeline the consecutive grid rows published last (newest first in ``entries``) unless
@@ -486,7 +557,8 @@ class StreamIngestActor:
         if self.opt.lake_root:
             self._unwritten.append((seq, {s: p.cold.take() for s, p in self.pipes.items()}))
         # only symbols that traded since their last checkpoint: the state and bars move with trades
-        docs = {s: orjson.dumps({"connector": self.opt.name, "seq": seq, "at": at, "pipeline": p.checkpoint()})
+        docs = {s: orjson.dumps({"connector": self.opt.name, "seq": seq, "at": at, "source": self._source(s),
+                                 "event_ms": self._event_ms.get(s, 0), "pipeline": p.checkpoint()})
                 for s, p in self.pipes.items() if p.last_trade_id > self._checkpointed.get(s, -1)}
         ids = {s: self.pipes[s].last_trade_id for s in docs}
         if self._unwritten:
@@ -551,6 +623,16 @@ class StreamIngestActor:
         reason = validate(data, e) or pipe.out_of_order(e, data)
         if reason:
             return self._quarantine(raw, reason, symbol)
+        if symbol in self._pending_resume and self._judge_checkpoint(pipe, data, e):
+            return self._resume_then(pipe, raw, data, e, t0)
+        return self._on_data(raw, data, e, pipe, t0)
+
+    def _on_data(self, raw, data: dict, e: str, pipe: SymbolPipeline, t0: int) -> Coroutine | None:
+        """A valid message of a symbol's pipeline, applied."""
+        symbol = pipe.symbol
+        event_ms = data.get("E") or data.get("T")
+        if event_ms and event_ms > self._event_ms.get(symbol, 0):
+            self._event_ms[symbol] = event_ms
         self.counts[e] += 1
         self._metrics.pending[("msg", symbol, e)] += 1
         if e == "depthUpdate":
