@@ -94,7 +94,10 @@ def read_bytes(path: Path, byte_range: tuple[int, int] | None = None) -> bytes:
             with gzip.open(path, "rb") as f:
                 return f.read()
         return path.read_bytes()
-    except (OSError, zipfile.BadZipFile, EOFError) as e:
+    except EOFError:  # a file cut off in transfer: say where
+        raise DataFormatError(f"{path}: unreadable (truncated: the compressed data ends at byte "
+                              f"{path.stat().st_size:,} before the end of its stream)") from None
+    except (OSError, zipfile.BadZipFile) as e:
         raise DataFormatError(f"{path}: unreadable ({e})") from None
 
 
