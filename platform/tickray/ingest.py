@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import re
 import shutil
 import time
 import traceback
@@ -99,19 +98,16 @@ def _is_twin_of_consumed(f: Path, files: set[Path]) -> str | None:
     return None
 
 
-_CAPTURE_DAY = re.compile(r"^(?P<stream>.+)_(?P<day>\d{8})\.gz$")
-
-
 def capture_sessions(files: list[Path]) -> list[list[Path]]:
     """Group daily capture files (``usdm_btcusdt_20240718.gz``, ``…_20240719.gz``) of one stream on
     consecutive days into recording sessions, read as one so the order book carries across midnight."""
     by_stream: dict[tuple[Path, str], list[tuple[dt.date, Path]]] = {}
     for f in files:
-        m = _CAPTURE_DAY.match(f.name)
+        m = binance.CAPTURE_NAME.match(f.name)
         if m is None:
             by_stream[(f, "")] = [(dt.date.min, f)]
             continue
-        by_stream.setdefault((f.parent, m["stream"]), []).append((dt.datetime.strptime(m["day"], "%Y%m%d").date(), f))
+        by_stream.setdefault((f.parent, f"{m['market']}_{m['symbol']}"), []).append((dt.datetime.strptime(m["day"], "%Y%m%d").date(), f))
     sessions: list[list[Path]] = []
     for days in by_stream.values():
         days.sort()

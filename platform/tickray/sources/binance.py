@@ -432,5 +432,6 @@ def read_ws_capture(path: Path | Sequence[Path], levels: int = 10, symbol: str |
     rebuild = BookRebuild(book, *(sum(getattr(b.sync.counters, k) for b in ordered)
                                   for k in ("applied", "gaps", "resyncs", "stale_dropped")),
                           unsynced_dropped=len(leftover), dropped=dropped + leftover)
-    coinm = name.startswith(("cm_", "BINANCE_DELIVERY."))
+    m = CAPTURE_NAME.match(name)
+    coinm = (m is not None and m["market"] == "cm") or name.startswith("BINANCE_DELIVERY.")
     return CaptureRead(trades, rebuild, quarantine, streams, units, coinm)
