@@ -102,14 +102,14 @@ def test_the_ray_token_is_created_where_ray_reads_it_and_never_replaced(tmp_path
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
     named = tmp_path / "keys" / "ray-token"
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(named))
-    assert stack.ensure_ray_token() == str(named)
+    assert stack.ensure_ray_token().file == named
     first = named.read_text()
     assert len(first) == 64 and int(first, 16) >= 0
-    assert stack.ensure_ray_token() == str(named) and named.read_text() == first
+    assert stack.ensure_ray_token().file == named and named.read_text() == first
     named.write_text("a-token-someone-gave-us")
     stack.ensure_ray_token()
     assert named.read_text() == "a-token-someone-gave-us"
     monkeypatch.setenv("RAY_AUTH_TOKEN", "from-the-environment")
-    assert stack.ensure_ray_token() == "$RAY_AUTH_TOKEN"
+    assert str(stack.ensure_ray_token()) == "$RAY_AUTH_TOKEN"
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    assert stack.ensure_ray_token() == "none needed (RAY_AUTH_MODE=disabled)"
+    assert str(stack.ensure_ray_token()) == "none needed (RAY_AUTH_MODE=disabled)"

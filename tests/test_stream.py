@@ -62,8 +62,8 @@ def connector(exchange: ReplayExchange, settings, symbols=("BTCUSDT",), streams=
         exchange.stop()
 
 
-def _run(exchange, settings, expect):
-    with connector(exchange, settings) as actor:
+def _run(exchange, settings, expect, options=None):
+    with connector(exchange, settings, options=options) as actor:
         wait_for_messages(actor, expect, timeout_s=120)
         time.sleep(0.5)  # let a snapshot request in flight finish
         return ray.get(actor.stats.remote())
@@ -80,10 +80,16 @@ def test_live_features_equal_batch_features(ray_cluster, settings, capture, monk
              LIVE_BARS_KEY.format(symbol="BTCUSDT"))
     exchange = ReplayExchange([capture], speed=SPEED)
     wanted = exchange.messages
-    stats = _run(exchange, settings, expect=len(wanted))
+    stats = _run(exchange, settings, expect=len(wanted), options=ConnectorOptions(clock_sync_s=1.0))
     assert stats["messages"]["received"] == len(wanted), stats["messages"]
     assert stats["book"]["BTCUSDT"]["gaps"] == 0 and not stats["quarantined"]
     assert stats["features_published"]["BTCUSDT"] > 100, stats
+    # Lag is measured on the replayed market's clock (2024-07-18), which runs at the replay's pace: not years,
+    # and no more than the recorded transit plus a few of our milliseconds at 30x.
+    clock = stats["clock"]
+    assert clock["source"] and abs(clock["rate"] - SPEED) < 0.2 * SPEED, clock
+    assert abs(clock["offset_ms"]) > 3e10, clock  # the market is more than a year behind our wall clock
+    assert 0 <= stats["lag_ms"]["BTCUSDT"] < 5_000, stats["lag_ms"]
     doc = orjson.loads(r.get(FEATURES_KEY.format(symbol="BTCUSDT")))
     cap = read_ws_capture(capture)
     grid = grid_from_events(cap.trades, cap.book.book)
@@ -114,6 +120,22 @@ def test_live_features_equal_batch_features(ray_cluster, settings, capture, monk
     assert main(["bars", "--live", "--symbols", "BTCUSDT"]) == 0  # live monitoring from the command line
     printed = capsys.readouterr().out
     assert all(f"BTCUSDT {tf} " in " ".join(printed.split()) for tf in ("1m", "15m", "1h", "4h")), printed
+
+
+def test_the_source_clock_runs_at_the_pace_its_answers_show():
+    from tickray.stream.clock import SourceClock
+    clock = SourceClock()
+    assert clock.now_ms(5_000.0) == 5_000.0 and not clock.describe()["source"]  # unanswered: our wall clock
+    clock.failed("404")
+    assert "404" in clock.describe()["note"]
+    year = 365 * 86_400_000.0
+    clock.observe(1_000.0, 50_000.0 - year, 1_010.0)  # answered in 10 ms: taken as of 1,005
+    assert clock.now_ms(2_005.0) == 51_000.0 - year  # one answer: a live clock's pace
+    clock.observe(3_000.0, 70_000.0 - year, 3_010.0)  # 20 s of market in 2 s of ours: a 10x replay
+    assert clock.rate == 10.0 and clock.now_ms(3_505.0) == 75_000.0 - year
+    clock.observe(4_000.0, 80_030.0 - year, 4_010.0)  # round-trip noise about a live pace stays 1
+    clock.observe(6_000.0, 82_050.0 - year, 6_010.0)
+    assert clock.rate == 1.0 and clock.offset_ms == 82_050.0 - year - 6_005.0
 
 
 def _false_ticker(exchange: ReplayExchange, after: int) -> tuple[int, str, str]:
@@ -362,7 +384,42 @@ def test_coin_m_symbols_payloads_and_rest(ray_cluster, settings, capture, tmp_pa
     check = stats["book_check"]["BTCUSD_PERP"]
     assert check["checked"] > 0 and check["mismatched"] == 0, check
     assert stats["features_published"]["BTCUSD_PERP"] > 100
-    assert set(exchange.rest_requests) == {"/dapi/v1/depth"}, exchange.rest_requests
+    assert set(exchange.rest_requests) == {"/dapi/v1/depth", "/dapi/v1/time"}, exchange.rest_requests
+
+
+def test_one_coinm_session_streamed_and_read_from_its_files_gives_the_same_trades_and_books(ray_cluster, settings,
+                                                                                           shared_data, tmp_path):
+    """Parity of the two paths on one real capture: the COIN-M session (two files across midnight) replayed
+    to a connector, whose cold path writes what it rebuilt to a lake, and the same files read by the batch
+    reader. The connector joins a market already moving (it syncs from a later snapshot), so its book
+    states are the tail of the batch's; every trade is in both."""
+    files = [shared_data / "binance/ws/cm_ethusd_perp_20240808.gz", shared_data / "binance/ws/cm_ethusd_perp_20240809.gz"]
+    exchange = ReplayExchange(files, speed=60)  # paced: the connector syncs near the recorded snapshot
+    options = ConnectorOptions(venue="coinm", lake_root=str(tmp_path), name="parity")
+    with connector(exchange, settings, symbols=("ETHUSD_PERP",), streams=("depth@0ms", "trade", "bookTicker"),
+                   options=options) as actor:
+        stats = _settle(actor, exchange)
+    batch = read_ws_capture(files)
+    assert not stats["quarantined"] and stats["book"]["ETHUSD_PERP"]["gaps"] == 0, stats
+    check = stats["book_check"]["ETHUSD_PERP"]
+    assert check["checked"] > 500 and check["mismatched"] == 0, check
+
+    def lake(dataset: str) -> pa.Table:
+        return pa.concat_tables(read_partition(tmp_path, dataset, d, "ETHUSD_PERP")
+                                for d, _ in partitions(tmp_path, dataset))
+
+    key = ["trade_id", "ts", "price", "qty", "side"]
+    streamed = lake("trades").sort_by("trade_id").select(key).to_pylist()
+    assert streamed == batch.trades.sort_by("trade_id").select(key).to_pylist() and len(streamed) == 3_595
+
+    def states(t: pa.Table) -> list[tuple]:
+        cols = [c for c in t.column_names if c.startswith(("bid_", "ask_"))]
+        return [tuple(r.values()) for r in t.select(["ts", *cols]).to_pylist()]
+
+    live, read = states(lake("book")), states(batch.book.book)
+    assert len(live) > 0.95 * len(read), (len(live), len(read))
+    # the first live state is the snapshot with the diffs buffered before it, applied at once
+    assert live[1:] == read[len(read) - len(live) + 1:]
 
 
 def test_a_killed_connector_comes_back_by_itself_with_its_feature_look_backs(ray_cluster, settings, capture):

@@ -4,8 +4,11 @@ One port serves both sides of the venue:
 
 - WebSocket combined streams at ``/stream?streams=a/b/c``, each message wrapped as ``{"stream", "data"}``,
   with run-time ``SUBSCRIBE`` / ``UNSUBSCRIBE`` / ``LIST_SUBSCRIPTIONS`` requests answered like the venue;
-- REST: the depth snapshot (``/fapi/v1/depth``, ``/dapi/v1/depth``, ``/api/v3/depth``) and the trades a
-  client missed (``aggTrades`` and ``historicalTrades`` from ``fromId``).
+- REST: the depth snapshot (``/fapi/v1/depth``, ``/dapi/v1/depth``, ``/api/v3/depth``), the trades a
+  client missed (``aggTrades`` and ``historicalTrades`` from ``fromId``) and the server time (``time``),
+  which is the replayed market's clock: clients measure their lag on it. It is the recorder's receive clock,
+  moved forward by as much as the venue's event times show it was behind (a recorder 1.5 s slow received
+  events 1.5 s "before" the venue stamped them).
 
 There is one market: a clock replays the captures in receive-time order, paced by ``speed`` (10: ten
 times faster than recorded; 0: as fast as the connected clients take them, waiting while none is),
@@ -40,7 +43,7 @@ from websockets.http11 import Request, Response
 from tickray.book import BookSync, DepthUpdate
 from tickray.sources.binance import iter_capture, iter_rest_snapshots, symbol_from_filename
 
-REST_PATH = re.compile(r"^/(?:fapi/v1|dapi/v1|api/v3)/(depth|aggTrades|historicalTrades)$")
+REST_PATH = re.compile(r"^/(?:fapi/v1|dapi/v1|api/v3)/(depth|aggTrades|historicalTrades|time)$")
 REST_LIMIT_MAX = 1000
 
 
@@ -90,6 +93,8 @@ class ReplayExchange:
     _thread: threading.Thread | None = field(default=None, init=False)
     _market: asyncio.Task | None = field(default=None, init=False)
     _client_joined: asyncio.Event | None = field(default=None, init=False)
+    _market_at: tuple[int, float] | None = field(default=None, init=False)  # (recv_ns, loop time) last passed
+    recorder_behind_ns: int = field(default=0, init=False)  # how far the capture's clock was behind the venue's
 
     def __post_init__(self) -> None:
         for path in map(Path, self.captures):
@@ -103,6 +108,9 @@ class ReplayExchange:
                     self._seed(msg.get("symbol") or symbol_from_filename(path), recv_ns, msg)
                 elif "stream" in msg:
                     self.messages.append((recv_ns, msg["stream"], orjson.dumps(msg)))
+                    event_ms = msg.get("data", {}).get("E") if isinstance(msg.get("data"), dict) else None
+                    if isinstance(event_ms, int):
+                        self.recorder_behind_ns = max(self.recorder_behind_ns, event_ms * 1_000_000 - recv_ns)
         self.messages.sort(key=lambda m: m[0])
 
     def _seed(self, symbol: str, recv_ns: int, snap: dict) -> None:
@@ -129,6 +137,8 @@ class ReplayExchange:
         rest = REST_PATH.match(url.path)
         if not rest:
             return connection.respond(404, "not found\n")
+        if rest.group(1) == "time":
+            return self._json(connection, 200, {"serverTime": self.market_now_ns() // 1_000_000})
         q = {k: v[0] for k, v in parse_qs(url.query).items()}
         symbol = q.get("symbol", "").upper()
         try:
@@ -184,6 +194,16 @@ class ReplayExchange:
 
     # ---- the market ----------------------------------------------------------------------------
 
+    def market_now_ns(self) -> int:
+        """The replayed market's clock: the recorded time of the last message it passed, running on at the
+        replay's pace until the next one (held there at speed 0, whose pace is the clients')."""
+        if self._market_at is None:
+            return (self.messages[0][0] if self.messages else 0) + self.recorder_behind_ns
+        recv_ns, at = self._market_at
+        if self.speed > 0:
+            recv_ns += int((self._loop.time() - at) * self.speed * 1e9)
+        return recv_ns + self.recorder_behind_ns
+
     def _release(self, recv_ns: int, name: str, body: bytes) -> None:
         """The market passes a message: the exchange's book and trade history move, sent or not."""
         if name.partition("@")[2].partition("@")[0] not in ("depth", "aggTrade", "trade"):
@@ -219,6 +239,7 @@ class ReplayExchange:
                 while not self._clients:
                     self._client_joined.clear()
                     await self._client_joined.wait()
+            self._market_at = (recv_ns, loop.time())
             if index >= 0:
                 self._release(recv_ns, name, body)
             if index in self.drop:

@@ -39,9 +39,9 @@ def connect_ray(settings: Settings) -> str | None:
         kwargs = {"logging_level": logging.WARNING, "log_to_driver": True}
         if address:
             source = stack.ray_token_source()
-            if source.startswith("/") and not os.path.exists(source):
+            if source.file and not source.file.exists():
                 raise ConfigError(f"joining Ray at {address} needs the token of its head, and there is none at "
-                                  f"{source}: copy the head's ~/.ray/auth_token there or set "
+                                  f"{source.file}: copy the head's ~/.ray/auth_token there or set "
                                   f"{stack.TOKEN_ENV} (RAY_AUTH_MODE=disabled if the cluster has no auth)")
             ray.init(address=address, **kwargs)
         else:

@@ -170,34 +170,41 @@ def stop_redis(settings: Settings) -> bool:
 TOKEN_ENV, TOKEN_PATH_ENV = "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
 
 
-def ray_token_source() -> str:
-    """Where this process's Ray token comes from: the environment variable or the file Ray reads (which
-    may not exist yet), or why there is none to need (token authentication off)."""
+@dataclass(frozen=True)
+class RayToken:
+    """Where this process's Ray token comes from: the file Ray reads (which may not exist yet), or none
+    and why (the environment variable holds it, or token authentication is off)."""
+    file: Path | None
+    why: str = ""
+
+    def __str__(self) -> str:
+        return str(self.file) if self.file else self.why
+
+
+def ray_token_source() -> RayToken:
     mode = os.environ.get("RAY_AUTH_MODE", "token")
     if mode.lower() != "token":
-        return f"none needed (RAY_AUTH_MODE={mode})"
+        return RayToken(None, f"none needed (RAY_AUTH_MODE={mode})")
     if os.environ.get(TOKEN_ENV):
-        return f"${TOKEN_ENV}"
-    return str(Path(os.environ.get(TOKEN_PATH_ENV) or Path.home() / ".ray" / "auth_token").expanduser())
+        return RayToken(None, f"${TOKEN_ENV}")
+    return RayToken(Path(os.environ.get(TOKEN_PATH_ENV) or Path.home() / ".ray" / "auth_token").expanduser())
 
 
-def ensure_ray_token() -> str:
+def ensure_ray_token() -> RayToken:
     """The Ray token's source (ray_token_source), its file created when token authentication is on and
     it does not exist yet: 256 random bits, readable by this user only. An existing token is never
     replaced: heads and clients already started with it would no longer agree."""
     source = ray_token_source()
-    if not source.startswith("/"):
+    if source.file is None:
         return source
-    path = Path(source)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    source.file.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(source.file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         return source
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_hex(32))
     return source
-
 
 
 def free_port() -> int:

@@ -311,7 +311,10 @@ def iter_rest_snapshots(path: Path) -> Iterator[tuple[int, str, dict]]:
         symbol = (parse_qs(urlparse(url.decode()).query).get("symbol") or [""])[0].upper()
         try:
             recv = float(ts)
-            yield int(recv * (recv_unit(recv) or ("s", 1_000_000_000))[1]), symbol, orjson.loads(body)
+            unit = recv_unit(recv)
+            if unit is None:  # never guessed: the book would be seeded at the wrong moment
+                raise ValueError(f"receive time {ts.decode(errors='replace')[:40]} is no time in s, ms, µs or ns")
+            yield int(recv * unit[1]), symbol, orjson.loads(body)
         except (ValueError, orjson.JSONDecodeError) as e:
             raise DataFormatError(f"{path}: unreadable snapshot line for {symbol} ({e})") from None
 

@@ -46,6 +46,7 @@ from ray.util import metrics
 from tickray import lake
 from tickray.errors import ConfigError
 from tickray.features import FEATURE_SET_VERSION, LOOKBACK
+from tickray.stream.clock import SourceClock
 from tickray.stream.cold import ColdBuffer
 from tickray.stream.pipeline import FeatureUpdate, SymbolPipeline
 
@@ -94,6 +95,8 @@ class ConnectorOptions:
     # A restart within this keeps the feature look-backs, the missed seconds carrying the last book (their
     # trades come from REST); after a longer one the look-backs fill again from the live market.
     resume_features_max_gap_s: float = 60.0
+    # How often the venue's time is asked (GET <prefix>/time, weight 1): lag is measured on the source's clock.
+    clock_sync_s: float = 5.0
 
 
 def stream_names(symbol: str, streams: tuple[str, ...] = DEFAULT_STREAMS) -> list[str]:
@@ -208,7 +211,8 @@ class StreamIngestActor:
         self.quarantined: Counter = Counter()
         self.last_features: dict[str, dict] = {}
         self._latency: deque = deque(maxlen=20_000)  # ms, receive → published, the latest messages
-        self._lag: dict[str, float] = {}
+        self._lag: dict[str, float] = {}  # symbol → ms from the event time to published, on the source's clock
+        self._clock = SourceClock()
         self._samples: list[float] = []
         self._tasks: list[asyncio.Task] = []
         self._snapshot_tasks: dict[str, asyncio.Task] = {}
@@ -261,7 +265,8 @@ class StreamIngestActor:
             await self._resume()
             loop = asyncio.get_running_loop()
             self._tasks = [loop.create_task(self._read()), loop.create_task(self._process()),
-                           loop.create_task(self._flush_metrics()), loop.create_task(self._flush_loop())]
+                           loop.create_task(self._flush_metrics()), loop.create_task(self._flush_loop()),
+                           loop.create_task(self._clock_loop())]
 
     async def stop(self) -> None:
         """Stop reading, then flush to the lake and checkpoint: a stopped connector loses nothing."""
@@ -314,7 +319,8 @@ class StreamIngestActor:
             "late": {s: p.grid.late for s, p in self.pipes.items()},
             "trades": {s: p.state.trades_total for s, p in self.pipes.items()},
             "pipeline_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))},
-            "resume": dict(self.resume), "lag_ms": dict(self._lag), "queued": self._queue.qsize() if self._tasks else 0,
+            "resume": dict(self.resume), "lag_ms": dict(self._lag), "clock": self._clock.describe(),
+            "queued": self._queue.qsize() if self._tasks else 0,
             "connected": self._ws is not None, "streams": list(self.streams),
             "durable": dict(self.durable), "incarnation": self._incarnation, "last_message_at": self._last_message_at,
             "cpu_s": time.process_time(),  # this actor's process: with last_message_at, how busy it is
@@ -584,6 +590,18 @@ class StreamIngestActor:
                     rows[f"lake {dataset} rows"] += t.num_rows
         return rows
 
+    async def _clock_loop(self) -> None:
+        while True:
+            sent = time.time() * 1e3
+            try:
+                r = await self._http.get(f"{self.rest_prefix}/time")
+                r.raise_for_status()
+                self._clock.observe(sent, float(r.json()["serverTime"]), time.time() * 1e3)
+            except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
+                self.counts[f"clock sync failed: {type(e).__name__}"] += 1
+                self._clock.failed(f"{self.rest_prefix}/time: {type(e).__name__}: {str(e)[:120]}")
+            await asyncio.sleep(self.opt.clock_sync_s)
+
     async def _flush_metrics(self) -> None:
         while True:
             await asyncio.sleep(1.0)
@@ -809,7 +827,7 @@ class StreamIngestActor:
                         p.hset(LIVE_BARS_KEY.format(symbol=sym), mapping=live)
                 await p.execute()
         self.counts["bars closed"] += bars
-        done_ns, now_ms = time.perf_counter_ns(), time.time() * 1e3
+        done_ns, now_ms = time.perf_counter_ns(), self._clock.now_ms()
         for pipe, updates, t0, event_ms in outbox:
             if not updates:
                 continue  # a trade that closed a 1m bar and no feature row
