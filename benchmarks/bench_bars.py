@@ -26,14 +26,16 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import tickray  # noqa: F401
-from tickray import lake, stack
-from tickray.bar_cache import BarCache
-from tickray.bars import MINUTE_NS, resample
-from tickray.collector import Collector, venue
+from tickray import lake
+from tickray.bars.build import MINUTE_NS, resample
+from tickray.bars.cache import BarCache
+from tickray.bars.collector import Collector, venue
+from tickray.bars.screener import screen
 from tickray.config import Settings
-from tickray.kline_venue import KlineVenue, binance_kline_weight
-from tickray.schema import BAR
-from tickray.screener import screen
+from tickray.lake.schema import BAR
+from tickray.market.venues import binance_kline_weight
+from tickray.ops import stack
+from tickray.sim.klines import KlineVenue
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_memory import PeakRSS

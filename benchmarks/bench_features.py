@@ -23,8 +23,8 @@ import tickray  # noqa: F401  (sets RAY_AUTH_MODE before Ray starts)
 from tickray import lake
 from tickray.features import FEATURE_NAMES, compute_features, grid_from_events
 from tickray.features.job import build_features, features_for_partition
-from tickray.ingest import ingest
-from tickray.synth import generate
+from tickray.ingest.job import ingest
+from tickray.sim.synth import generate
 
 sys.path.insert(0, str(Path(__file__).parent))
 from pandas_features import pandas_features, pandas_grid

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tickray.synth import SECONDS_PER_DAY, _zip_csv, simulate_day, spec_for, write_agg_trades
+from tickray.sim.synth import SECONDS_PER_DAY, _zip_csv, simulate_day, spec_for, write_agg_trades
 
 DAY_MS = 1_704_067_200_000
 

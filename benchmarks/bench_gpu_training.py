@@ -24,8 +24,8 @@ import ray
 import tickray  # noqa: F401  (sets RAY_AUTH_MODE before Ray starts)
 import torch
 from sklearn.metrics import roc_auc_score
+from tickray.research.rows import NS, Rows
 from tickray.training.config import SequenceConfig, parse_config
-from tickray.training.data import NS, Rows
 from tickray.training.models import fit_sequence
 from tickray.training.trainers import train_sequence
 from tickray.training.tune import tune_family

@@ -18,10 +18,10 @@ import pyarrow.parquet as pq
 import ray
 import tickray  # noqa: F401  (sets RAY_AUTH_MODE before Ray starts)
 from tickray import lake
-from tickray.ingest import ingest
+from tickray.ingest.job import ingest
+from tickray.lake.validate import check_trades
+from tickray.sim.synth import simulate_day, spec_for, write_agg_trades
 from tickray.sources.binance import read_agg_trades
-from tickray.synth import simulate_day, spec_for, write_agg_trades
-from tickray.validate import check_trades
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT"]
 DAY0_MS = 1_704_067_200_000

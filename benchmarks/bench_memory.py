@@ -18,7 +18,7 @@ from typing import Self
 import psutil
 import ray
 import tickray  # noqa: F401  (sets RAY_AUTH_MODE before Ray starts)
-from tickray.ingest import ingest
+from tickray.ingest.job import ingest
 from tickray.sources.binance import read_agg_trades
 
 sys.path.insert(0, str(Path(__file__).parent))

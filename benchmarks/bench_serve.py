@@ -36,12 +36,12 @@ import tickray  # noqa: F401  (sets RAY_AUTH_MODE before Ray starts)
 import websockets
 import yaml
 from ray import serve
-from tickray import stack
 from tickray.config import Settings
-from tickray.exchange_sim import ReplayExchange
+from tickray.ops import stack
 from tickray.serving.app import deploy
 from tickray.serving.config import ServeConfig
 from tickray.serving.security import hash_key
+from tickray.sim.exchange import ReplayExchange
 from tickray.stream.actor import StreamIngestActor, forget, wait_for_messages
 
 HERE = Path(__file__).resolve().parent
@@ -52,8 +52,8 @@ WARM_UP_S = 330  # of market time: the longest feature window (5 min) and a sequ
 
 def train(tmp: Path) -> str:
     from tickray.features.job import build_features
-    from tickray.ingest import ingest
-    from tickray.synth import generate
+    from tickray.ingest.job import ingest
+    from tickray.sim.synth import generate
     from tickray.training.config import parse_config
     from tickray.training.pipeline import run_training
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import orjson
 import ray
 import tickray  # noqa: F401  (sets RAY_AUTH_MODE before Ray starts)
-from tickray import stack
 from tickray.config import Settings
-from tickray.exchange_sim import ReplayExchange
+from tickray.ops import stack
+from tickray.sim.exchange import ReplayExchange
 from tickray.stream.actor import StreamIngestActor, forget
 
 STREAMS = ("depth@0ms", "trade", "bookTicker")

@@ -26,9 +26,9 @@ import xgboost
 from ray.train import RunConfig
 from ray.train.xgboost import XGBoostTrainer
 from sklearn.metrics import roc_auc_score
+from tickray.research.rows import NS, Rows
 from tickray.training.boosting import scaling, train_xgboost, xgb_params
 from tickray.training.config import XGBoostConfig, parse_config
-from tickray.training.data import NS, Rows
 from tickray.training.tune import tune_family
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import tickray  # noqa: F401  (sets RAY_AUTH_MODE before Ray is imported)
-from tickray.stack import free_port  # the tests take ports from here too
+from tickray.ops.stack import free_port  # the tests take ports from here too
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("TICKRAY_TEST_DATA", REPO.parent / "shared" / "data"))
@@ -28,7 +28,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def ray_cluster():
     import ray
-    from tickray.stack import ensure_ray_token
+    from tickray.ops.stack import ensure_ray_token
 
     if not ray.is_initialized():
         ensure_ray_token()
@@ -40,8 +40,8 @@ def ray_cluster():
 @pytest.fixture(scope="session")
 def redis_settings(tmp_path_factory):
     """Settings whose Redis is a real redis-server on a free port, started for this session."""
-    from tickray import stack
     from tickray.config import Settings
+    from tickray.ops import stack
 
     state = tmp_path_factory.mktemp("redis-state")
     settings = Settings(state_dir=state, redis_port=free_port())
@@ -59,7 +59,7 @@ def settings(redis_settings, tmp_path):
 @pytest.fixture(scope="session")
 def market(tmp_path_factory):
     """A small synthetic market (2 symbols, 1 day), generated once per session."""
-    from tickray.synth import generate
+    from tickray.sim.synth import generate
 
     out = tmp_path_factory.mktemp("market")
     files = generate(out, ["BTCUSDT", "ETHUSDT"], days=1, seed=7, trades_per_day=40_000, capture_minutes=3)
@@ -70,7 +70,7 @@ def market(tmp_path_factory):
 def market_lake(ray_cluster, market, tmp_path_factory):
     """The session market ingested and featurised once: what the training and tuning tests read."""
     from tickray.features.job import build_features
-    from tickray.ingest import ingest
+    from tickray.ingest.job import ingest
 
     out, _ = market
     root = tmp_path_factory.mktemp("market-lake") / "lake"

@@ -8,7 +8,7 @@ import numpy as np
 import ray
 import tickray  # noqa: F401  (sets RAY_AUTH_MODE before Ray starts)
 from ray.cluster_utils import Cluster
-from tickray.stack import ensure_ray_token
+from tickray.ops.stack import ensure_ray_token
 from tickray.training.config import parse_config
 from tickray.training.tune import tune_family
 

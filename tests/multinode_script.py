@@ -19,10 +19,10 @@ from ray.cluster_utils import Cluster
 from ray.util.state import list_actors, list_tasks
 from tickray import lake
 from tickray.features.job import build_features
-from tickray.ingest import ingest
+from tickray.ingest.job import ingest
+from tickray.ops.stack import ensure_ray_token, free_port
 from tickray.serving.app import build
 from tickray.serving.config import Replicas, ServeConfig
-from tickray.stack import ensure_ray_token, free_port
 
 market, tracking_uri, redis_url, work = Path(sys.argv[1]), sys.argv[2], sys.argv[3], Path(sys.argv[4])
 inputs = [market / "aggtrades", market / "depth", market / "klines"]

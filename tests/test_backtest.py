@@ -12,10 +12,10 @@ from tickray.backtest.config import BacktestConfig, load_backtest_config
 from tickray.backtest.core import Rules, Simulation, buy_and_hold, simulate, targets
 from tickray.backtest.frame import BacktestInputError, align, simulate_frame
 from tickray.backtest.metrics import drawdown, longest_run, performance
-from tickray.backtest.walkforward import backtest_rows, bar_rows, run_backtest, shards
+from tickray.backtest.walkforward import backtest_rows, run_backtest, shards
 from tickray.cli import main
 from tickray.errors import ConfigError
-from tickray.ingest import ingest
+from tickray.ingest.job import ingest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 from pandas_backtest import pandas_backtest, random_market
@@ -253,7 +253,7 @@ def test_real_klines_backtest_from_the_cli(ray_cluster, shared_data, tmp_path, c
 
     # labels on 15m bars agree with an independent pandas reading of the same klines
     cfg = load_backtest_config(CONFIGS / "backtest-klines.yaml")
-    rows = bar_rows(cfg, lake_root)
+    rows = backtest_rows(cfg, lake_root)  # the rows stage reads 15m bars from the lake
     sym = rows.symbol == "LINKUSDT"
     raw = pd.read_csv(shared_data / "binance" / "klines" / "LINKUSDT-1m-2026-02.zip", header=None)
     raw = raw[pd.to_numeric(raw[0], errors="coerce").notna()]  # a header line, if the file has one

@@ -6,17 +6,17 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 import redis
-from tickray.bar_cache import BarCache
-from tickray.bars import bars_dataset, read_lake_bars
+from tickray.bars.build import bars_dataset, read_lake_bars
+from tickray.bars.cache import BarCache
 from tickray.cli import main
-from tickray.stack import redis_client
+from tickray.ops.stack import redis_client
 
 DAY = 86_400 * 10**9
 
 
 @pytest.fixture(scope="module")
 def kline_lake(ray_cluster, shared_data, tmp_path_factory):
-    from tickray.ingest import ingest
+    from tickray.ingest.job import ingest
 
     files = sorted((shared_data / "binance" / "klines").glob("*.zip"))[:2]
     root = tmp_path_factory.mktemp("bars") / "lake"

@@ -5,7 +5,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tickray.bars import (
+from tickray.bars.build import (
     MINUTE_NS,
     TimeframeError,
     bars_from_trades,
@@ -15,7 +15,7 @@ from tickray.bars import (
     timeframe_minutes,
 )
 from tickray.cli import main
-from tickray.schema import BAR, TRADE
+from tickray.lake.schema import BAR, TRADE
 from tickray.sources.binance import read_agg_trades, read_klines
 
 
@@ -93,7 +93,7 @@ def test_duplicated_and_out_of_order_klines_are_kept_once_and_counted(shared_dat
 
 
 def test_bars_cli_prints_and_writes(ray_cluster, shared_data, tmp_path, capsys):
-    from tickray.ingest import ingest
+    from tickray.ingest.job import ingest
 
     f = min((shared_data / "binance" / "klines").glob("*.zip"))
     symbol = f.name.split("-")[0]
@@ -112,7 +112,7 @@ def test_bars_cli_prints_and_writes(ray_cluster, shared_data, tmp_path, capsys):
 
 
 def test_live_bars_equal_the_batch_bars_of_the_same_trades(market):
-    from tickray.live_bars import LiveBars
+    from tickray.bars.live import LiveBars
 
     _, files = market
     trades = read_agg_trades(files.agg_trades[0]).slice(0, 12_000)  # a few hours

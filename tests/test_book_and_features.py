@@ -1,7 +1,6 @@
 """The shared order book and the one feature definition: batch and stream agree exactly."""
 
 import numpy as np
-from tickray.book import BookSync, DepthUpdate
 from tickray.features import (
     BOOK_LEVELS,
     FEATURE_NAMES,
@@ -11,6 +10,7 @@ from tickray.features import (
     compute_features,
     grid_from_events,
 )
+from tickray.market.book import BookSync, DepthUpdate
 from tickray.sources.binance import iter_capture, read_ws_capture
 from tickray.stream.pipeline import SymbolPipeline
 

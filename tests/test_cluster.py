@@ -13,8 +13,8 @@ import time
 import pytest
 import yaml
 from conftest import REPO, free_port, ray_job, stack_env, tickray_cli
-from tickray.cluster import validate_cluster_config
 from tickray.errors import ConfigError
+from tickray.ops.cluster import validate_cluster_config
 
 
 @pytest.mark.parametrize("path", ["cluster.yaml", "infra/local-cluster.yaml"])
@@ -183,8 +183,8 @@ def test_the_image_runs_the_ray_python_and_torch_the_project_pins():
 
 def test_redis_conf_wants_a_password_and_evicts_only_what_expires(tmp_path):
     import redis
-    from tickray import stack
     from tickray.config import Settings
+    from tickray.ops import stack
 
     port = free_port()
     server = subprocess.Popen(["redis-server", str(REPO / "infra" / "redis.conf"), "--port", str(port), "--dir",

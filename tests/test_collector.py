@@ -6,11 +6,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from tickray import lake
-from tickray.bar_cache import BarCache
-from tickray.bars import MINUTE_NS, lake_minutes, resample
+from tickray.bars.build import MINUTE_NS, lake_minutes, resample
+from tickray.bars.cache import BarCache
+from tickray.bars.collector import Collector, VenueBanned, venue
 from tickray.cli import main
-from tickray.collector import Collector, VenueBanned, venue
-from tickray.kline_venue import KlineVenue
+from tickray.sim.klines import KlineVenue
 from tickray.sources.binance import read_klines
 
 DAY = 1440 * MINUTE_NS

@@ -13,9 +13,9 @@ from tickray.features import FEATURE_NAMES, compute_features, grid_from_events
 from tickray.features.grid import NS, asof_mid
 from tickray.features.indicators import BAR_FEATURE_NAMES, OnlineIndicators, bar_features
 from tickray.features.job import build_features
-from tickray.features.windows import window_dataset, windows_from_table
-from tickray.ingest import ingest
-from tickray.labels import forward_labels, forward_labels_at_times
+from tickray.features.labels import forward_labels, forward_labels_at_times, forward_labels_on_grid
+from tickray.features.windows import complete_windows, gather_windows
+from tickray.ingest.job import ingest
 from tickray.sources.binance import read_klines, read_ws_capture
 
 
@@ -120,28 +120,33 @@ def test_labels_have_a_dead_band_and_no_label_past_the_data():
     assert np.isnan(at["fwd_ret_1.5s"][3:]).all()  # 11.5 s and 12.5 s are past the last event
 
 
-def test_windows_are_contiguous_complete_and_per_shard():
+def test_labels_on_bars_never_reach_across_a_hole():
+    minute = 60 * NS
+    ts = np.array([0, 15, 30, 45, 75, 90]) * minute  # 15m bars; the one at 60 is missing
+    close = np.array([100.0, 101.0, 100.0, 100.0, 99.0, 98.0])
+    got = forward_labels_on_grid(ts, close, (900, 1800), 900)
+    with np.errstate(divide="ignore"):
+        np.testing.assert_allclose(got["fwd_ret_900s"], np.log([1.01, 100 / 101, 1.0, np.nan, 98 / 99, np.nan]) * 1e4)
+    np.testing.assert_array_equal(got["up_900s"], [1.0, 0.0, np.nan, np.nan, 0.0, np.nan])  # flat: neither
+    # two rows ahead is 30 minutes later only before the hole
+    np.testing.assert_allclose(got["fwd_ret_1800s"], np.log([1.0, 100 / 101, np.nan, np.nan, np.nan, np.nan]) * 1e4)
+
+
+def test_windows_are_contiguous_complete_and_of_one_symbol():
+    """The sequence models' windows: rows i-T+1..i of one symbol, one second apart, every value defined."""
     n = 12
     ts = (1_000 + np.arange(n)) * NS
     ts[8:] += 5 * NS  # a gap in the grid after row 7
     f1 = np.arange(n, dtype=float)
     f1[3] = np.nan
-    t = pa.table({"ts": ts, "a": f1, "b": f1 * 10, "up": np.r_[np.ones(n - 1), np.nan]})
-    w = windows_from_table(t, ["a", "b"], "up", 3)
-    # windows end at rows 2..11; those holding row 3, crossing the gap, or ending on the unlabelled row go
-    assert list(w["ts"] // NS - 1_000) == [2, 6, 7, 15]
-    assert w["x"].shape == (4, 3, 2) and w["x"].dtype == np.float32
-    np.testing.assert_array_equal(w["x"][1, :, 0], [4, 5, 6])
-
-
-def test_window_dataset_streams_shards_from_the_feature_lake(session_lake):
-    _, root, _ = session_lake
-    ds = window_dataset(root, list(FEATURE_NAMES[:4]), "up_10s", 30)
-    total = 0
-    for batch in ds.iter_batches(batch_size=64, batch_format="numpy"):
-        assert batch["x"].shape[1:] == (30, 4)
-        total += len(batch["y"])
-    assert total > 100
+    x = np.column_stack([f1, f1 * 10]).astype(np.float32)
+    symbol = np.array(["A"] * 10 + ["B"] * 2)  # rows sorted by (symbol, ts); B starts at row 10
+    ends = np.flatnonzero(complete_windows(x, ts, symbol, 3))
+    # windows end at rows 2..11; those holding row 3, crossing the gap or two symbols go
+    assert list(ends) == [2, 6, 7]
+    w = gather_windows(x, ends, 3)
+    assert w.shape == (3, 3, 2) and w.dtype == np.float32
+    np.testing.assert_array_equal(w[1, :, 0], [4, 5, 6])
 
 
 def test_as_of_join_takes_the_book_strictly_before_the_trade():

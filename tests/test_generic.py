@@ -4,7 +4,7 @@ import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tickray import lake
-from tickray.ingest import ingest
+from tickray.ingest.job import ingest
 from tickray.sources import cme
 
 CME = "cme/futures_mbp-1_2024-07-01T23-58_2024-07-02T00-02.csv"

@@ -7,7 +7,7 @@ import pytest
 from tickray import lake
 from tickray.errors import DataFormatError
 from tickray.features.job import build_features
-from tickray.ingest import ingest
+from tickray.ingest.job import ingest
 from tickray.sources.binance import byte_range_shards
 from tickray.sources.lake_parquet import row_group_shards
 
@@ -57,7 +57,7 @@ def test_one_bad_file_is_one_failure_and_everything_else_lands(ray_cluster, shar
     import shutil
 
     from tickray.cli import main
-    from tickray.ingest import PARTIAL_EXIT
+    from tickray.ingest.job import PARTIAL_EXIT
 
     src = tmp_path / "in"
     src.mkdir()

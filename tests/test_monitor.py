@@ -18,12 +18,12 @@ import pytest
 import redis
 from conftest import REPO
 from tickray.config import Settings
-from tickray.monitoring import Monitor, MonitorConfig, psi
+from tickray.research.rows import NS, load_rows
 from tickray.stream.actor import FEATURES_KEY
 from tickray.training import registry
 from tickray.training.config import parse_config
-from tickray.training.data import NS, load_rows
 from tickray.training.models import fit_logistic
+from tickray.training.monitor import Monitor, MonitorConfig, psi
 
 FEATURES = ["ret_1s", "ret_5s", "imb_l1", "ofi_5s", "spread_ticks"]
 

@@ -3,15 +3,15 @@
 import numpy as np
 import pytest
 import ta
-from tickray.bar_cache import BarCache
-from tickray.bars import read_lake_bars
+from tickray.bars.build import read_lake_bars
+from tickray.bars.cache import BarCache
+from tickray.bars.screener import screen
 from tickray.cli import main
-from tickray.screener import screen
 
 
 @pytest.fixture(scope="module")
 def universe_lake(ray_cluster, shared_data, tmp_path_factory):
-    from tickray.ingest import ingest
+    from tickray.ingest.job import ingest
 
     root = tmp_path_factory.mktemp("screen") / "lake"
     ingest(sorted((shared_data / "binance" / "klines").glob("*-2026-02.zip")), root)

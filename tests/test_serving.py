@@ -19,13 +19,13 @@ import websockets
 from conftest import free_port
 from mlflow.tracking import MlflowClient
 from ray import serve
-from tickray.exchange_sim import ReplayExchange
+from tickray.ops.stack import redis_client
 from tickray.serving.app import build, deploy
 from tickray.serving.config import ServeConfig, parse_serve_config
 from tickray.serving.features import LiveFeatures
 from tickray.serving.realised import RealisedAccuracy, pool
 from tickray.serving.security import hash_key, sign_jwt
-from tickray.stack import redis_client
+from tickray.sim.exchange import ReplayExchange
 from tickray.stream.actor import ConnectorOptions, StreamIngestActor, forget, wait_for_messages
 from tickray.training import registry
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port, stack_env, tickray_cli
-from tickray import stack
 from tickray.config import Settings
 from tickray.errors import StackError
+from tickray.ops import stack
 
 
 def _cli(*args, env):
@@ -76,7 +76,7 @@ def test_up_starts_a_ray_head_that_jobs_join_and_down_stops_it(tmp_path):
         assert f"token  {token}" in _cli("status", env=env).stdout
         pid = int((tmp_path / "state" / "run" / "ray.pid").read_text())
         # A client process joins the head through the same settings (token auth included).
-        code = ("from tickray.config import load_settings; from tickray.runtime import connect_ray; import ray; "
+        code = ("from tickray.config import load_settings; from tickray.ops.runtime import connect_ray; import ray; "
                 "connect_ray(load_settings()); print(int(ray.cluster_resources()['CPU']))")
         probe = subprocess.run(
             [sys.executable, "-c", code],

@@ -18,13 +18,13 @@ import pytest
 import ray
 import redis
 from conftest import free_port
-from tickray.bars import bars_from_trades
+from tickray.bars.build import bars_from_trades
 from tickray.cli import main
-from tickray.exchange_sim import Faults, ReplayExchange
 from tickray.features import FEATURE_NAMES, FEATURES, compute_features, grid_from_events
 from tickray.lake import partitions, read_partition
+from tickray.ops.stack import redis_client
+from tickray.sim.exchange import Faults, ReplayExchange
 from tickray.sources.binance import read_ws_capture
-from tickray.stack import redis_client
 from tickray.stream.actor import (
     CHECKPOINT_KEY,
     CLOSED_BARS_STREAM,

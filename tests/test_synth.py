@@ -6,7 +6,7 @@ import zipfile
 import numpy as np
 import orjson
 from tickray.features import FEATURE_NAMES, compute_features, grid_from_events
-from tickray.labels import forward_labels
+from tickray.features.labels import forward_labels
 from tickray.sources import binance
 from tickray.sources.binance import iter_capture
 
@@ -85,7 +85,7 @@ def test_capture_lines_are_recv_ns_then_json(market):
 
 
 def test_deterministic_for_a_seed(tmp_path):
-    from tickray.synth import generate
+    from tickray.sim.synth import generate
 
     a = generate(tmp_path / "a", ["SOLUSDT"], 1, seed=3, trades_per_day=5_000, capture_minutes=1)
     b = generate(tmp_path / "b", ["SOLUSDT"], 1, seed=3, trades_per_day=5_000, capture_minutes=1)

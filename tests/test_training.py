@@ -10,8 +10,7 @@ from conftest import SMALL_TRAINING as SMALL
 from mlflow.tracking import MlflowClient
 from tickray.errors import ConfigError
 from tickray.features.windows import complete_windows
-from tickray.training.config import load_config, parse_config
-from tickray.training.data import (
+from tickray.research.rows import (
     NS,
     Rows,
     check_lake,
@@ -20,6 +19,7 @@ from tickray.training.data import (
     shuffle_within_blocks,
     split_windows,
 )
+from tickray.training.config import load_config, parse_config
 from tickray.training.pipeline import run_training
 
 # ---- config and data errors: one line, before any cluster time ------------------------------------

@@ -7,7 +7,7 @@ import time
 
 import ray
 from tickray.config import load_settings
-from tickray.runtime import connect_ray
+from tickray.ops.runtime import connect_ray
 
 connect_ray(load_settings())
 

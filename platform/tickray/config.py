@@ -10,13 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tickray.errors import ConfigError
 
 ENV_PREFIX = "TICKRAY_"
 CONFIG_FILE_ENV = "TICKRAY_CONFIG"
+
+
+class StrictModel(BaseModel):
+    """A config section in which every key is known: a misspelt one is an error, never ignored."""
+    model_config = ConfigDict(extra="forbid")
 
 
 class Settings(BaseSettings):

@@ -17,19 +17,19 @@ from pathlib import Path
 import httpx
 import ray
 
-from tickray import stack
 from tickray.backtest.config import BacktestConfig
 from tickray.backtest.walkforward import run_backtest
 from tickray.config import Settings
 from tickray.errors import DataFormatError
-from tickray.exchange_sim import ReplayExchange
 from tickray.features.job import build_features
-from tickray.ingest import ingest
-from tickray.runtime import connect_ray
+from tickray.ingest.job import ingest
+from tickray.ops import stack
+from tickray.ops.runtime import connect_ray
 from tickray.serving.app import deploy
 from tickray.serving.config import ServeConfig
+from tickray.sim.exchange import ReplayExchange
+from tickray.sim.synth import generate
 from tickray.stream.actor import StreamIngestActor, forget, wait_for_messages
-from tickray.synth import generate
 from tickray.training.config import parse_config
 from tickray.training.pipeline import run_training
 

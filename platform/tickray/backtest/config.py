@@ -13,20 +13,19 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from tickray.bars import timeframe_minutes
+from tickray.bars.build import timeframe_minutes
+from tickray.config import StrictModel
 from tickray.errors import ConfigError
 from tickray.training.config import TrainConfig, load_job_config
 
 Bps = Annotated[float, Field(ge=0, strict=True)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
-class DataConfig(_Strict):
+class DataConfig(StrictModel):
     """``ticks``: the feature lake's one-second grid (tick features, mid prices). ``bars``: the lake's 1m
     bars resampled to ``timeframe``, with the bar indicators (bars-v1) as features and the close as price.
     Symbols, dates, horizons and (for ticks) the feature selection come from ``train.data``."""
@@ -40,7 +39,7 @@ class DataConfig(_Strict):
         return v
 
 
-class WalkForwardConfig(_Strict):
+class WalkForwardConfig(StrictModel):
     windows: int = Field(4, ge=1, le=100)
     # The first share of the rows is only ever trained on; the rest is cut into `windows` test windows.
     min_train_fraction: float = Field(0.4, gt=0, lt=1)
@@ -48,7 +47,7 @@ class WalkForwardConfig(_Strict):
     per_symbol: bool = False
 
 
-class StrategyConfig(_Strict):
+class StrategyConfig(StrictModel):
     threshold: float = Field(0.02, ge=0, lt=0.5)  # |p - 0.5| above it takes a position
     sizing: Literal["fixed", "confidence"] = "fixed"
     max_position: float = Field(1.0, gt=0)
@@ -57,7 +56,7 @@ class StrategyConfig(_Strict):
     hold: Literal["horizon", "row"] = "horizon"  # decide every horizon (no overlapping bets) or every row
 
 
-class CostsConfig(_Strict):
+class CostsConfig(StrictModel):
     """Per side, in bps of the traded notional, by venue; the backtest uses ``venue``'s."""
     venue: str = "binance-usdm"
     fee_bps: dict[str, Bps] = Field(default_factory=lambda: {"binance-usdm": 5.0, "binance-spot": 10.0,
@@ -83,12 +82,12 @@ class CostsConfig(_Strict):
         return self.slippage_bps[self.venue]
 
 
-class ValidationConfig(_Strict):
+class ValidationConfig(StrictModel):
     noise_std: float = Field(0.1, gt=0)  # stability: Gaussian noise of this many feature std devs
     calibration_bins: int = Field(10, ge=2, le=50)
 
 
-class BacktestConfig(_Strict):
+class BacktestConfig(StrictModel):
     name: str = "tickray-backtest"  # the MLflow experiment
     train: TrainConfig = Field(default_factory=TrainConfig)
     data: DataConfig = Field(default_factory=DataConfig)

@@ -1,7 +1,7 @@
 """`tickray backtest`: walk-forward backtests of the training job's models, judged by money.
 
-1. Rows: the feature lake's one-second tick grid, or the lake's 1m bars resampled to a timeframe with
-   the bar indicators as features; labels and prices beside them.
+1. Rows from the rows stage (:mod:`tickray.research.rows`): the feature lake's one-second tick grid, or
+   the lake's 1m bars resampled to a timeframe with the bar indicators as features.
 2. Walk-forward: the rows after the first ``min_train_fraction`` are cut into ``windows`` test windows;
    for each, every model of the training config (base models, class-prior and logistic baselines, the
    stacked ensemble) is fitted on the rows before it, less an embargo, with the training code, and
@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import time
 from collections.abc import Callable
@@ -24,89 +23,39 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
-import pyarrow.compute as pc
 import ray
 from mlflow.tracking import MlflowClient
 
-from tickray import lake
 from tickray.backtest.config import BacktestConfig
 from tickray.backtest.core import Rules, buy_and_hold
 from tickray.backtest.frame import simulate_frame
 from tickray.backtest.metrics import performance
 from tickray.backtest.validation import importance, reliability, safe_auc, stability
-from tickray.bars import read_lake_bars
 from tickray.errors import ConfigError
-from tickray.features.indicators import BAR_FEATURE_NAMES, BAR_FEATURE_SET, bar_features
-from tickray.labels import DEAD_BAND_BPS
-from tickray.training import registry
-from tickray.training.data import (
+from tickray.research.rows import (
     NS,
     Rows,
     check_windows,
+    load_bar_rows,
     load_rows,
     split_history,
     thin,
     usable,
     walk_forward,
 )
+from tickray.training import registry
 from tickray.training.metrics import classification_metrics
 from tickray.training.pipeline import fit_in_process
 
 BUY_AND_HOLD = "buy_and_hold"
 
 
-def bar_rows(cfg: BacktestConfig, lake_root: Path) -> Rows:
-    """Bars of the config's timeframe from the lake's 1m bars, bar indicators as features, forward labels
-    counted in bars (NaN where the bars ``h`` ahead are not exactly ``h`` later: a hole in the data)."""
-    d = cfg.train.data
-    have = lake.partitions(Path(lake_root), "bars_1m")
-    symbols = [s.upper() for s in d.symbols] or sorted({s for _, s in have})
-    dates = sorted(day for day, s in have if s in symbols)
-    if not dates:
-        raise ConfigError(f"data: no 1m bars for {symbols or 'any symbol'} in {lake_root}/bars_1m; run `tickray ingest`")
-    day = dt.timedelta(days=1)
-    start = dt.date.fromisoformat(d.start or dates[0])
-    end = dt.date.fromisoformat(d.end or dates[-1]) + day
-
-    def ns(x: dt.date) -> int:
-        return int(dt.datetime(x.year, x.month, x.day, tzinfo=dt.UTC).timestamp()) * NS
-
-    bars = read_lake_bars(lake_root, symbols, cfg.data.timeframe, ns(start), ns(end))
-    if bars.num_rows == 0:
-        raise ConfigError(f"data: no 1m bars for {symbols} between {start} and {end}")
-    xs, ys, fwds, tss, syms, prices = [], [], [], [], [], []
-    for s in symbols:
-        t = bars.filter(pc.equal(bars["symbol"], s))
-        if t.num_rows == 0:
-            continue
-        ts = pc.cast(t["ts"], "int64").to_numpy()
-        close = t["close"].to_numpy()
-        feats = bar_features(t["high"].to_numpy(), t["low"].to_numpy(), close)
-        xs.append(np.column_stack([feats[k] for k in BAR_FEATURE_NAMES]).astype(np.float32))
-        y = np.full((ts.size, len(d.horizons_s)), np.nan, np.float32)
-        fwd = np.full((ts.size, len(d.horizons_s)), np.nan)
-        for j, (h, k) in enumerate(cfg.horizon_rows.items()):
-            if ts.size > k:
-                whole = ts[k:] - ts[:-k] == h * NS  # k bars later is h seconds later: no hole between
-                r = np.log(close[k:] / close[:-k]) * 1e4
-                fwd[:-k, j] = np.where(whole, r, np.nan)
-                y[:-k, j] = np.where(~whole, np.nan, np.where(r > DEAD_BAND_BPS, 1.0,
-                                                              np.where(r < -DEAD_BAND_BPS, 0.0, np.nan)))
-        ys.append(y)
-        fwds.append(fwd)
-        tss.append(ts)
-        syms.append(np.full(ts.size, s, object))
-        prices.append(close.astype(np.float64))
-    x = np.concatenate(xs)
-    return Rows(x, np.concatenate(ys), np.concatenate(fwds), np.concatenate(tss), np.concatenate(syms),
-                ~np.isnan(x).any(axis=1), list(BAR_FEATURE_NAMES), list(d.horizons_s), 1,
-                f"{BAR_FEATURE_SET}@{cfg.data.timeframe}", np.concatenate(prices))
-
-
 def backtest_rows(cfg: BacktestConfig, lake_root: Path) -> Rows:
     """The rows of ``cfg``'s source from ``train.data.lake``, else ``lake_root`` (the settings' lake)."""
     lake_root = Path(cfg.train.data.lake or lake_root)
-    return bar_rows(cfg, lake_root) if cfg.data.source == "bars" else load_rows(cfg.train, lake_root)
+    if cfg.data.source == "bars":
+        return load_bar_rows(cfg.train, lake_root, cfg.data.timeframe)
+    return load_rows(cfg.train, lake_root)
 
 
 @dataclass

@@ -26,9 +26,9 @@ from tickray import lake
 from tickray.features.definitions import FEATURE_NAMES, FEATURE_SET_VERSION, LOOKBACK, compute_features
 from tickray.features.grid import LEVEL_FIELDS, NS, grid_from_events
 from tickray.features.indicators import BAR_FEATURE_NAMES, BAR_FEATURE_SET, bar_features
-from tickray.labels import HORIZONS_S, forward_labels
-from tickray.runtime import one_stage_execution
-from tickray.schema import TS
+from tickray.features.labels import HORIZONS_S, forward_labels
+from tickray.lake.schema import TS
+from tickray.ops.runtime import one_stage_execution
 
 DAY_NS = 86_400 * NS
 

@@ -9,19 +9,15 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from tickray.config import load_settings
+from tickray.config import StrictModel, load_settings
 from tickray.errors import ConfigError
 from tickray.serving.security import hash_key
 from tickray.training.config import one_line_error
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Replicas(_Strict):
+class Replicas(StrictModel):
     """Serve autoscaling: replicas between min and max, scaled on ongoing requests per replica."""
     min_replicas: int = Field(1, ge=1)
     max_replicas: int = Field(1, ge=1)
@@ -48,13 +44,13 @@ class Replicas(_Strict):
             "target_ongoing_requests": self.target_ongoing_requests}}
 
 
-class RateLimit(_Strict):
+class RateLimit(StrictModel):
     """Per API key (or JWT subject): at most ``requests`` in any ``window_s`` seconds (a sliding window)."""
     requests: int = Field(600, ge=1)
     window_s: float = Field(60.0, gt=0)
 
 
-class RealisedWeights(_Strict):
+class RealisedWeights(StrictModel):
     """Ensemble weights that follow each family's realised accuracy on the live predictions (see
     tickray.serving.realised)."""
     window: int = Field(600, ge=10)  # the latest scored predictions per family and horizon
@@ -62,7 +58,7 @@ class RealisedWeights(_Strict):
     score_every_s: float = Field(2.0, gt=0)
 
 
-class ServeConfig(_Strict):
+class ServeConfig(StrictModel):
     # The registered ensemble served (its ``champion``; ``challenger`` takes canary_share of requests).
     model: str = "tickray-ensemble"
     # Blank: the project's settings (TICKRAY_* variables) where the application is built.

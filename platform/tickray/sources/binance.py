@@ -1,6 +1,6 @@
 """Binance file formats: public-data CSV/zip (aggTrades, klines, bookDepth) and WebSocket captures.
 
-Every reader returns Arrow tables in the lake schema (tickray.schema) plus what it could not use,
+Every reader returns Arrow tables in the lake schema (tickray.lake.schema) plus what it could not use,
 each with a reason, so the caller can quarantine it. Only an unreadable file raises, naming it.
 """
 
@@ -23,9 +23,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyarrow import csv as pacsv
 
-from tickray.book import BookSync, DepthUpdate
 from tickray.errors import DataFormatError
-from tickray.schema import BAR, TRADE, TS, conform_book
+from tickray.lake.schema import BAR, TRADE, TS, conform_book
+from tickray.market.book import BookSync, DepthUpdate
 
 AGG_TRADE_COLUMNS = ["agg_trade_id", "price", "qty", "first_trade_id", "last_trade_id", "time",
                      "is_buyer_maker", "is_best_match"]

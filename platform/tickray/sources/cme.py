@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 from pyarrow import csv as pacsv
 
 from tickray.errors import DataFormatError
-from tickray.schema import BAR, TRADE, TS, conform_book
+from tickray.lake.schema import BAR, TRADE, TS, conform_book
 from tickray.sources.binance import read_bytes
 
 MBP1_COLUMNS = {"ts_recv_ns", "ts_event_ns", "symbol", "action", "side", "price", "size", "sequence",

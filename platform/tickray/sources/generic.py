@@ -31,10 +31,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 from pyarrow import csv as pacsv
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
+from tickray.config import StrictModel
 from tickray.errors import DataFormatError
-from tickray.schema import TRADE, TS, conform_book
+from tickray.lake.schema import TRADE, TS, conform_book
 from tickray.sources.binance import read_bytes
 
 SCHEMA_SUFFIX = ".tickschema.yaml"
@@ -42,40 +43,38 @@ OPEN_INTEREST = pa.schema([("ts", TS), ("symbol", pa.string()), ("open_interest"
 _UNITS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
-class Timestamp(_Strict):
+class Timestamp(StrictModel):
     column: str
     unit: Literal["s", "ms", "us", "ns", "iso"] = "ns"
 
 
-class Symbol(_Strict):
+class Symbol(StrictModel):
     column: str | None = None
     value: str | None = None
 
 
-class Option(_Strict):
+class Option(StrictModel):
     expiry: str
     strike: str
     right: str
 
 
-class Side(_Strict):
+class Side(StrictModel):
     column: str
     buy: str | int = "B"
     sell: str | int = "S"
 
 
-class Trade(_Strict):
+class Trade(StrictModel):
     price: str
     size: str
     side: Side | None = None
     trade_id: str | None = None
 
 
-class Book(_Strict):
+class Book(StrictModel):
     levels: int = 1
     bid_price: str
     bid_size: str
@@ -85,7 +84,7 @@ class Book(_Strict):
     ask_orders: str | None = None
 
 
-class TickSchema(_Strict):
+class TickSchema(StrictModel):
     files: str
     format: Literal["csv", "parquet"] = "csv"
     delimiter: str = ","

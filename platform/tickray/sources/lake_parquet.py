@@ -1,4 +1,4 @@
-"""Parquet files already in a lake schema (tickray.schema): checked, not trusted."""
+"""Parquet files already in a lake schema (tickray.lake.schema): checked, not trusted."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tickray.errors import DataFormatError
-from tickray.schema import BAR, TRADE, book_schema
+from tickray.lake.schema import BAR, TRADE, book_schema
 
 
 def expected_schema(dataset: str, levels: int) -> pa.Schema:

@@ -18,7 +18,7 @@ import pyarrow as pa
 from pyarrow import csv as pacsv
 
 from tickray.errors import DataFormatError
-from tickray.schema import TRADE, TS, conform_book
+from tickray.lake.schema import TRADE, TS, conform_book
 from tickray.sources.binance import read_bytes
 
 NAME = re.compile(r"(?P<ticker>[A-Za-z.]+)_(?P<date>\d{4}-\d{2}-\d{2})_\d+_\d+_(?P<kind>message|orderbook)_(?P<n>\d+)")

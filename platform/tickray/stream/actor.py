@@ -46,6 +46,7 @@ from ray.util import metrics
 from tickray import lake
 from tickray.errors import ConfigError
 from tickray.features import FEATURE_SET_VERSION, LOOKBACK
+from tickray.market.venues import BINANCE_STREAM_MARKETS
 from tickray.stream.clock import SourceClock
 from tickray.stream.cold import ColdBuffer
 from tickray.stream.pipeline import FeatureUpdate, SymbolPipeline
@@ -63,8 +64,6 @@ CHECKPOINT_KEY = "tickray:stream:checkpoint:{symbol}"
 GRID_ROWS = "tickray:stream:grid:{symbol}"  # capped stream of the last LOOKBACK grid rows
 
 DEFAULT_STREAMS = ("depth@0ms", "aggTrade", "bookTicker", "kline_1m")
-# REST prefix and the most streams one connection may carry, per venue
-VENUES = {"usdm": ("/fapi/v1", 200), "coinm": ("/dapi/v1", 200), "spot": ("/api/v3", 1024)}
 KNOWN_EVENTS = {"depthUpdate", "aggTrade", "trade", "bookTicker", "kline", "markPriceUpdate"}
 # In a burst, closed feature rows go to Redis together: after this many messages that closed some...
 OUTBOX_MAX = 32
@@ -200,9 +199,10 @@ class StreamIngestActor:
     def __init__(self, symbols: list[str], ws_url: str, rest_url: str, redis_url: str,
                  streams: tuple[str, ...] = DEFAULT_STREAMS, options: ConnectorOptions | None = None):
         self.opt = options or ConnectorOptions()
-        if self.opt.venue not in VENUES:
-            raise ConfigError(f"stream venue {self.opt.venue!r} is not one of {', '.join(VENUES)}")
-        self.rest_prefix, self.max_streams = VENUES[self.opt.venue]
+        market = BINANCE_STREAM_MARKETS.get(self.opt.venue)
+        if market is None:
+            raise ConfigError(f"stream venue {self.opt.venue!r} is not one of {', '.join(BINANCE_STREAM_MARKETS)}")
+        self.rest_prefix, self.max_streams = market.rest_prefix, market.max_streams
         self.ws_url, self.rest_url, self.redis_url = ws_url.rstrip("/"), rest_url.rstrip("/"), redis_url
         self.pipes: dict[str, SymbolPipeline] = {}
         self.streams: list[str] = []

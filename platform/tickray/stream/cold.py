@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from tickray.book import BookSync
-from tickray.schema import TRADE, TS, WS_RAW
+from tickray.lake.schema import TRADE, TS, WS_RAW
+from tickray.market.book import BookSync
 from tickray.sources.binance import TopNWriter
 
 LAKE_BOOK_LEVELS = 10  # as `tickray ingest` rebuilds captures

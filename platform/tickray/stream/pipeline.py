@@ -1,9 +1,9 @@
 """Per-symbol message pipeline of a stream actor: validate → order book → one-second grid → features,
 and trades → live bars and the market state.
 
-It uses the same book (tickray.book), grid rules and feature function (tickray.features) as the batch
+It uses the same book (tickray.market.book), grid rules and feature function (tickray.features) as the batch
 path, so online features equal offline ones on the same ticks; trades also advance the symbol's live
-bars (tickray.live_bars), whose closed minutes equal the batch 1m bars.
+bars (tickray.bars.live), whose closed minutes equal the batch 1m bars.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tickray.book import BookSync, DepthUpdate, TopOfBookCheck
+from tickray.bars.live import LiveBars
 from tickray.features import BOOK_LEVELS, GRID_FIELDS, GridBuilder, OnlineFeatures
-from tickray.live_bars import LiveBars
+from tickray.market.book import BookSync, DepthUpdate, TopOfBookCheck
 from tickray.stream.cold import ColdBuffer
 from tickray.stream.state import MarketState
 

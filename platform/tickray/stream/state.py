@@ -21,7 +21,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from tickray.book import OrderBook
+from tickray.market.book import OrderBook
 
 MINUTE_NS = 60_000_000_000
 

@@ -21,12 +21,12 @@ import xgboost
 from ray.train import RunConfig, ScalingConfig
 from ray.train.xgboost import XGBoostTrainer
 
-from tickray.runtime import local_device
+from tickray.ops.runtime import local_device
+from tickray.research.rows import labelled
 from tickray.training.config import Resources, XGBoostConfig
-from tickray.training.data import labelled
 
 if TYPE_CHECKING:
-    from tickray.training.data import Rows
+    from tickray.research.rows import Rows
 
 XGB_REPORT_EVERY = 25  # boosting rounds between progress reports (each costs a round trip on Ray Train)
 

@@ -9,22 +9,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from tickray.config import read_yaml_mapping
+from tickray.config import StrictModel, read_yaml_mapping
 from tickray.errors import ConfigError
-from tickray.features import FEATURE_NAMES, FEATURE_SET_VERSION, FEATURES
+from tickray.features import FEATURES
+from tickray.research.config import RowsConfig
 
 M = TypeVar("M", bound=BaseModel)
 SEQUENCE_FAMILIES = ("lstm", "transformer")
 FAMILIES = ("xgboost", *SEQUENCE_FAMILIES)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
-class Resources(_Strict):
+class Resources(StrictModel):
     """Per worker (Ray Train) or per trial (Ray Tune); ``gpu`` may be a fraction for trials."""
     cpu: float = Field(1.0, gt=0)
     gpu: float = Field(0.0, ge=0)
@@ -35,45 +34,7 @@ class Resources(_Strict):
         return max(1, int(self.cpu))
 
 
-class DataConfig(_Strict):
-    lake: Path | None = None  # default: the settings' lake
-    symbols: list[str] = Field(default_factory=list)  # empty: every symbol in the feature lake
-    start: str | None = None  # ISO dates, inclusive
-    end: str | None = None
-    horizons_s: list[int] = Field(default_factory=lambda: [10, 60], min_length=1)
-    # The model's inputs: these features (empty: the whole feature set), less those looking back more
-    # than max_lookback_s (a short capture has few rows where a 15-minute feature is defined).
-    features: list[str] = Field(default_factory=list)
-    max_lookback_s: int | None = Field(None, ge=0)
-
-    @model_validator(mode="after")
-    def _known_features(self):
-        unknown = [f for f in self.features if f not in FEATURES]
-        if unknown:
-            raise ValueError(f"unknown feature(s) {', '.join(unknown)} (feature set {FEATURE_SET_VERSION})")
-        if not self.selected_features():
-            raise ValueError(f"no feature looks back at most {self.max_lookback_s}s")
-        return self
-
-    def selected_features(self) -> list[str]:
-        names = self.features or list(FEATURE_NAMES)
-        return [n for n in names if self.max_lookback_s is None or FEATURES[n].lookback <= self.max_lookback_s]
-    # Adjacent seconds are near-duplicates: fit on every Nth row (evaluation uses every row).
-    train_every_s: int = Field(1, ge=1)
-
-
-class SplitConfig(_Strict):
-    """Out of time: [development | calibration | test], an embargo between each. Out-of-fold predictions
-    for the stacking meta-learner come from purged k-fold over the development window."""
-    test_fraction: float = Field(0.2, gt=0, lt=0.5)
-    calibration_fraction: float = Field(0.1, gt=0, lt=0.5)
-    folds: int = Field(4, ge=2, le=20)
-    # Rows dropped after a validation block or cut; default: the longest label horizon plus the longest
-    # sequence window, so no kept row's features or label reach across.
-    embargo_s: int | None = Field(None, ge=0)
-
-
-class XGBoostConfig(_Strict):
+class XGBoostConfig(StrictModel):
     num_workers: int = Field(1, ge=1)
     resources: Resources = Field(default_factory=Resources)
     num_boost_round: int = Field(300, ge=1)
@@ -82,7 +43,7 @@ class XGBoostConfig(_Strict):
         "max_depth": 4, "eta": 0.05, "subsample": 0.8, "colsample_bytree": 0.8, "min_child_weight": 20})
 
 
-class SequenceConfig(_Strict):
+class SequenceConfig(StrictModel):
     num_workers: int = Field(1, ge=1)
     resources: Resources = Field(default_factory=Resources)
     window: int = Field(30, ge=2)  # seconds of feature rows per example
@@ -102,7 +63,7 @@ class SequenceConfig(_Strict):
         return self
 
 
-class ModelsConfig(_Strict):
+class ModelsConfig(StrictModel):
     """The base models of the ensemble; the class-prior and logistic baselines are always trained."""
     xgboost: XGBoostConfig | None = None
     lstm: SequenceConfig | None = None
@@ -112,36 +73,29 @@ class ModelsConfig(_Strict):
         return {f: getattr(self, f) for f in FAMILIES if getattr(self, f) is not None}
 
 
-class ShockConfig(_Strict):
+class ShockConfig(StrictModel):
     enabled: bool = True
     # Share of development rows the isolation forest calls abnormal; confidence falls to 0 there.
     contamination: float = Field(0.01, gt=0, lt=0.5)
 
 
-class EnsembleConfig(_Strict):
+class EnsembleConfig(StrictModel):
     calibration: Literal["isotonic", "platt"] = "platt"  # Platt keeps the ranking (AUC)
     shock: ShockConfig = Field(default_factory=ShockConfig)
 
 
-class PromotionConfig(_Strict):
+class PromotionConfig(StrictModel):
     metric: Literal["auc", "logloss", "brier", "balanced_accuracy", "f1", "accuracy"] = "auc"
     # The challenger must beat the champion by this much on the same out-of-time window.
     margin: float = Field(0.0, ge=0)
 
 
-class RegistryConfig(_Strict):
+class RegistryConfig(StrictModel):
     prefix: str = "tickray"  # registered models: <prefix>-<family>, <prefix>-ensemble
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
 
 
-class LabelsConfig(_Strict):
-    # The leakage canary: labels shuffled within time blocks of this many seconds; every model must
-    # then score at chance. A block keeps its own share of up-moves, which over a short block is a
-    # trend that backward-looking features can read: blocks must be long against the look-back.
-    shuffle_within_s: int | None = Field(None, ge=1)
-
-
-class TuneConfig(_Strict):
+class TuneConfig(StrictModel):
     family: Literal["xgboost", "lstm", "transformer"] = "xgboost"
     num_samples: int = Field(8, ge=1)
     max_concurrent_trials: int = Field(2, ge=1)
@@ -156,15 +110,11 @@ class TuneConfig(_Strict):
     train_after: bool = True  # hand the best config to a full training job
 
 
-class TrainConfig(_Strict):
+class TrainConfig(RowsConfig):
     name: str = "tickray"  # the MLflow experiment
-    seed: int = 7
-    data: DataConfig = Field(default_factory=DataConfig)
-    split: SplitConfig = Field(default_factory=SplitConfig)
     models: ModelsConfig = Field(default_factory=lambda: ModelsConfig(xgboost=XGBoostConfig()))
     ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
-    labels: LabelsConfig = Field(default_factory=LabelsConfig)
     tune: TuneConfig | None = None
 
     @model_validator(mode="after")
@@ -186,12 +136,6 @@ class TrainConfig(_Strict):
     @property
     def longest_window(self) -> int:
         return max([1, *(m.window for f, m in self.models.enabled().items() if f in SEQUENCE_FAMILIES)])
-
-    @property
-    def embargo_s(self) -> int:
-        if self.split.embargo_s is not None:
-            return self.split.embargo_s
-        return max(self.data.horizons_s) + self.longest_window
 
 
 def one_line_error(err: ValidationError, where: str) -> str:

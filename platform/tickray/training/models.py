@@ -22,9 +22,9 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from tickray.features.windows import gather_windows
+from tickray.research.rows import labelled
 from tickray.training.boosting import XGBModel  # noqa: F401  (models registered before boosting.py name it here)
 from tickray.training.config import SequenceConfig
-from tickray.training.data import labelled
 from tickray.training.metrics import classification_metrics
 
 

@@ -27,10 +27,8 @@ import ray
 from mlflow.tracking import MlflowClient
 
 from tickray.features.windows import complete_windows
-from tickray.runtime import local_device, require_resources
-from tickray.training import boosting, registry, trainers
-from tickray.training.config import SEQUENCE_FAMILIES, SequenceConfig, TrainConfig, XGBoostConfig
-from tickray.training.data import (
+from tickray.ops.runtime import local_device, require_resources
+from tickray.research.rows import (
     NS,
     Rows,
     Windows,
@@ -39,6 +37,8 @@ from tickray.training.data import (
     split_windows,
     thin,
 )
+from tickray.training import boosting, registry, trainers
+from tickray.training.config import SEQUENCE_FAMILIES, SequenceConfig, TrainConfig, XGBoostConfig
 from tickray.training.ensemble import Ensemble, fit_calibrators, fit_meta, fit_shock
 from tickray.training.metrics import classification_metrics
 from tickray.training.models import fit_logistic, fit_prior, fit_sequence

@@ -20,9 +20,9 @@ import torch
 from ray.train import CheckpointConfig, RunConfig
 from ray.train.torch import TorchTrainer
 
+from tickray.research.rows import Rows
 from tickray.training.boosting import scaling
 from tickray.training.config import SequenceConfig
-from tickray.training.data import Rows
 from tickray.training.models import SequenceModel, build_net, train_net, unwrapped
 
 

@@ -11,10 +11,10 @@ import ray
 import xgboost
 from ray import tune
 
-from tickray.runtime import local_device
+from tickray.ops.runtime import local_device
+from tickray.research.rows import labelled
 from tickray.training.boosting import fit_xgboost_horizon, xgb_params
 from tickray.training.config import SequenceConfig, XGBoostConfig
-from tickray.training.data import labelled
 
 
 def run_trial(config: dict, family: str, base: dict, x: np.ndarray, y: np.ndarray, fit: np.ndarray,

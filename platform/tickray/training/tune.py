@@ -25,11 +25,11 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from tickray.errors import ConfigError
-from tickray.runtime import require_resources
+from tickray.ops.runtime import require_resources
+from tickray.research.rows import NS, inner_split, load_rows, split_windows, thin
 from tickray.training import registry
 from tickray.training.boosting import XGB_REPORT_EVERY
 from tickray.training.config import SequenceConfig, TrainConfig, XGBoostConfig
-from tickray.training.data import NS, inner_split, load_rows, split_windows, thin
 from tickray.training.trial import run_trial
 
 SPACE_TYPES = {

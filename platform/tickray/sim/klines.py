@@ -32,23 +32,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tickray.bars import resample
+from tickray.bars.build import resample
+from tickray.market.venues import KLINE_ENDPOINTS, UPBIT_CANDLE_WEIGHT, binance_kline_weight
 
-BINANCE_MAX_LIMIT, UPBIT_MAX_COUNT = 1500, 200
+BINANCE_MAX_LIMIT, UPBIT_MAX_COUNT = KLINE_ENDPOINTS["binance-usdm"].limit, KLINE_ENDPOINTS["upbit"].limit
 _INTERVALS = {"1m": 1, "3m": 3, "5m": 5, "15m": 15, "30m": 30, "1h": 60, "2h": 120, "4h": 240,
               "6h": 360, "8h": 480, "12h": 720, "1d": 1440}
 MS = 1_000_000
 
 
-def binance_kline_weight(limit: int) -> int:
-    """USD-M futures ``/fapi/v1/klines`` request weight by ``limit``."""
-    return 1 if limit < 100 else 2 if limit < 500 else 5 if limit <= 1000 else 10
-
-
 @dataclass
 class KlineVenue:
     bars: pa.Table  # the venue's 1m bars (BAR schema), any symbols
-    weight_limit: int = 2400  # budget per window (Binance futures: 2,400 a minute)
+    weight_limit: int = KLINE_ENDPOINTS["binance-usdm"].weight_limit  # budget per window
     window_s: float = 60.0
     ban_after: int = 3
     ban_s: float = 120.0
@@ -121,7 +117,7 @@ class KlineVenue:
         if url.path in ("/fapi/v1/klines", "/api/v3/klines"):
             dialect, weight = "binance", binance_kline_weight(int(q.get("limit", 500) or 500))
         elif url.path.startswith("/v1/candles/minutes/"):
-            dialect, weight = "upbit", 1
+            dialect, weight = "upbit", UPBIT_CANDLE_WEIGHT
         else:
             return 404, {}, b'{"error": "not found"}'
         with self._lock:

@@ -10,9 +10,9 @@ from contextlib import contextmanager
 
 import ray
 
-from tickray import stack
 from tickray.config import Settings
 from tickray.errors import ConfigError
+from tickray.ops import stack
 
 
 def local_device() -> str:

@@ -242,7 +242,7 @@ def _autoscaling_twin(settings: Settings, config_path: Path) -> tuple[Path, floa
     fake provider needs (it refuses to start without RAY_FAKE_CLUSTER)."""
     import yaml
 
-    from tickray.cluster import FAKE_PROVIDER, head_resources, validate_cluster_config
+    from tickray.ops.cluster import FAKE_PROVIDER, head_resources, validate_cluster_config
 
     config = validate_cluster_config(config_path)
     if config["provider"]["type"] != FAKE_PROVIDER:

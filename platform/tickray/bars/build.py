@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tickray.errors import TickrayError
-from tickray.schema import BAR
+from tickray.lake.schema import BAR
 
 MINUTE_NS = 60 * 1_000_000_000
 _TIMEFRAME = re.compile(r"^(\d+)(m|h|d)$")
@@ -201,7 +201,7 @@ def bars_dataset(root, symbols: list[str], timeframe: str, start_ns: int, end_ns
     :func:`read_lake_bars` over the same range."""
     import ray
 
-    from tickray.runtime import one_stage_execution
+    from tickray.ops.runtime import one_stage_execution
 
     minutes = timeframe_minutes(timeframe)
     step = minutes * MINUTE_NS

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from tickray.bars import MINUTE_NS, timeframe_minutes
+from tickray.bars.build import MINUTE_NS, timeframe_minutes
 
 
 @dataclass

@@ -1,6 +1,7 @@
-"""Training data from the feature lake: one row matrix, out-of-time windows and purged folds.
+"""The rows every model consumer reads (training, tuning, backtests, monitoring), and how time is cut.
 
-Rows are read with Ray Data (one task per (date, symbol) partition) into :class:`Rows`: a float32
+Tick rows come from the feature lake, read with Ray Data (one task per (date, symbol) partition); bar rows
+from the lake's 1m bars at a timeframe (:func:`load_bar_rows`). Both are :class:`Rows`: a float32
 feature matrix sorted by (symbol, ts), the labels of every horizon, and for each row whether the
 ``window`` seconds ending at it are contiguous and complete. Sequence models gather their N × T × F
 windows from the matrix batch by batch (:func:`gather_windows`), so the windows are never materialised
@@ -25,10 +26,13 @@ import pyarrow.parquet as pq
 import ray
 
 from tickray import lake
+from tickray.bars.build import read_lake_bars, timeframe_minutes
 from tickray.errors import ConfigError
 from tickray.features import FEATURE_SET_VERSION
+from tickray.features.indicators import BAR_FEATURE_NAMES, BAR_FEATURE_SET, bar_features
+from tickray.features.labels import forward_labels_on_grid
 from tickray.features.windows import complete_windows
-from tickray.training.config import TrainConfig
+from tickray.research.config import RowsConfig
 
 NS = 1_000_000_000
 
@@ -61,7 +65,7 @@ class Rows:
                 "symbols": ",".join(sorted(set(self.symbol.tolist()))), "rows": str(self.n)}
 
 
-def _date_filter(cfg: TrainConfig, parts: list[tuple[str, str]]) -> list[tuple[str, str]]:
+def _date_filter(cfg: RowsConfig, parts: list[tuple[str, str]]) -> list[tuple[str, str]]:
     d = cfg.data
     wanted = {s.upper() for s in d.symbols}
     return [(date, sym) for date, sym in parts
@@ -69,7 +73,7 @@ def _date_filter(cfg: TrainConfig, parts: list[tuple[str, str]]) -> list[tuple[s
             and (d.end is None or date <= d.end)]
 
 
-def check_lake(cfg: TrainConfig, lake_root: Path) -> list[tuple[str, str]]:
+def check_lake(cfg: RowsConfig, lake_root: Path) -> list[tuple[str, str]]:
     """The partitions the config selects, after checking (without reading any data) that every feature
     and label is there: a one-line error otherwise."""
     root = Path(lake_root)
@@ -89,11 +93,11 @@ def check_lake(cfg: TrainConfig, lake_root: Path) -> list[tuple[str, str]]:
     for h in cfg.data.horizons_s:
         if f"up_{h}s" not in have:
             raise ConfigError(f"data.horizons_s: no label up_{h}s in {f} (have {', '.join(labels)}); add the "
-                              "horizon to tickray.labels.HORIZONS_S and recompute features")
+                              "horizon to tickray.features.labels.HORIZONS_S and recompute features")
     return parts
 
 
-def load_rows(cfg: TrainConfig, lake_root: Path) -> Rows:
+def load_rows(cfg: RowsConfig, lake_root: Path) -> Rows:
     """Every selected row (Ray Data, a task per partition), with the canary's label shuffle applied."""
     root = Path(lake_root)
     parts = check_lake(cfg, root)
@@ -122,6 +126,47 @@ def load_rows(cfg: TrainConfig, lake_root: Path) -> Rows:
     window = cfg.longest_window
     return Rows(x, y, fwd, ts, symbol, complete_windows(x, ts, symbol, window), features,
                 list(cfg.data.horizons_s), window, price=t["mid"].to_numpy(zero_copy_only=False).astype(np.float64))
+
+
+def load_bar_rows(cfg: RowsConfig, lake_root: Path, timeframe: str) -> Rows:
+    """Bars of ``timeframe`` from the lake's 1m bars, bar indicators as features, forward labels from the
+    close ``h`` seconds later (none across a hole in the bars)."""
+    d = cfg.data
+    have = lake.partitions(Path(lake_root), "bars_1m")
+    symbols = [s.upper() for s in d.symbols] or sorted({s for _, s in have})
+    dates = sorted(day for day, s in have if s in symbols)
+    if not dates:
+        raise ConfigError(f"data: no 1m bars for {symbols or 'any symbol'} in {lake_root}/bars_1m; run `tickray ingest`")
+    day = dt.timedelta(days=1)
+    start = dt.date.fromisoformat(d.start or dates[0])
+    end = dt.date.fromisoformat(d.end or dates[-1]) + day
+
+    def ns(x: dt.date) -> int:
+        return int(dt.datetime(x.year, x.month, x.day, tzinfo=dt.UTC).timestamp()) * NS
+
+    bars = read_lake_bars(lake_root, symbols, timeframe, ns(start), ns(end))
+    if bars.num_rows == 0:
+        raise ConfigError(f"data: no 1m bars for {symbols} between {start} and {end}")
+    step_s = 60 * timeframe_minutes(timeframe)
+    xs, ys, fwds, tss, syms, prices = [], [], [], [], [], []
+    for s in symbols:
+        t = bars.filter(pc.equal(bars["symbol"], s))
+        if t.num_rows == 0:
+            continue
+        ts = pc.cast(t["ts"], "int64").to_numpy()
+        close = t["close"].to_numpy()
+        feats = bar_features(t["high"].to_numpy(), t["low"].to_numpy(), close)
+        xs.append(np.column_stack([feats[k] for k in BAR_FEATURE_NAMES]).astype(np.float32))
+        labels = forward_labels_on_grid(ts, close, tuple(d.horizons_s), step_s)
+        ys.append(np.column_stack([labels[f"up_{h}s"] for h in d.horizons_s]).astype(np.float32))
+        fwds.append(np.column_stack([labels[f"fwd_ret_{h}s"] for h in d.horizons_s]))
+        tss.append(ts)
+        syms.append(np.full(ts.size, s, object))
+        prices.append(close.astype(np.float64))
+    x = np.concatenate(xs)
+    return Rows(x, np.concatenate(ys), np.concatenate(fwds), np.concatenate(tss), np.concatenate(syms),
+                ~np.isnan(x).any(axis=1), list(BAR_FEATURE_NAMES), list(d.horizons_s), 1,
+                f"{BAR_FEATURE_SET}@{timeframe}", np.concatenate(prices))
 
 
 def shuffle_within_blocks(y: np.ndarray, ts: np.ndarray, block_ns: int, seed: int) -> np.ndarray:
@@ -185,7 +230,7 @@ def walk_forward(ts: np.ndarray, idx: np.ndarray, n_windows: int, gap_ns: int, m
     return [(idx[t < a - gap_ns], idx[(t >= a) & (t < b)]) for a, b in itertools.pairwise(edges)]
 
 
-def split_windows(rows: Rows, cfg: TrainConfig) -> Windows:
+def split_windows(rows: Rows, cfg: RowsConfig) -> Windows:
     idx = np.flatnonzero(usable(rows))
     if idx.size == 0:
         raise ConfigError("data: no usable rows (every row lacks a feature, a complete window or a label)")
@@ -204,7 +249,7 @@ def split_windows(rows: Rows, cfg: TrainConfig) -> Windows:
     return Windows(dev, cal, test, folds, {"calibration_start": c_cal, "test_start": c_test, "end": hi})
 
 
-def split_history(rows: Rows, history: np.ndarray, cfg: TrainConfig, calibration_share: float
+def split_history(rows: Rows, history: np.ndarray, cfg: RowsConfig, calibration_share: float
                   ) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray]], int]:
     """The rows a model may learn from, cut into [development | calibration] with an embargo between,
     and purged k-fold inside development: (development, calibration, folds, calibration start)."""
@@ -217,7 +262,7 @@ def split_history(rows: Rows, history: np.ndarray, cfg: TrainConfig, calibration
     return dev, cal, folds, c_cal
 
 
-def check_windows(rows: Rows, parts: dict[str, np.ndarray], folds: list, cfg: TrainConfig, where: str) -> None:
+def check_windows(rows: Rows, parts: dict[str, np.ndarray], folds: list, cfg: RowsConfig, where: str) -> None:
     """Every window has rows, every fold both sides, every label both classes in every window."""
     for name, part in parts.items():
         if part.size == 0:

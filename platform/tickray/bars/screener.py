@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 
-from tickray.bar_cache import BarCache
-from tickray.bars import MINUTE_NS, timeframe_minutes
+from tickray.bars.build import MINUTE_NS, timeframe_minutes
+from tickray.bars.cache import BarCache
 from tickray.errors import TickrayError
 from tickray.features.indicators import rsi
 

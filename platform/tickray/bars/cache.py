@@ -7,7 +7,7 @@ Bars are cached in chunks of whole bars (about a day of them: 1,440 1m bars, 24 
 - L2, Redis, shared by every node of the cluster: Arrow IPC (zstd from 64 KB), with a TTL per timeframe;
 - L3, the Parquet lake: a 1m chunk is read from the lake's 1m bars; any other timeframe is resampled
   from the 1m bars it covers, taken from the cache where they are and from the lake otherwise;
-- and, given a :class:`~tickray.collector.Collector`, the venue: before L3 is read, the closed minutes of
+- and, given a :class:`~tickray.bars.collector.Collector`, the venue: before L3 is read, the closed minutes of
   the missing chunks that the lake lacks are fetched into it (only those, and each range once).
 
 What a lower layer finds is written back up. A chunk that reaches past the newest minute it holds may
@@ -34,9 +34,9 @@ import ray
 import redis
 
 from tickray import lake
-from tickray.bars import MINUTE_NS, RESAMPLED, resample, timeframe_minutes
-from tickray.collector import Collector
-from tickray.schema import BAR
+from tickray.bars.build import MINUTE_NS, RESAMPLED, resample, timeframe_minutes
+from tickray.bars.collector import Collector
+from tickray.lake.schema import BAR
 
 log = logging.getLogger(__name__)
 CHUNK_MINUTES = 1440  # about a day of bars per chunk, in whole bars

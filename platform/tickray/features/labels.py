@@ -50,3 +50,21 @@ def forward_labels_at_times(ts_ns: np.ndarray, mid: np.ndarray, horizons_s: tupl
         fwd[target > ts_ns[-1]] = np.nan  # past the data: no label
         out.update(_from_returns(fwd, f"{h:g}s", dead_band_bps))
     return out
+
+
+def forward_labels_on_grid(ts_ns: np.ndarray, price: np.ndarray, horizons_s: tuple[int, ...], step_s: float,
+                           dead_band_bps: float = DEAD_BAND_BPS) -> dict[str, np.ndarray]:
+    """Labels on a regular grid that may have holes (bars of one timeframe): the row ``h / step_s`` rows
+    ahead is the price ``h`` seconds later only where it is exactly ``h`` later; across a hole, no label."""
+    ts_ns = np.asarray(ts_ns, np.int64)
+    logp = np.log(np.asarray(price, float))
+    out: dict[str, np.ndarray] = {}
+    for h in horizons_s:
+        k = round(h / step_s)
+        fwd = np.full(ts_ns.size, np.nan)
+        if 0 < k < ts_ns.size:
+            whole = ts_ns[k:] - ts_ns[:-k] == int(h * 1e9)
+            fwd[:-k] = np.where(whole, (logp[k:] - logp[:-k]) * 1e4, np.nan)
+        out.update(_from_returns(fwd, f"{h}s", dead_band_bps))
+    return out
+

@@ -31,41 +31,39 @@ import httpx
 import numpy as np
 import orjson
 import ray
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from scipy.stats import ks_2samp
 
-from tickray.config import Settings
+from tickray.config import Settings, StrictModel
 from tickray.errors import ConfigError
+from tickray.research.rows import NS, load_rows
 from tickray.training import registry
 from tickray.training.config import load_job_config, parse_config
-from tickray.training.data import NS, load_rows
 from tickray.training.metrics import classification_metrics
 
 log = logging.getLogger("tickray.monitor")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
-class CurrentConfig(_Strict):
+class CurrentConfig(StrictModel):
     source: Literal["lake", "redis"] = "lake"
     window_s: int = Field(3600, gt=0)  # lake: the latest seconds of the feature lake
     min_rows: int = Field(200, ge=10)  # fewer current rows than this: no verdict yet
 
 
-class DriftRule(_Strict):
+class DriftRule(StrictModel):
     ks_pvalue: float = Field(0.05, gt=0, lt=1)  # a feature drifts when KS p < this ...
     psi: float = Field(0.25, gt=0)  # ... and its PSI is above this (large samples make tiny shifts significant)
     min_features: int = Field(1, ge=1)  # how many drifting features make an alert
 
 
-class AccuracyRule(_Strict):
+class AccuracyRule(StrictModel):
     min_auc: float = Field(0.52, gt=0, lt=1)
     horizon_s: int | None = None  # default: the model's first horizon
 
 
-class RetrainConfig(_Strict):
+class RetrainConfig(StrictModel):
     enabled: bool = True
     address: str | None = None  # the Ray dashboard (job server); default: the settings' local head
     entrypoint: str = "python jobs/train.py --config jobs/configs/train-synthetic.yaml"
@@ -74,7 +72,7 @@ class RetrainConfig(_Strict):
     cooldown_s: float = Field(3600, ge=0)
 
 
-class MonitorConfig(_Strict):
+class MonitorConfig(StrictModel):
     model: str = "tickray-ensemble"
     alias: str = registry.CHAMPION
     symbols: list[str] = Field(default_factory=list)  # empty: the model's training symbols

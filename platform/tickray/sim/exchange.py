@@ -40,10 +40,12 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from tickray.book import BookSync, DepthUpdate
+from tickray.market.book import BookSync, DepthUpdate
+from tickray.market.venues import BINANCE_STREAM_MARKETS
 from tickray.sources.binance import iter_capture, iter_rest_snapshots, symbol_from_filename
 
-REST_PATH = re.compile(r"^/(?:fapi/v1|dapi/v1|api/v3)/(depth|aggTrades|historicalTrades|time)$")
+REST_PATH = re.compile(r"^(?:" + "|".join(re.escape(m.rest_prefix) for m in BINANCE_STREAM_MARKETS.values())
+                       + r")/(depth|aggTrades|historicalTrades|time)$")
 REST_LIMIT_MAX = 1000
 
 

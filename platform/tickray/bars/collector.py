@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
@@ -39,11 +39,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tickray import lake
-from tickray.bars import MINUTE_NS, clean_minutes
+from tickray.bars.build import MINUTE_NS, clean_minutes
 from tickray.errors import TickrayError
-from tickray.kline_venue import binance_kline_weight
-from tickray.schema import BAR
-from tickray.validate import check_bars
+from tickray.lake.schema import BAR
+from tickray.lake.validate import check_bars
+from tickray.market.venues import KLINE_ENDPOINTS, UPBIT_CANDLE_WEIGHT, binance_kline_weight
 
 log = logging.getLogger(__name__)
 DAY_MINUTES = 1440
@@ -59,6 +59,7 @@ class VenueBanned(CollectError):
 
 @dataclass(frozen=True)
 class Venue:
+    """A kline endpoint (its rules: :data:`tickray.market.venues.KLINE_ENDPOINTS`) and how this client asks it."""
     name: str
     base_url: str
     dialect: str  # "binance" or "upbit"
@@ -72,11 +73,7 @@ class Venue:
     timeout_s: float = 10.0
 
 
-VENUES = {
-    "binance-usdm": Venue("binance-usdm", "https://fapi.binance.com", "binance", "/fapi/v1/klines", 1500, 2400),
-    "binance-spot": Venue("binance-spot", "https://api.binance.com", "binance", "/api/v3/klines", 1000, 6000),
-    "upbit": Venue("upbit", "https://api.upbit.com", "upbit", "/v1/candles/minutes/1", 200, 10, window_s=1.0),
-}
+VENUES = {name: Venue(name, **asdict(ep)) for name, ep in KLINE_ENDPOINTS.items()}
 
 
 def venue(name: str, base_url: str = "", **overrides) -> Venue:
@@ -94,7 +91,7 @@ def _request(v: Venue, symbol: str, lo: int, n: int) -> tuple[dict, int]:
         return ({"symbol": symbol, "interval": "1m", "startTime": lo * 60_000,
                  "endTime": (lo + n - 1) * 60_000, "limit": n}, binance_kline_weight(n))
     to = dt.datetime.fromtimestamp((lo + n) * 60, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return {"market": symbol, "to": to, "count": n}, 1
+    return {"market": symbol, "to": to, "count": n}, UPBIT_CANDLE_WEIGHT
 
 
 def _parse(v: Venue, symbol: str, rows: list) -> pa.Table:

@@ -6,7 +6,7 @@ memory is bounded by the largest input, never by the dataset, and nothing passes
 store but counts. Bad rows go to ``<root>/quarantine/<dataset>/`` with ``reason`` and ``source``
 columns and are counted. Every input is its own unit of failure: one that cannot be read is reported in
 one line (its traceback in a log file) and leaves nothing behind, and the others land regardless.
-Partitions are then swapped into the lake atomically (see lake.py).
+Partitions are then swapped into the lake atomically (see tickray.lake).
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ import ray
 
 from tickray import lake
 from tickray.errors import DataFormatError
-from tickray.runtime import one_stage_execution
-from tickray.schema import TS
+from tickray.lake.schema import TS
+from tickray.lake.validate import check_bars, check_book, check_open_interest, check_trades
+from tickray.ops.runtime import one_stage_execution
 from tickray.sources import binance, cme, generic, lake_parquet, lobster
-from tickray.validate import check_bars, check_book, check_open_interest, check_trades
 
 # Inputs above this are read by several tasks: a Parquet file one run of row groups each, a plain CSV of
 # trades one byte range (of whole lines) each. The checks that span rows (time order, duplicate ids)

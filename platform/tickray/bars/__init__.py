@@ -1,0 +1,1 @@
+"""Bars: built from trades, resampled, cached in layers, kept live, screened and collected."""

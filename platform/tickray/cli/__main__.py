@@ -1,0 +1,7 @@
+"""`python -m tickray.cli`."""
+
+import sys
+
+from tickray.cli import main
+
+sys.exit(main())

@@ -1,0 +1,59 @@
+"""`tickray generate`, `ingest`, `features`: data in, and the features computed from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tickray.cli.args import symbols_arg
+
+
+def cmd_generate(args, settings) -> None:
+    import time
+
+    from tickray.sim.synth import generate
+
+    t = time.perf_counter()
+    files = generate(Path(args.out), args.symbols, args.days, args.seed, trades_per_day=args.trades_per_day)
+    print(f"{files.n_trades:,} trades and {files.n_depth_events:,} depth updates in "
+          f"{time.perf_counter() - t:.1f}s:")
+    for p in files.all():
+        print(f"  {p}")
+
+
+def cmd_ingest(args, settings) -> int:
+    from tickray.ingest.job import PARTIAL_EXIT, ingest
+    from tickray.ops.runtime import connect_ray
+
+    connect_ray(settings)
+    rep = ingest([Path(p) for p in args.inputs], Path(args.lake or settings.lake_path), levels=args.levels)
+    print("\n".join(rep.lines()))
+    print(f"done in {rep.seconds:.1f}s")
+    return PARTIAL_EXIT if rep.failed else 0
+
+
+def cmd_features(args, settings) -> None:
+    from tickray.features.job import build_features
+    from tickray.ops.runtime import connect_ray
+
+    connect_ray(settings)
+    print("\n".join(build_features(Path(args.lake or settings.lake_path)).lines()))
+
+
+def register(sub) -> None:
+    s = sub.add_parser("generate", help="write a synthetic market in Binance's real file formats")
+    s.add_argument("--symbols", type=symbols_arg, default=["BTCUSDT", "ETHUSDT"], help="comma-separated")
+    s.add_argument("--days", type=int, default=1)
+    s.add_argument("--seed", type=int, default=7)
+    s.add_argument("--trades-per-day", type=int, default=200_000, help="per symbol")
+    s.add_argument("--out", required=True, help="output folder")
+    s.set_defaults(fn=cmd_generate)
+
+    s = sub.add_parser("ingest", help="ingest files or folders into the Parquet lake with Ray Data")
+    s.add_argument("inputs", nargs="+", help="files or folders (aggTrades, klines, bookDepth, WS captures)")
+    s.add_argument("--lake", help="lake root (default: settings lake_root)")
+    s.add_argument("--levels", type=int, default=10, help="book levels kept per side")
+    s.set_defaults(fn=cmd_ingest)
+
+    s = sub.add_parser("features", help="compute features and labels for every lake partition with Ray Data")
+    s.add_argument("--lake", help="lake root (default: settings lake_root)")
+    s.set_defaults(fn=cmd_features)

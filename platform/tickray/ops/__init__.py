@@ -1,0 +1,1 @@
+"""Running tickray: the local stack, the Ray runtime every job connects through, cluster configs."""

@@ -1,0 +1,1 @@
+"""What every model consumer reads: rows (features, validity, labels) and their splits."""
