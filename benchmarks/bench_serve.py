@@ -42,7 +42,8 @@ from tickray.serving.app import deploy
 from tickray.serving.config import ServeConfig
 from tickray.serving.security import hash_key
 from tickray.sim.exchange import ReplayExchange
-from tickray.stream.actor import StreamIngestActor, forget, wait_for_messages
+from tickray.stream.actor import StreamIngestActor, wait_for_messages
+from tickray.stream.keys import forget
 
 HERE = Path(__file__).resolve().parent
 KEY = "tk_bench_key"

@@ -24,7 +24,8 @@ import tickray  # noqa: F401  (sets RAY_AUTH_MODE before Ray starts)
 from tickray.config import Settings
 from tickray.ops import stack
 from tickray.sim.exchange import ReplayExchange
-from tickray.stream.actor import StreamIngestActor, forget
+from tickray.stream.actor import StreamIngestActor
+from tickray.stream.keys import forget
 
 STREAMS = ("depth@0ms", "trade", "bookTicker")
 

@@ -19,7 +19,7 @@ import redis
 from conftest import REPO
 from tickray.config import Settings
 from tickray.research.rows import NS, load_rows
-from tickray.stream.actor import FEATURES_KEY
+from tickray.stream.keys import FEATURES_KEY
 from tickray.training import registry
 from tickray.training.config import parse_config
 from tickray.training.models import fit_logistic

@@ -26,7 +26,9 @@ from tickray.serving.features import LiveFeatures
 from tickray.serving.realised import RealisedAccuracy, pool
 from tickray.serving.security import hash_key, sign_jwt
 from tickray.sim.exchange import ReplayExchange
-from tickray.stream.actor import ConnectorOptions, StreamIngestActor, forget, wait_for_messages
+from tickray.stream.actor import StreamIngestActor, wait_for_messages
+from tickray.stream.context import ConnectorOptions
+from tickray.stream.keys import forget
 from tickray.training import registry
 
 KEY = "tk_test_key"

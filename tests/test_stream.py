@@ -25,7 +25,9 @@ from tickray.lake import partitions, read_partition
 from tickray.ops.stack import redis_client
 from tickray.sim.exchange import Faults, ReplayExchange
 from tickray.sources.binance import read_ws_capture
-from tickray.stream.actor import (
+from tickray.stream.actor import StreamIngestActor, wait_for_messages
+from tickray.stream.context import ConnectorOptions
+from tickray.stream.keys import (
     CHECKPOINT_KEY,
     CLOSED_BARS_STREAM,
     FEATURES_HISTORY,
@@ -33,10 +35,7 @@ from tickray.stream.actor import (
     LIVE_BARS_KEY,
     QUARANTINE_STREAM,
     STATE_KEY,
-    ConnectorOptions,
-    StreamIngestActor,
     forget,
-    wait_for_messages,
 )
 from tickray.stream.supervisor import SPECS_KEY, ConnectorSpec, StreamSupervisor
 
@@ -84,12 +83,12 @@ def test_live_features_equal_batch_features(ray_cluster, settings, capture, monk
     assert stats["messages"]["received"] == len(wanted), stats["messages"]
     assert stats["book"]["BTCUSDT"]["gaps"] == 0 and not stats["quarantined"]
     assert stats["features_published"]["BTCUSDT"] > 100, stats
-    # Lag is measured on the replayed market's clock (2024-07-18), which runs at the replay's pace: not years,
-    # and no more than the recorded transit plus a few of our milliseconds at 30x.
+    # Lag is measured on the replayed market's clock (2024-07-18), which runs at the replay's pace: not years
+    # (the bug was 75e9 ms), but the recorded transit plus our own delay times 30 (a loaded machine's 1 s: 30 s).
     clock = stats["clock"]
     assert clock["source"] and abs(clock["rate"] - SPEED) < 0.2 * SPEED, clock
     assert abs(clock["offset_ms"]) > 3e10, clock  # the market is more than a year behind our wall clock
-    assert 0 <= stats["lag_ms"]["BTCUSDT"] < 5_000, stats["lag_ms"]
+    assert 0 <= stats["lag_ms"]["BTCUSDT"] < 60_000, stats["lag_ms"]
     doc = orjson.loads(r.get(FEATURES_KEY.format(symbol="BTCUSDT")))
     cap = read_ws_capture(capture)
     grid = grid_from_events(cap.trades, cap.book.book)

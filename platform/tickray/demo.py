@@ -29,7 +29,8 @@ from tickray.serving.app import deploy
 from tickray.serving.config import ServeConfig
 from tickray.sim.exchange import ReplayExchange
 from tickray.sim.synth import generate
-from tickray.stream.actor import StreamIngestActor, forget, wait_for_messages
+from tickray.stream.actor import StreamIngestActor, wait_for_messages
+from tickray.stream.keys import forget
 from tickray.training.config import parse_config
 from tickray.training.pipeline import run_training
 

@@ -77,7 +77,7 @@ def _live_bars(symbols: list[str], settings) -> None:
     import pandas as pd
 
     from tickray.ops.stack import redis_client
-    from tickray.stream.actor import LIVE_BARS_KEY
+    from tickray.stream.keys import LIVE_BARS_KEY
 
     r = redis_client(settings)
     rows = [{"timeframe": tf.decode(), **orjson.loads(v)} for s in symbols

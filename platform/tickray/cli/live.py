@@ -43,7 +43,7 @@ def cmd_stream(args, settings) -> None:
     from tickray.ops import stack
     from tickray.ops.runtime import connect_ray
     from tickray.ops.stack import redis_client
-    from tickray.stream.actor import forget
+    from tickray.stream.keys import forget
     from tickray.stream.supervisor import ConnectorSpec, find_supervisor, supervisor
 
     if not (settings.ray_address or stack.ray_head_address(settings)):

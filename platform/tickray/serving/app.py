@@ -41,7 +41,7 @@ from tickray.serving.features import FeatureError, LiveFeatures, Reading, doc_pr
 from tickray.serving.models import Inputs, ModelVersions, bases_of, combine, describe
 from tickray.serving.realised import RealisedAccuracy, RecentMids
 from tickray.serving.security import Authenticator, AuthError, RateLimiter
-from tickray.stream.actor import FEATURES_CHANNEL, FEATURES_HISTORY, FEATURES_KEY
+from tickray.stream.keys import FEATURES_CHANNEL, FEATURES_HISTORY, FEATURES_KEY
 from tickray.training import registry
 from tickray.training.ensemble import Ensemble
 

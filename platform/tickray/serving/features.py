@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
-from tickray.stream.actor import FEATURES_HISTORY, FEATURES_KEY
+from tickray.stream.keys import FEATURES_HISTORY, FEATURES_KEY
 
 
 class FeatureError(Exception):

@@ -22,7 +22,9 @@ import ray
 import redis.asyncio as aioredis
 
 from tickray.errors import ConfigError
-from tickray.stream.actor import ConnectorOptions, StreamIngestActor, log_event
+from tickray.stream.actor import StreamIngestActor
+from tickray.stream.context import ConnectorOptions
+from tickray.stream.telemetry import log_event
 
 NAMESPACE = "tickray"
 SUPERVISOR = "tickray-stream-supervisor"

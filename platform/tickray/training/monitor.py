@@ -169,7 +169,7 @@ class Monitor:
     def _sample_redis(self, symbols: list[str], features: list[str]) -> None:
         import redis
 
-        from tickray.stream.actor import FEATURES_KEY
+        from tickray.stream.keys import FEATURES_KEY
 
         r = redis.Redis.from_url(self.settings.redis_url)
         for sym, body in zip(symbols, r.mget([FEATURES_KEY.format(symbol=s) for s in symbols])):
