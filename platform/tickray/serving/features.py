@@ -117,3 +117,26 @@ class LiveFeatures:
             earlier = [fields[b"doc"] for _, fields in replies[i * step + 1]] if window > 1 else []
             out[s] = Reading(s, _checked_latest(s, doc, self.names, self.version), earlier, self.names)
         return out
+
+
+async def freshness(redis_async, stale_after_s: float) -> dict[str, dict]:
+    """Every published symbol's feature age and stale flag, or why its row is unusable (for health)."""
+    fresh = {}
+    async for key in redis_async.scan_iter(match=FEATURES_KEY.format(symbol="*"), count=1000):
+        symbol = key.decode().rsplit(":", 1)[1]
+        if key.decode() != FEATURES_KEY.format(symbol=symbol):
+            continue  # the history streams share the prefix
+        raw = await redis_async.get(key)
+        if raw is None:
+            continue
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            doc = None
+        problem = doc_problem(doc) if doc is not None else "not JSON"
+        if problem:
+            fresh[symbol] = {"unusable": problem}
+            continue
+        age = time.time() - doc["published_at"]
+        fresh[symbol] = {"age_s": round(age, 3), "stale": age > stale_after_s}
+    return fresh

@@ -1,5 +1,6 @@
-"""Who may call the API and how often: API keys kept as SHA-256 digests, HS256 JWT bearer tokens, and a
-per-caller sliding-window rate limit kept in Redis (so every replica counts against the same window).
+"""Who may call the API and how often: API keys kept as SHA-256 digests, HS256 JWT bearer tokens, a
+per-caller sliding-window rate limit kept in Redis (so every replica counts against the same window), and
+the bound on request bodies; ``Guard`` applies them all at the gateway's door.
 """
 
 from __future__ import annotations
@@ -7,10 +8,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import secrets
 import time
+from typing import TYPE_CHECKING
 
 import orjson
+
+from tickray.serving.api import ApiError
+
+if TYPE_CHECKING:  # the config checks keys with hash_key from here
+    from tickray.serving.config import ServeConfig
 
 KEY_HEADER = "x-api-key"
 
@@ -123,3 +131,40 @@ class RateLimiter:
         wait_ms = await self.script(keys=[self.prefix + caller],
                                     args=[now_ms, self.window_ms, self.requests, f"{now_ms}:{secrets.token_hex(4)}"])
         return int(wait_ms) / 1000
+
+
+class Guard:
+    """The gateway's door: who the caller is, whether their window has room, and how large a body may be.
+    Refusals are ApiErrors (401, 429, 413) that the API answers as JSON."""
+
+    def __init__(self, cfg: ServeConfig, redis_async):
+        self.auth = Authenticator(cfg.api_keys_sha256, cfg.jwt_secret)
+        self.rate_limit, self.max_body_bytes = cfg.rate_limit, cfg.max_body_bytes
+        self.limiter = RateLimiter(redis_async, cfg.rate_limit.requests, cfg.rate_limit.window_s) \
+            if cfg.rate_limit else None
+
+    async def admit(self, headers, query=None) -> str:
+        """The caller's identity, once they are known and within their rate limit."""
+        try:
+            caller = self.auth.identify(headers, query)
+        except AuthError as e:
+            raise ApiError(401, str(e), {"WWW-Authenticate": "Bearer"}) from None
+        if self.limiter is not None:
+            wait = await self.limiter.retry_after_s(caller)
+            if wait:
+                raise ApiError(429, f"rate limit of {self.rate_limit.requests} requests per "
+                                    f"{self.rate_limit.window_s:g}s exceeded", {"Retry-After": str(math.ceil(wait))})
+        return caller
+
+    async def body(self, request) -> bytes:
+        """The request's body, refused as soon as it is known to be over the limit."""
+        limit = self.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise ApiError(413, f"body of {declared} bytes is over the limit of {limit}")
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise ApiError(413, f"body is over the limit of {limit} bytes")
+        return body
