@@ -139,22 +139,28 @@ def start_redis(settings: Settings, timeout_s: float = 10.0) -> ServiceState:
 
 
 def _stop_pidfile(pidfile: Path, timeout_s: float = 30.0, group: bool = False) -> bool:
+    """Stop the process a pidfile names: SIGTERM, then SIGKILL after ``timeout_s``. With ``group`` the
+    process leads a group (`ray start --block`): the leader alone gets SIGTERM, since it stops its
+    children in order (raylet before GCS; a raylet that loses its GCS first hangs on), and whatever of
+    the group is left when it is gone is killed."""
     pid = _read_pid(pidfile)
     if pid is None:
         pidfile.unlink(missing_ok=True)
         return False
     try:
-        if group:
-            os.killpg(pid, signal.SIGTERM)
-        else:
-            os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         pass
     deadline = time.monotonic() + timeout_s
     while _pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    if _pid_alive(pid):
-        (os.killpg if group else os.kill)(pid, signal.SIGKILL)
+    try:
+        if group:
+            os.killpg(pid, signal.SIGKILL)
+        elif _pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
     pidfile.unlink(missing_ok=True)
     return True
 
@@ -288,7 +294,11 @@ def start_ray_head(settings: Settings, timeout_s: float = 90.0, autoscaling_conf
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"),
                  # A job's bare `python` is found on the head's PATH: make it this environment's.
-                 "PATH": f"{ray_exe.parent}{os.pathsep}{os.environ.get('PATH', '')}", **extra_env},
+                 "PATH": f"{ray_exe.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+                 # On SIGTERM Ray drains the node for up to 30 s so that Serve can move replicas to other
+                 # nodes; `tickray down` stops the whole local cluster, where there is nowhere to move to.
+                 "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": os.environ.get("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0"),
+                 **extra_env},
         )
     (run / "ray.pid").write_text(str(proc.pid))
     address = f"127.0.0.1:{settings.ray_port}"
