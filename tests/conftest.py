@@ -106,6 +106,18 @@ def trained(market_lake, mlflow_store):
     return report
 
 
+# Under `make test` the suite runs on two pytest-xdist workers, each with its own Ray cluster and Redis.
+# Tests that read the session's trained artefacts go to one worker, which builds them once; the other
+# tests stay together by module, with their module fixtures.
+SHARED_ARTEFACTS = {"market", "market_lake", "mlflow_store", "trained"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        group = "artefacts" if SHARED_ARTEFACTS & set(item.fixturenames) else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 def stack_env(state_dir: Path, **extra: str) -> dict[str, str]:
     """TICKRAY_* settings for a stack of its own: its state folder and a free port for every service."""
     return {"TICKRAY_STATE_DIR": str(state_dir), "TICKRAY_REDIS_PORT": str(free_port()),
