@@ -112,6 +112,7 @@ def trained(market_lake, mlflow_store):
 SHARED_ARTEFACTS = {"market", "market_lake", "mlflow_store", "trained"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
         group = "artefacts" if SHARED_ARTEFACTS & set(item.fixturenames) else item.nodeid.split("::")[0]
@@ -147,12 +148,13 @@ def ray_head(tmp_path):
 
 def ray_job(env: dict[str, str], verb: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """`ray job VERB …` against the head of ``ray_head`` (``env``), as a user runs it; retried while the
-    head's job agent is still registering (a few seconds after its ports open)."""
+    head's job agent is still registering or starting to listen (a few seconds after the head's ports open;
+    longer on a loaded machine): the head answers that it has no agent, or that the agent hung up."""
     cmd = [str(Path(sys.executable).with_name("ray")), "job", verb,
            "--address", f"http://127.0.0.1:{env['TICKRAY_DASHBOARD_PORT']}", *args]
     for _ in range(30):
         r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False)
-        if "No available agent to submit job" not in r.stderr:
+        if not any(m in r.stderr for m in ("No available agent to submit job", "ServerDisconnectedError")):
             return r
         time.sleep(2)
     return r

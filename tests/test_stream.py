@@ -201,6 +201,14 @@ def test_the_venues_book_ticker_agrees_with_the_book_over_a_session(ray_cluster,
     assert sum(check[k] for k in ("checked", "unobservable", "unjudged", "waiting")) == stats["messages"]["bookTicker"]
 
 
+def wait_for_checkpoint(r, symbol: str, timeout_s: float = 30.0) -> None:
+    """Until the symbol's connector has written a checkpoint to resume from."""
+    deadline = time.monotonic() + timeout_s
+    while r.get(CHECKPOINT_KEY.format(symbol=symbol)) is None:
+        assert time.monotonic() < deadline, f"no checkpoint of {symbol} within {timeout_s:.0f}s"
+        time.sleep(0.1)
+
+
 def _settle(actor, exchange, timeout_s: float = 120.0) -> dict:
     """Once the market has replayed everything, the actor's stats when it has nothing left to do."""
     assert exchange.finished.wait(timeout_s), "the replay did not finish"
@@ -436,7 +444,7 @@ def test_a_killed_connector_comes_back_by_itself_with_its_feature_look_backs(ray
     try:
         first = wait_for_messages(actor, 4500, timeout_s=60)  # past the first minute: 60 s look-backs defined
         assert first["connected"] and first["trades"]["BTCUSDT"] > 0
-        time.sleep(0.6)  # past a checkpoint
+        wait_for_checkpoint(r, "BTCUSDT")
         exchange.speed = 5.0  # the rest of the session outlasts the restart
         killed_at = time.time()
         ray.kill(actor, no_restart=False)
@@ -541,7 +549,7 @@ def test_the_supervisor_replaces_a_lost_connector_which_resumes_from_its_checkpo
             ray.get(sup.start_connector.remote(asdict(spec)))
         first = ray.get_actor("tickray-stream-lost", namespace="tickray")
         wait_for_messages(first, 4000, timeout_s=60)
-        time.sleep(0.6)  # past a checkpoint
+        wait_for_checkpoint(r, "BTCUSDT")
         ray.kill(first, no_restart=True)
         deadline = time.monotonic() + 60
         while (health := ray.get(sup.health.remote())["lost"])["restarts"] < 1 or health["status"] != "ok":
