@@ -30,7 +30,8 @@ from tickray.errors import DataFormatError
 from tickray.lake.schema import TS
 from tickray.lake.validate import check_bars, check_book, check_open_interest, check_trades
 from tickray.ops.runtime import one_stage_execution
-from tickray.sources import binance, cme, generic, lake_parquet, lobster
+from tickray.sources import binance, formats, generic, lake_parquet
+from tickray.sources.formats import Rows
 
 # Inputs above this are read by several tasks: a Parquet file one run of row groups each, a plain CSV of
 # trades one byte range (of whole lines) each. The checks that span rows (time order, duplicate ids)
@@ -40,62 +41,22 @@ SHARD_BYTES = 256 * 2**20
 DATASETS = {"trades": check_trades, "book": check_book, "bars_1m": check_bars, "open_interest": check_open_interest}
 
 
-def classify(path: Path) -> str | None:
-    name = path.name.lower()
-    if "aggtrades" in name:
-        return "agg_trades"
-    if "-trades-" in name:
-        return "trades"
-    if "-bookticker-" in name:
-        return "book_ticker"
-    if name.endswith(".parquet"):
-        return "lake_parquet"
-    if "bookdepth" in name or "-depth-" in name:
-        return "book_depth"
-    if "-1m-" in name:
-        return "klines"
-    if name.endswith(".gz") and name.split("_")[0] in ("usdm", "spot", "cm"):
-        return "ws_capture"
-    if ".ws." in name and name.endswith((".txt", ".jsonl")):
-        return "cryptofeed_ws"
-    if ".http." in name and name.endswith(".txt"):
-        return "cryptofeed_http"  # read with its .ws. twin
-    if "_message_" in name and name.endswith(".csv"):
-        return "lobster"
-    if "_orderbook_" in name and name.endswith(".csv"):
-        return "lobster_orderbook"  # read with its message twin
-    if "mbp-1" in name and name.endswith((".csv", ".csv.gz")):
-        return "databento_mbp1"
-    if "_1min_bars_" in name and name.endswith((".csv", ".csv.gz")):
-        return "bars_csv"
-    return None
-
-
-KIND_DATASETS = {
-    "agg_trades": ["trades"], "book_depth": ["book"], "klines": ["bars_1m"], "ws_capture": ["trades", "book"],
-    "cryptofeed_ws": ["trades", "book"], "lobster": ["trades", "book"], "databento_mbp1": ["trades", "book"],
-    "bars_csv": ["bars_1m"], "trades": ["trades"], "book_ticker": ["book"],
-}
-
-
-def _cryptofeed_snapshots(ws_path: Path) -> Path | None:
-    """BINANCE_FUTURES.ws.1.0.txt → BINANCE_FUTURES.http.0.0.txt beside it (its REST log)."""
-    exchange = ws_path.name.split(".ws.")[0]
-    found = sorted(ws_path.parent.glob(f"{exchange}.http.*.txt"))
-    return found[0] if found else None
-
-
 def _is_twin_of_consumed(f: Path, files: set[Path]) -> str | None:
     """Why a file is read through another one (so it is neither ingested twice nor 'unknown')."""
-    kind = classify(f)
+    kind = _kind(f)
     if kind == "cryptofeed_ws" and f.suffix == ".jsonl" and f.with_suffix(".txt") in files:
         return f"same capture as {f.with_suffix('.txt').name}"
-    if kind == "cryptofeed_http" and any(classify(g) == "cryptofeed_ws" and _cryptofeed_snapshots(g) == f
+    if kind == "cryptofeed_http" and any(_kind(g) == "cryptofeed_ws" and formats.cryptofeed_snapshots(g) == f
                                           for g in files):
         return "read with its WebSocket capture"
     if kind == "lobster_orderbook" and Path(str(f).replace("_orderbook_", "_message_")) in files:
         return "read with its message file"
     return None
+
+
+def _kind(f: Path) -> str | None:
+    fmt = formats.detect(f)
+    return fmt.kind if fmt else None
 
 
 def capture_sessions(files: list[Path]) -> list[list[Path]]:
@@ -187,81 +148,48 @@ def discover(inputs: list[Path], levels: int = 10, shard_bytes: int = SHARD_BYTE
         if f.stat().st_size == 0:
             skipped.append(f"{f} (empty file)")
             continue
-        kind = classify(f)
+        fmt = formats.detect(f)
         twin = _is_twin_of_consumed(f, present)
         if twin:
             skipped.append(f"{f} ({twin})")
-        elif kind == "lake_parquet":
+        elif fmt is None or (fmt.read is None and fmt.kind != "lake_parquet"):
+            skipped.append(f"{f} (no known format)")
+        elif fmt.kind == "lake_parquet":
             try:
                 dataset = lake_parquet.dataset_of(f, levels)
-                found += [Input(kind, (str(f),), (dataset,), shard=shard)
+                found += [Input(fmt.kind, (str(f),), (dataset,), shard=shard)
                           for shard in lake_parquet.row_group_shards(f, shard_bytes)]
             except Exception as e:  # noqa: BLE001
                 failed.append(Failure(str(f), failure_line(e), traceback.format_exc()))
-        elif kind in ("agg_trades", "trades"):
-            found += [Input(kind, (str(f),), tuple(KIND_DATASETS[kind]), shard=shard)
-                      for shard in binance.byte_range_shards(f, shard_bytes)]
-        elif kind == "ws_capture":
+        elif fmt.kind == "ws_capture":
             captures.append(f)
-        elif kind not in KIND_DATASETS:
-            skipped.append(f"{f} (no known format)")
         else:
-            found.append(Input(kind, (str(f),), tuple(KIND_DATASETS[kind])))
-    found += [Input("ws_capture", tuple(str(f) for f in session), tuple(KIND_DATASETS["ws_capture"]))
+            shards = binance.byte_range_shards(f, shard_bytes) if fmt.byte_shards else [None]
+            found += [Input(fmt.kind, (str(f),), fmt.datasets, shard=shard) for shard in shards]
+    found += [Input("ws_capture", tuple(str(f) for f in session), formats.BY_KIND["ws_capture"].datasets)
               for session in capture_sessions(captures)]
     return found, skipped, failed
 
 
-Rows = dict[str, tuple[pa.Table, list]]  # dataset → (rows, events that could not become rows)
-
-
-def _capture_rows(cap: binance.CaptureRead, notes: list[str]) -> Rows:
-    notes += cap.notes()
-    # unusable messages are counted once, with the trades
-    return {"trades": (cap.trades, [(t // 1_000_000, sym, why) for t, sym, why, _ in cap.quarantine]),
-            "book": (cap.book.book, cap.book.dropped)}
-
-
 def read_input(item: Input, levels: int = 10, notes: list[str] | None = None) -> Rows:
     """Read an input once, into the rows of every dataset it feeds, and for each the events that could
-    not become rows: (ts ms, symbol, reason). What a reader of the lake should know about the input (a
-    unit told from the data, messages kept in no dataset) is added to ``notes``."""
-    kind, paths = item.kind, [Path(p) for p in item.paths]
-    notes = [] if notes is None else notes
-    if kind == "ws_capture":
-        return _capture_rows(binance.read_ws_capture(paths, levels), notes)
-    (path,) = paths
-    if kind == "generic":
+    not become rows: (ts ms, symbol, reason). What a reader of the lake should know about the input is
+    added to ``notes``."""
+    path = Path(item.paths[0])
+    if item.kind == "generic":
         tables = generic.read_generic(path, generic.load_schema(Path(item.schema)), levels)
         return {dataset: (t, []) for dataset, t in tables.items()}
-    if kind == "agg_trades":
-        return {"trades": (binance.read_agg_trades(path, byte_range=item.shard), [])}
-    if kind == "klines":
-        return {"bars_1m": (binance.read_klines(path), [])}
-    if kind == "trades":
-        return {"trades": (binance.read_trades(path, byte_range=item.shard), [])}
-    if kind == "book_ticker":
-        return {"book": (binance.read_book_ticker(path, levels), [])}
-    if kind == "lake_parquet":
+    if item.kind == "lake_parquet":
         (dataset,) = item.datasets
         return {dataset: (lake_parquet.read_lake_parquet(path, dataset, levels, item.shard), [])}
-    if kind == "bars_csv":
-        return {"bars_1m": (cme.read_bars_csv(path), [])}
-    if kind == "book_depth":
-        rebuilt = binance.rebuild_book_depth(path, levels)
-        return {"book": (rebuilt.book, rebuilt.dropped)}
-    if kind == "cryptofeed_ws":
-        snaps = _cryptofeed_snapshots(path)
-        if snaps is None:
-            raise DataFormatError(f"{path}: no REST snapshot log (<exchange>.http.*.txt) beside it")
-        return _capture_rows(binance.read_ws_capture(path, levels, snapshots=snaps), notes)
-    if kind == "lobster":
-        trades, book, unknown = lobster.read_lobster(path, levels)
-        return {"trades": (trades, []), "book": (book, unknown)}
-    if kind == "databento_mbp1":
-        trades, book = cme.read_mbp1(path, levels)
-        return {"trades": (trades, []), "book": (book, [])}
-    raise DataFormatError(f"{path}: unknown file kind {kind!r}")
+    fmt = formats.BY_KIND.get(item.kind)
+    if fmt is None or fmt.read is None:
+        raise DataFormatError(f"{path}: unknown file kind {item.kind!r}")
+    unit = formats.Unit([Path(p) for p in item.paths], levels, item.shard)
+    rows = fmt.read(unit)
+    if notes is not None:
+        notes += unit.notes
+    return rows
 
 
 def _dropped_rows(dropped: list, schema: pa.Schema) -> pa.Table:

@@ -23,6 +23,9 @@ BAR = pa.schema([
     ("buy_volume", pa.float64()),  # taker buy volume; null where the vendor does not give it
 ])
 
+OPEN_INTEREST = pa.schema([("ts", TS), ("symbol", pa.string()), ("open_interest", pa.float64())])
+
+
 def book_schema(levels: int) -> pa.Schema:
     """Top-N book: price and size per level and side, plus the order count where the venue gives it
     (CME, LOBSTER-style feeds; null for Binance). One schema for every venue, so one lake dataset."""

@@ -26,6 +26,7 @@ from pyarrow import csv as pacsv
 from tickray.errors import DataFormatError
 from tickray.lake.schema import BAR, TRADE, TS, conform_book
 from tickray.market.book import BookSync, DepthUpdate
+from tickray.sources.book_rows import TopNWriter
 
 AGG_TRADE_COLUMNS = ["agg_trade_id", "price", "qty", "first_trade_id", "last_trade_id", "time",
                      "is_buyer_maker", "is_best_match"]
@@ -193,32 +194,6 @@ class BookRebuild:
     dropped: list[tuple[int, str, str]] = field(default_factory=list)  # (ts ms, symbol, reason)
 
 
-class TopNWriter:
-    """Book states as rows of the lake's ``book`` dataset (the top ``levels`` of each side)."""
-
-    def __init__(self, symbol: str, levels: int):
-        self.symbol, self.levels = symbol, levels
-        self.ts: list[int] = []
-        self.rows: list[list[float]] = []
-
-    def add(self, ts_ns: int, sync: BookSync) -> None:
-        bids, asks = sync.book.top(self.levels)
-        nan = float("nan")
-        pad = [(nan, nan)] * self.levels
-        bids, asks = (bids + pad)[: self.levels], (asks + pad)[: self.levels]
-        self.ts.append(ts_ns)
-        self.rows.append([p for p, _ in bids] + [q for _, q in bids] + [p for p, _ in asks] + [q for _, q in asks])
-
-    def table(self) -> pa.Table:
-        n, k = len(self.rows), self.levels
-        m = np.array(self.rows, dtype=np.float64).reshape(n, 4 * k)
-        names = [f"{side}_{what}_{i}" for side in ("bid", "ask") for what in ("px", "sz") for i in range(1, k + 1)]
-        cols = {name: m[:, j] for j, name in enumerate(names)}
-        cols["ts"] = pa.array(np.array(self.ts, dtype=np.int64)).cast(TS)
-        cols["symbol"] = pa.array([self.symbol] * n, pa.string())
-        return conform_book(cols, n, k)
-
-
 def rebuild_book_depth(path: Path, levels: int = 10) -> BookRebuild:
     """Replay a bookDepth file (``snap`` rows open a book, ``set`` rows are diffs chained by ``pu``)."""
     t = _read_csv(path, DEPTH_COLUMNS)
@@ -233,7 +208,7 @@ def rebuild_book_depth(path: Path, levels: int = 10) -> BookRebuild:
     qty = pc.cast(t["qty"], pa.string()).to_pylist()
     out = TopNWriter(symbol, levels)
     dropped: list[tuple[int, str, str]] = []
-    sync = BookSync(symbol, on_change=lambda ts_ms: out.add(ts_ms * 1_000_000, sync),
+    sync = BookSync(symbol, on_change=lambda ts_ms: out.add(ts_ms * 1_000_000, sync.book),
                     on_drop=lambda up, why: dropped.append((up.ts_ms, symbol, why)))
     # Rows of one event share (timestamp, last_update_id, update_type).
     n = t.num_rows
@@ -349,7 +324,7 @@ class CaptureRead:
 class _SymbolRebuild:
     def __init__(self, symbol: str, levels: int, spot: bool, dropped: list):
         self.out = TopNWriter(symbol, levels)
-        self.sync = BookSync(symbol, spot=spot, on_change=lambda ts_ms: self.out.add(ts_ms * 1_000_000, self.sync),
+        self.sync = BookSync(symbol, spot=spot, on_change=lambda ts_ms: self.out.add(ts_ms * 1_000_000, self.sync.book),
                              on_drop=lambda up, why: dropped.append((up.ts_ms, symbol, why)))
         self.trades: dict[str, list] = {"ts": [], "price": [], "qty": [], "side": [], "trade_id": []}
 

@@ -35,11 +35,10 @@ from pydantic import ValidationError
 
 from tickray.config import StrictModel
 from tickray.errors import DataFormatError
-from tickray.lake.schema import TRADE, TS, conform_book
+from tickray.lake.schema import OPEN_INTEREST, TRADE, TS, conform_book
 from tickray.sources.binance import read_bytes
 
 SCHEMA_SUFFIX = ".tickschema.yaml"
-OPEN_INTEREST = pa.schema([("ts", TS), ("symbol", pa.string()), ("open_interest", pa.float64())])
 _UNITS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
 
 

@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from tickray.lake.schema import TRADE, TS, WS_RAW
 from tickray.market.book import BookSync
-from tickray.sources.binance import TopNWriter
+from tickray.sources.book_rows import TopNWriter
 
 LAKE_BOOK_LEVELS = 10  # as `tickray ingest` rebuilds captures
 
@@ -38,7 +38,7 @@ class ColdBuffer:
             col.append(v)
 
     def on_book(self, ts_ns: int, sync: BookSync) -> None:
-        self.book.add(ts_ns, sync)
+        self.book.add(ts_ns, sync.book)
 
     def take(self) -> dict[str, pa.Table]:
         """The rows gathered since the last call, by dataset (empty ones left out); the buffer starts over."""

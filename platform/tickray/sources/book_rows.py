@@ -1,0 +1,35 @@
+"""Order-book states as rows of the lake's ``book`` dataset: every book source writes them the same way."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from tickray.lake.schema import TS, conform_book
+from tickray.market.book import OrderBook
+
+
+class TopNWriter:
+    """Book states as rows of the lake's ``book`` dataset (the top ``levels`` of each side)."""
+
+    def __init__(self, symbol: str, levels: int):
+        self.symbol, self.levels = symbol, levels
+        self.ts: list[int] = []
+        self.rows: list[list[float]] = []
+
+    def add(self, ts_ns: int, book: OrderBook) -> None:
+        bids, asks = book.top(self.levels)
+        nan = float("nan")
+        pad = [(nan, nan)] * self.levels
+        bids, asks = (bids + pad)[: self.levels], (asks + pad)[: self.levels]
+        self.ts.append(ts_ns)
+        self.rows.append([p for p, _ in bids] + [q for _, q in bids] + [p for p, _ in asks] + [q for _, q in asks])
+
+    def table(self) -> pa.Table:
+        n, k = len(self.rows), self.levels
+        m = np.array(self.rows, dtype=np.float64).reshape(n, 4 * k)
+        names = [f"{side}_{what}_{i}" for side in ("bid", "ask") for what in ("px", "sz") for i in range(1, k + 1)]
+        cols = {name: m[:, j] for j, name in enumerate(names)}
+        cols["ts"] = pa.array(np.array(self.ts, dtype=np.int64)).cast(TS)
+        cols["symbol"] = pa.array([self.symbol] * n, pa.string())
+        return conform_book(cols, n, k)

@@ -1,0 +1,169 @@
+"""Tardis.dev CSV downloads (plain or .gz): one data type per file, ``<exchange>_<data type>_…csv[.gz]``
+as their download client names them (``binance-futures_incremental_book_L2_2020-09-01_BTCUSDT.csv.gz``).
+
+As Tardis.dev documents them: timestamps are µs since the epoch, ``timestamp`` the exchange's (the lake's
+``ts``) and ``local_timestamp`` the moment Tardis received the message; ``exchange`` and ``symbol`` are
+columns, so one file may hold many symbols.
+
+- ``incremental_book_L2`` (``is_snapshot,side,price,amount``): ``amount`` is the level's new size, 0
+  removes it. Rows of one symbol with one ``local_timestamp`` are one update: applied together, one book
+  state. A block of ``is_snapshot`` rows after updates means the book was reset (a reconnect): the book
+  is cleared and rebuilt from it, counted as a resync. Rows before a symbol's first snapshot cannot be
+  applied and are quarantined.
+- ``book_snapshot_N`` (``asks[i].price``, ``asks[i].amount``, ``bids[i].…``), ``quotes`` (best bid and
+  ask): book rows as they are.
+- ``trades`` (``id,side,price,amount``; ``side`` the aggressor, ``unknown`` kept as null and so
+  quarantined by validation).
+- ``derivative_ticker``: its ``open_interest`` into the ``open_interest`` dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyarrow import csv as pacsv
+
+from tickray.errors import DataFormatError
+from tickray.lake.schema import OPEN_INTEREST, TRADE, TS, conform_book
+from tickray.market.book import OrderBook
+from tickray.sources.binance import read_bytes
+from tickray.sources.book_rows import TopNWriter
+
+NAME = re.compile(r"^(?P<exchange>[a-z0-9-]+)_(?P<type>incremental_book_l2|book_snapshot_\d+|trades|quotes|"
+                  r"derivative_ticker)_.+\.csv(\.gz)?$")
+HEAD = ["exchange", "symbol", "timestamp", "local_timestamp"]
+COLUMNS = {
+    "incremental_book_l2": HEAD + ["is_snapshot", "side", "price", "amount"],
+    "trades": HEAD + ["id", "side", "price", "amount"],
+    "quotes": HEAD + ["ask_amount", "ask_price", "bid_price", "bid_amount"],
+    "derivative_ticker": HEAD + ["funding_timestamp", "funding_rate", "predicted_funding_rate", "open_interest",
+                                 "last_price", "index_price", "mark_price"],
+}
+BEFORE_SNAPSHOT = "book update before the symbol's first snapshot"
+TIME_BACKWARDS = "local_timestamp going backwards"
+
+
+def data_type(path: Path) -> str | None:
+    """The Tardis data type a file name says (lower case), or None."""
+    m = NAME.match(Path(path).name.lower())
+    return m["type"] if m else None
+
+
+def _read(path: Path, kind: str) -> pa.Table:
+    """The file's columns, checked against the data type's documented ones (book snapshots: by depth)."""
+    data = read_bytes(path)
+    header = data[: data.find(b"\n")].decode(errors="replace").strip().split(",")
+    expected = COLUMNS.get(kind) or HEAD + [f"{side}[{i}].{what}" for i in range(int(kind.rsplit("_", 1)[1]))
+                                           for side in ("asks", "bids") for what in ("price", "amount")]
+    missing, unknown = set(expected) - set(header), set(header) - set(expected)
+    if missing or unknown:
+        raise DataFormatError(f"{path}: not a Tardis.dev {kind} file: columns missing {sorted(missing)[:6]}, "
+                              f"unknown {sorted(unknown)[:6]}")
+    types = {"exchange": pa.string(), "symbol": pa.string(), "timestamp": pa.int64(), "local_timestamp": pa.int64(),
+             "side": pa.string(), "id": pa.string(), "is_snapshot": pa.bool_(), "funding_timestamp": pa.int64()}
+    try:
+        return pacsv.read_csv(io.BytesIO(data), convert_options=pacsv.ConvertOptions(
+            column_types={c: types.get(c, pa.float64()) for c in header}, strings_can_be_null=False))
+    except pa.ArrowInvalid as e:
+        raise DataFormatError(f"{path}: not a readable Tardis.dev {kind} CSV ({e})") from None
+
+
+def _ts(t: pa.Table, column: str = "timestamp") -> pa.Array:
+    return pc.multiply(t[column], 1000).cast(TS)
+
+
+def read_trades(path: Path) -> pa.Table:
+    t = _read(path, "trades")
+    side = pc.if_else(pc.equal(t["side"], "buy"), 1, pc.if_else(pc.equal(t["side"], "sell"), -1, None))
+    return pa.table({"ts": _ts(t), "symbol": t["symbol"], "price": t["price"], "qty": t["amount"],
+                     "side": pc.cast(side, pa.int8()), "trade_id": trade_ids(t["id"])}, schema=TRADE)
+
+
+def trade_ids(ids: pa.ChunkedArray) -> pa.Array:
+    """The venue's trade ids as integers; ids that are not (UUIDs on some venues) as a stable 63-bit
+    hash of the text, so that duplicates are still found."""
+    text = ids.to_pylist()
+    try:
+        return pa.array([int(s) if s else None for s in text], pa.int64())
+    except ValueError:
+        return pa.array([int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "big") >> 1
+                         if s else None for s in text], pa.int64())
+
+
+def read_book_snapshots(path: Path, kind: str, levels: int) -> pa.Table:
+    t = _read(path, kind)
+    cols = {"ts": _ts(t), "symbol": t["symbol"]}
+    for i in range(min(levels, int(kind.rsplit("_", 1)[1]))):
+        for side, ours in (("bids", "bid"), ("asks", "ask")):
+            cols[f"{ours}_px_{i + 1}"] = t[f"{side}[{i}].price"]
+            cols[f"{ours}_sz_{i + 1}"] = t[f"{side}[{i}].amount"]
+    return conform_book(cols, t.num_rows, levels)
+
+
+def read_quotes(path: Path, levels: int) -> pa.Table:
+    t = _read(path, "quotes")
+    return conform_book({"ts": _ts(t), "symbol": t["symbol"], "bid_px_1": t["bid_price"], "bid_sz_1": t["bid_amount"],
+                         "ask_px_1": t["ask_price"], "ask_sz_1": t["ask_amount"]}, t.num_rows, levels)
+
+
+def read_open_interest(path: Path) -> pa.Table:
+    """The ticker rows that carry an open interest (venues send it on some messages only)."""
+    t = _read(path, "derivative_ticker")
+    t = t.filter(pc.is_valid(t["open_interest"]))
+    return pa.table({"ts": _ts(t), "symbol": t["symbol"], "open_interest": t["open_interest"]}, schema=OPEN_INTEREST)
+
+
+def rebuild_incremental_book(path: Path, levels: int) -> tuple[pa.Table, list[tuple[int, str, str]], dict]:
+    """(book rows, rows that could not be applied as (ts ms, symbol, reason), counters) from an
+    ``incremental_book_L2`` file: one book state per update of each symbol (see the module's rules)."""
+    t = _read(path, "incremental_book_l2")
+    symbols = t["symbol"].to_numpy(zero_copy_only=False)
+    ts = t["timestamp"].to_numpy()
+    local = t["local_timestamp"].to_numpy()
+    snap = t["is_snapshot"].to_numpy(zero_copy_only=False)
+    is_bid = pc.equal(t["side"], "bid").to_numpy(zero_copy_only=False)
+    price, amount = t["price"].to_numpy(), t["amount"].to_numpy()
+    bad_side = ~is_bid & ~pc.equal(t["side"], "ask").to_numpy(zero_copy_only=False)
+    tables, dropped, counters = [], [], {"updates": 0, "resyncs": 0}
+    for symbol in dict.fromkeys(symbols.tolist()):
+        rows = np.flatnonzero(symbols == symbol)  # this symbol's rows, in file order
+        out = TopNWriter(symbol, levels)
+        _rebuild_symbol(symbol, rows, ts, local, snap, is_bid, bad_side, price, amount, out, dropped, counters)
+        tables.append(out.table())
+    book = pa.concat_tables(tables) if tables else TopNWriter("", levels).table()
+    return book, dropped, counters
+
+
+def _rebuild_symbol(symbol, rows, ts, local, snap, is_bid, bad_side, price, amount, out: TopNWriter,
+                    dropped: list, counters: dict) -> None:
+    book, synced, newest = OrderBook(symbol), False, -1
+    n = rows.size
+    for k in range(n):
+        i = rows[k]
+        if local[i] < newest:
+            dropped.append((int(ts[i]) // 1000, symbol, TIME_BACKWARDS))
+            continue
+        newest = local[i]
+        if bad_side[i]:
+            dropped.append((int(ts[i]) // 1000, symbol, "side is neither bid nor ask"))
+            continue
+        prev = rows[k - 1] if k else -1
+        if snap[i] and (prev < 0 or not snap[prev] or local[prev] != local[i]):  # a snapshot: a fresh book
+            if synced:
+                counters["resyncs"] += 1
+            book.reset(0, [], [])
+            synced = True
+        if not synced:
+            dropped.append((int(ts[i]) // 1000, symbol, BEFORE_SNAPSHOT))
+            continue
+        level = ((price[i], amount[i]),)
+        book.apply_levels(level if is_bid[i] else (), () if is_bid[i] else level, 0)
+        if k + 1 == n or local[rows[k + 1]] != local[i]:  # the update's last row
+            out.add(int(ts[i]) * 1000, book)
+            counters["updates"] += 1
