@@ -5,7 +5,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tickray import lake
 from tickray.ingest.job import ingest
-from tickray.sources import cme
+from tickray.sources import databento
 
 CME = "cme/futures_mbp-1_2024-07-01T23-58_2024-07-02T00-02.csv"
 
@@ -33,7 +33,7 @@ book: {levels: 1, bid_price: "bid_px_{level}", bid_size: "bid_sz_{level}", bid_o
        ask_price: "ask_px_{level}", ask_size: "ask_sz_{level}", ask_orders: "ask_n_{level}"}
 """)
     report = ingest([data], tmp_path / "lake")
-    native_trades, native_book = cme.read_mbp1(shared_data / CME)
+    native_trades, native_book = databento.read_mbp1_csv(shared_data / CME)
     # the native reader's event times are ns; the vendor copy has µs: compare at µs
     assert report.rows["book"] + sum(report.quarantined["book"].values()) == native_book.num_rows
     assert report.rows["trades"] + sum(report.quarantined["trades"].values()) == native_trades.num_rows

@@ -3,7 +3,8 @@
 import numpy as np
 import pyarrow.compute as pc
 from tickray.sources.binance import read_ws_capture
-from tickray.sources.cme import read_bars_csv, read_mbp1
+from tickray.sources.cme import read_bars_csv
+from tickray.sources.databento import read_mbp1_csv
 from tickray.sources.lobster import read_lobster
 
 
@@ -34,7 +35,7 @@ def test_lobster_with_a_trailing_empty_column_or_without_its_orderbook(shared_da
 
 
 def test_mbp1_keeps_every_fill_and_the_order_counts(shared_data):
-    trades, book = read_mbp1(shared_data / "cme" / "futures_mbp-1_2024-07-01T23-58_2024-07-02T00-02.csv")
+    trades, book = read_mbp1_csv(shared_data / "cme" / "futures_mbp-1_2024-07-01T23-58_2024-07-02T00-02.csv")
     assert trades.num_rows == 120 and book.num_rows == 2288
     ids = trades["trade_id"].to_numpy()
     assert np.unique(ids).size == ids.size  # fills sharing a packet sequence stay distinct

@@ -163,6 +163,11 @@ def discover(inputs: list[Path], levels: int = 10, shard_bytes: int = SHARD_BYTE
                 failed.append(Failure(str(f), failure_line(e), traceback.format_exc()))
         elif fmt.kind == "ws_capture":
             captures.append(f)
+        elif fmt.datasets_of is not None:
+            try:
+                found.append(Input(fmt.kind, (str(f),), fmt.datasets_of(f)))
+            except Exception as e:  # noqa: BLE001 (a file whose header cannot be read is one failure)
+                failed.append(Failure(str(f), failure_line(e), traceback.format_exc()))
         else:
             shards = binance.byte_range_shards(f, shard_bytes) if fmt.byte_shards else [None]
             found += [Input(fmt.kind, (str(f),), fmt.datasets, shard=shard) for shard in shards]

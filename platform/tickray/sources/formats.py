@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from tickray.errors import DataFormatError
-from tickray.sources import binance, cme, lobster, tardis
+from tickray.sources import binance, cme, databento, lobster, tardis
 
 Rows = dict[str, tuple[pa.Table, list]]  # dataset → (rows, events that could not become rows: (ts ms, symbol, why))
 
@@ -44,6 +44,7 @@ class Format:
     matches: Callable[[str], bool]  # on the lower-cased file name
     read: Callable[[Unit], Rows] | None = None  # None: read with its twin (or by the ingest: lake_parquet)
     byte_shards: bool = False  # a large file is read by several tasks, a range of whole lines each
+    datasets_of: Callable[[Path], tuple[str, ...]] | None = None  # when the file itself says (DBN's schema)
 
 
 def _capture_rows(cap: binance.CaptureRead, unit: Unit) -> Rows:
@@ -73,8 +74,13 @@ def _read_lobster(u: Unit) -> Rows:
 
 
 def _read_mbp1_csv(u: Unit) -> Rows:
-    trades, book = cme.read_mbp1(u.path, u.levels)
+    trades, book = databento.read_mbp1_csv(u.path, u.levels)
     return {"trades": (trades, []), "book": (book, [])}
+
+
+def _read_dbn(u: Unit) -> Rows:
+    tables, dropped = databento.read_dbn(u.path, u.levels)
+    return {ds: (t, dropped if ds == "book" else []) for ds, t in tables.items()}
 
 
 def _read_depth(u: Unit) -> Rows:
@@ -118,6 +124,8 @@ FORMATS: list[Format] = [
     Format("cryptofeed_http", (), lambda n: ".http." in n and n.endswith(".txt")),  # read with its .ws. twin
     Format("lobster", ("trades", "book"), lambda n: "_message_" in n and n.endswith(".csv"), _read_lobster),
     Format("lobster_orderbook", (), lambda n: "_orderbook_" in n and n.endswith(".csv")),  # with its message file
+    Format("databento_dbn", ("trades", "book", "bars_1m"), databento.is_dbn, _read_dbn,
+           datasets_of=databento.datasets_of),
     Format("databento_mbp1", ("trades", "book"), lambda n: "mbp-1" in n and n.endswith((".csv", ".csv.gz")),
            _read_mbp1_csv),
     Format("bars_csv", ("bars_1m",), lambda n: "_1min_bars_" in n and n.endswith((".csv", ".csv.gz")),
