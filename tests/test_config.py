@@ -36,6 +36,23 @@ def test_unknown_environment_variable_is_an_error(monkeypatch):
         load_settings()
 
 
+def test_the_apis_secrets_in_the_environment_are_not_settings_but_are_read_by_serve(monkeypatch):
+    """`TICKRAY_API_KEYS=… tickray serve`, as the README says: the settings let the secrets pass, and the
+    serving config takes them in (a key hashed, the JWT secret kept out of its dump)."""
+    from tickray.serving.config import parse_serve_config
+    from tickray.serving.security import hash_key
+
+    monkeypatch.setenv("TICKRAY_API_KEYS", "tk_one, tk_two")
+    monkeypatch.setenv("TICKRAY_JWT_SECRET", "s3cret")
+    load_settings()
+    cfg = parse_serve_config({"tracking_uri": "sqlite:///x.db", "redis_url": "redis://127.0.0.1:1/0"})
+    assert cfg.api_keys_sha256 == sorted([hash_key("tk_one"), hash_key("tk_two")])
+    assert cfg.jwt_secret == "s3cret" and "s3cret" not in str(cfg.model_dump())
+    monkeypatch.setenv("TICKRAY_API_KEY", "tk_typo")  # a near miss is still refused
+    with pytest.raises(ConfigError, match="TICKRAY_API_KEY;"):
+        load_settings()
+
+
 def test_bad_value_names_the_key(monkeypatch):
     monkeypatch.setenv("TICKRAY_SERVE_PORT", "70000")
     with pytest.raises(ConfigError, match="serve_port"):

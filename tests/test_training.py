@@ -202,7 +202,7 @@ def test_promotion_needs_a_win_on_the_same_window(trained, market_lake, mlflow_s
                                              f"tags.`mlflow.parentRunId` = '{report.run_id}'")
                if r.info.run_name == "xgboost")
     assert {"promotion_auc_challenger", "promotion_auc_champion"} <= run.data.metrics.keys()
-    assert "stays champion" in run.data.tags["promotion"]
+    assert run.data.tags["promotion"].startswith("tickray-xgboost: v1 stays champion, v2 is challenger (auc ")
 
 
 def test_leakage_canary_noise_labels_score_at_chance(market_lake, mlflow_store):

@@ -17,6 +17,9 @@ from tickray.errors import ConfigError
 
 ENV_PREFIX = "TICKRAY_"
 CONFIG_FILE_ENV = "TICKRAY_CONFIG"
+# Read by the serving application, never settings: secrets stay out of the settings object and its logs.
+API_KEYS_ENV, JWT_SECRET_ENV = "TICKRAY_API_KEYS", "TICKRAY_JWT_SECRET"
+NOT_SETTINGS_ENV = {CONFIG_FILE_ENV, API_KEYS_ENV, JWT_SECRET_ENV, "TICKRAY_TEST_DATA"}  # the last: tests' data
 
 
 class StrictModel(BaseModel):
@@ -105,7 +108,8 @@ def read_yaml_mapping(path: Path, what: str = "settings file") -> dict[str, Any]
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
     """Build the settings; environment beats the YAML file, explicit overrides beat both.
 
-    Unknown keys, in the file or as TICKRAY_* variables, are errors: a typo must not be ignored.
+    Unknown keys, in the file or as TICKRAY_* variables, are errors: a typo must not be ignored. The
+    variables in NOT_SETTINGS_ENV are read by others (the settings file's path, the API's secrets).
     """
     config_file = config_file or os.environ.get(CONFIG_FILE_ENV)
     source = f"settings file {config_file}" if config_file else "settings"
@@ -115,7 +119,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         if key not in known:
             raise ConfigError(f"unknown key {key!r} in {source}; known keys: {', '.join(sorted(known))}")
     for var in os.environ:
-        if var.startswith(ENV_PREFIX) and var != CONFIG_FILE_ENV:
+        if var.startswith(ENV_PREFIX) and var not in NOT_SETTINGS_ENV:
             key = var[len(ENV_PREFIX):].lower()
             if key not in known:
                 raise ConfigError(f"unknown environment variable {var}; known keys: {', '.join(sorted(known))}")

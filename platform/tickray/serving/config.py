@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from tickray.config import StrictModel, load_settings
+from tickray.config import API_KEYS_ENV, JWT_SECRET_ENV, StrictModel, load_settings
 from tickray.errors import ConfigError
 from tickray.serving.security import hash_key
 from tickray.training.config import one_line_error
@@ -83,8 +83,8 @@ class ServeConfig(StrictModel):
     # (comma-separated, hashed when the app is built), plus HS256 JWTs signed with the secret in the
     # variable jwt_secret_env. None of them configured: no authentication (Serve binds to localhost).
     api_keys_sha256: list[str] = Field(default_factory=list)
-    api_keys_env: str = "TICKRAY_API_KEYS"
-    jwt_secret_env: str = "TICKRAY_JWT_SECRET"
+    api_keys_env: str = API_KEYS_ENV
+    jwt_secret_env: str = JWT_SECRET_ENV
     jwt_secret: str = Field("", exclude=True, repr=False)  # filled from jwt_secret_env at build time
     rate_limit: RateLimit | None = RateLimit()
     # Origins whose pages may call the API from a browser (e.g. "https://dash.example.com"); none: CORS off.

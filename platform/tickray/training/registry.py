@@ -158,7 +158,9 @@ class Decision:
     reason: str
 
     def line(self) -> str:
-        return f"{self.model}: v{self.challenger} {'promoted to' if self.promoted else 'stays'} champion ({self.reason})"
+        if self.promoted:
+            return f"{self.model}: v{self.challenger} promoted to champion ({self.reason})"
+        return f"{self.model}: v{self.champion} stays champion, v{self.challenger} is challenger ({self.reason})"
 
 
 def decide(client: MlflowClient, name: str, version: str, metric: str, margin: float, challenger_score: float,
