@@ -118,6 +118,9 @@ def test_labels_have_a_dead_band_and_no_label_past_the_data():
     # the mid in force 1.5 s later: at t=0 that is the event at 1 s; at 2 s it is still that event's own
     np.testing.assert_allclose(at["fwd_ret_1.5s"][:3], np.log([2.0, 3 / 2, 1.0]) * 1e4)
     assert np.isnan(at["fwd_ret_1.5s"][3:]).all()  # 11.5 s and 12.5 s are past the last event
+    short = forward_labels(mid, horizons=(10, 6, 5))  # a series no longer than the horizon: no labels at all
+    assert all(np.isnan(v).all() and v.size == mid.size for k, v in short.items() if not k.endswith("5s"))
+    assert np.isfinite(short["fwd_ret_5s"][0]) and np.isnan(short["fwd_ret_5s"][1:]).all()
 
 
 def test_labels_on_bars_never_reach_across_a_hole():

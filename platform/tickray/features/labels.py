@@ -29,7 +29,8 @@ def forward_labels(mid: np.ndarray, horizons: tuple[int, ...] = HORIZONS_S, dead
     logmid = np.log(np.asarray(mid, float))
     for h in horizons:
         fwd = np.full(logmid.size, np.nan)
-        fwd[: max(logmid.size - h, 0)] = (logmid[h:] - logmid[: logmid.size - h]) * 1e4
+        if logmid.size > h:  # a series shorter than the horizon has no label at all
+            fwd[: logmid.size - h] = (logmid[h:] - logmid[: logmid.size - h]) * 1e4
         out.update(_from_returns(fwd, f"{h}{unit}", dead_band_bps))
     return out
 
