@@ -104,6 +104,28 @@ def test_bar_features_are_computed_per_symbol_over_its_whole_history(ray_cluster
     assert np.array_equal(got["rsi_14"].to_numpy(), ref["rsi_14"], equal_nan=True)
 
 
+def test_short_partitions_get_features_and_a_broken_one_fails_alone(ray_cluster, shared_data, tmp_path):
+    """LOBSTER's AAPL (50 seconds against a 60 s horizon) and cryptofeed's short partitions get features with
+    no labels where the horizon runs past them; a partition that cannot be read is one failure, named, and
+    every other partition lands."""
+    root = tmp_path / "lake"
+    ingest([shared_data / "lobster", shared_data / "binance" / "ws_cryptofeed"], root)
+    parts = sorted(set(lake.partitions(root, "trades")) & set(lake.partitions(root, "book")))
+    report = build_features(root)
+    assert report.failed == [] and len(report.partitions["features"]) == len(parts) >= 5
+    aapl = pq.read_table(root / "features" / "date=2012-06-21" / "symbol=AAPL")
+    assert aapl.num_rows >= 40 and pc.all(pc.is_nan(aapl["fwd_ret_60s"])).as_py()
+
+    date, symbol = parts[-1]
+    for f in (root / "book" / f"date={date}" / f"symbol={symbol}").glob("*.parquet"):
+        f.write_bytes(b"not parquet")
+    again = build_features(root)
+    assert [(unit, why.split(":")[0]) for unit, why, _ in again.failed] == [
+        (f"features date={date} symbol={symbol}", "ArrowInvalid")]
+    assert len(again.partitions["features"]) == len(parts) - 1 and again.log.read_text().count("Traceback") == 1
+    assert any(line.startswith(f"failed: features date={date} symbol={symbol}: ") for line in again.lines())
+
+
 def test_labels_have_a_dead_band_and_no_label_past_the_data():
     mid = np.array([100.0, 100.0, 100.02, 100.0, 100.5, 100.5])
     lab = forward_labels(mid, horizons=(1,), dead_band_bps=3.0)  # moves: 0, +2, -2, +50, 0 bps, then none

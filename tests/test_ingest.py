@@ -57,7 +57,7 @@ def test_one_bad_file_is_one_failure_and_everything_else_lands(ray_cluster, shar
     import shutil
 
     from tickray.cli import main
-    from tickray.ingest.job import PARTIAL_EXIT
+    from tickray.errors import PARTIAL_EXIT
 
     src = tmp_path / "in"
     src.mkdir()

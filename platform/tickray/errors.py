@@ -19,3 +19,14 @@ class DataFormatError(TickrayError):
 
 class BookSequenceError(TickrayError):
     """An order-book update that does not chain onto the book (a gap): resync needed."""
+
+
+# A job's exit status when some of its units (files, partitions) failed and the others landed.
+PARTIAL_EXIT = 3
+
+
+def failure_line(e: BaseException) -> str:
+    """One line for an exception: tickray's own errors already name the file and where; others get their
+    type too (the unit's name goes beside it in the report)."""
+    text = " ".join(str(e).split()) or "(no message)"
+    return text if isinstance(e, DataFormatError) else f"{type(e).__name__}: {text}"

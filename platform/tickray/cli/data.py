@@ -21,7 +21,8 @@ def cmd_generate(args, settings) -> None:
 
 
 def cmd_ingest(args, settings) -> int:
-    from tickray.ingest.job import PARTIAL_EXIT, ingest
+    from tickray.errors import PARTIAL_EXIT
+    from tickray.ingest.job import ingest
     from tickray.ops.runtime import connect_ray
 
     connect_ray(settings)
@@ -31,12 +32,15 @@ def cmd_ingest(args, settings) -> int:
     return PARTIAL_EXIT if rep.failed else 0
 
 
-def cmd_features(args, settings) -> None:
+def cmd_features(args, settings) -> int:
+    from tickray.errors import PARTIAL_EXIT
     from tickray.features.job import build_features
     from tickray.ops.runtime import connect_ray
 
     connect_ray(settings)
-    print("\n".join(build_features(Path(args.lake or settings.lake_path)).lines()))
+    report = build_features(Path(args.lake or settings.lake_path))
+    print("\n".join(report.lines()))
+    return PARTIAL_EXIT if report.failed else 0
 
 
 def register(sub) -> None:

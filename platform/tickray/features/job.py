@@ -7,6 +7,10 @@ the same at 00:00:01 as in an unsharded run over both days; only the partition's
 
 Bar features (``bars-v1``): one task per symbol over all its 1-minute bars → ``<root>/bar_features``
 (EMA-based indicators remember the whole series, so they are not cut by day).
+
+Each partition (or symbol) is its own unit of failure, as in the ingest: one that cannot be computed is
+reported in one line naming it (its traceback in ``<lake>/_logs/features-<time>.log``), leaves nothing
+behind, and the others land.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +28,7 @@ import pyarrow.compute as pc
 import ray
 
 from tickray import lake
+from tickray.errors import failure_line
 from tickray.features.definitions import FEATURE_NAMES, FEATURE_SET_VERSION, LOOKBACK, compute_features
 from tickray.features.grid import LEVEL_FIELDS, NS, grid_from_events
 from tickray.features.indicators import BAR_FEATURE_NAMES, BAR_FEATURE_SET, bar_features
@@ -123,17 +129,26 @@ def bar_features_for_symbol(root: Path, symbol: str) -> pa.Table:
 
 
 def _compute_and_write(batch: dict, root: str, stage: str, dataset: str) -> dict:
-    """Ray Data map function: compute one shard ((date, symbol) or a symbol) and write it into the
-    staged dataset from the task itself; only the row count goes back."""
-    rows = 0
-    for item in (dict(zip(batch, values)) for values in zip(*batch.values())):
+    """Ray Data map function: compute one unit ((date, symbol) or a symbol) and write it into the staged
+    dataset from the task itself; only its row count goes back, or its one-line error and traceback
+    (whatever it had staged is removed: it lands whole or not at all)."""
+    (item,) = (dict(zip(batch, values)) for values in zip(*batch.values()))
+    unit = f"date={item['date']} symbol={item['symbol']}" if "date" in item else f"symbol={item['symbol']}"
+    name = f"{item.get('date', 'all')}-{item['symbol']}"
+    rows, error, trace = 0, "", ""
+    try:
         if dataset == "features":
             t = features_for_partition(Path(root), item["date"], item["symbol"])
         else:
             t = bar_features_for_symbol(Path(root), item["symbol"])
-        name = f"{item.get('date', 'all')}-{item['symbol']}"
-        rows += sum(n for *_, n in lake.write_partitions(t, Path(stage) / dataset, name))
-    return {"rows": np.array([rows]), "node": np.array([ray.get_runtime_context().get_node_id()], dtype=object)}
+        rows = sum(n for *_, n in lake.write_partitions(t, Path(stage) / dataset, name))
+    except Exception as e:  # noqa: BLE001 (one bad partition is one failure, never the whole job's)
+        for f in (Path(stage) / dataset).rglob(f"part-{name}.parquet"):
+            f.unlink()
+        rows, error, trace = 0, failure_line(e), traceback.format_exc()
+    return {"rows": np.array([rows]), "node": np.array([ray.get_runtime_context().get_node_id()], dtype=object),
+            "unit": np.array([f"{dataset} {unit}"], dtype=object), "error": np.array([error], dtype=object),
+            "trace": np.array([trace], dtype=object)}
 
 
 @dataclass
@@ -143,13 +158,17 @@ class FeaturesReport:
     seconds: float
     tasks: int = 0
     nodes: set[str] = field(default_factory=set)  # where the tasks whose results were kept ran
+    failed: list[tuple[str, str, str]] = field(default_factory=list)  # (unit, one line, traceback)
+    log: Path | None = None
 
     def lines(self) -> list[str]:
         sets = {"features": (FEATURE_SET_VERSION, len(FEATURE_NAMES)),
                 "bar_features": (BAR_FEATURE_SET, len(BAR_FEATURE_NAMES))}
-        return [f"{ds}: {self.rows[ds]:,} rows x {sets[ds][1]} features ({sets[ds][0]}) in "
+        return [f"failed: {unit}: {why}" for unit, why, _ in self.failed] + [
+                f"{ds}: {self.rows[ds]:,} rows x {sets[ds][1]} features ({sets[ds][0]}) in "
                 f"{len(self.partitions[ds])} partitions" for ds in self.rows] + [
-                f"({self.seconds:.1f}s, {self.tasks} tasks on {len(self.nodes)} node(s))"]
+                f"({self.seconds:.1f}s, {self.tasks} tasks on {len(self.nodes)} node(s)"
+                + (f"; {len(self.failed)} failed, tracebacks in {self.log}" if self.failed else "") + ")"]
 
 
 def _run(lake_root: Path, dataset: str, items: list[dict], report: FeaturesReport) -> None:
@@ -163,6 +182,7 @@ def _run(lake_root: Path, dataset: str, items: list[dict], report: FeaturesRepor
         report.rows[dataset] = sum(int(c["rows"]) for c in counts)
         report.tasks += len(counts)
         report.nodes.update(c["node"] for c in counts)
+        report.failed += [(c["unit"], c["error"], c["trace"]) for c in counts if c["error"]]
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
@@ -181,5 +201,10 @@ def build_features(lake_root: Path) -> FeaturesReport:
         _run(lake_root, "features", [{"date": d, "symbol": s} for d, s in parts], report)
     if bar_symbols:
         _run(lake_root, "bar_features", [{"symbol": s} for s in bar_symbols], report)
+    if report.failed:
+        logs = lake_root / "_logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        report.log = logs / f"features-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%fZ}.log"
+        report.log.write_text("".join(f"== {unit}\n{why}\n{trace}\n" for unit, why, trace in report.failed))
     report.seconds = time.perf_counter() - t0
     return report

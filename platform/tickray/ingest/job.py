@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import ray
 
 from tickray import lake
-from tickray.errors import DataFormatError
+from tickray.errors import DataFormatError, failure_line
 from tickray.lake.schema import TS
 from tickray.lake.validate import check_bars, check_book, check_open_interest, check_trades
 from tickray.ops.runtime import one_stage_execution
@@ -101,13 +101,6 @@ class Failure:
     input: str
     reason: str
     trace: str = ""
-
-
-def failure_line(e: BaseException) -> str:
-    """One line for an exception: tickray's own errors already name the file and where; others get their
-    type too (the input's name goes beside it in the report)."""
-    text = " ".join(str(e).split()) or "(no message)"
-    return text if isinstance(e, DataFormatError) else f"{type(e).__name__}: {text}"
 
 
 def discover(inputs: list[Path], levels: int = 10, shard_bytes: int = SHARD_BYTES
@@ -255,10 +248,6 @@ def _ingest_inputs(batch: dict, levels: int, stage: str) -> dict:
     out = {c: np.array([r[i] for r in rows], dtype=np.int64 if c == "rows" else object)
            for i, c in enumerate(columns)}
     return out | {"node": np.array([node] * len(rows), dtype=object)}
-
-
-# `tickray ingest`'s exit status when some inputs landed and others failed (0: every input landed).
-PARTIAL_EXIT = 3
 
 
 @dataclass
