@@ -106,17 +106,22 @@ def trained(market_lake, mlflow_store):
     return report
 
 
-# Under `make test` the suite runs on two pytest-xdist workers, each with its own Ray cluster and Redis.
-# Tests that read the session's trained artefacts go to one worker, which builds them once; the other
-# tests stay together by module, with their module fixtures.
-SHARED_ARTEFACTS = {"market", "market_lake", "mlflow_store", "trained"}
+# Under `make test` the suite runs on pytest-xdist workers, each with its own Ray cluster and Redis. The
+# tests that read the session's trained models go to one worker, which trains them once; those that read
+# only the ingested market to another; the other tests stay together by module, with their module
+# fixtures.
+def _group(fixtures: set[str], nodeid: str) -> str:
+    if "trained" in fixtures:
+        return "trained"
+    if fixtures & {"market", "market_lake"}:
+        return "market"
+    return nodeid.split("::")[0]
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        group = "artefacts" if SHARED_ARTEFACTS & set(item.fixturenames) else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+        item.add_marker(pytest.mark.xdist_group(_group(set(item.fixturenames), item.nodeid)))
 
 
 def stack_env(state_dir: Path, **extra: str) -> dict[str, str]:
