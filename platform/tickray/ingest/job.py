@@ -30,7 +30,7 @@ from tickray.errors import DataFormatError, failure_line
 from tickray.lake.schema import TS
 from tickray.lake.validate import check_bars, check_book, check_open_interest, check_trades
 from tickray.ops.runtime import one_stage_execution
-from tickray.sources import binance, formats, generic, lake_parquet
+from tickray.sources import binance, databento, formats, generic, lake_parquet
 from tickray.sources.formats import Rows
 
 # Inputs above this are read by several tasks: a Parquet file one run of row groups each, a plain CSV of
@@ -51,6 +51,11 @@ def _is_twin_of_consumed(f: Path, files: set[Path]) -> str | None:
         return "read with its WebSocket capture"
     if kind == "lobster_orderbook" and Path(str(f).replace("_orderbook_", "_message_")) in files:
         return "read with its message file"
+    if kind == "databento_mbp1":  # Databento's CSV is a decode of its DBN file: the same rows twice
+        stem = f.name.split(".csv")[0]
+        dbn = next((g for g in files if g.name.split(".dbn")[0] == stem and databento.is_dbn(g.name)), None)
+        if dbn is not None:
+            return f"same data as {dbn.name}"
     return None
 
 
