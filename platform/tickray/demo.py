@@ -92,11 +92,11 @@ def run_demo(settings: Settings, symbols: list[str], days: int = 1, seed: int = 
     result.rows_ingested = dict(rep.rows)
     say(f"rows ingested: {sum(rep.rows.values()):,} into {lake_root} ({rep.seconds:.1f}s)")
 
-    t = stage("4/9 features and labels with Ray Data")
+    stage("4/9 features and labels with Ray Data")
     for line in build_features(lake_root).lines():
         say(line)
 
-    t = stage("5/9 train XGBoost (Ray Train) and its stacked ensemble, register in MLflow")
+    stage("5/9 train XGBoost (Ray Train) and its stacked ensemble, register in MLflow")
     tr = run_training(parse_config(DEMO_TRAINING, "demo"), lake_root, settings.tracking_uri, settings.artifact_root,
                       state / "ray_results", say=say)
     for line in tr.lines():
@@ -110,33 +110,8 @@ def run_demo(settings: Settings, symbols: list[str], days: int = 1, seed: int = 
     health = httpx.get(f"{base}/v1/health", timeout=30).json()
     say(f"Serve at {base}: {health} ({time.perf_counter() - t:.1f}s)")
 
-    t = stage("7/9 stream: replay the WebSocket capture through a local exchange into a stream actor")
-    exchange = ReplayExchange(files.ws_captures, speed=replay_speed).start()
-    forget(stack.redis_client(settings), symbols)  # a replay is its own session: not one to resume
-    actor = StreamIngestActor.remote(symbols, exchange.ws_url, exchange.rest_url, settings.redis_url)
-    try:
-        ray.get(actor.start.remote())
-        total = len(exchange.messages)
-        stats = result.stream_stats = wait_for_messages(actor, total)
-        say(f"{stats['messages'].get('received', 0):,} of {total:,} messages from {exchange.ws_url}; "
-            f"features published {stats['features_published']}; quarantined {stats['quarantined'] or 'none'}; "
-            f"book {stats['book']} ({time.perf_counter() - t:.1f}s)")
-
-        t = stage("8/9 predictions over HTTP from Ray Serve")
-        resp = httpx.post(f"{base}/v1/predict", json={"symbols": symbols}, timeout=30)
-        resp.raise_for_status()
-        body = resp.json()
-        result.predictions = body["predictions"]
-        for p in body["predictions"]:
-            each = ", ".join(f"P(up in {h}) = {v['prob_up']:.3f} (confidence {v['confidence']:.3f})"
-                             for h, v in p["horizons"].items())
-            say(f"POST /v1/predict → {p['symbol']}: {each}, model v{p['model_version']}, "
-                f"features {p['feature_age_s']}s old")
-    finally:
-        ray.get(actor.stop.remote())
-        ray.kill(actor)
-        exchange.stop()
-    t = stage("9/9 walk-forward backtest of the ensemble and the baselines, with a report")
+    _stream_and_predict(settings, symbols, files.ws_captures, base, replay_speed, result, stage, say)
+    stage("9/9 walk-forward backtest of the ensemble and the baselines, with a report")
     reports = state / "reports"
     stamp = datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')
     bt = run_backtest(BacktestConfig.model_validate(DEMO_BACKTEST), lake_root, settings.tracking_uri,
@@ -150,12 +125,48 @@ def run_demo(settings: Settings, symbols: list[str], days: int = 1, seed: int = 
         "test_scores": {m: {f"{h}s": s for h, s in by_h.items()} for m, by_h in tr.scores.items()},
         "backtest": result.backtest, "backtest_report": str(bt.report_path), "predictions": result.predictions,
         "stream": result.stream_stats, "rows_ingested": result.rows_ingested}, indent=2, default=str))
-
     say(f"\n== done in {time.perf_counter() - t_all:.0f}s. Where to look:")
+    _where_to_look(settings, symbols, dashboard, base, bt.report_path, result.report_path, say)
+    return result
+
+
+def _stream_and_predict(settings: Settings, symbols: list[str], captures: list, base: str, replay_speed: float,
+                        result: DemoResult, stage: Callable[[str], float], say: Callable[[str], None]) -> None:
+    """Steps 7 and 8: the capture replayed by a local exchange into a stream actor, then predictions for
+    its live features over HTTP."""
+    t = stage("7/9 stream: replay the WebSocket capture through a local exchange into a stream actor")
+    exchange = ReplayExchange(captures, speed=replay_speed).start()
+    forget(stack.redis_client(settings), symbols)  # a replay is its own session: not one to resume
+    actor = StreamIngestActor.remote(symbols, exchange.ws_url, exchange.rest_url, settings.redis_url)
+    try:
+        ray.get(actor.start.remote())
+        total = len(exchange.messages)
+        stats = result.stream_stats = wait_for_messages(actor, total)
+        say(f"{stats['messages'].get('received', 0):,} of {total:,} messages from {exchange.ws_url}; "
+            f"features published {stats['features_published']}; quarantined {stats['quarantined'] or 'none'}; "
+            f"book {stats['book']} ({time.perf_counter() - t:.1f}s)")
+
+        stage("8/9 predictions over HTTP from Ray Serve")
+        resp = httpx.post(f"{base}/v1/predict", json={"symbols": symbols}, timeout=30)
+        resp.raise_for_status()
+        body = resp.json()
+        result.predictions = body["predictions"]
+        for p in body["predictions"]:
+            each = ", ".join(f"P(up in {h}) = {v['prob_up']:.3f} (confidence {v['confidence']:.3f})"
+                             for h, v in p["horizons"].items())
+            say(f"POST /v1/predict → {p['symbol']}: {each}, model v{p['model_version']}, "
+                f"features {p['feature_age_s']}s old")
+    finally:
+        ray.get(actor.stop.remote())
+        ray.kill(actor)
+        exchange.stop()
+
+
+def _where_to_look(settings: Settings, symbols: list[str], dashboard: str | None, base: str, backtest_report,
+                   summary, say: Callable[[str], None]) -> None:
     say(f"Ray dashboard:  {dashboard or '(not running)'}")
     say(f"MLflow UI:      mlflow ui --backend-store-uri {settings.tracking_uri}")
     say(f"Serve:          curl -s -XPOST {base}/v1/predict -H 'content-type: application/json' -d '{{\"symbols\": {json.dumps(symbols)}}}'")
-    say(f"Backtest:       {bt.report_path}")
-    say(f"Summary:        {result.report_path}")
+    say(f"Backtest:       {backtest_report}")
+    say(f"Summary:        {summary}")
     say("Stop the stack: tickray down")
-    return result

@@ -108,6 +108,23 @@ class Failure:
     trace: str = ""
 
 
+def _tick_schemas(files: list[Path], skipped: list[str], failed: list[Failure]
+                  ) -> dict[Path, tuple[Path, generic.TickSchema]]:
+    """file → the ``.tickschema.yaml`` among ``files`` that maps it (a mapping wins over a file's name)."""
+    present, mapped = set(files), {}
+    for f in files:
+        if f.name.endswith(generic.SCHEMA_SUFFIX):
+            try:
+                schema = generic.load_schema(f)
+            except Exception as e:  # noqa: BLE001 (one bad file is one failure)
+                failed.append(Failure(str(f), failure_line(e), traceback.format_exc()))
+                continue
+            targets = [g for g in generic.schema_files(f, schema) if g in present]
+            mapped.update(dict.fromkeys(targets, (f, schema)))
+            skipped.append(f"{f} (a tick schema: maps {len(targets)} files)")
+    return mapped
+
+
 def discover(inputs: list[Path], levels: int = 10, shard_bytes: int = SHARD_BYTES
              ) -> tuple[list[Input], list[str], list[Failure]]:
     """Every recognised input under ``inputs`` (files or folders), the files not ingested, each with the
@@ -124,17 +141,7 @@ def discover(inputs: list[Path], levels: int = 10, shard_bytes: int = SHARD_BYTE
             raise DataFormatError(f"input {inp} does not exist")
         files += sorted(p for p in inp.rglob("*") if p.is_file()) if inp.is_dir() else [inp]
     present = set(files)
-    mapped: dict[Path, tuple[Path, generic.TickSchema]] = {}  # file → the tick schema mapping it (wins over its name)
-    for f in files:
-        if f.name.endswith(generic.SCHEMA_SUFFIX):
-            try:
-                schema = generic.load_schema(f)
-            except Exception as e:  # noqa: BLE001 (one bad file is one failure)
-                failed.append(Failure(str(f), failure_line(e), traceback.format_exc()))
-                continue
-            targets = [g for g in generic.schema_files(f, schema) if g in present]
-            mapped.update(dict.fromkeys(targets, (f, schema)))
-            skipped.append(f"{f} (a tick schema: maps {len(targets)} files)")
+    mapped = _tick_schemas(files, skipped, failed)
     captures = []
     for f in files:
         if f in mapped:
