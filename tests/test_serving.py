@@ -172,12 +172,62 @@ def test_explicit_rows_models_health_and_docs(api, mlflow_store):
     ({}, {"rows": [{"features": {"spread_bps": 1.0}}]}, 422, "rows.0.features: missing"),
     ({}, {"rows": [{"features": {"spread_bps": "wide"}}]}, 422, "rows.0.features.spread_bps"),
     ({}, {"symbols": ["S" * 40000]}, 413, "over the limit of 32768"),
+    # strict input: the models never see a number that is not one
+    ({}, b'{"rows": [{"features": {"spread_bps": Infinity}}]}', 422,
+     "rows.0.features: Value error, spread_bps = inf is not a finite number within float32 range"),
+    ({}, b'{"rows": [{"features": {"spread_bps": 1e400}}]}', 422, "spread_bps = inf is not a finite number"),
+    ({}, {"rows": [{"features": {"spread_bps": 1e39}}]}, 422, "spread_bps = 1e+39 is not a finite number"),
+    ({}, {"rows": [{"features": {"spread_bps": "1.5"}}]}, 422, "rows.0.features.spread_bps: Input should be a valid number"),
+    ({}, {"rows": [{"features": {"spread_bps": True}}]}, 422, "rows.0.features.spread_bps: Input should be a valid number"),
+    ({}, {"rows": [{"features": {"spread_bps": 1.0}, "ts_ns": 2**63}]}, 422, "rows.0.ts_ns: Input should be less than"),
+    ({}, {"rows": [{"features": {"spread_bps": 1.0}, "ts_ns": 5}]}, 422, "rows.0.ts_ns: Input should be greater than"),
+    ({}, {"rows": [{"features": {"spread_bps": 1.0}, "ts_ns": 2**62}]}, 422, "more than a day ahead of now"),
+    ({}, {"symbols": ["BTC USDT"]}, 422, "symbols.0: Value error, 'BTC USDT' is not a symbol"),
 ])
 def test_bad_requests_get_a_json_error_saying_what(api, headers, body, status, says):
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
     r = api.post("/v1/predict", content=content, headers={"Content-Type": "application/json", **headers})
     assert r.status_code == status, r.text
     assert says in r.json()["detail"]
+
+
+def test_every_error_has_one_shape(api):
+    """Starlette's own answers too: an unknown route, a method not allowed."""
+    for r, status in ((api.get("/v1/nowhere"), 404), (api.post("/v1/health"), 405), (api.get("/v1/predict"), 405)):
+        assert r.status_code == status and r.json() == {"error": status, "detail": r.json()["detail"]}, r.text
+
+
+def test_the_websocket_protocol_is_strict_and_says_why(api):
+    """Error frames for messages that are not the protocol, a close (1008) at the third, and a close (1003)
+    for a binary frame; a good message in between is answered as usual."""
+    ws_url = str(api.base_url).replace("http://", "ws://") + f"/v1/stream?api_key={KEY}"
+
+    async def closed_with(ws) -> int:
+        try:
+            await asyncio.wait_for(ws.recv(), 30)
+        except websockets.exceptions.ConnectionClosed as e:
+            return e.rcvd.code if e.rcvd else -1
+        return 0
+
+    async def session() -> tuple[list, int, int]:
+        frames = []
+        async with websockets.connect(ws_url) as ws:
+            for msg in ({"subscribe": "BTCUSDT"}, {"subscribe": ["BTCUSDT"]}, {"subscribe": ["A" * 100]},
+                        {"subscribe": [f"S{i}" for i in range(101)]}):
+                await ws.send(json.dumps(msg))
+                if msg != {"subscribe": [f"S{i}" for i in range(101)]}:
+                    frames.append(json.loads(await asyncio.wait_for(ws.recv(), 30)))
+            third = await closed_with(ws)
+        async with websockets.connect(ws_url) as ws:
+            await ws.send(b"\x00\x01")
+            binary = await closed_with(ws)
+        return frames, third, binary
+
+    frames, third, binary = asyncio.run(session())
+    assert frames[0] == {"error": 422, "detail": "subscribe: a list of symbols, not str"}
+    assert frames[1] == {"subscribed": ["BTCUSDT"]}
+    assert frames[2]["error"] == 422 and "is not a symbol" in frames[2]["detail"]
+    assert (third, binary) == (1008, 1003)
 
 
 def _jwt_headers(subject: str) -> dict:

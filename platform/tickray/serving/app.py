@@ -154,7 +154,7 @@ class Gateway:
             await ws.close(code=1008 if e.status == 401 else 1013, reason=e.detail[:120])
             return
         await ws.accept()
-        await push_predictions(ws, self.redis, self.predictor)
+        await push_predictions(ws, self.redis, self.predictor, self.cfg.max_symbols)
 
 
 def build(cfg: ServeConfig) -> serve.Application:

@@ -28,6 +28,12 @@ FAILED = "failed:"  # how a family that could not answer is reported (never reme
 RECENT_PREDICTIONS = 4096  # live predictions kept per gateway replica, keyed by version and published row
 
 
+def _last_line(e: BaseException) -> str:
+    """The line of an error that says what happened: the last one, never a native backtrace frame."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.lstrip().startswith("[bt]")]
+    return lines[-1][:200] if lines else ""
+
+
 class Predictor:
     def __init__(self, cfg: ServeConfig, families: dict[str, DeploymentHandle], served: ServedVersions,
                  redis_async, metrics: ServeMetrics):
@@ -60,8 +66,7 @@ class Predictor:
         pos = {int(t): i for i, t in enumerate(inputs.targets)}
         for (fam, (ends, _)), p in zip(calls.items(), results):
             if isinstance(p, BaseException):  # one family failing degrades the answer, never fails it
-                first = str(p).strip().splitlines()[-1][:200] if str(p).strip() else ""
-                why[fam] = f"{FAILED} {type(p).__name__} {first}".strip()
+                why[fam] = f"{FAILED} {type(p).__name__} {_last_line(p)}".strip()
                 continue
             full = np.full((m, len(loaded.horizons)), np.nan)
             full[[pos[int(e)] for e in ends]] = p

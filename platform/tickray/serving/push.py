@@ -1,6 +1,7 @@
 """Predictions pushed over a WebSocket (``/v1/stream``): the client sends ``{"subscribe": [symbols]}`` or
 ``{"unsubscribe": [...]}`` and receives a prediction for every new feature row of its symbols, announced
-by the stream actors on a Redis channel, with the row's age when it was pushed.
+by the stream actors on a Redis channel, with the row's age when it was pushed. Symbols are checked as the
+HTTP API checks them, and a connection holds at most ``max_symbols``.
 """
 
 from __future__ import annotations
@@ -11,33 +12,42 @@ import time
 import orjson
 from fastapi import WebSocket, WebSocketDisconnect
 
-from tickray.serving.api import ApiError
+from tickray.serving.api import ApiError, symbol_problem
 from tickray.serving.predictor import Predictor
 from tickray.stream.keys import FEATURES_CHANNEL
 
+PROTOCOL_ERRORS_BEFORE_CLOSE = 3
 
-async def push_predictions(ws: WebSocket, redis_async, predictor: Predictor) -> None:
-    """Serve one accepted connection until the client leaves."""
-    subscribed: set[str] = {s.strip().upper() for s in ws.query_params.get("symbols", "").split(",") if s.strip()}
+
+async def push_predictions(ws: WebSocket, redis_async, predictor: Predictor, max_symbols: int) -> None:
+    """Serve one accepted connection until the client leaves or breaks the protocol."""
+    subscribed: set[str] = set()
+    for s in (s.strip() for s in ws.query_params.get("symbols", "").split(",") if s.strip()):
+        if symbol_problem(s) is None and len(subscribed) < max_symbols:
+            subscribed.add(s.upper())
     pubsub = redis_async.pubsub()
     await pubsub.subscribe(FEATURES_CHANNEL)
-    listener = asyncio.get_running_loop().create_task(_listen(ws, subscribed))
+    listener = asyncio.get_running_loop().create_task(_listen(ws, subscribed, max_symbols))
     try:
         while not listener.done():
             msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
             if msg is None:
                 continue
-            doc = orjson.loads(msg["data"])
-            if doc["symbol"] not in subscribed:
+            try:
+                doc = orjson.loads(msg["data"])
+                symbol = doc["symbol"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                continue  # not a stream actor's announcement
+            if symbol not in subscribed:
                 continue
             try:
-                out = await predictor.from_symbols([doc["symbol"]])
+                out = await predictor.from_symbols([symbol])
             except ApiError as e:
-                await ws.send_json({"symbol": doc["symbol"], "error": e.status, "detail": e.detail})
+                await ws.send_json({"symbol": symbol, "error": e.status, "detail": e.detail})
                 continue
             pred = out["predictions"][0]
             pred["pushed_at"] = time.time()
-            pred["published_at"] = doc["published_at"]
+            pred["published_at"] = doc.get("published_at")
             pred["tick_received_at"] = doc.get("tick_received_at")  # the stream actor's, when it says
             await ws.send_text(orjson.dumps({"model": out["model"], **pred}).decode())
     except WebSocketDisconnect:
@@ -47,18 +57,51 @@ async def push_predictions(ws: WebSocket, redis_async, predictor: Predictor) -> 
         await pubsub.aclose()
 
 
-async def _listen(ws: WebSocket, subscribed: set[str]) -> None:
-    """The client's subscription messages, applied to ``subscribed`` as they come."""
+def _request(text: str, subscribed: set[str], max_symbols: int) -> tuple[set[str], set[str]]:
+    """(symbols to add, symbols to drop) of a client's message; ValueError saying what is wrong."""
+    try:
+        msg = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise ValueError("not JSON") from None
+    if not isinstance(msg, dict) or not msg or not set(msg) <= {"subscribe", "unsubscribe"}:
+        raise ValueError('send {"subscribe": [symbols]} or {"unsubscribe": [symbols]}')
+    asked = {}
+    for key in ("subscribe", "unsubscribe"):
+        value = msg.get(key, [])
+        if not isinstance(value, list):
+            raise ValueError(f"{key}: a list of symbols, not {type(value).__name__}")  # noqa: TRY004 (one type: each is an error frame)
+        for s in value:
+            why = symbol_problem(s)
+            if why:
+                raise ValueError(f"{key}: {why}")
+        asked[key] = {s.upper() for s in value}
+    after = (subscribed | asked["subscribe"]) - asked["unsubscribe"]
+    if len(after) > max_symbols:
+        raise ValueError(f"subscribe: at most {max_symbols} symbols per connection")
+    return asked["subscribe"], asked["unsubscribe"]
+
+
+async def _listen(ws: WebSocket, subscribed: set[str], max_symbols: int) -> None:
+    """The client's subscription messages, applied to ``subscribed`` as they come. A message that breaks
+    the protocol gets an error frame; the third closes the connection (1008), as does a binary frame
+    (1003: not this protocol's data)."""
+    errors = 0
     while True:
-        try:
-            msg = orjson.loads(await ws.receive_text())
-            if not isinstance(msg, dict) or not set(msg) <= {"subscribe", "unsubscribe"}:
-                raise ValueError("send {\"subscribe\": [symbols]} or {\"unsubscribe\": [symbols]}")
-        except WebSocketDisconnect:
+        frame = await ws.receive()
+        if frame["type"] == "websocket.disconnect":
             return
+        if frame.get("text") is None:
+            await ws.close(code=1003, reason="binary frames are not part of this protocol")
+            return
+        try:
+            add, drop = _request(frame["text"], subscribed, max_symbols)
         except ValueError as e:
+            errors += 1
+            if errors >= PROTOCOL_ERRORS_BEFORE_CLOSE:
+                await ws.close(code=1008, reason=f"{errors} protocol errors; the last: {e}"[:120])
+                return
             await ws.send_json({"error": 422, "detail": str(e)})
             continue
-        subscribed.update(s.upper() for s in msg.get("subscribe", []))
-        subscribed.difference_update(s.upper() for s in msg.get("unsubscribe", []))
+        subscribed.update(add)
+        subscribed.difference_update(drop)
         await ws.send_json({"subscribed": sorted(subscribed)})
