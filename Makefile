@@ -27,7 +27,7 @@ demo: setup
 	$(BIN)/tickray demo
 
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=10
+	$(BIN)/python -m pytest -q --durations=10
 
 bench: setup
 	$(BIN)/python benchmarks/bench_generate.py
