@@ -79,8 +79,9 @@ def sweep(name: str, url: str, clients: list[int], duration_s: float) -> dict[in
     runs = {}
     for c in clients:
         r = runs[c] = load(url, c, duration_s)
-        print(f"  {name:<22} {c:>3} clients: {r['rps']:7.1f} req/s  p50 {r['p50_ms']:6.1f} ms  "
-              f"p99 {r['p99_ms']:6.1f} ms  errors {r['errors'] or 0}", flush=True)
+        non_2xx = sum(r["non_2xx"].values())
+        print(f"  {name:<22} {c:>3} clients: {r['rps']:7.1f} 2xx/s  p50 {r['p50_ms']:6.1f} ms  "
+              f"p99 {r['p99_ms']:6.1f} ms  non-2xx {non_2xx} of {r['requests']} {r['non_2xx'] or ''}", flush=True)
     return runs
 
 

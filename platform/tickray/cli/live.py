@@ -85,7 +85,7 @@ def cmd_serve(args, settings) -> None:
 
     from tickray.ops import stack
     from tickray.ops.runtime import connect_ray
-    from tickray.serving.app import APP_NAME, deploy
+    from tickray.serving.app import APP_NAME, check_exposure, deploy
     from tickray.serving.config import parse_serve_config
 
     cfg = None
@@ -98,6 +98,7 @@ def cmd_serve(args, settings) -> None:
         cfg = parse_serve_config({"tracking_uri": settings.tracking_uri, "redis_url": settings.redis_url,
                                   **{k: v for k, v in (apps[0].get("args") or {}).items() if v != ""}, **overrides},
                                  f"{args.file}: applications.{APP_NAME}.args")
+        check_exposure(cfg, settings.serve_host, args.insecure)
     if not (settings.ray_address or stack.ray_head_address(settings)):
         raise ConfigError("serve: no Ray cluster to deploy on; start one with `tickray up` (or set TICKRAY_RAY_ADDRESS)")
     connect_ray(settings)
@@ -105,10 +106,10 @@ def cmd_serve(args, settings) -> None:
         serve.delete(APP_NAME)
         print(f"Serve application {APP_NAME!r} deleted")
         return
-    url = deploy(cfg, settings.serve_host, settings.serve_port)
+    url = deploy(cfg, settings.serve_host, settings.serve_port, insecure=args.insecure)
     print(f"{cfg.model} (champion) at {url}: POST /v1/predict, GET /v1/predictions/{{symbol}}/latest, "
           f"WS /v1/stream, GET /v1/models, GET /v1/health, docs at {url}/docs; "
-          f"auth {'on' if cfg.auth_enabled else 'OFF (no keys configured)'}")
+          f"auth {'on' if cfg.auth_enabled else 'OFF (no keys configured; callers rate-limited by address)'}")
 
 
 def register(sub) -> None:
@@ -151,4 +152,6 @@ def register(sub) -> None:
     s.add_argument("--canary-share", type=float, help="share of requests for `challenger` (default: the file's)")
     s.add_argument("--new-key", action="store_true", help="print a new API key and the digest to configure")
     s.add_argument("--stop", action="store_true", help="delete the application")
+    s.add_argument("--insecure", action="store_true", help="serve without authentication on a non-loopback "
+                   "address (TICKRAY_SERVE_HOST); refused otherwise")
     s.set_defaults(fn=cmd_serve)

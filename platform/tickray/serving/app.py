@@ -15,6 +15,7 @@ version that made it.
 
 # No `from __future__ import annotations` here: FastAPI must see the route parameters' real types
 # (a string annotation `Request` turns into a required query parameter named "request").
+import ipaddress
 import logging
 import time
 
@@ -26,6 +27,7 @@ from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from tickray.errors import ConfigError
 from tickray.serving.api import ApiError, PredictRequest, api, invalid_field
 from tickray.serving.config import ServeConfig, parse_serve_config
 from tickray.serving.features import freshness
@@ -33,7 +35,7 @@ from tickray.serving.lifecycle import ServedVersions
 from tickray.serving.metrics import ServeMetrics
 from tickray.serving.models import ModelVersions, bases_of, describe
 from tickray.serving.predictor import Predictor
-from tickray.serving.push import push_predictions
+from tickray.serving.push import Sessions, push_predictions
 from tickray.serving.security import Guard
 from tickray.training import registry
 
@@ -73,12 +75,13 @@ class Gateway:
         self.served = ServedVersions(cfg, families, self.redis)
         self.metrics = ServeMetrics()
         self.predictor = Predictor(cfg, families, self.served, self.redis, self.metrics)
+        self.sessions = Sessions(cfg.connections)
         if not self.guard.auth.enabled:
             log.warning("tickray serve: no API keys and no JWT secret configured; the API is open")
 
-    async def _admit(self, headers, query=None) -> str:
+    async def _admit(self, conn, query_key: bool = False) -> str:
         self.served.follow()
-        return await self.guard.admit(headers, query)
+        return await self.guard.admit(conn, query_key)
 
     async def _answer(self, route: str, work) -> JSONResponse:
         """Run a route's work, counting its answer by route and status code."""
@@ -100,7 +103,7 @@ class Gateway:
     async def predict(self, request: Request) -> JSONResponse:
         """Probabilities of an up-move at every horizon, from symbols' live features or explicit rows."""
         async def work():
-            await self._admit(request.headers)
+            await self._admit(request)
             try:
                 req = PredictRequest.model_validate_json(await self.guard.body(request))
             except ValidationError as e:
@@ -115,7 +118,7 @@ class Gateway:
     async def latest(self, symbol: str, request: Request) -> JSONResponse:
         """The prediction from a symbol's latest live features."""
         async def work():
-            await self._admit(request.headers)
+            await self._admit(request)
             out = await self.predictor.from_symbols([symbol])
             return {"model": out["model"], **out["predictions"][0]}
         return await self._answer("/v1/predictions/latest", work)
@@ -124,7 +127,7 @@ class Gateway:
     async def models(self, request: Request) -> JSONResponse:
         """The served versions, their aliases, families, meta-learner weights and feature set."""
         async def work():
-            await self._admit(request.headers)
+            await self._admit(request)
             return {"model": self.cfg.model, "canary_share": self.cfg.canary_share,
                     "split_families": self.cfg.split_families,
                     "versions": {a: {**describe(m), **({"realised": t.summary()} if (t := self.served.tracker(m)) else {})}
@@ -149,12 +152,17 @@ class Gateway:
         """Send ``{"subscribe": ["BTCUSDT", ...]}`` (or ``"unsubscribe"``); receive a prediction for every
         new feature row of the subscribed symbols, with the row's age when it was pushed."""
         try:
-            await self._admit(ws.headers, dict(ws.query_params))
+            await self._admit(ws, query_key=True)
         except ApiError as e:
             await ws.close(code=1008 if e.status == 401 else 1013, reason=e.detail[:120])
             return
         await ws.accept()
-        await push_predictions(ws, self.redis, self.predictor, self.cfg.max_symbols)
+        with self.sessions.hold(ws) as refused:
+            if refused:  # accepted first, so that the client sees the code and the reason
+                await ws.close(code=1013, reason=refused)
+                return
+            await push_predictions(ws, self.redis, self.predictor, self.cfg.max_symbols,
+                                   self.cfg.connections.websocket_idle_s)
 
 
 def build(cfg: ServeConfig) -> serve.Application:
@@ -165,7 +173,8 @@ def build(cfg: ServeConfig) -> serve.Application:
         for fam in bases_of(ModelVersions(cfg.tracking_uri, cfg.model).champion_now()):
             handles[fam] = FamilyModel.options(name=f"Family-{fam}", logging_config=cfg.logging_config(),
                                                **cfg.families.options()).bind(cfg.tracking_uri, cfg.model, fam)
-    return Gateway.options(logging_config=cfg.logging_config(), **cfg.gateway.options()).bind(cfg, handles)
+    return Gateway.options(logging_config=cfg.logging_config(),
+                           **cfg.gateway.options(extra_slots=cfg.connections.websockets)).bind(cfg, handles)
 
 
 def app_builder(args: dict) -> serve.Application:
@@ -173,8 +182,24 @@ def app_builder(args: dict) -> serve.Application:
     return build(parse_serve_config(args, "serve application args"))
 
 
-def deploy(cfg: ServeConfig, host: str, port: int, name: str = APP_NAME) -> str:
+def is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name: it may resolve anywhere
+        return False
+
+
+def check_exposure(cfg: ServeConfig, host: str, insecure: bool) -> None:
+    """An API without authentication is bound to a loopback address only, unless ``insecure``."""
+    if not (cfg.auth_enabled or insecure or is_loopback(host)):
+        raise ConfigError(f"serve: refusing to bind {host} without authentication: configure API keys "
+                          f"({cfg.api_keys_env} or api_keys_sha256) or a JWT secret ({cfg.jwt_secret_env}), "
+                          "or pass --insecure to serve an open API on a non-loopback address")
+
+
+def deploy(cfg: ServeConfig, host: str, port: int, name: str = APP_NAME, insecure: bool = False) -> str:
     """Deploy (or update) the app on the connected Ray cluster; returns its base URL."""
+    check_exposure(cfg, host, insecure)
     serve.start(http_options={"host": host, "port": port}, logging_config=cfg.logging_config())  # the proxy's
     serve.run(build(cfg), name=name, route_prefix="/")
     return f"http://{host}:{port}"

@@ -34,9 +34,11 @@ class Replicas(StrictModel):
             raise ValueError(f"max_replicas {self.max_replicas} < min_replicas {self.min_replicas}")
         return self
 
-    def options(self) -> dict:
+    def options(self, extra_slots: int = 0) -> dict:
+        """Serve's deployment options; ``extra_slots``: ongoing requests a replica takes beyond
+        ``max_ongoing_requests`` (the gateway's WebSocket sessions, which never take a request's slot)."""
         actor = {"num_cpus": self.num_cpus, **({"num_gpus": self.num_gpus} if self.num_gpus else {})}
-        common = {"ray_actor_options": actor, "max_ongoing_requests": self.max_ongoing_requests}
+        common = {"ray_actor_options": actor, "max_ongoing_requests": self.max_ongoing_requests + extra_slots}
         if self.min_replicas == self.max_replicas:
             return {"num_replicas": self.min_replicas, **common}
         return {**common, "autoscaling_config": {
@@ -45,9 +47,25 @@ class Replicas(StrictModel):
 
 
 class RateLimit(StrictModel):
-    """Per API key (or JWT subject): at most ``requests`` in any ``window_s`` seconds (a sliding window)."""
+    """Per API key, JWT subject, or (auth off) client address: at most ``requests`` in any ``window_s`` seconds (a sliding window)."""
     requests: int = Field(600, ge=1)
     window_s: float = Field(60.0, gt=0)
+
+
+class Connections(StrictModel):
+    """What slow or long-lived connections may hold of a gateway replica, so that no caller can take the
+    API away from the others. A client is its address as the proxy saw it (X-Forwarded-For is not trusted)."""
+    # WebSocket sessions per replica, in slots of their own beside max_ongoing_requests; one more is
+    # accepted and closed at once (1013, try again later), as is one over the per-client cap.
+    websockets: int = Field(32, ge=1)
+    websockets_per_client: int = Field(8, ge=1)
+    # A session subscribed to nothing this long is closed (1000). Dead peers are the proxy's: uvicorn
+    # pings every 20 s and drops a peer that has not answered in 20 s.
+    websocket_idle_s: float = Field(60.0, gt=0)
+    # A request body not complete this long after the request reached the replica: 408.
+    body_timeout_s: float = Field(5.0, gt=0)
+    # Request bodies one client may be sending at once (a slow sender holds a request slot): 429 beyond.
+    bodies_per_client: int = Field(4, ge=1)
 
 
 class RealisedWeights(StrictModel):
@@ -79,9 +97,11 @@ class ServeConfig(StrictModel):
     stale_policy: Literal["reject", "flag"] = "flag"
     # How often replicas look for a moved alias in the registry.
     reload_poll_s: float = Field(2.0, gt=0)
+    connections: Connections = Connections()
     # Authentication: SHA-256 hex digests of API keys, plus the keys in the variable api_keys_env names
     # (comma-separated, hashed when the app is built), plus HS256 JWTs signed with the secret in the
-    # variable jwt_secret_env. None of them configured: no authentication (Serve binds to localhost).
+    # variable jwt_secret_env. None of them configured: no authentication, callers told apart (and
+    # rate-limited) by address; `tickray serve` then refuses a non-loopback host without --insecure.
     api_keys_sha256: list[str] = Field(default_factory=list)
     api_keys_env: str = API_KEYS_ENV
     jwt_secret_env: str = JWT_SECRET_ENV

@@ -25,7 +25,14 @@ from tickray.training import registry
 
 NS = 1_000_000_000
 FAILED = "failed:"  # how a family that could not answer is reported (never remembered as an answer)
+UNDEFINED = "features"  # the key under `degraded` naming the features a row lacked (the others are families)
 RECENT_PREDICTIONS = 4096  # live predictions kept per gateway replica, keyed by version and published row
+
+
+def _names(loaded: registry.LoadedModel, which: np.ndarray) -> str:
+    """The features flagged in ``which`` (F,), the first six named."""
+    names = [loaded.features[k] for k in np.flatnonzero(which)]
+    return f"{', '.join(names[:6])}{' …' if len(names) > 6 else ''}"
 
 
 def _last_line(e: BaseException) -> str:
@@ -41,17 +48,19 @@ class Predictor:
         self._recent: OrderedDict[tuple, dict] = OrderedDict()
 
     async def _base(self, loaded: registry.LoadedModel, inputs: Inputs) -> tuple[dict, dict]:
-        """Each family's predictions for the targets (NaN where it could not answer) and why not."""
+        """Each family's predictions for the targets (NaN where it could not answer) and why not. A family
+        that reads missing values (``reads_missing``: XGBoost's trees send them down the branch learned for
+        them) answers for a row with some features undefined; the others leave such rows out."""
         m = inputs.targets.size
         base, why = {}, {}
         calls = {}
         undefined = np.isnan(inputs.x[inputs.targets])  # (m, F)
         for fam, model in bases_of(loaded).items():
-            ends = inputs.ends_for(model.window)
+            missing_ok = getattr(model, "reads_missing", False) and model.window == 1
+            ends = inputs.targets[~undefined.all(axis=1)] if missing_ok else inputs.ends_for(model.window)
             if ends.size < m:
-                names = [loaded.features[k] for k in np.flatnonzero(undefined.any(axis=0))]
-                why[fam] = (f"features undefined: {', '.join(names[:6])}{' …' if len(names) > 6 else ''} "
-                            "(a stream warming up?)" if names else
+                names = _names(loaded, undefined.any(axis=0))
+                why[fam] = (f"features undefined: {names} (a stream warming up?)" if names else
                             f"needs {model.window} consecutive seconds of features")
             if ends.size == 0:
                 continue
@@ -84,7 +93,9 @@ class Predictor:
             raise ApiError(503, "no model could answer: " + "; ".join(f"{f} {w}" for f, w in why.items()))
         tracker = self.served.tracker(loaded)
         weights = tracker.weights() if tracker else None
+        undefined = np.isnan(inputs.x[inputs.targets])  # (targets, F)
         p, conf = combine(loaded, inputs.x[inputs.targets], base, weights)
+        conf = conf * (1 - undefined.mean(axis=1))[:, None]  # what was said from fewer features says less
         self.metrics.stage_ms.observe((time.perf_counter() - t1) * 1e3, tags={"stage": "combine"})
         if tracker and live:
             nan = np.full((inputs.targets.size, len(loaded.horizons)), np.nan)
@@ -95,6 +106,8 @@ class Predictor:
         out = []
         for i in range(inputs.targets.size):
             missing = {f: w for f, w in why.items() if f not in base or np.isnan(base[f][i]).all()}
+            if undefined[i].any():  # answered all the same by the families that read missing values
+                missing[UNDEFINED] = f"undefined, taken as missing: {_names(loaded, undefined[i])}"
             row = {"horizons": {f"{h}s": {"prob_up": round(float(p[i, j]), 6), "confidence": round(float(conf[i, j]), 6)}
                                 for j, h in enumerate(loaded.horizons)},
                    "model_version": loaded.version, "alias": alias}

@@ -1,26 +1,60 @@
 """Predictions pushed over a WebSocket (``/v1/stream``): the client sends ``{"subscribe": [symbols]}`` or
 ``{"unsubscribe": [...]}`` and receives a prediction for every new feature row of its symbols, announced
 by the stream actors on a Redis channel, with the row's age when it was pushed. Symbols are checked as the
-HTTP API checks them, and a connection holds at most ``max_symbols``.
+HTTP API checks them, and a connection holds at most ``max_symbols``. Sessions are counted per replica and
+per client address (``Sessions``), and one subscribed to nothing for ``websocket_idle_s`` is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
+from contextlib import contextmanager
 
 import orjson
 from fastapi import WebSocket, WebSocketDisconnect
 
 from tickray.serving.api import ApiError, symbol_problem
 from tickray.serving.predictor import Predictor
+from tickray.serving.security import address
 from tickray.stream.keys import FEATURES_CHANNEL
 
 PROTOCOL_ERRORS_BEFORE_CLOSE = 3
 
 
-async def push_predictions(ws: WebSocket, redis_async, predictor: Predictor, max_symbols: int) -> None:
-    """Serve one accepted connection until the client leaves or breaks the protocol."""
+class Sessions:
+    """The WebSocket sessions of one replica, per client address, within the configured caps."""
+
+    def __init__(self, limits):
+        self.limits = limits
+        self.by_client = Counter()
+
+    @contextmanager
+    def hold(self, ws: WebSocket):
+        """Yields None while the session holds its place, or why it may not (the session then ends)."""
+        client = address(ws)
+        total = sum(self.by_client.values())
+        if total >= self.limits.websockets:
+            yield f"server busy: {total} sessions, at most {self.limits.websockets} per replica; try again later"
+            return
+        if self.by_client[client] >= self.limits.websockets_per_client:
+            yield (f"{self.by_client[client]} sessions from {client}, at most "
+                   f"{self.limits.websockets_per_client} per client")
+            return
+        self.by_client[client] += 1
+        try:
+            yield None
+        finally:
+            self.by_client[client] -= 1
+            if not self.by_client[client]:
+                del self.by_client[client]
+
+
+async def push_predictions(ws: WebSocket, redis_async, predictor: Predictor, max_symbols: int,
+                           idle_s: float) -> None:
+    """Serve one accepted connection until the client leaves, breaks the protocol, or stays subscribed to
+    nothing for ``idle_s``."""
     subscribed: set[str] = set()
     for s in (s.strip() for s in ws.query_params.get("symbols", "").split(",") if s.strip()):
         if symbol_problem(s) is None and len(subscribed) < max_symbols:
@@ -28,9 +62,21 @@ async def push_predictions(ws: WebSocket, redis_async, predictor: Predictor, max
     pubsub = redis_async.pubsub()
     await pubsub.subscribe(FEATURES_CHANNEL)
     listener = asyncio.get_running_loop().create_task(_listen(ws, subscribed, max_symbols))
+    idle_since = time.monotonic()
     try:
-        while not listener.done():
-            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+        while True:
+            # the session ends as soon as the listener does, not at the next poll: its place is free at once
+            getter = asyncio.ensure_future(pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5))
+            await asyncio.wait({getter, listener}, return_when=asyncio.FIRST_COMPLETED)
+            if listener.done():
+                getter.cancel()
+                return
+            msg = getter.result()
+            if subscribed:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since > idle_s:
+                await ws.close(code=1000, reason=f"idle: subscribed to nothing for {idle_s:g}s")
+                return
             if msg is None:
                 continue
             try:

@@ -1,16 +1,19 @@
 """Who may call the API and how often: API keys kept as SHA-256 digests, HS256 JWT bearer tokens, a
 per-caller sliding-window rate limit kept in Redis (so every replica counts against the same window), and
-the bound on request bodies; ``Guard`` applies them all at the gateway's door.
+the bounds on request bodies (size, time, how many one client sends at once); ``Guard`` applies them all
+at the gateway's door.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import math
 import secrets
 import time
+from collections import Counter
 from typing import TYPE_CHECKING
 
 import orjson
@@ -84,11 +87,13 @@ class Authenticator:
         self.jwt_secret = jwt_secret
         self.enabled = bool(self.digests or jwt_secret)
 
-    def identify(self, headers, query: dict | None = None) -> str:
+    def identify(self, headers, query: dict | None = None, address: str = "unknown") -> str:
         """The caller's identity (``key:<digest prefix>`` or ``jwt:<sub>``) from the ``X-API-Key`` header,
-        an ``Authorization: Bearer`` JWT, or (WebSocket clients that cannot set headers) ``?api_key=``."""
+        an ``Authorization: Bearer`` JWT, or (WebSocket clients that cannot set headers) ``?api_key=``;
+        with authentication off, the client's address (``addr:<host>``), so that no caller's requests
+        count against another's rate limit."""
         if not self.enabled:
-            return "anonymous"
+            return f"addr:{address}"
         key = headers.get(KEY_HEADER) or (query or {}).get("api_key")
         if key:
             digest = hash_key(key)
@@ -133,20 +138,27 @@ class RateLimiter:
         return int(wait_ms) / 1000
 
 
+def address(conn) -> str:
+    """A request's or WebSocket's client address, as the proxy saw it."""
+    return conn.client.host if conn.client else "unknown"
+
+
 class Guard:
-    """The gateway's door: who the caller is, whether their window has room, and how large a body may be.
-    Refusals are ApiErrors (401, 429, 413) that the API answers as JSON."""
+    """The gateway's door: who the caller is, whether their window has room, and how large and how slow a
+    body may be. Refusals are ApiErrors (401, 429, 413, 408) that the API answers as JSON."""
 
     def __init__(self, cfg: ServeConfig, redis_async):
         self.auth = Authenticator(cfg.api_keys_sha256, cfg.jwt_secret)
-        self.rate_limit, self.max_body_bytes = cfg.rate_limit, cfg.max_body_bytes
+        self.rate_limit, self.max_body_bytes, self.limits = cfg.rate_limit, cfg.max_body_bytes, cfg.connections
         self.limiter = RateLimiter(redis_async, cfg.rate_limit.requests, cfg.rate_limit.window_s) \
             if cfg.rate_limit else None
+        self.sending = Counter()  # client address → bodies still arriving
 
-    async def admit(self, headers, query=None) -> str:
-        """The caller's identity, once they are known and within their rate limit."""
+    async def admit(self, conn, query_key: bool = False) -> str:
+        """The caller's identity, once they are known and within their rate limit. ``query_key``: accept
+        ``?api_key=`` (WebSocket clients cannot set headers)."""
         try:
-            caller = self.auth.identify(headers, query)
+            caller = self.auth.identify(conn.headers, dict(conn.query_params) if query_key else None, address(conn))
         except AuthError as e:
             raise ApiError(401, str(e), {"WWW-Authenticate": "Bearer"}) from None
         if self.limiter is not None:
@@ -157,7 +169,23 @@ class Guard:
         return caller
 
     async def body(self, request) -> bytes:
-        """The request's body, refused as soon as it is known to be over the limit."""
+        """The request's body, refused as soon as it is known to be over the size limit, when it has not
+        arrived in ``body_timeout_s``, or when its client is already sending ``bodies_per_client``."""
+        client = address(request)
+        if self.sending[client] >= self.limits.bodies_per_client:
+            raise ApiError(429, f"{self.sending[client]} request bodies from {client} are still arriving; "
+                                f"at most {self.limits.bodies_per_client} at once")
+        self.sending[client] += 1
+        try:
+            return await asyncio.wait_for(self._read(request), self.limits.body_timeout_s)
+        except TimeoutError:
+            raise ApiError(408, f"request body not complete within {self.limits.body_timeout_s:g}s") from None
+        finally:
+            self.sending[client] -= 1
+            if not self.sending[client]:
+                del self.sending[client]
+
+    async def _read(self, request) -> bytes:
         limit = self.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:

@@ -41,6 +41,7 @@ class XGBModel:
     boosters: list[xgboost.Booster]
     family: str = "xgboost"
     window: int = 1
+    reads_missing = True  # a NaN feature goes down the branch each split learned for missing values
 
     def predict(self, x: np.ndarray, idx: np.ndarray) -> np.ndarray:
         d = xgboost.DMatrix(x[idx])
