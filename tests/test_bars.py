@@ -109,6 +109,12 @@ def test_bars_cli_prints_and_writes(ray_cluster, shared_data, tmp_path, capsys):
     assert main(["bars", "--lake", str(root), "--symbols", symbol, "--timeframe", "90s",
                  "--start", f"{month}-03", "--end", f"{month}-05"]) != 0
     assert "not a whole, positive number of minutes" in capsys.readouterr().err
+    # an empty answer says why: the days the lake holds (a symbol it lacks altogether is an error)
+    assert main(["bars", "--lake", str(root), "--no-redis", "--symbols", symbol, "--timeframe", "1h",
+                 "--start", "2019-01-01", "--end", "2019-01-02"]) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert said[0].startswith(f"no 1h bars for {symbol} from 2019-01-01 to 2019-01-02: the lake's 1m bars of "
+                              f"{symbol} cover {month}-01 to {month}-"), said
 
 
 def test_live_bars_equal_the_batch_bars_of_the_same_trades(market):

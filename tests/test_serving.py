@@ -69,16 +69,21 @@ def live(ray_cluster, redis_settings, capture):
 
 
 @pytest.fixture(scope="module")
-def api(live, trained, mlflow_store, monkeypatch_module):
-    """The app as `tickray serve` deploys it: keys, JWT, rate limit, families split out."""
+def api_config(live, mlflow_store, monkeypatch_module) -> ServeConfig:
+    """As `tickray serve` reads it: keys, JWT (its secret from the environment), rate limit, families split out."""
     monkeypatch_module.setenv("TICKRAY_TEST_JWT", JWT_SECRET)
-    cfg = parse_serve_config({"tracking_uri": mlflow_store[0], "redis_url": live.redis_url,
-                              "api_keys_sha256": [hash_key(KEY)], "jwt_secret_env": "TICKRAY_TEST_JWT",
-                              "rate_limit": {"requests": 1000, "window_s": 60}, "stale_after_s": 3600,
-                              "reload_poll_s": 0.5, "max_body_bytes": 32768})
+    return parse_serve_config({"tracking_uri": mlflow_store[0], "redis_url": live.redis_url,
+                               "api_keys_sha256": [hash_key(KEY)], "jwt_secret_env": "TICKRAY_TEST_JWT",
+                               "rate_limit": {"requests": 1000, "window_s": 60}, "stale_after_s": 3600,
+                               "reload_poll_s": 0.5, "max_body_bytes": 32768})
+
+
+@pytest.fixture(scope="module")
+def api(api_config, trained):
+    """The app as `tickray serve` deploys it."""
     port = free_port()
     serve.shutdown()  # the demo's test leaves Serve running on the session's Ray, on its own port
-    url = deploy(cfg, "127.0.0.1", port)
+    url = deploy(api_config, "127.0.0.1", port)
     with httpx.Client(base_url=url, headers={"X-API-Key": KEY}, timeout=30) as client:
         yield client
     serve.delete("tickray")
@@ -156,6 +161,14 @@ def test_explicit_rows_models_health_and_docs(api, mlflow_store):
     spec = httpx.get(f"{api.base_url}/openapi.json").json()
     assert {"/v1/predict", "/v1/predictions/{symbol}/latest", "/v1/models", "/v1/health"} <= set(spec["paths"])
     assert httpx.get(f"{api.base_url}/docs").status_code == 200
+
+
+def test_deploying_where_serve_already_runs_gives_the_url_it_serves_at(api, api_config):
+    """Ray applies a port only when Serve first starts on a cluster: a second deploy asking for another
+    port is served where the proxy already listens, and says so instead of printing a dead URL."""
+    url = deploy(api_config, "127.0.0.1", free_port())
+    assert url == str(api.base_url).rstrip("/")
+    assert httpx.get(f"{url}/v1/health", timeout=30).json()["status"] == "ready"
 
 
 @pytest.mark.parametrize("headers, says", [

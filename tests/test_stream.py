@@ -88,7 +88,9 @@ def test_live_features_equal_batch_features(ray_cluster, settings, capture, monk
     clock = stats["clock"]
     assert clock["source"] and abs(clock["rate"] - SPEED) < 0.2 * SPEED, clock
     assert abs(clock["offset_ms"]) > 3e10, clock  # the market is more than a year behind our wall clock
-    assert 0 <= stats["lag_ms"]["BTCUSDT"] < 60_000, stats["lag_ms"]
+    # The source clock is read between /time answers whose round trip, at 30x, is worth 30 times as much
+    # market time: a few ms of scheduling on a loaded machine put it a fraction of a second either way.
+    assert -5_000 < stats["lag_ms"]["BTCUSDT"] < 60_000, stats["lag_ms"]
     doc = orjson.loads(r.get(FEATURES_KEY.format(symbol="BTCUSDT")))
     cap = read_ws_capture(capture)
     grid = grid_from_events(cap.trades, cap.book.book)
@@ -116,9 +118,10 @@ def test_live_features_equal_batch_features(ray_cluster, settings, capture, monk
     assert set(current) == {b"1m", b"15m", b"1h", b"4h"}
     assert current[b"1m"]["ts"] == batch_bars[-1]["ts"].value and not current[b"1h"]["complete"]
     monkeypatch.setenv("TICKRAY_REDIS_PORT", str(settings.redis_port))
-    assert main(["bars", "--live", "--symbols", "BTCUSDT"]) == 0  # live monitoring from the command line
+    assert main(["bars", "--live", "--symbols", "BTCUSDT,NOSUCHUSDT"]) == 0  # live monitoring from the command line
     printed = capsys.readouterr().out
     assert all(f"BTCUSDT {tf} " in " ".join(printed.split()) for tf in ("1m", "15m", "1h", "4h")), printed
+    assert "no live bars in Redis for NOSUCHUSDT: is a stream actor running for them?" in printed
 
 
 def test_the_source_clock_runs_at_the_pace_its_answers_show():

@@ -107,7 +107,7 @@ def run_demo(settings: Settings, symbols: list[str], days: int = 1, seed: int = 
     t = stage("6/9 deploy on Ray Serve")
     serving = ServeConfig(model=result.model_name, tracking_uri=settings.tracking_uri, redis_url=settings.redis_url)
     base = deploy(serving, settings.serve_host, settings.serve_port)
-    health = httpx.get(f"{base}/v1/health", timeout=30).json()
+    health = _health(base)
     say(f"Serve at {base}: {health} ({time.perf_counter() - t:.1f}s)")
 
     _stream_and_predict(settings, symbols, files.ws_captures, base, replay_speed, result, stage, say)
@@ -128,6 +128,19 @@ def run_demo(settings: Settings, symbols: list[str], days: int = 1, seed: int = 
     say(f"\n== done in {time.perf_counter() - t_all:.0f}s. Where to look:")
     _where_to_look(settings, symbols, dashboard, base, bt.report_path, result.report_path, say)
     return result
+
+
+def _health(base: str, wait_s: float = 60) -> dict:
+    """The new app's health, once its proxy takes connections (serve.run returns when the replicas are
+    ready; on a loaded machine the HTTP proxy may start listening a moment later)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return httpx.get(f"{base}/v1/health", timeout=30).json()
+        except httpx.ConnectError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def _stream_and_predict(settings: Settings, symbols: list[str], captures: list, base: str, replay_speed: float,

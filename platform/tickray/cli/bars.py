@@ -21,6 +21,31 @@ def _utc_ns(text: str) -> int:
     return int(t.replace(tzinfo=t.tzinfo or dt.UTC).timestamp()) * 1_000_000_000
 
 
+def _day(ns: int) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%Y-%m-%d %H:%M").removesuffix(" 00:00")
+
+
+def _coverage(root: Path, symbol: str) -> str:
+    """The days the lake's 1m bars of ``symbol`` cover, as ranges of consecutive days."""
+    import datetime as dt
+
+    from tickray import lake
+
+    days = sorted(dt.date.fromisoformat(d) for d, s in lake.partitions(root, "bars_1m") if s == symbol)
+    if not days:
+        return f"the lake ({root}) has no 1m bars of {symbol}"
+    ranges = [[days[0], days[0]]]
+    for d in days[1:]:
+        if d - ranges[-1][1] == dt.timedelta(days=1):
+            ranges[-1][1] = d
+        else:
+            ranges.append([d, d])
+    shown = ", ".join(f"{a}" if a == b else f"{a} to {b}" for a, b in ranges[:8])
+    return f"the lake's 1m bars of {symbol} cover {shown}{' …' if len(ranges) > 8 else ''}"
+
+
 def _bar_cache(args, settings):
     from tickray.bars.cache import BarCache
     from tickray.bars.collector import Collector, venue
@@ -61,6 +86,13 @@ def cmd_bars(args, settings) -> None:
         return
     cache = _bar_cache(args, settings)
     bars = cache.get_bars(args.symbols, args.timeframe, args.start, args.end)
+    found = set(bars.column("symbol").to_pylist()) if bars.num_rows else set()
+    for symbol in args.symbols:
+        if symbol not in found:  # an empty answer says why
+            print(f"no {args.timeframe} bars for {symbol} from {_day(args.start)} to {_day(args.end)}: "
+                  f"{_coverage(cache.lake_root, symbol)}")
+    if not bars.num_rows:
+        return
     if args.out:
         out = Path(args.out)
         (pq.write_table if out.suffix == ".parquet" else pacsv.write_csv)(bars, out)
@@ -82,8 +114,10 @@ def _live_bars(symbols: list[str], settings) -> None:
     r = redis_client(settings)
     rows = [{"timeframe": tf.decode(), **orjson.loads(v)} for s in symbols
             for tf, v in sorted(r.hgetall(LIVE_BARS_KEY.format(symbol=s.upper())).items())]
+    missing = [s for s in symbols if s not in {row["symbol"] for row in rows}]
+    if missing:
+        print(f"no live bars in Redis for {', '.join(missing)}: is a stream actor running for them?")
     if not rows:
-        print(f"no live bars in Redis for {', '.join(symbols)}: is a stream actor running for them?")
         return
     for row in rows:
         row["ts"] = dt.datetime.fromtimestamp(row["ts"] / 1e9, dt.UTC).strftime("%Y-%m-%d %H:%M")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from tickray.errors import ConfigError
@@ -57,6 +58,16 @@ def cmd_tune(args, settings) -> None:
         print("\n".join(trained.lines()))
 
 
+def _output_path(given: str, settings) -> Path:
+    """Where a file the caller named goes, absolute. A relative path from a job that `ray job submit` runs
+    would land in Ray's temporary copy of the uploaded working directory, gone with the job: it goes under
+    the state folder's ``reports/`` instead."""
+    path = Path(given)
+    if not path.is_absolute() and "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:  # set by Ray for a job's driver
+        path = settings.state_path / "reports" / path
+    return path.resolve()
+
+
 def cmd_backtest(args, settings) -> None:
     from tickray.backtest.config import load_backtest_config
     from tickray.backtest.walkforward import run_backtest
@@ -65,7 +76,7 @@ def cmd_backtest(args, settings) -> None:
     cfg = load_backtest_config(args.backtest_config, _overrides(args))
     connect_ray(settings)
     report = run_backtest(cfg, Path(settings.lake_path), settings.tracking_uri, settings.artifact_root,
-                          Path(args.report) if args.report else None)
+                          _output_path(args.report, settings) if args.report else None)
     print("\n".join(report.lines()))
 
 

@@ -201,5 +201,11 @@ def deploy(cfg: ServeConfig, host: str, port: int, name: str = APP_NAME, insecur
     """Deploy (or update) the app on the connected Ray cluster; returns its base URL."""
     check_exposure(cfg, host, insecure)
     serve.start(http_options={"host": host, "port": port}, logging_config=cfg.logging_config())  # the proxy's
+    # Ray applies http_options only when Serve first starts on a cluster: where it already runs, the app
+    # is served where its proxies listen, and that is the URL to give.
+    http = serve.context._get_global_client().http_config
+    if (http.host, http.port) != (host, port):
+        log.warning("Serve already runs on this cluster at %s:%s; the app is served there, not at %s:%s",
+                    http.host, http.port, host, port)
     serve.run(build(cfg), name=name, route_prefix="/")
-    return f"http://{host}:{port}"
+    return f"http://{http.host}:{http.port}"
