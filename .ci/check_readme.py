@@ -28,6 +28,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,14 +84,19 @@ def run(block: Block, values: dict[str, str], env: dict[str, str], timeout_s: fl
         script.append(cmd)
     env_file = ROOT / ".readme-check.env"
     script.append(f"env -0 > {env_file}")
-    proc = subprocess.Popen(["bash", "-c", "\n".join(script)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    groups.append(proc.pid)
-    try:
-        output, _ = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
+    # Output to a file, not a pipe: a background command keeps the pipe open long after the block ends.
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen(["bash", "-c", "\n".join(script)], cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        groups.append(proc.pid)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        out.seek(0)
+        output = out.read()
+    if proc.returncode < 0:
         return False, f"{output}\n(still running after {timeout_s:g} s)"
     if proc.returncode != 0:
         return False, f"{output}\n(exit {proc.returncode})"
@@ -112,8 +118,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("readme", nargs="?", default=str(ROOT / "README.md"))
     ap.add_argument("--timeout-s", type=float, default=900, help="per block")
+    ap.add_argument("--from-block", type=int, default=1, help="start at this block (1-based), on a stack that "
+                    "the blocks before it left")
     args = ap.parse_args()
-    todo = blocks(Path(args.readme))
+    marked = blocks(Path(args.readme))
+    todo = marked[args.from_block - 1:]
     if not todo:
         print(f"{args.readme}: no block is marked runnable", file=sys.stderr)
         return 1
@@ -121,14 +130,15 @@ def main() -> int:
     env = dict(os.environ)
     groups: list[int] = []
     try:
-        for n, block in enumerate(todo, 1):
-            print(f"README block {n}/{len(todo)} (line {block.line}):", flush=True)
+        for n, block in enumerate(todo, args.from_block):
+            print(f"README block {n}/{len(marked)} (line {block.line}):", flush=True)
             t = time.monotonic()
             ok, output = run(block, values, env, args.timeout_s, groups)
             if not ok:
                 print(output, f"\nREADME block at line {block.line}: FAILED", file=sys.stderr, sep="")
                 return 1
-            print(f"  ok in {time.monotonic() - t:.0f} s", flush=True)
+            tail = [ln for ln in output.splitlines() if ln.strip()][-6:]
+            print("".join(f"  | {ln[:160]}\n" for ln in tail) + f"  ok in {time.monotonic() - t:.0f} s", flush=True)
     finally:
         for pgid in groups:  # background commands (a replay venue) end with the check
             try:
