@@ -77,6 +77,12 @@ def test_unchanged_market_raises_no_alert(champion, ray_cluster):
     assert result.drifting == [], result.lines()
     assert not result.alerts, result.lines()
     assert result.realised_auc > 0.55  # the synthetic market's signal is still there
+    # too few rows for a verdict: the note says which rows were taken
+    few = Monitor(MonitorConfig(model="mon-ensemble", current={"window_s": 60}, retrain={"enabled": False}),
+                  champion[0]).check()
+    assert few.current_rows < 200 and not few.drifting
+    assert few.notes[0].startswith(f"{few.current_rows} current rows (the lake's newest 60 s of BTCUSDT, ETHUSDT, "
+                                   "2024-01-01 23:5"), few.notes
 
 
 def test_live_features_from_redis(champion, redis_settings, ray_cluster):
@@ -98,6 +104,7 @@ def test_live_features_from_redis(champion, redis_settings, ray_cluster):
                                                                "features": feats}))
         results.append(monitor.check())
     assert results[0].current_rows == 2 and "no drift verdict yet" in results[0].notes[0]
+    assert "live rows of BTCUSDT, ETHUSDT sampled from Redis" in results[0].notes[0]
     assert results[-1].current_rows == 40
     assert "imb_l1" in results[-1].drifting and "feature_drift" in [a.rule for a in results[-1].alerts]
     assert np.isnan(results[-1].realised_auc)  # live features carry no labels

@@ -74,6 +74,11 @@ def test_up_starts_a_ray_head_that_jobs_join_and_down_stops_it(tmp_path):
         assert f"token {token}" in up.stdout
         assert len(token.read_text()) == 64 and token.stat().st_mode & 0o077 == 0
         assert f"token  {token}" in _cli("status", env=env).stdout
+        # RAY_ADDRESS exported for `ray job submit` (the job API's http:// address, as Ray's docs do it)
+        # leaves tickray joining its own head
+        job_api = f"http://127.0.0.1:{env['TICKRAY_DASHBOARD_PORT']}"
+        status = _cli("status", env={**env, "RAY_ADDRESS": job_api})
+        assert status.returncode == 0 and "nodes  1 alive" in status.stdout, status.stderr[-2000:]
         pid = int((tmp_path / "state" / "run" / "ray.pid").read_text())
         # A client process joins the head through the same settings (token auth included).
         code = ("from tickray.config import load_settings; from tickray.ops.runtime import connect_ray; import ray; "

@@ -29,13 +29,22 @@ def local_device() -> str:
     return "cuda" if found else "cpu"
 
 
+def _job_driver_address() -> str | None:
+    """RAY_ADDRESS when it names a cluster to join: how `ray job submit` tells a job's driver where its
+    cluster is. An http:// value is the dashboard's job API, as Ray's docs have users export it for
+    `ray job submit`; tickray then joins its own head, as it would without the variable."""
+    address = os.environ.get("RAY_ADDRESS")
+    return None if address is None or "://" in address else address
+
+
 def connect_ray(settings: Settings) -> str | None:
     """Connect this process to Ray; return the dashboard URL when there is one."""
     # Ray Data logs every progress tick at INFO when stdout is not a terminal; keep its warnings only.
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # Serve's driver-side INFO ("Started Serve", "Application … is ready"): tickray prints where it serves.
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     if not ray.is_initialized():
-        # RAY_ADDRESS is how `ray job submit` tells a job's driver where its cluster is.
-        address = settings.ray_address or os.environ.get("RAY_ADDRESS") or stack.ray_head_address(settings)
+        address = settings.ray_address or _job_driver_address() or stack.ray_head_address(settings)
         kwargs = {"logging_level": logging.WARNING, "log_to_driver": True}
         if address:
             source = stack.ray_token_source()

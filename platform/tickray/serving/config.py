@@ -114,10 +114,13 @@ class ServeConfig(StrictModel):
     # Serve's line per request in the proxy's and replicas' logs: off, as uvicorn's is in the benchmark's
     # plain app (each costs CPU on the request path); warnings and errors are logged either way.
     access_log: bool = False
+    # Serve's own lines below this level (deploying, replicas added, routes updated: INFO) go to its log
+    # files under the Ray session, not the console; tickray says where the app is served.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
 
     def logging_config(self) -> dict:
         """Serve's LoggingConfig (deployments, and the proxy through serve.start)."""
-        return {"enable_access_log": self.access_log}
+        return {"enable_access_log": self.access_log, "log_level": self.log_level}
 
     @property
     def auth_enabled(self) -> bool:

@@ -18,7 +18,7 @@ import numpy as np
 import ray
 import ray.train
 import xgboost
-from ray.train import RunConfig, ScalingConfig
+from ray.train import LoggingConfig, RunConfig, ScalingConfig
 from ray.train.xgboost import XGBoostTrainer
 
 from tickray.ops.runtime import local_device
@@ -29,6 +29,14 @@ if TYPE_CHECKING:
     from tickray.research.rows import Rows
 
 XGB_REPORT_EVERY = 25  # boosting rounds between progress reports (each costs a round trip on Ray Train)
+
+
+def run_config(name: str, storage_path: Path, **kwargs) -> RunConfig:
+    """Ray Train's run config for tickray's fits. Its INFO lines (resources requested, worker group
+    started, every checkpoint and report: dozens per fit) are left to its log files; tickray prints one
+    line per fit, and warnings and errors still reach the console."""
+    return RunConfig(name=name, storage_path=str(storage_path), logging_config=LoggingConfig(log_level="WARNING"),
+                     **kwargs)
 
 
 def scaling(num_workers: int, resources: Resources) -> ScalingConfig:
@@ -129,7 +137,7 @@ def train_xgboost(rows: Rows, train: np.ndarray, valid: np.ndarray, cfg: XGBoost
         train_loop_config={"x": ray.put(rows.x), "y": ray.put(rows.y), "train": train[order], "valid": valid,
                            "labels": labels, "cfg": cfg.model_dump(), "seed": seed},
         scaling_config=scaling(cfg.num_workers, cfg.resources),
-        run_config=RunConfig(name=name, storage_path=str(storage_path)),
+        run_config=run_config(name, storage_path),
     )
     result = trainer.fit()
     with result.checkpoint.as_directory() as d:

@@ -145,6 +145,10 @@ class CheckResult:
         return out
 
 
+def _iso(ns: int) -> str:
+    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def _date(iso: str) -> str:
     return dt.datetime.fromisoformat(iso).date().isoformat()
 
@@ -201,17 +205,21 @@ class Monitor:
 
             dates = sorted(d for d, s in lake.partitions(self.settings.lake_path, "features") if s in symbols)
             cur = self._rows(loaded, dates[-2] if len(dates) > 1 else dates[-1], dates[-1], symbols)
-            cur_idx = np.flatnonzero((cur.ts >= cur.ts.max() - cfg.current.window_s * NS)
-                                     & ~np.isnan(cur.x).any(axis=1))
+            since = cur.ts.max() - cfg.current.window_s * NS
+            cur_idx = np.flatnonzero((cur.ts >= since) & ~np.isnan(cur.x).any(axis=1))
             cur_x = cur.x
+            where = (f"the lake's newest {cfg.current.window_s:g} s of {', '.join(symbols)}, "
+                     f"{_iso(since)} to {_iso(cur.ts.max())}, with every feature defined")
         else:
             self._sample_redis(symbols, loaded.features)
             cur, cur_x = None, np.array(list(self.live.values()), np.float32).reshape(-1, len(loaded.features))
             cur_idx = np.flatnonzero(~np.isnan(cur_x).any(axis=1))
+            where = f"live rows of {', '.join(symbols)} sampled from Redis, with every feature defined"
         result.current_rows = int(cur_idx.size)
 
         if cur_idx.size < cfg.current.min_rows:
-            result.notes.append(f"{cur_idx.size} current rows (< {cfg.current.min_rows}): no drift verdict yet")
+            result.notes.append(f"{cur_idx.size} current rows ({where}) < {cfg.current.min_rows}: no drift "
+                                "verdict yet")
         else:
             result.drift = feature_drift(ref.x[ref_idx], cur_x[cur_idx], loaded.features)
             result.drifting = [f for f, d in result.drift.items()

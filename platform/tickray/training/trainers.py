@@ -17,11 +17,11 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
-from ray.train import CheckpointConfig, RunConfig
+from ray.train import CheckpointConfig
 from ray.train.torch import TorchTrainer
 
 from tickray.research.rows import Rows
-from tickray.training.boosting import scaling
+from tickray.training.boosting import run_config, scaling
 from tickray.training.config import SequenceConfig
 from tickray.training.models import SequenceModel, build_net, train_net, unwrapped
 
@@ -65,9 +65,9 @@ def train_sequence(family: str, rows: Rows, train: np.ndarray, valid: np.ndarray
         train_loop_config={"x": ray.put(rows.x), "y": ray.put(rows.y), "cfg": cfg.model_dump(), "seed": seed,
                            "family": family, "scale_rows": train, "valid": valid},
         scaling_config=scaling(cfg.num_workers, cfg.resources),
-        run_config=RunConfig(name=name, storage_path=str(storage_path),
-                             checkpoint_config=CheckpointConfig(checkpoint_score_attribute="valid_loss",
-                                                                checkpoint_score_order="min")),
+        run_config=run_config(name, storage_path,
+                              checkpoint_config=CheckpointConfig(checkpoint_score_attribute="valid_loss",
+                                                                 checkpoint_score_order="min")),
         datasets={"train": ray.data.from_numpy(order)},
     )
     result = trainer.fit()
