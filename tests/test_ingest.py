@@ -107,6 +107,8 @@ def test_every_real_file_ingests_with_its_quarantine_counted(ray_cluster, shared
     assert rep.failed == [] and not rep.quarantined["trades"] and not rep.quarantined["bars_1m"]
     not_market_data = {Path(s.split(" (")[0]).suffix for s in rep.skipped if s.endswith("(no known format)")}
     assert not_market_data <= {".md"}  # notes
+    assert [ln for ln in rep.lines() if ln.startswith("skipped: ")] == [f"skipped: {s}" for s in rep.skipped]
+    assert any(ln.startswith("skipped: ") and ln.endswith("PROVENANCE.md (no known format)") for ln in rep.lines())
 
     def rows(dataset, symbol, *dates):
         return sum(lake.read_partition(root, dataset, d, symbol).num_rows for d in dates)

@@ -291,9 +291,7 @@ class IngestReport:
                        f"{len(self.partitions[ds])} partitions; quarantined {sum(q.values()):,} ({qs})")
         if self.nodes:
             out.append(f"{self.tasks} tasks on {len(self.nodes)} node(s)")
-        if self.skipped:
-            shown = ", ".join(self.skipped[:5]) + (", ..." if len(self.skipped) > 5 else "")
-            out.append(f"not ingested on their own: {len(self.skipped)} files: {shown}")
+        out += [f"skipped: {entry}" for entry in self.skipped]  # every one, with its reason: none is cut
         out.append(f"inputs: {self.inputs_ok} landed, {len(self.failed)} failed, {len(self.skipped)} skipped"
                    + (f"; tracebacks in {self.log}" if self.log else ""))
         return out
