@@ -47,14 +47,13 @@ class Predictor:
         self.cfg, self.handles, self.served, self.redis, self.metrics = cfg, families, served, redis_async, metrics
         self._recent: OrderedDict[tuple, dict] = OrderedDict()
 
-    async def _base(self, loaded: registry.LoadedModel, inputs: Inputs) -> tuple[dict, dict]:
+    async def _base(self, loaded: registry.LoadedModel, inputs: Inputs, undefined: np.ndarray) -> tuple[dict, dict]:
         """Each family's predictions for the targets (NaN where it could not answer) and why not. A family
         that reads missing values (``reads_missing``: XGBoost's trees send them down the branch learned for
         them) answers for a row with some features undefined; the others leave such rows out."""
         m = inputs.targets.size
         base, why = {}, {}
         calls = {}
-        undefined = np.isnan(inputs.x[inputs.targets])  # (m, F)
         for fam, model in bases_of(loaded).items():
             missing_ok = getattr(model, "reads_missing", False) and model.window == 1
             ends = inputs.targets[~undefined.all(axis=1)] if missing_ok else inputs.ends_for(model.window)
@@ -86,14 +85,14 @@ class Predictor:
                        live: list[Reading] | None = None) -> list[dict]:
         """Predictions for the targets; ``live``: the readings they are the latest rows of (scored later)."""
         t0 = time.perf_counter()
-        base, why = await self._base(loaded, inputs)
+        undefined = np.isnan(inputs.x[inputs.targets])  # (targets, F)
+        base, why = await self._base(loaded, inputs, undefined)
         t1 = time.perf_counter()
         self.metrics.stage_ms.observe((t1 - t0) * 1e3, tags={"stage": "models"})
         if not base:
             raise ApiError(503, "no model could answer: " + "; ".join(f"{f} {w}" for f, w in why.items()))
         tracker = self.served.tracker(loaded)
         weights = tracker.weights() if tracker else None
-        undefined = np.isnan(inputs.x[inputs.targets])  # (targets, F)
         p, conf = combine(loaded, inputs.x[inputs.targets], base, weights)
         conf = conf * (1 - undefined.mean(axis=1))[:, None]  # what was said from fewer features says less
         self.metrics.stage_ms.observe((time.perf_counter() - t1) * 1e3, tags={"stage": "combine"})
