@@ -132,8 +132,27 @@ def test_trades_quotes_and_derivative_ticker(tmp_path):
            HEAD + ",funding_timestamp,funding_rate,predicted_funding_rate,open_interest,last_price,index_price,mark_price",
            ["binance-futures,BTCUSDT,1577836800000000,1577836800001000,1577865600000000,0.0001,,,7200,7199,7200.5",
             "binance-futures,BTCUSDT,1577836801000000,1577836801001000,1577865600000000,0.0001,,12345.6,7200,7199,7200.5"])
-    oi = tardis.read_open_interest(tmp_path / "binance-futures_derivative_ticker_2020-01-01_BTCUSDT.csv")
-    assert oi["open_interest"].to_pylist() == [12345.6]  # the message without one is not a zero
+    ticker = tardis.read_derivative_ticker(tmp_path / "binance-futures_derivative_ticker_2020-01-01_BTCUSDT.csv")
+    assert ticker["open_interest"]["open_interest"].to_pylist() == [12345.6]  # the message without one is not a zero
+    funding = ticker["funding"].to_pylist()
+    assert [r["funding_ts"].timestamp() for r in funding] == [1577865600.0] * 2
+    assert [(r["mark_price"], r["index_price"], r["funding_rate"]) for r in funding] == [(7200.5, 7199.0, 0.0001)] * 2
+    assert [r["predicted_funding_rate"] for r in funding] == [None, None]  # not in the file: null, not 0
+
+
+DERIV_HEAD = HEAD + ",funding_timestamp,funding_rate,predicted_funding_rate,open_interest,last_price,index_price,mark_price"
+
+
+def test_liquidations_keep_the_forced_orders_side(tmp_path):
+    path = tmp_path / "bybit_liquidations_2022-06-01_BTCUSDT.csv.gz"
+    _write(path, HEAD + ",id,side,price,amount", [
+        "bybit,BTCUSDT,1654041600123000,1654041600200000,,buy,31500.5,0.25",  # a short closed; no id
+        "bybit,BTCUSDT,1654041601000000,1654041601100000,,sell,31490,1.5",
+        "bybit,BTCUSDT,1654041602000000,1654041602100000,,unknown,31490,2"], gz=True)
+    rows = tardis.read_liquidations(path).to_pylist()
+    assert [(r["side"], r["price"], r["qty"], r["liquidation_id"]) for r in rows] == [
+        (1, 31500.5, 0.25, None), (-1, 31490.0, 1.5, None), (None, 31490.0, 2.0, None)]
+    assert rows[0]["ts"].timestamp() == 1654041600.123
 
 
 def _tardis_from_capture(lines: list[bytes]) -> tuple[str, int]:
@@ -202,15 +221,38 @@ def test_a_binance_capture_converted_to_tardis_gives_the_same_book(shared_data, 
 
 
 def test_ingest_reads_tardis_files_and_names_a_bad_one(ray_cluster, shared_data, tmp_path):
-    bad = tmp_path / "in" / "okex-swap_trades_2021-01-01_BTC-USD-SWAP.csv"
-    bad.parent.mkdir()
+    """The real samples, a derivative ticker, liquidations and a Binance monthly fundingRate file land in
+    their datasets; a bad row of each is quarantined with its reason; a file of unknown columns fails alone."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    bad = inputs / "okex-swap_trades_2021-01-01_BTC-USD-SWAP.csv"
     _write(bad, HEAD + ",id,side,price,amount,fee", ["okex-swap,BTC-USD-SWAP,1,2,3,buy,1,1,0"])
-    report = ingest([shared_data / "tardis", bad.parent], tmp_path / "lake")
-    assert report.inputs_ok == 2 and len(report.failed) == 1
+    _write(inputs / "deribit_derivative_ticker_2021-01-01_BTC-PERPETUAL.csv", DERIV_HEAD, [
+        "deribit,BTC-PERPETUAL,1609459200000000,1609459200001000,,0.00012,,1500,29000,29001,29002",
+        "deribit,BTC-PERPETUAL,1609459201000000,1609459201001000,,,,,,,",  # carries nothing
+        "deribit,BTC-PERPETUAL,1609459202000000,1609459202001000,,0.00011,,,29000,-1,29003"])  # bad index price
+    _write(inputs / "bybit_liquidations_2021-01-01_BTCUSDT.csv", HEAD + ",id,side,price,amount", [
+        "bybit,BTCUSDT,1609459200000000,1609459200100000,,buy,29000,0.5",
+        "bybit,BTCUSDT,1609459201000000,1609459201100000,,sell,29000,0"])  # no size
+    # data.binance.vision's monthly fundingRate file (with its header row), settled every 8 hours
+    (inputs / "BTCUSDT-fundingRate-2021-01.csv").write_text(
+        "calc_time,funding_interval_hours,last_funding_rate\n1609459200000,8,0.00010000\n1609488000000,8,0.00020000\n")
+    report = ingest([shared_data / "tardis", inputs], tmp_path / "lake")
+    assert report.inputs_ok == 5 and len(report.failed) == 1
     assert report.failed[0].input == str(bad) and "unknown ['fee']" in report.failed[0].reason
-    assert report.rows == {"book": 10} and dict(report.quarantined["book"]) == {"null field": 1}
+    assert report.rows == {"book": 10, "open_interest": 1, "funding": 3, "liquidations": 1}
+    assert {ds: dict(q) for ds, q in report.quarantined.items() if q} == {
+        "book": {"null field": 1}, "funding": {"non-positive price": 1}, "liquidations": {"non-positive size": 1}}
     book = pq.read_table(tmp_path / "lake" / "book")
     assert book.num_rows == 10 and set(book["symbol"].to_pylist()) == {"BTCUSDT"}
+    funding = sorted(pq.read_table(tmp_path / "lake" / "funding").to_pylist(), key=lambda r: (r["ts"], r["symbol"]))
+    assert [(r["symbol"], r["funding_rate"], r["mark_price"]) for r in funding] == [
+        ("BTC-PERPETUAL", 0.00012, 29002.0), ("BTCUSDT", 0.0001, None), ("BTCUSDT", 0.0002, None)]
+    assert funding[1]["funding_ts"] == funding[1]["ts"]  # a settled rate belongs to its own time
+    assert funding[0]["funding_ts"] is None  # the ticker gave no funding time
+    lake = tmp_path / "lake"  # the new datasets' files are read back as Parquet in a lake schema
+    again = ingest([lake / "funding", lake / "liquidations", lake / "open_interest"], tmp_path / "again")
+    assert again.rows == {"funding": 3, "liquidations": 1, "open_interest": 1} and not again.failed
 
 
 @pytest.mark.parametrize("header, why", [(HEAD + ",is_snapshot,side,price", "missing ['amount']")])

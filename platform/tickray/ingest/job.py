@@ -27,8 +27,8 @@ import ray
 
 from tickray import lake
 from tickray.errors import DataFormatError, failure_line
+from tickray.lake import validate
 from tickray.lake.schema import TS
-from tickray.lake.validate import check_bars, check_book, check_open_interest, check_trades
 from tickray.ops.runtime import one_stage_execution
 from tickray.sources import binance, databento, formats, generic, lake_parquet
 from tickray.sources.formats import Rows
@@ -38,7 +38,9 @@ from tickray.sources.formats import Rows
 # then hold within each shard.
 SHARD_BYTES = 256 * 2**20
 # lake dataset → its row validator
-DATASETS = {"trades": check_trades, "book": check_book, "bars_1m": check_bars, "open_interest": check_open_interest}
+DATASETS = {"trades": validate.check_trades, "book": validate.check_book, "bars_1m": validate.check_bars,
+            "open_interest": validate.check_open_interest, "funding": validate.check_funding,
+            "liquidations": validate.check_liquidations}
 
 
 def _is_twin_of_consumed(f: Path, files: set[Path]) -> str | None:

@@ -25,6 +25,21 @@ BAR = pa.schema([
 
 OPEN_INTEREST = pa.schema([("ts", TS), ("symbol", pa.string()), ("open_interest", pa.float64())])
 
+# Perpetual futures' mark and index prices and funding rate, each null where the source does not carry it
+# (Binance's monthly fundingRate files give only the rate settled at each funding time). ``funding_ts`` is
+# the funding time the rate belongs to: the next one for a live or predicted rate, the settled one for a
+# settled rate.
+FUNDING = pa.schema([
+    ("ts", TS), ("symbol", pa.string()), ("mark_price", pa.float64()), ("index_price", pa.float64()),
+    ("funding_rate", pa.float64()), ("predicted_funding_rate", pa.float64()), ("funding_ts", TS),
+])
+
+# Forced orders: ``side`` is the liquidation order's (+1 a buy, closing a short; -1 a sell, closing a long).
+LIQUIDATION = pa.schema([
+    ("ts", TS), ("symbol", pa.string()), ("side", pa.int8()), ("price", pa.float64()), ("qty", pa.float64()),
+    ("liquidation_id", pa.int64()),  # null where the venue gives none
+])
+
 
 def book_schema(levels: int) -> pa.Schema:
     """Top-N book: price and size per level and side, plus the order count where the venue gives it

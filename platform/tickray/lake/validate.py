@@ -69,3 +69,21 @@ def check_open_interest(t: pa.Table) -> pa.Array:
         ("null field", _null(t, ["ts", "symbol", "open_interest"])),
         ("negative open interest", negative),
     ])
+
+
+def check_funding(t: pa.Table) -> pa.Array:
+    values = ["mark_price", "index_price", "funding_rate", "predicted_funding_rate"]
+    empty = np.logical_and.reduce([pc.is_null(t[c], nan_is_null=True).to_numpy(zero_copy_only=False) for c in values])
+    return _first_reason(t, [
+        ("null field", _null(t, ["ts", "symbol"])),
+        ("no price or rate", empty),
+        ("non-positive price", _le0(t["mark_price"]) | _le0(t["index_price"])),
+    ])
+
+
+def check_liquidations(t: pa.Table) -> pa.Array:
+    return _first_reason(t, [
+        ("null field", _null(t, ["ts", "symbol", "side", "price", "qty"])),
+        ("non-positive price", _le0(t["price"])),
+        ("non-positive size", _le0(t["qty"])),
+    ])

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from pyarrow import csv as pacsv
 
 from tickray.errors import DataFormatError
-from tickray.lake.schema import BAR, TRADE, TS, conform_book
+from tickray.lake.schema import BAR, FUNDING, TRADE, TS, conform_book
 from tickray.market.book import BookSync, DepthUpdate
 from tickray.sources.book_rows import TopNWriter
 
@@ -36,6 +36,7 @@ BOOK_TICKER_COLUMNS = ["update_id", "best_bid_price", "best_bid_qty", "best_ask_
 KLINE_COLUMNS = ["open_time", "open", "high", "low", "close", "volume", "close_time", "quote_volume",
                  "count", "taker_buy_volume", "taker_buy_quote_volume", "ignore"]
 NO_BOOK = "diff with no book to apply to (no snapshot after it, or after a gap)"
+FUNDING_RATE_COLUMNS = ["calc_time", "funding_interval_hours", "last_funding_rate"]
 DEPTH_COLUMNS = ["symbol", "timestamp", "first_update_id", "last_update_id", "side", "update_type",
                  "price", "qty", "pu"]
 
@@ -179,6 +180,18 @@ def read_klines(path: Path, symbol: str | None = None) -> pa.Table:
         "trades": pc.cast(t["count"], pa.int64()), "vwap": vwap,
         "buy_volume": pc.cast(t["taker_buy_volume"], pa.float64()),
     }, schema=BAR)
+
+
+def read_funding_rates(path: Path, symbol: str | None = None) -> pa.Table:
+    """Public-data monthly ``fundingRate`` (USD-M and COIN-M): the rate settled at each funding time; no
+    mark or index price (null)."""
+    t = _read_csv(path, FUNDING_RATE_COLUMNS)
+    at = _to_ns(t["calc_time"])
+    n = t.num_rows
+    return pa.table({"ts": at, "symbol": pa.array([symbol or symbol_from_filename(path)] * n, pa.string()),
+                     "mark_price": pa.nulls(n, pa.float64()), "index_price": pa.nulls(n, pa.float64()),
+                     "funding_rate": pc.cast(t["last_funding_rate"], pa.float64()),
+                     "predicted_funding_rate": pa.nulls(n, pa.float64()), "funding_ts": at}, schema=FUNDING)
 
 
 @dataclass

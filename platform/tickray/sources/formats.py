@@ -105,8 +105,10 @@ FORMATS: list[Format] = [
     Format("tardis_quotes", ("book",), _tardis("quotes"),
            lambda u: {"book": (tardis.read_quotes(u.path, u.levels), [])}),
     Format("tardis_trades", ("trades",), _tardis("trades"), lambda u: {"trades": (tardis.read_trades(u.path), [])}),
-    Format("tardis_derivative_ticker", ("open_interest",), _tardis("derivative_ticker"),
-           lambda u: {"open_interest": (tardis.read_open_interest(u.path), [])}),
+    Format("tardis_derivative_ticker", ("open_interest", "funding"), _tardis("derivative_ticker"),
+           lambda u: {ds: (t, []) for ds, t in tardis.read_derivative_ticker(u.path).items()}),
+    Format("tardis_liquidations", ("liquidations",), _tardis("liquidations"),
+           lambda u: {"liquidations": (tardis.read_liquidations(u.path), [])}),
     Format("agg_trades", ("trades",), lambda n: "aggtrades" in n,
            lambda u: {"trades": (binance.read_agg_trades(u.path, byte_range=u.shard), [])}, byte_shards=True),
     Format("trades", ("trades",), lambda n: "-trades-" in n,
@@ -115,6 +117,8 @@ FORMATS: list[Format] = [
            lambda u: {"book": (binance.read_book_ticker(u.path, u.levels), [])}),
     Format("lake_parquet", (), lambda n: n.endswith(".parquet")),  # its dataset is told from its columns
     Format("book_depth", ("book",), lambda n: "bookdepth" in n or "-depth-" in n, _read_depth),
+    Format("funding_rate", ("funding",), lambda n: "-fundingrate-" in n,
+           lambda u: {"funding": (binance.read_funding_rates(u.path), [])}),
     Format("klines", ("bars_1m",), lambda n: "-1m-" in n, lambda u: {"bars_1m": (binance.read_klines(u.path), [])}),
     # daily captures of one stream, read as recording sessions (the book carries across midnight)
     Format("ws_capture", ("trades", "book"), lambda n: n.endswith(".gz") and n.split("_")[0] in ("usdm", "spot", "cm"),

@@ -8,11 +8,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tickray.errors import DataFormatError
-from tickray.lake.schema import BAR, TRADE, book_schema
+from tickray.lake.schema import BAR, FUNDING, LIQUIDATION, OPEN_INTEREST, TRADE, book_schema
+
+# Datasets of one fixed schema, in the order a file's columns are matched against them (the first whose
+# columns it holds: open interest's few columns last); the book's depth varies, so it comes after.
+FIXED = {"trades": TRADE, "bars_1m": BAR, "funding": FUNDING, "liquidations": LIQUIDATION,
+         "open_interest": OPEN_INTEREST}
 
 
 def expected_schema(dataset: str, levels: int) -> pa.Schema:
-    return {"trades": TRADE, "bars_1m": BAR}.get(dataset) or book_schema(levels)
+    return FIXED.get(dataset) or book_schema(levels)
 
 
 def _hive_values(path: Path) -> dict[str, str]:
@@ -21,15 +26,15 @@ def _hive_values(path: Path) -> dict[str, str]:
 
 
 def dataset_of(path: Path, levels: int) -> str:
-    """Which lake dataset a Parquet file's columns belong to (trades, book or bars_1m)."""
+    """Which lake dataset a Parquet file's columns belong to."""
     try:
         names = set(pq.read_schema(path).names) | set(_hive_values(path))
     except (OSError, pa.ArrowInvalid) as e:
         raise DataFormatError(f"{path}: not a readable Parquet file ({e})") from None
-    for dataset in ("trades", "bars_1m", "book"):
+    for dataset in (*FIXED, "book"):
         if set(expected_schema(dataset, levels).names) <= names:
             return dataset
-    raise DataFormatError(f"{path}: its columns {sorted(names)} match no lake schema (trades, book, bars_1m)")
+    raise DataFormatError(f"{path}: its columns {sorted(names)} match no lake schema ({', '.join(FIXED)}, book)")
 
 
 def row_group_shards(path: Path, shard_bytes: int) -> list[tuple[int, int] | None]:

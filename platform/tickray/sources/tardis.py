@@ -14,7 +14,10 @@ columns, so one file may hold many symbols.
   ask): book rows as they are.
 - ``trades`` (``id,side,price,amount``; ``side`` the aggressor, ``unknown`` kept as null and so
   quarantined by validation).
-- ``derivative_ticker``: its ``open_interest`` into the ``open_interest`` dataset.
+- ``derivative_ticker``: its ``open_interest`` into the ``open_interest`` dataset; mark and index prices,
+  funding rate, predicted funding rate and next funding time into ``funding``. Venues send some fields on
+  some messages only: a missing one stays null (never a zero), a row with none of them is no row.
+- ``liquidations`` (``id,side,price,amount``; ``side`` the liquidation order's: ``buy`` closes a short).
 """
 
 from __future__ import annotations
@@ -30,18 +33,19 @@ import pyarrow.compute as pc
 from pyarrow import csv as pacsv
 
 from tickray.errors import DataFormatError
-from tickray.lake.schema import OPEN_INTEREST, TRADE, TS, conform_book
+from tickray.lake.schema import FUNDING, LIQUIDATION, OPEN_INTEREST, TRADE, TS, conform_book
 from tickray.market.book import OrderBook
 from tickray.sources.binance import read_bytes
 from tickray.sources.book_rows import TopNWriter
 
 NAME = re.compile(r"^(?P<exchange>[a-z0-9-]+)_(?P<type>incremental_book_l2|book_snapshot_\d+|trades|quotes|"
-                  r"derivative_ticker)_.+\.csv(\.gz)?$")
+                  r"derivative_ticker|liquidations)_.+\.csv(\.gz)?$")
 HEAD = ["exchange", "symbol", "timestamp", "local_timestamp"]
 COLUMNS = {
     "incremental_book_l2": HEAD + ["is_snapshot", "side", "price", "amount"],
     "trades": HEAD + ["id", "side", "price", "amount"],
     "quotes": HEAD + ["ask_amount", "ask_price", "bid_price", "bid_amount"],
+    "liquidations": HEAD + ["id", "side", "price", "amount"],
     "derivative_ticker": HEAD + ["funding_timestamp", "funding_rate", "predicted_funding_rate", "open_interest",
                                  "last_price", "index_price", "mark_price"],
 }
@@ -78,11 +82,22 @@ def _ts(t: pa.Table, column: str = "timestamp") -> pa.Array:
     return pc.multiply(t[column], 1000).cast(TS)
 
 
+def _side(t: pa.Table) -> pa.Array:
+    """buy → +1, sell → -1, anything else (``unknown``) null, so that validation quarantines it."""
+    side = pc.if_else(pc.equal(t["side"], "buy"), 1, pc.if_else(pc.equal(t["side"], "sell"), -1, None))
+    return pc.cast(side, pa.int8())
+
+
 def read_trades(path: Path) -> pa.Table:
     t = _read(path, "trades")
-    side = pc.if_else(pc.equal(t["side"], "buy"), 1, pc.if_else(pc.equal(t["side"], "sell"), -1, None))
     return pa.table({"ts": _ts(t), "symbol": t["symbol"], "price": t["price"], "qty": t["amount"],
-                     "side": pc.cast(side, pa.int8()), "trade_id": trade_ids(t["id"])}, schema=TRADE)
+                     "side": _side(t), "trade_id": trade_ids(t["id"])}, schema=TRADE)
+
+
+def read_liquidations(path: Path) -> pa.Table:
+    t = _read(path, "liquidations")
+    return pa.table({"ts": _ts(t), "symbol": t["symbol"], "side": _side(t), "price": t["price"], "qty": t["amount"],
+                     "liquidation_id": trade_ids(t["id"])}, schema=LIQUIDATION)
 
 
 def trade_ids(ids: pa.ChunkedArray) -> pa.Array:
@@ -112,11 +127,19 @@ def read_quotes(path: Path, levels: int) -> pa.Table:
                          "ask_px_1": t["ask_price"], "ask_sz_1": t["ask_amount"]}, t.num_rows, levels)
 
 
-def read_open_interest(path: Path) -> pa.Table:
-    """The ticker rows that carry an open interest (venues send it on some messages only)."""
+def read_derivative_ticker(path: Path) -> dict[str, pa.Table]:
+    """``open_interest`` and ``funding`` rows: each from the messages that carry its fields."""
     t = _read(path, "derivative_ticker")
-    t = t.filter(pc.is_valid(t["open_interest"]))
-    return pa.table({"ts": _ts(t), "symbol": t["symbol"], "open_interest": t["open_interest"]}, schema=OPEN_INTEREST)
+    oi = t.filter(pc.is_valid(t["open_interest"]))
+    values = ["mark_price", "index_price", "funding_rate", "predicted_funding_rate"]
+    funding = t.filter(pc.or_(pc.or_(pc.is_valid(t["mark_price"]), pc.is_valid(t["index_price"])),
+                              pc.or_(pc.is_valid(t["funding_rate"]), pc.is_valid(t["predicted_funding_rate"]))))
+    return {
+        "open_interest": pa.table({"ts": _ts(oi), "symbol": oi["symbol"], "open_interest": oi["open_interest"]},
+                                  schema=OPEN_INTEREST),
+        "funding": pa.table({"ts": _ts(funding), "symbol": funding["symbol"], **{c: funding[c] for c in values},
+                             "funding_ts": _ts(funding, "funding_timestamp")}, schema=FUNDING),
+    }
 
 
 def rebuild_incremental_book(path: Path, levels: int) -> tuple[pa.Table, list[tuple[int, str, str]], dict]:
