@@ -30,7 +30,7 @@ from tickray.errors import DataFormatError, failure_line
 from tickray.lake import validate
 from tickray.lake.schema import TS
 from tickray.ops.runtime import one_stage_execution
-from tickray.sources import binance, databento, formats, generic, lake_parquet
+from tickray.sources import binance, databento, formats, generic, lake_parquet, ohlcv
 from tickray.sources.formats import Rows
 
 # Inputs above this are read by several tasks: a Parquet file one run of row groups each, a plain CSV of
@@ -161,6 +161,8 @@ def discover(inputs: list[Path], levels: int = 10, shard_bytes: int = SHARD_BYTE
             skipped.append(f"{f} ({twin})")
         elif fmt is None or (fmt.read is None and fmt.kind != "lake_parquet"):
             skipped.append(f"{f} (no known format)")
+        elif fmt.kind == "lake_parquet" and ohlcv.looks_like_candles(f) and not lake_parquet.in_lake_schema(f, levels):
+            found.append(Input("ohlcv", (str(f),), ("bars_1m",)))
         elif fmt.kind == "lake_parquet":
             try:
                 dataset = lake_parquet.dataset_of(f, levels)
@@ -168,6 +170,8 @@ def discover(inputs: list[Path], levels: int = 10, shard_bytes: int = SHARD_BYTE
                           for shard in lake_parquet.row_group_shards(f, shard_bytes)]
             except Exception as e:  # noqa: BLE001
                 failed.append(Failure(str(f), failure_line(e), traceback.format_exc()))
+        elif fmt.kind == "ohlcv" and not ohlcv.looks_like_candles(f):
+            skipped.append(f"{f} (no known format)")
         elif fmt.kind == "ws_capture":
             captures.append(f)
         elif fmt.datasets_of is not None:

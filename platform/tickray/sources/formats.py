@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from tickray.errors import DataFormatError
-from tickray.sources import binance, cme, databento, lobster, tardis
+from tickray.sources import binance, cme, databento, lobster, ohlcv, tardis
 
 Rows = dict[str, tuple[pa.Table, list]]  # dataset → (rows, events that could not become rows: (ts ms, symbol, why))
 
@@ -115,7 +115,9 @@ FORMATS: list[Format] = [
            lambda u: {"trades": (binance.read_trades(u.path, byte_range=u.shard), [])}, byte_shards=True),
     Format("book_ticker", ("book",), lambda n: "-bookticker-" in n,
            lambda u: {"book": (binance.read_book_ticker(u.path, u.levels), [])}),
-    Format("lake_parquet", (), lambda n: n.endswith(".parquet")),  # its dataset is told from its columns
+    Format("freqtrade", ("bars_1m",), ohlcv.is_freqtrade, lambda u: {"bars_1m": (ohlcv.read_candles(u.path), [])}),
+    # its dataset is told from its columns; plain candles (ohlcv below) are told by theirs
+    Format("lake_parquet", (), lambda n: n.endswith(".parquet")),
     Format("book_depth", ("book",), lambda n: "bookdepth" in n or "-depth-" in n, _read_depth),
     Format("funding_rate", ("funding",), lambda n: "-fundingrate-" in n,
            lambda u: {"funding": (binance.read_funding_rates(u.path), [])}),
@@ -134,6 +136,8 @@ FORMATS: list[Format] = [
            _read_mbp1_csv),
     Format("bars_csv", ("bars_1m",), lambda n: "_1min_bars_" in n and n.endswith((".csv", ".csv.gz")),
            lambda u: {"bars_1m": (cme.read_bars_csv(u.path), [])}),
+    # last: a table file no name above claims, taken when its columns are a time and OHLCV
+    Format("ohlcv", ("bars_1m",), ohlcv.may_be_candles, lambda u: {"bars_1m": (ohlcv.read_candles(u.path), [])}),
 ]
 BY_KIND = {f.kind: f for f in FORMATS}
 

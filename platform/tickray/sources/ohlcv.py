@@ -1,0 +1,178 @@
+"""Candles as people keep them: time, open, high, low, close, volume, and nothing else.
+
+- Plain OHLCV in Parquet, CSV (plain or .gz), Feather / Arrow IPC or JSON records, the time column named
+  ``ts``, ``timestamp``, ``date``, ``datetime``, ``open_time`` or ``time`` (seconds, ms, µs or ns since the
+  epoch, told by their magnitude; ISO strings; or a timestamp type, UTC when it names no zone); the symbol
+  from a ``symbol`` or ``pair`` column (``BTC/USDT`` → ``BTCUSDT``), else from the file name. ccxt's CSV
+  (``timestamp,open,high,low,close,volume``) is one of these.
+- freqtrade's data directory: ``<BASE>_<QUOTE>-<timeframe>.{json,jsongz,feather,parquet}`` and futures as
+  ``<BASE>_<QUOTE>_<SETTLE>-<timeframe>-futures.*``; JSON as ``[[ts_ms, o, h, l, c, v], …]``, the others
+  with a ``date`` column.
+
+Quote volume, trade count, VWAP and taker buy volume are not in such files: they stay null, never
+invented. The lake keeps 1-minute bars (``bars_1m``) and builds longer ones from them, so candles of
+another timeframe (told by the name, else by the data's own spacing) are refused, naming it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pyarrow import csv as pacsv
+from pyarrow import feather
+from pyarrow import json as pajson
+
+from tickray.errors import DataFormatError
+from tickray.lake.schema import BAR, TS
+
+FREQTRADE = re.compile(r"^(?P<base>[A-Za-z0-9]+)_(?P<quote>[A-Za-z0-9]+)(?:_(?P<settle>[A-Za-z0-9]+))?"
+                       r"-(?P<tf>\d+[smhdwM])(?P<futures>-futures)?\.(?:json|jsongz|feather|parquet)$")
+TIME_COLUMNS = ("ts", "timestamp", "date", "datetime", "open_time", "time")
+PRICES = ("open", "high", "low", "close")
+SUFFIXES = (".csv", ".csv.gz", ".feather", ".arrow", ".ipc", ".json", ".json.gz", ".jsongz", ".parquet")
+_TF_IN_NAME = re.compile(r"[-_.](\d+)(s|m|min|h|d|w)(?=[-_.])", re.IGNORECASE)
+
+
+def is_freqtrade(name: str) -> bool:
+    return FREQTRADE.match(name) is not None
+
+
+def may_be_candles(name: str) -> bool:
+    """A file whose name leaves it to its columns (a plain table format)."""
+    return name.lower().endswith(SUFFIXES)
+
+
+def _load(path: Path) -> pa.Table:
+    name = path.name.lower()
+    try:
+        if name.endswith(".parquet"):
+            return pq.read_table(path)
+        if name.endswith((".feather", ".arrow", ".ipc")):
+            return feather.read_table(path)
+        data = path.read_bytes()
+        if name.endswith((".gz", ".jsongz")):
+            data = gzip.decompress(data)
+        if name.endswith((".csv", ".csv.gz")):
+            return pacsv.read_csv(pa.py_buffer(data))
+        if data.lstrip()[:1] == b"[":  # one JSON array: of records, or freqtrade's one array per candle
+            rows = orjson.loads(data)
+            if rows and isinstance(rows[0], dict):
+                return pa.Table.from_pylist(rows)
+            cols = list(zip(*rows)) if rows else [[]] * 6
+            return pa.table({"date": pa.array(cols[0], pa.int64()),
+                             **{c: pa.array(v, pa.float64()) for c, v in zip((*PRICES, "volume"), cols[1:6])}})
+        return pajson.read_json(pa.py_buffer(data))  # JSON records, one object per line
+    except (OSError, EOFError, pa.ArrowInvalid, orjson.JSONDecodeError, ValueError) as e:
+        raise DataFormatError(f"{path}: not a readable candle file ({e})") from None
+
+
+def _columns(t: pa.Table) -> dict[str, str]:
+    """Our column name → the file's (case-insensitive); missing ones absent."""
+    lower = {c.lower(): c for c in t.column_names}
+    out = {c: lower[c] for c in (*PRICES, "volume", "symbol", "pair") if c in lower}
+    time = next((lower[c] for c in TIME_COLUMNS if c in lower), None)
+    if time is not None:
+        out["ts"] = time
+    return out
+
+
+def looks_like_candles(path: Path) -> bool:
+    """Whether a file's columns are a time, open, high, low, close and volume (read from its schema where
+    the format has one, else from the file)."""
+    try:
+        name = path.name.lower()
+        if is_freqtrade(path.name):
+            return True
+        if name.endswith(".parquet"):
+            names = pq.read_schema(path).names
+        elif name.endswith((".csv", ".csv.gz")):  # the header is enough
+            with pacsv.open_csv(pa.input_stream(path, compression="gzip" if name.endswith(".gz") else None)) as r:
+                names = r.schema.names
+        else:
+            names = _load(path).column_names
+        return {"ts", *PRICES, "volume"} <= _columns(pa.table({n: [] for n in names})).keys()
+    except (DataFormatError, OSError, pa.ArrowInvalid):
+        return False
+
+
+def _to_ts(col: pa.ChunkedArray, path: Path) -> pa.Array:
+    if pa.types.is_timestamp(col.type):
+        return col.cast(pa.timestamp(col.type.unit, tz=col.type.tz or "UTC")).cast(TS)
+    if pa.types.is_date(col.type):
+        return col.cast(pa.timestamp("s")).cast(pa.timestamp("ns", tz="UTC"))
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        try:
+            return pa.array(pd.to_datetime(col.to_pandas(), utc=True, format="ISO8601"), TS)
+        except (ValueError, TypeError) as e:
+            raise DataFormatError(f"{path}: time column is neither a number nor an ISO time ({e})") from None
+    if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
+        raise DataFormatError(f"{path}: time column of type {col.type} is not a time")
+    v = col.to_numpy(zero_copy_only=False).astype(np.float64)
+    biggest = np.nanmax(np.abs(v)) if v.size else 0
+    scale = 1e9 if biggest < 1e11 else 1e6 if biggest < 1e14 else 1e3 if biggest < 1e17 else 1
+    ns = np.round(v * scale)
+    return pa.array(ns.astype(np.int64), pa.int64(), mask=np.isnan(v)).cast(TS)
+
+
+def _symbol_from_name(path: Path) -> str:
+    m = FREQTRADE.match(path.name)
+    if m:
+        return f"{m['base']}{m['quote']}".upper()
+    return re.split(r"[-_.]", path.name)[0].upper()
+
+
+def _timeframe_from_name(path: Path) -> str | None:
+    m = FREQTRADE.match(path.name)
+    if m:
+        return m["tf"]
+    found = _TF_IN_NAME.search(path.name)
+    return f"{found[1]}{found[2][0].lower()}" if found else None
+
+
+def _spacing_s(ts: pa.Array, symbol: pa.Array) -> float | None:
+    """The most common step between one symbol's consecutive candles, in seconds."""
+    t = pa.table({"ts": pc.cast(ts, pa.int64()), "symbol": symbol}).sort_by([("symbol", "ascending"), ("ts", "ascending")])
+    v = t["ts"].to_numpy()
+    same = t["symbol"].to_numpy(zero_copy_only=False)
+    steps = np.diff(v)[same[1:] == same[:-1]]
+    steps = steps[steps > 0]
+    if steps.size == 0:
+        return None
+    values, counts = np.unique(steps, return_counts=True)
+    return values[counts.argmax()] / 1e9
+
+
+def read_candles(path: Path) -> pa.Table:
+    """The file's candles as ``bars_1m`` rows (the columns the file lacks null)."""
+    path = Path(path)
+    t = _load(path)
+    cols = _columns(t)
+    missing = [c for c in ("ts", *PRICES, "volume") if c not in cols]
+    if missing:
+        raise DataFormatError(f"{path}: candles need a time ({'/'.join(TIME_COLUMNS)}), open, high, low, close and "
+                              f"volume; missing {missing} in columns {t.column_names}")
+    n = t.num_rows
+    ts = _to_ts(t[cols["ts"]], path)
+    if "symbol" in cols or "pair" in cols:
+        raw = pc.cast(t[cols.get("symbol") or cols["pair"]], pa.string())
+        symbol = pc.utf8_upper(pc.replace_substring_regex(raw, r"/|:.*$", ""))
+    else:
+        symbol = pa.array([_symbol_from_name(path)] * n, pa.string())
+    tf = _timeframe_from_name(path)
+    spacing = _spacing_s(ts, symbol)
+    if tf not in (None, "1m") or (tf is None and spacing not in (None, 60.0)):
+        said = tf or f"{spacing:g} s apart"
+        raise DataFormatError(f"{path}: {said} candles: the lake keeps 1-minute bars (bars_1m) and builds longer "
+                              "ones from them; longer candles cannot become 1-minute ones")
+    price = {c: pc.cast(t[cols[c]], pa.float64()) for c in (*PRICES, "volume")}
+    return pa.table({"ts": ts, "symbol": symbol, **price, "quote_volume": pa.nulls(n, pa.float64()),
+                     "trades": pa.nulls(n, pa.int64()), "vwap": pa.nulls(n, pa.float64()),
+                     "buy_volume": pa.nulls(n, pa.float64())}, schema=BAR)
