@@ -1,5 +1,5 @@
-"""The screener: one timeframe over the last N days for a universe of symbols, through the bar cache,
-ranked by a rule.
+"""The screener: one timeframe over a window (the last N days of each symbol's bars, or any past window)
+for a universe of symbols, through the bar cache, ranked by a rule.
 
 Rules (each gives a ``score``; the table is sorted by it, largest first):
 
@@ -38,42 +38,61 @@ def _score(rule: str, open_: np.ndarray, close: np.ndarray, volume: np.ndarray, 
 
 
 def screen(cache: BarCache, symbols: list[str], timeframe: str, days: float, rule: str,
-           end_ns: int | None = None) -> pd.DataFrame:
-    """The ranked table: one row per symbol with enough bars, sorted by the rule's score."""
+           end_ns: int | None = None, start_ns: int | None = None) -> pd.DataFrame:
+    """The ranked table: one row per symbol with enough bars, sorted by the rule's score. The window is
+    [``start_ns`` or ``days`` before its end, ``end_ns``); without ``end_ns`` each symbol's window ends
+    with its own newest bar, so a symbol whose data stops early is screened over its last days, not
+    dropped. Symbols left out, and why, are in ``attrs["left_out"]``."""
     if rule not in RULES:
         raise TickrayError(f"unknown screener rule {rule!r}; rules: {', '.join(RULES)}")
     minutes = timeframe_minutes(timeframe)
-    if end_ns is None:  # historical data: the window ends with the newest bar in the lake
-        end_ns = latest_minute(cache, symbols) + MINUTE_NS
-    start_ns = end_ns - int(days * DAY_NS)
-    bars = cache.get_bars(symbols, timeframe, start_ns, end_ns)  # sorted by symbol, then time
-    cols = {c: bars[c].to_numpy() for c in ("open", "close", "volume", "complete")}
-    sym = bars["symbol"].to_numpy(zero_copy_only=False)
-    edges = np.flatnonzero(np.r_[True, sym[1:] != sym[:-1], True]) if len(sym) else np.array([0])
-    rows = []
-    for a, b in itertools.pairwise(edges):
-        if b - a < 15:  # RSI(14) needs 14 changes; the other rules are meaningless on fewer bars too
-            continue
-        close = cols["close"][a:b]
-        rows.append({"symbol": sym[a], "bars": int(b - a), "last_close": close[-1],
-                     **_score(rule, cols["open"][a:b], close, cols["volume"][a:b], cols["complete"][a:b])})
+    left_out: dict[str, str] = {}
+    if end_ns is None:
+        ends = newest_minutes(cache, symbols)
+        left_out |= {s: "no 1m bars in the lake" for s in symbols if s.upper() not in ends}
+        ends = {s: t + MINUTE_NS for s, t in ends.items()}
+    else:
+        ends = {s.upper(): end_ns for s in symbols}
+    by_end: dict[int, list[str]] = {}
+    for s, end in ends.items():
+        by_end.setdefault(end, []).append(s)
+    rows, windows = [], {}
+    for end, group in sorted(by_end.items()):
+        start = start_ns if start_ns is not None else end - int(days * DAY_NS)
+        if start >= end:
+            raise TickrayError("the screen's window is empty: its start is not before its end")
+        bars = cache.get_bars(group, timeframe, start, end)  # sorted by symbol, then time
+        cols = {c: bars[c].to_numpy() for c in ("open", "close", "volume", "complete")}
+        sym = bars["symbol"].to_numpy(zero_copy_only=False)
+        edges = np.flatnonzero(np.r_[True, sym[1:] != sym[:-1], True]) if len(sym) else np.array([0])
+        seen = set()
+        for a, b in itertools.pairwise(edges):
+            seen.add(sym[a])
+            if b - a < 15:  # RSI(14) needs 14 changes; the other rules are meaningless on fewer bars too
+                left_out[sym[a]] = f"{b - a} {timeframe} bars in the window, fewer than 15"
+                continue
+            close = cols["close"][a:b]
+            windows[sym[a]] = (start, end)
+            rows.append({"symbol": sym[a], "bars": int(b - a), "last_close": close[-1],
+                         **_score(rule, cols["open"][a:b], close, cols["volume"][a:b], cols["complete"][a:b])})
+        left_out |= {s: "no bars in the window" for s in group if s not in seen}
     out = pd.DataFrame(rows)
-    if out.empty:
-        return out
-    out = out.sort_values(["score", "symbol"], ascending=[False, True], kind="stable").reset_index(drop=True)
-    out.attrs.update(timeframe=timeframe, minutes=minutes, start_ns=start_ns, end_ns=end_ns, rule=rule)
+    if not out.empty:
+        out = out.sort_values(["score", "symbol"], ascending=[False, True], kind="stable").reset_index(drop=True)
+    starts, ends_ = [w[0] for w in windows.values()], [w[1] for w in windows.values()]
+    out.attrs.update(timeframe=timeframe, minutes=minutes, rule=rule, left_out=left_out, windows=windows,
+                     start_ns=min(starts, default=None), end_ns=max(ends_, default=None))
     return out
 
 
-def latest_minute(cache: BarCache, symbols: list[str]) -> int:
-    """The newest 1m bar in the lake among ``symbols`` (ns)."""
+def newest_minutes(cache: BarCache, symbols: list[str]) -> dict[str, int]:
+    """Each symbol's newest 1m bar in the lake (ns); symbols without any are absent."""
     from tickray import lake
 
-    present = lake.partitions(cache.lake_root, "bars_1m")
     wanted = {s.upper() for s in symbols}
-    days = sorted({d for d, s in present if s in wanted})
-    if not days:
-        raise FileNotFoundError(f"no 1m bars in the lake at {cache.lake_root} for {sorted(wanted)}")
-    newest = [lake.read_partition(cache.lake_root, "bars_1m", days[-1], s, columns=["ts"])
-              for d, s in present if d == days[-1] and s in wanted]
-    return max(pc.max(pc.cast(t["ts"], "int64")).as_py() for t in newest)
+    newest_day: dict[str, str] = {}
+    for d, s in lake.partitions(cache.lake_root, "bars_1m"):
+        if s in wanted and d > newest_day.get(s, ""):
+            newest_day[s] = d
+    return {s: pc.max(pc.cast(lake.read_partition(cache.lake_root, "bars_1m", d, s, columns=["ts"])["ts"],
+                              "int64")).as_py() for s, d in newest_day.items()}

@@ -132,8 +132,24 @@ def cmd_screen(args, settings) -> None:
     cache = _bar_cache(args, settings)
     root = cache.lake_root
     symbols = args.universe if args.universe != ["ALL"] else sorted({s for _, s in lake.partitions(root, "bars_1m")})
-    table = screen(cache, symbols, args.timeframe, args.days, args.rule)
+    if args.start is not None and args.end is None:
+        raise TickrayError("tickray screen --start needs --end (or give --days before each symbol's newest bar)")
+    table = screen(cache, symbols, args.timeframe, args.days, args.rule, end_ns=args.end, start_ns=args.start)
+    windows = {(_day(a), _day(b)) for a, b in table.attrs["windows"].values()}
+    if args.end is not None:
+        start = args.start if args.start is not None else args.end - int(args.days * 86_400e9)
+        print(f"{args.rule} on {args.timeframe} bars from {_day(start)} to {_day(args.end)} (UTC, end exclusive)")
+    elif len(windows) == 1:
+        (a, b), = windows
+        print(f"{args.rule} on {args.timeframe} bars from {a} to {b} (UTC, end exclusive)")
+    elif windows:  # each symbol's own newest bar ends its window
+        table.insert(1, "until", [_day(table.attrs["windows"][s][1]) for s in table["symbol"]])
+        print(f"{args.rule} on {args.timeframe} bars over each symbol's last {args.days:g} days")
     print(table.head(args.top).to_string(index=False) if not table.empty else "no symbol has enough bars")
+    for symbol, why in sorted(table.attrs["left_out"].items()):
+        coverage = _coverage(root, symbol)
+        print(f"left out {symbol}: {coverage}" if why.startswith("no 1m bars") else
+              f"left out {symbol}: {why} ({coverage})")
     m = cache.metrics()
     print(f"bar cache: {m['lookups']} chunk lookups, memory hits {m['l1']}, Redis hits {m['l2']}, "
           f"lake reads {m['lake']}")
@@ -154,11 +170,16 @@ def register(sub) -> None:
     _bar_cache_arguments(s)
     s.set_defaults(fn=cmd_bars)
 
-    s = sub.add_parser("screen", help="rank a universe of symbols by a rule over the last N days of bars")
+    s = sub.add_parser("screen", help="rank a universe of symbols by a rule over a window of bars (default: "
+                       "each symbol's last N days)")
     s.add_argument("--universe", type=symbols_arg, default=["ALL"], help="comma-separated, or ALL (every symbol "
                    "with 1m bars in the lake)")
     s.add_argument("--timeframe", default="1h")
-    s.add_argument("--days", type=float, default=30)
+    s.add_argument("--days", type=float, default=30, help="the window's length before its end")
+    s.add_argument("--end", type=_utc_ns, help="YYYY-MM-DD[THH:MM], UTC, exclusive: screen a past window "
+                   "(default: each symbol's newest bar)")
+    s.add_argument("--start", type=_utc_ns, help="YYYY-MM-DD[THH:MM], UTC, inclusive, with --end (instead of "
+                   "--days)")
     s.add_argument("--rule", default="movers", help="movers, rsi or volume_spike")
     s.add_argument("--top", type=int, default=20)
     _bar_cache_arguments(s)
