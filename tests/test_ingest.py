@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from tickray import lake
@@ -144,8 +145,6 @@ def test_every_real_file_ingests_with_its_quarantine_counted(ray_cluster, shared
 
 
 def test_lake_parquet_round_trips_and_a_foreign_parquet_is_refused(ray_cluster, market, tmp_path):
-    import pyarrow as pa
-
     out, files = market
     first = tmp_path / "a"
     ingest([out / "aggtrades", out / "depth"], first)
@@ -214,3 +213,27 @@ def test_unusable_capture_messages_are_quarantined_not_lost(ray_cluster, shared_
     assert dict(rep.quarantined["trades"]) == {"unparsable line": 1, "malformed trade message (KeyError)": 1}
     q = pq.read_table(tmp_path / "lake" / "quarantine" / "trades")
     assert set(q["symbol"].to_pylist()) == {"BTCUSDT"} and q["ts"].null_count == 0
+
+
+def test_partitions_hold_their_rows_sorted_by_time_whatever_the_input_order(tmp_path):
+    """Rows of two symbols over two days interleaved, times out of order, a row with no symbol: each
+    partition's file holds exactly its rows by time (equal times in input order), as a plain grouping says."""
+    import random
+
+    rnd = random.Random(5)
+    rows = [{"ts": rnd.randrange(0, 2 * 86_400) * 10**9 + 1_704_067_200 * 10**9, "symbol": rnd.choice(["A", "B", None]),
+             "price": float(i)} for i in range(3_000)]
+    rows += [{"ts": rows[0]["ts"], "symbol": rows[0]["symbol"], "price": -1.0}]  # a tie, after its twin
+    t = pa.Table.from_pylist(rows, pa.schema([("ts", pa.timestamp("ns", tz="UTC")), ("symbol", pa.string()),
+                                              ("price", pa.float64())]))
+    t = t.append_column("date", lake.date_column(t["ts"]))
+    written = lake.write_partitions(t, tmp_path, "x")
+    want: dict[tuple, list] = {}
+    for r in rows:
+        day = "2024-01-01" if r["ts"] < 1_704_153_600 * 10**9 else "2024-01-02"
+        want.setdefault((day, r["symbol"] or lake.UNKNOWN), []).append((r["ts"], r["price"]))
+    assert sorted((d, s, n) for d, s, n in written) == sorted((d, s, len(v)) for (d, s), v in want.items())
+    for (day, symbol), expected in want.items():
+        got = pq.read_table(tmp_path / f"date={day}" / f"symbol={symbol}" / "part-x.parquet")
+        got_rows = list(zip(got["ts"].cast(pa.int64()).to_pylist(), got["price"].to_pylist()))
+        assert got_rows == sorted(expected, key=lambda e: e[0])

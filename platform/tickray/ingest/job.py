@@ -35,8 +35,8 @@ from tickray.sources.formats import Rows
 
 # Inputs above this are read by several tasks: a Parquet file one run of row groups each, a plain CSV of
 # trades one byte range (of whole lines) each. The checks that span rows (time order, duplicate ids)
-# then hold within each shard.
-SHARD_BYTES = 256 * 2**20
+# then hold within each shard. Small enough that a file of a few hundred MB keeps 2 CPUs busy.
+SHARD_BYTES = 64 * 2**20
 # lake dataset → its row validator
 DATASETS = {"trades": validate.check_trades, "book": validate.check_book, "bars_1m": validate.check_bars,
             "open_interest": validate.check_open_interest, "funding": validate.check_funding,
@@ -162,7 +162,8 @@ def discover(inputs: list[Path], levels: int = 10, shard_bytes: int = SHARD_BYTE
         elif fmt is None or (fmt.read is None and fmt.kind != "lake_parquet"):
             skipped.append(f"{f} (no known format)")
         elif fmt.kind == "lake_parquet" and ohlcv.looks_like_candles(f) and not lake_parquet.in_lake_schema(f, levels):
-            found.append(Input("ohlcv", (str(f),), ("bars_1m",)))
+            found += [Input("ohlcv", (str(f),), ("bars_1m",), shard=shard)
+                      for shard in lake_parquet.row_group_shards(f, shard_bytes)]
         elif fmt.kind == "lake_parquet":
             try:
                 dataset = lake_parquet.dataset_of(f, levels)
@@ -227,9 +228,10 @@ def _ingest_one(item: Input, levels: int, stage: Path, name: str, notes: list[st
             reason = pa.concat_arrays([reason, pa.array([d[2] for d in dropped], pa.string())])
         t = t.append_column("date", lake.date_column(t["ts"]))
         good = pc.is_null(reason)
-        written = lake.write_partitions(t.filter(good), stage / dataset, name)
+        all_good = reason.null_count == len(reason)
+        written = lake.write_partitions(t if all_good else t.filter(good), stage / dataset, name)
         counts.append((dataset, "", sum(n for *_, n in written)))
-        bad = t.filter(pc.invert(good))
+        bad = t.slice(0, 0) if all_good else t.filter(pc.invert(good))
         if bad.num_rows:
             bad_reason = reason.filter(pc.invert(good))
             bad = bad.append_column("reason", bad_reason).append_column(

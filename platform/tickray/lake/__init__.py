@@ -8,11 +8,13 @@ input replaces its partitions instead of duplicating rows.
 from __future__ import annotations
 
 import datetime
+import itertools
 import os
 import shutil
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -49,10 +51,20 @@ def write_partitions(t: pa.Table, dataset_dir: Path, name: str) -> list[tuple[st
     out = []
     for key in ("date", "symbol"):  # a row without a time or symbol (quarantined) still has a home
         t = t.set_column(t.schema.get_field_index(key), key, pc.fill_null(t[key], UNKNOWN))
-    keys = t.select(["date", "symbol"]).group_by(["date", "symbol"]).aggregate([])
-    for date, symbol in zip(keys["date"].to_pylist(), keys["symbol"].to_pylist()):
-        part = t if keys.num_rows == 1 else t.filter(pc.and_(pc.equal(t["date"], date), pc.equal(t["symbol"], symbol)))
-        part = part.drop_columns(["date", "symbol"])
+    if t.num_rows == 0:
+        return out
+    # One pass: rows grouped by partition with a stable sort on integer codes (file order kept within a
+    # partition), then a slice per partition; filtering the table once per partition costs partitions x rows.
+    dates, symbols = (pc.dictionary_encode(t[k].cast(pa.string()).combine_chunks()) for k in ("date", "symbol"))
+    d, s = dates.indices.to_numpy().astype(np.int64), symbols.indices.to_numpy().astype(np.int64)
+    code = s * len(dates.dictionary) + d  # symbol-major: no reordering for a file written symbol by symbol
+    if not (code[1:] >= code[:-1]).all():
+        order = np.argsort(code, kind="stable")
+        t, code, d, s = t.take(order), code[order], d[order], s[order]
+    bounds = np.flatnonzero(np.r_[True, code[1:] != code[:-1], True])
+    for a, b in itertools.pairwise(bounds.tolist()):
+        date, symbol = dates.dictionary[int(d[a])].as_py(), symbols.dictionary[int(s[a])].as_py()
+        part = t.slice(a, b - a).drop_columns(["date", "symbol"])
         if not _is_sorted(part["ts"]):
             part = part.sort_by("ts")
         folder = dataset_dir / f"date={date}" / f"symbol={symbol}"

@@ -137,7 +137,8 @@ FORMATS: list[Format] = [
     Format("bars_csv", ("bars_1m",), lambda n: "_1min_bars_" in n and n.endswith((".csv", ".csv.gz")),
            lambda u: {"bars_1m": (cme.read_bars_csv(u.path), [])}),
     # last: a table file no name above claims, taken when its columns are a time and OHLCV
-    Format("ohlcv", ("bars_1m",), ohlcv.may_be_candles, lambda u: {"bars_1m": (ohlcv.read_candles(u.path), [])}),
+    Format("ohlcv", ("bars_1m",), ohlcv.may_be_candles,
+           lambda u: {"bars_1m": (ohlcv.read_candles(u.path, row_groups=u.shard), [])}),
 ]
 BY_KIND = {f.kind: f for f in FORMATS}
 

@@ -50,11 +50,12 @@ def may_be_candles(name: str) -> bool:
     return name.lower().endswith(SUFFIXES)
 
 
-def _load(path: Path) -> pa.Table:
+def _load(path: Path, row_groups: tuple[int, int] | None = None) -> pa.Table:
     name = path.name.lower()
     try:
         if name.endswith(".parquet"):
-            return pq.read_table(path)
+            return pq.read_table(path) if row_groups is None else pq.ParquetFile(path).read_row_groups(
+                range(*row_groups))
         if name.endswith((".feather", ".arrow", ".ipc")):
             return feather.read_table(path)
         data = path.read_bytes()
@@ -115,11 +116,11 @@ def _to_ts(col: pa.ChunkedArray, path: Path) -> pa.Array:
             raise DataFormatError(f"{path}: time column is neither a number nor an ISO time ({e})") from None
     if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
         raise DataFormatError(f"{path}: time column of type {col.type} is not a time")
-    v = col.to_numpy(zero_copy_only=False).astype(np.float64)
-    biggest = np.nanmax(np.abs(v)) if v.size else 0
-    scale = 1e9 if biggest < 1e11 else 1e6 if biggest < 1e14 else 1e3 if biggest < 1e17 else 1
-    ns = np.round(v * scale)
-    return pa.array(ns.astype(np.int64), pa.int64(), mask=np.isnan(v)).cast(TS)
+    biggest = pc.max(pc.abs(col)).as_py() or 0
+    scale = 10**9 if biggest < 1e11 else 10**6 if biggest < 1e14 else 10**3 if biggest < 1e17 else 1
+    if pa.types.is_integer(col.type):
+        return pc.multiply(col.cast(pa.int64()), scale).cast(TS)
+    return pc.cast(pc.round(pc.multiply(col, float(scale))), pa.int64()).cast(TS)
 
 
 def _symbol_from_name(path: Path) -> str:
@@ -137,12 +138,13 @@ def _timeframe_from_name(path: Path) -> str | None:
     return f"{found[1]}{found[2][0].lower()}" if found else None
 
 
-def _spacing_s(ts: pa.Array, symbol: pa.Array) -> float | None:
+def _spacing_s(ts: pa.Array, symbol: pa.DictionaryArray) -> float | None:
     """The most common step between one symbol's consecutive candles, in seconds."""
-    t = pa.table({"ts": pc.cast(ts, pa.int64()), "symbol": symbol}).sort_by([("symbol", "ascending"), ("ts", "ascending")])
-    v = t["ts"].to_numpy()
-    same = t["symbol"].to_numpy(zero_copy_only=False)
-    steps = np.diff(v)[same[1:] == same[:-1]]
+    v = pc.cast(ts, pa.int64()).to_numpy(zero_copy_only=False)
+    code = symbol.indices.to_numpy(zero_copy_only=False)
+    order = np.lexsort((v, code))
+    v, code = v[order], code[order]
+    steps = np.diff(v)[code[1:] == code[:-1]]
     steps = steps[steps > 0]
     if steps.size == 0:
         return None
@@ -150,10 +152,11 @@ def _spacing_s(ts: pa.Array, symbol: pa.Array) -> float | None:
     return values[counts.argmax()] / 1e9
 
 
-def read_candles(path: Path) -> pa.Table:
-    """The file's candles as ``bars_1m`` rows (the columns the file lacks null)."""
+def read_candles(path: Path, row_groups: tuple[int, int] | None = None) -> pa.Table:
+    """The file's candles (a Parquet file's row groups [start, stop) only, if given) as ``bars_1m`` rows,
+    the columns the file lacks null."""
     path = Path(path)
-    t = _load(path)
+    t = _load(path, row_groups)
     cols = _columns(t)
     missing = [c for c in ("ts", *PRICES, "volume") if c not in cols]
     if missing:
@@ -161,11 +164,12 @@ def read_candles(path: Path) -> pa.Table:
                               f"volume; missing {missing} in columns {t.column_names}")
     n = t.num_rows
     ts = _to_ts(t[cols["ts"]], path)
-    if "symbol" in cols or "pair" in cols:
-        raw = pc.cast(t[cols.get("symbol") or cols["pair"]], pa.string())
-        symbol = pc.utf8_upper(pc.replace_substring_regex(raw, r"/|:.*$", ""))
+    if "symbol" in cols or "pair" in cols:  # normalised once per distinct name, not per row
+        raw = pc.dictionary_encode(pc.cast(t[cols.get("symbol") or cols["pair"]], pa.string()).combine_chunks())
+        names = pc.utf8_upper(pc.replace_substring_regex(raw.dictionary, r"/|:.*$", ""))
+        symbol = pa.DictionaryArray.from_arrays(raw.indices, names)
     else:
-        symbol = pa.array([_symbol_from_name(path)] * n, pa.string())
+        symbol = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), [_symbol_from_name(path)])
     tf = _timeframe_from_name(path)
     spacing = _spacing_s(ts, symbol)
     if tf not in (None, "1m") or (tf is None and spacing not in (None, 60.0)):
@@ -173,6 +177,6 @@ def read_candles(path: Path) -> pa.Table:
         raise DataFormatError(f"{path}: {said} candles: the lake keeps 1-minute bars (bars_1m) and builds longer "
                               "ones from them; longer candles cannot become 1-minute ones")
     price = {c: pc.cast(t[cols[c]], pa.float64()) for c in (*PRICES, "volume")}
-    return pa.table({"ts": ts, "symbol": symbol, **price, "quote_volume": pa.nulls(n, pa.float64()),
+    return pa.table({"ts": ts, "symbol": symbol.cast(pa.string()), **price, "quote_volume": pa.nulls(n, pa.float64()),
                      "trades": pa.nulls(n, pa.int64()), "vwap": pa.nulls(n, pa.float64()),
                      "buy_volume": pa.nulls(n, pa.float64())}, schema=BAR)
