@@ -46,9 +46,13 @@ def cmd_status(args, settings) -> None:
     print(f"token  {stack.ray_token_source()} (Ray's; `ray job submit` and the dashboard need it)")
     print(f"mlflow {settings.tracking_uri}")
     root = settings.lake_path
-    for ds in ("trades", "book", "bars_1m", "features"):
-        if (root / ds).exists():
-            print(f"lake   {ds}: {lake.dataset_rows(root, ds):,} rows in {len(lake.partitions(root, ds))} partitions")
+    datasets = ("trades", "book", "bars_1m", "open_interest", "funding", "liquidations", "features", "bar_features")
+    for ds in datasets:
+        parts = lake.partitions(root, ds) if (root / ds).exists() else []
+        if parts:  # coverage: which symbols, which days
+            days = sorted({d for d, _ in parts})
+            print(f"lake   {ds}: {lake.dataset_rows(root, ds):,} rows in {len(parts)} partitions, "
+                  f"{len({s for _, s in parts})} symbols, {days[0]} to {days[-1]}")
     print(f"lake   root {root}")
     _registry_status(settings)
     if settings.ray_address or stack.ray_head_address(settings):
