@@ -450,7 +450,9 @@ def test_a_connector_back_past_the_resume_gap_answers_degraded_through_its_warm_
     finally:
         serve.delete("warmup")
         _stop(exchange, actor)
-    assert stats["messages"].get("resumed from checkpoint", 0) == 0  # past the gap: nothing resumed
+    # past the gap the look-backs start afresh (whether the book and trades resume from the checkpoint
+    # depends on where the replay stands when the connector is back: either is right)
+    assert stats["messages"].get("grid rows resumed", 0) == 0
     after = [body["predictions"][0] for status, body in answers[restarted:]
              if status == 200 and body["predictions"][0]["ts_ns"] > before]
     assert all(status in (200, 404) for status, _ in answers[restarted:]), \
