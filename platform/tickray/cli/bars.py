@@ -127,7 +127,7 @@ def _live_bars(symbols: list[str], settings) -> None:
 
 def cmd_screen(args, settings) -> None:
     from tickray import lake
-    from tickray.bars.screener import screen
+    from tickray.bars.screener import DAY_NS, screen
 
     cache = _bar_cache(args, settings)
     root = cache.lake_root
@@ -137,7 +137,7 @@ def cmd_screen(args, settings) -> None:
     table = screen(cache, symbols, args.timeframe, args.days, args.rule, end_ns=args.end, start_ns=args.start)
     windows = {(_day(a), _day(b)) for a, b in table.attrs["windows"].values()}
     if args.end is not None:
-        start = args.start if args.start is not None else args.end - int(args.days * 86_400e9)
+        start = args.start if args.start is not None else args.end - int(args.days * DAY_NS)
         print(f"{args.rule} on {args.timeframe} bars from {_day(start)} to {_day(args.end)} (UTC, end exclusive)")
     elif len(windows) == 1:
         (a, b), = windows

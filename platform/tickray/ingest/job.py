@@ -161,13 +161,15 @@ def discover(inputs: list[Path], levels: int = 10, shard_bytes: int = SHARD_BYTE
             skipped.append(f"{f} ({twin})")
         elif fmt is None or (fmt.read is None and fmt.kind != "lake_parquet"):
             skipped.append(f"{f} (no known format)")
-        elif fmt.kind == "lake_parquet" and ohlcv.looks_like_candles(f) and not lake_parquet.in_lake_schema(f, levels):
-            found += [Input("ohlcv", (str(f),), ("bars_1m",), shard=shard)
-                      for shard in lake_parquet.row_group_shards(f, shard_bytes)]
         elif fmt.kind == "lake_parquet":
             try:
-                dataset = lake_parquet.dataset_of(f, levels)
-                found += [Input(fmt.kind, (str(f),), (dataset,), shard=shard)
+                try:
+                    kind, dataset = fmt.kind, lake_parquet.dataset_of(f, levels)
+                except DataFormatError:
+                    if not ohlcv.looks_like_candles(f):  # plain candles: read as such; else its error
+                        raise
+                    kind, dataset = "ohlcv", "bars_1m"
+                found += [Input(kind, (str(f),), (dataset,), shard=shard)
                           for shard in lake_parquet.row_group_shards(f, shard_bytes)]
             except Exception as e:  # noqa: BLE001
                 failed.append(Failure(str(f), failure_line(e), traceback.format_exc()))

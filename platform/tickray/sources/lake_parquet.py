@@ -37,14 +37,6 @@ def dataset_of(path: Path, levels: int) -> str:
     raise DataFormatError(f"{path}: its columns {sorted(names)} match no lake schema ({', '.join(FIXED)}, book)")
 
 
-def in_lake_schema(path: Path, levels: int) -> bool:
-    try:
-        dataset_of(path, levels)
-        return True
-    except DataFormatError:
-        return False
-
-
 def row_group_shards(path: Path, shard_bytes: int) -> list[tuple[int, int] | None]:
     """Split a large file into runs of whole row groups of about ``shard_bytes`` (uncompressed) each, so
     several tasks can read it; a small file (or one row group) is one shard, ``None``."""

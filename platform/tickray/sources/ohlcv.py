@@ -75,9 +75,9 @@ def _load(path: Path, row_groups: tuple[int, int] | None = None) -> pa.Table:
         raise DataFormatError(f"{path}: not a readable candle file ({e})") from None
 
 
-def _columns(t: pa.Table) -> dict[str, str]:
+def _columns(names: list[str]) -> dict[str, str]:
     """Our column name → the file's (case-insensitive); missing ones absent."""
-    lower = {c.lower(): c for c in t.column_names}
+    lower = {c.lower(): c for c in names}
     out = {c: lower[c] for c in (*PRICES, "volume", "symbol", "pair") if c in lower}
     time = next((lower[c] for c in TIME_COLUMNS if c in lower), None)
     if time is not None:
@@ -86,20 +86,22 @@ def _columns(t: pa.Table) -> dict[str, str]:
 
 
 def looks_like_candles(path: Path) -> bool:
-    """Whether a file's columns are a time, open, high, low, close and volume (read from its schema where
-    the format has one, else from the file)."""
+    """Whether a file's columns are a time, open, high, low, close and volume (from its schema or header
+    where the format has one; a JSON file is read)."""
     try:
         name = path.name.lower()
         if is_freqtrade(path.name):
             return True
         if name.endswith(".parquet"):
             names = pq.read_schema(path).names
-        elif name.endswith((".csv", ".csv.gz")):  # the header is enough
+        elif name.endswith((".feather", ".arrow", ".ipc")):
+            names = pa.ipc.open_file(path).schema.names
+        elif name.endswith((".csv", ".csv.gz")):
             with pacsv.open_csv(pa.input_stream(path, compression="gzip" if name.endswith(".gz") else None)) as r:
                 names = r.schema.names
         else:
             names = _load(path).column_names
-        return {"ts", *PRICES, "volume"} <= _columns(pa.table({n: [] for n in names})).keys()
+        return {"ts", *PRICES, "volume"} <= _columns(names).keys()
     except (DataFormatError, OSError, pa.ArrowInvalid):
         return False
 
@@ -157,7 +159,7 @@ def read_candles(path: Path, row_groups: tuple[int, int] | None = None) -> pa.Ta
     the columns the file lacks null."""
     path = Path(path)
     t = _load(path, row_groups)
-    cols = _columns(t)
+    cols = _columns(t.column_names)
     missing = [c for c in ("ts", *PRICES, "volume") if c not in cols]
     if missing:
         raise DataFormatError(f"{path}: candles need a time ({'/'.join(TIME_COLUMNS)}), open, high, low, close and "
