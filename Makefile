@@ -26,8 +26,10 @@ demo: setup
 	$(BIN)/tickray up
 	$(BIN)/tickray demo
 
+# Two pytest-xdist workers, each with its own Ray cluster and redis-server; tests/conftest.py groups them.
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -q --durations=10
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=10
 
 bench: setup
 	$(BIN)/python benchmarks/bench_generate.py

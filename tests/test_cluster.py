@@ -61,6 +61,7 @@ def test_up_refuses_a_cloud_or_broken_config_for_the_twin(tmp_path):
     assert "redis  down" in tickray_cli("status", env=env).stdout
 
 
+@pytest.mark.slow
 def test_the_autoscaling_twin_adds_nodes_under_demand_and_removes_them_when_idle(tmp_path):
     env = stack_env(tmp_path / "state")
     up = tickray_cli("up", "--autoscaling-config", str(REPO / "infra" / "local-cluster.yaml"), env=env)
@@ -105,6 +106,7 @@ def _job_status(env, job_id: str, until: set[str], timeout_s: float = 300) -> st
         time.sleep(1)
 
 
+@pytest.mark.slow
 def test_a_job_goes_submit_status_logs_stop_on_a_head(ray_head, shared_data, tmp_path):
     env = ray_head
     runtime_env = json.dumps({"env_vars": {"TICKRAY_STATE_DIR": env["TICKRAY_STATE_DIR"]}})
@@ -148,6 +150,7 @@ def test_a_job_under_a_python_without_the_project_says_what_to_do():
     assert f"jobs/ingest.py: {system} cannot import" in r.stderr and "the Python the Ray head was started with" in r.stderr
 
 
+@pytest.mark.slow
 def test_work_spreads_over_nodes_and_an_ingest_survives_losing_one(market, trained, mlflow_store, redis_settings,
                                                                    tmp_path):
     """Head + a CPU worker + a GPU worker (ray.cluster_utils.Cluster): Ray Data ingest and feature tasks run

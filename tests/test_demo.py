@@ -6,9 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import ray
 
 
+@pytest.mark.slow
 def test_demo_end_to_end(ray_cluster, settings):
     env = {
         **os.environ,

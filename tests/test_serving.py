@@ -274,9 +274,12 @@ def test_stale_features_are_refused_the_canary_gets_its_share_and_cors_lets_only
         MlflowClient(uri).delete_registered_model_alias("tickray-ensemble", registry.CHALLENGER)
 
 
+@pytest.mark.slow
 def test_a_minute_of_load_with_a_family_replica_killed_fails_no_request(api, live, mlflow_store):
-    """60 s of 4 clients (live symbols and explicit rows, which every family computes): the LSTM family's
-    replica is killed at 20 s. Answers go on without it, saying so, until Serve's replacement answers."""
+    """60 s of 4 clients at 10 requests a second each (live symbols and explicit rows, which every family
+    computes): the LSTM family's replica is killed at 20 s. Answers go on without it, saying so, until
+    Serve's replacement answers. Paced, not flat out: the load is steady and leaves the CPU to the rest
+    of the suite."""
     uri = mlflow_store[0]
     cfg = ServeConfig(tracking_uri=uri, redis_url=live.redis_url, stale_after_s=3600, rate_limit=None,
                       family_timeout_s=1.0)
@@ -288,10 +291,11 @@ def test_a_minute_of_load_with_a_family_replica_killed_fails_no_request(api, liv
     def caller(kind: str, start: float, stop_at: float) -> None:
         body = {"rows": rows} if kind == "rows" else {"symbols": ["BTCUSDT"]}
         with httpx.Client(timeout=30) as client:
-            while time.monotonic() < stop_at:
+            while (sent := time.monotonic()) < stop_at:
                 r = client.post(f"{base}/v1/predict", json=body)
                 last = r.json()["predictions"][-1].get("degraded", {}) if r.status_code == 200 else {}
                 answers.append((time.monotonic() - start, kind, r.status_code, last))
+                time.sleep(max(0.0, sent + 0.1 - time.monotonic()))
 
     try:
         start = time.monotonic()
@@ -467,6 +471,7 @@ def test_a_connector_back_past_the_resume_gap_answers_degraded_through_its_warm_
           f"reasons of the last: {after[-1]['degraded']}")
 
 
+@pytest.mark.slow
 def test_ensemble_weights_follow_the_realised_accuracy_of_live_predictions(api, capture, live, mlflow_store):
     """With realised_weights, each live prediction the replica computed is scored once its horizons have
     passed, against the mids the stream actor published: the record /v1/models shows counts exactly the

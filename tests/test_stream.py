@@ -541,7 +541,8 @@ def test_the_supervisor_replaces_a_lost_connector_which_resumes_from_its_checkpo
     r = redis_client(settings)
     forget(r, ["BTCUSDT"])
     r.delete(SPECS_KEY)
-    exchange = ReplayExchange([capture], speed=SPEED).start()
+    # slower than SPEED: the replacement (a new process) must connect while the market still runs
+    exchange = ReplayExchange([capture], speed=SPEED / 2.5).start()
     sup = StreamSupervisor.remote(settings.redis_url, check_s=0.5)
     lake_root = tmp_path / "lake"
     spec = ConnectorSpec("lost", ["BTCUSDT"], list(STREAMS), exchange.ws_url, exchange.rest_url, settings.redis_url,
@@ -551,7 +552,7 @@ def test_the_supervisor_replaces_a_lost_connector_which_resumes_from_its_checkpo
         with pytest.raises(ray.exceptions.RayTaskError, match="already running"):
             ray.get(sup.start_connector.remote(asdict(spec)))
         first = ray.get_actor("tickray-stream-lost", namespace="tickray")
-        wait_for_messages(first, 4000, timeout_s=60)
+        wait_for_messages(first, 2000, timeout_s=60)
         wait_for_checkpoint(r, "BTCUSDT")
         ray.kill(first, no_restart=True)
         deadline = time.monotonic() + 60

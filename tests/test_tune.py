@@ -51,6 +51,7 @@ def test_a_gpu_trial_on_a_cluster_without_gpus_fails_fast(market_lake, tmp_path)
         run_tune(cfg, market_lake, f"sqlite:///{tmp_path}/m.db", str(tmp_path / "a"), tmp_path / "r")
 
 
+@pytest.mark.slow
 def test_search_then_train_with_the_best(market_lake, tmp_path):
     uri, artifacts, storage = f"sqlite:///{tmp_path}/mlflow.db", str(tmp_path / "artifacts"), tmp_path / "ray"
     report, trained = run_tune(parse_config(TUNE), market_lake, uri, artifacts, storage)
