@@ -1,6 +1,6 @@
 """Candles as users hold them: the real Binance 1m klines re-written here as plain OHLCV Parquet, ccxt CSV,
-freqtrade JSON and Feather and ISO-timed CSV; each must land as the klines' own rows (read here with the
-csv module), the columns such files lack null."""
+freqtrade JSON and Feather, ISO-timed CSV and gzipped JSON records; each must land as the klines' own rows
+(read here with the csv module), the columns such files lack null."""
 
 import csv
 import gzip
@@ -35,6 +35,7 @@ def test_plain_candles_in_every_shape_land_as_the_klines_rows(ray_cluster, share
     dot24, link23 = _klines(k / "DOTUSDT-1m-2024-11.zip"), _klines(k / "LINKUSDT-1m-2023-02.zip")
     dot25, link26 = _klines(k / "DOTUSDT-1m-2025-11.zip"), _klines(k / "LINKUSDT-1m-2026-02.zip")
     dot26, ltc26 = _klines(k / "DOTUSDT-1m-2026-02.zip"), _klines(k / "LTCUSDT-1m-2026-02.zip")
+    algo23 = _klines(shared_data / "binance" / "um_klines_1m" / "ALGOUSDT-1m-2023-02.zip")
     inp = tmp_path / "in"
     (inp / "binance").mkdir(parents=True)
     # one Parquet file of two symbols, times in ms, as most people keep candles
@@ -51,6 +52,9 @@ def test_plain_candles_in_every_shape_land_as_the_klines_rows(ray_cluster, share
         f"{r[0] // 1000},{r[1]},{r[2]},{r[3]},{r[4]},{r[5]}\n" for r in link26)).encode()))
     (inp / "export.csv").write_text("date,pair,open,high,low,close,volume\n" + "".join(
         f"{_iso(r[0])},DOT/USDT,{r[1]},{r[2]},{r[3]},{r[4]},{r[5]}\n" for r in dot26))
+    # JSON records, gzipped, with a `time` column and the pair named in each record
+    (inp / "algo.json.gz").write_bytes(gzip.compress(json.dumps(
+        [{"time": r[0], "pair": "ALGO/USDT", **dict(zip(OHLCV, r[1:]))} for r in algo23]).encode()))
     # refused, naming why: 5-minute candles (by name; by spacing), and a CSV that is not candles at all
     (inp / "BTCUSDT-5m.csv").write_text("timestamp,open,high,low,close,volume\n1700000000000,1,1,1,1,1\n")
     (inp / "ETHUSDT.csv").write_text("timestamp,open,high,low,close,volume\n" + "".join(
@@ -58,7 +62,7 @@ def test_plain_candles_in_every_shape_land_as_the_klines_rows(ray_cluster, share
     (inp / "notes.csv").write_text("who,what\nme,nothing\n")
 
     report = ingest([inp], tmp_path / "lake")
-    assert report.rows == {"bars_1m": sum(map(len, (dot24, link23, dot25, ltc26, link26, dot26)))}
+    assert report.rows == {"bars_1m": sum(map(len, (dot24, link23, dot25, ltc26, link26, dot26, algo23)))}
     assert not report.quarantined["bars_1m"]
     refused = sorted((f.input, f.reason) for f in report.failed)
     assert [i for i, _ in refused] == [str(inp / "BTCUSDT-5m.csv"), str(inp / "ETHUSDT.csv")]
@@ -67,7 +71,7 @@ def test_plain_candles_in_every_shape_land_as_the_klines_rows(ray_cluster, share
     assert any(s.endswith("notes.csv (no known format)") for s in report.skipped)
 
     for symbol, rows in (("DOTUSDT", dot24), ("LINKUSDT", link23), ("DOTUSDT", dot25), ("LTCUSDT", ltc26),
-                         ("LINKUSDT", link26), ("DOTUSDT", dot26)):
+                         ("LINKUSDT", link26), ("DOTUSDT", dot26), ("ALGOUSDT", algo23)):
         by_day: dict[str, list] = {}
         for r in rows:
             by_day.setdefault(datetime.fromtimestamp(r[0] / 1000, UTC).date().isoformat(), []).append(r)

@@ -17,6 +17,7 @@ another timeframe (told by the name, else by the data's own spacing) are refused
 from __future__ import annotations
 
 import gzip
+import json
 import re
 from pathlib import Path
 
@@ -85,9 +86,27 @@ def _columns(names: list[str]) -> dict[str, str]:
     return out
 
 
+def _json_head_names(path: Path, head_bytes: int = 1 << 16) -> list[str]:
+    """The column names a JSON candle file would load with, told from its first record only (the ingest
+    task reads the whole file once; planning must not read it too)."""
+    opener = gzip.open if path.name.lower().endswith((".gz", ".jsongz")) else open
+    with opener(path, "rb") as f:
+        text = f.read(head_bytes).decode("utf-8", errors="ignore").lstrip()
+    try:
+        if text.startswith("["):  # one array: of records, or freqtrade's one array per candle
+            first, _ = json.JSONDecoder().raw_decode(text, len(text) - len(text[1:].lstrip()))
+            if isinstance(first, list):
+                return ["date", *PRICES, "volume"][:len(first)]
+        else:  # records, one object per line
+            first = json.loads(text.split("\n", 1)[0])
+    except (ValueError, IndexError):  # its first record is not within the head, or not JSON
+        return []
+    return list(first) if isinstance(first, dict) else []
+
+
 def looks_like_candles(path: Path) -> bool:
     """Whether a file's columns are a time, open, high, low, close and volume (from its schema or header
-    where the format has one; a JSON file is read)."""
+    where the format has one; a JSON file's first record)."""
     try:
         name = path.name.lower()
         if is_freqtrade(path.name):
@@ -100,7 +119,7 @@ def looks_like_candles(path: Path) -> bool:
             with pacsv.open_csv(pa.input_stream(path, compression="gzip" if name.endswith(".gz") else None)) as r:
                 names = r.schema.names
         else:
-            names = _load(path).column_names
+            names = _json_head_names(path)
         return {"ts", *PRICES, "volume"} <= _columns(names).keys()
     except (DataFormatError, OSError, pa.ArrowInvalid):
         return False
