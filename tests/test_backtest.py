@@ -262,3 +262,7 @@ def test_real_klines_backtest_from_the_cli(ray_cluster, shared_data, tmp_path, c
     r = np.log(close.shift(-4) / close)
     up = np.where(r > 0, 1.0, np.where(r < 0, 0.0, np.nan))  # a flat hour is neither up nor down
     np.testing.assert_array_equal(rows.y[sym, 0], up[: sym.sum()].astype(np.float32))
+    # the rows name the kline files they came from: February 2026's, not the other months in the lake
+    assert rows.sources()["inputs"] == [str((shared_data / "binance" / "klines" / f"{s}-1m-2026-02.zip").resolve())
+                                        for s in ("DOTUSDT", "LINKUSDT", "LTCUSDT")]
+    assert len(rows.sources()["partitions"]) == 3 * 28

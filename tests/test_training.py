@@ -143,6 +143,18 @@ def test_models_are_registered_with_lineage_and_nested_runs(trained, mlflow_stor
             == client.get_run(trained.run_id).data.metrics["ensemble_test_auc_10s"])
 
 
+def test_a_run_records_the_files_behind_its_rows(trained, mlflow_store, market):
+    """The run's data_provenance.json names, for each lake partition it trained on, the generated files
+    its rows were ingested from: that symbol's trades and book files of the day, and nothing else."""
+    _, files = market
+    mlflow.set_tracking_uri(mlflow_store[0])
+    doc = mlflow.artifacts.load_dict(f"runs:/{trained.run_id}/data_provenance.json")
+    made_of = {s: sorted(str(p.resolve()) for p in files.agg_trades + files.book_depth if p.name.startswith(s))
+               for s in ("BTCUSDT", "ETHUSDT")}
+    assert doc["partitions"] == {f"features/date=2024-01-01/symbol={s}": made_of[s] for s in made_of}
+    assert doc["inputs"] == sorted(made_of["BTCUSDT"] + made_of["ETHUSDT"]) and len(doc["inputs"]) == 4
+
+
 @pytest.fixture(scope="module")
 def test_rows(trained, market_lake):
     """Feature rows of one symbol from the test window onwards, with the seconds before it (history)."""
@@ -205,6 +217,7 @@ def test_promotion_needs_a_win_on_the_same_window(trained, market_lake, mlflow_s
     assert run.data.tags["promotion"].startswith("tickray-xgboost: v1 stays champion, v2 is challenger (auc ")
 
 
+@pytest.mark.slow
 def test_leakage_canary_noise_labels_score_at_chance(market_lake, mlflow_store):
     """Labels shuffled within 1-hour blocks, through the whole pipeline: any AUC away from 0.5 would be
     leakage (a feature that sees the future, a split that lets the label through). Shorter blocks are
@@ -221,6 +234,7 @@ def test_leakage_canary_noise_labels_score_at_chance(market_lake, mlflow_store):
             assert 0.47 <= report.auc(model, h) <= 0.53, (model, h, report.lines())
 
 
+@pytest.mark.slow
 def test_train_job_submits_to_a_ray_head_as_is(market_lake, ray_head, tmp_path):
     """`ray job submit … -- python jobs/train.py --config …` against a head started like `tickray up`:
     the logs are followed to the end and the registered model is in the job's MLflow store."""
@@ -236,7 +250,8 @@ def test_train_job_submits_to_a_ray_head_as_is(market_lake, ray_head, tmp_path):
                        "--", "python", "jobs/train.py", *args)
 
     ok = submit("--config", "jobs/configs/train-synthetic.yaml", "--set", f"data.lake={market_lake}",
-                "--set", "models.lstm=null", "--set", "models.transformer=null", "--set", "registry.prefix=job")
+                "--set", "models.lstm=null", "--set", "models.transformer=null", "--set", "registry.prefix=job",
+                "--set", "models.xgboost.num_boost_round=60")  # the job's path is under test, not the model
     assert ok.returncode == 0, ok.stdout[-4000:] + ok.stderr[-2000:]
     assert "succeeded" in ok.stdout and "job-ensemble: v1 promoted to champion" in ok.stdout
     bad = submit("--set", "models.randomforest={}")

@@ -243,6 +243,7 @@ def _log_to_mlflow(report: BacktestReport, cfg: BacktestConfig, rows: Rows, figu
                          "source": cfg.data.source})
         mlflow.log_dict(cfg.model_dump(mode="json"), "config.json")
         mlflow.log_dict(rows.data_range(), "data_range.json")
+        mlflow.log_dict(rows.sources(), "data_provenance.json")
         mlflow.log_dict({"windows": report.windows, "stability": report.stability, "importance": report.importance,
                          "calibration": {str(h): c for h, c in report.calibration.items()}}, "validation.json")
         mlflow.log_metrics({f"{m}_{k}_{h}s": float(v) for m, by_h in report.performance.items()

@@ -348,17 +348,20 @@ class Collector:
         new, report.duplicates = clean_minutes(new.filter(good))
         report.rows += new.num_rows
         new = new.append_column("date", lake.date_column(new["ts"]))
+        source = f"{self.venue.name} REST {self.venue.base_url}"
         stage = lake.staging_dir(self.lake_root)
         try:
             present = set(lake.partitions(self.lake_root, "bars_1m"))
             for (date, symbol), part in _by_partition(new).items():
+                sources = [source]
                 if (date, symbol) in present:  # merge: the lake's rows first, so they win a duplicate
                     old = lake.read_partition(self.lake_root, "bars_1m", date, symbol).select(BAR.names)
                     part, dups = clean_minutes(pa.concat_tables([old.cast(BAR), part.select(BAR.names)]))
                     report.duplicates += dups
                     report.rows -= dups
                     part = part.append_column("date", pa.array([date] * part.num_rows))
-                lake.write_partitions(part, stage / "bars_1m", f"{self.venue.name}")
+                    sources += lake.partition_sources(self.lake_root, "bars_1m", date, symbol)
+                lake.write_partitions(part, stage / "bars_1m", f"{self.venue.name}", sources)
             lake.commit(stage / "bars_1m", self.lake_root / "bars_1m")
         finally:
             shutil.rmtree(stage, ignore_errors=True)
@@ -369,7 +372,7 @@ class Collector:
                 "source", pa.array([f"{self.venue.name} REST"] * bad.num_rows))
             bad = bad.append_column("date", lake.date_column(bad["ts"]))
             lake.write_partitions(bad, self.lake_root / lake.QUARANTINE / "bars_1m",
-                                  f"{self.venue.name}-{time.time_ns()}")
+                                  f"{self.venue.name}-{time.time_ns()}", [source])
 
     # --- the ledger ----------------------------------------------------------------------------------
     @contextmanager

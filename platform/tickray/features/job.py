@@ -128,6 +128,13 @@ def bar_features_for_symbol(root: Path, symbol: str) -> pa.Table:
     return pa.table(cols)
 
 
+def _sources(root: Path, datasets: tuple[str, ...], symbol: str, dates: list[str] | None) -> list[str]:
+    """The inputs behind the partitions a derived one is computed from (``dates`` None: all of them)."""
+    return sorted({src for ds in datasets
+                   for d in (dates if dates is not None else [d for d, s in lake.partitions(root, ds) if s == symbol])
+                   for src in lake.partition_sources(root, ds, d, symbol)})
+
+
 def _compute_and_write(batch: dict, root: str, stage: str, dataset: str) -> dict:
     """Ray Data map function: compute one unit ((date, symbol) or a symbol) and write it into the staged
     dataset from the task itself; only its row count goes back, or its one-line error and traceback
@@ -139,9 +146,12 @@ def _compute_and_write(batch: dict, root: str, stage: str, dataset: str) -> dict
     try:
         if dataset == "features":
             t = features_for_partition(Path(root), item["date"], item["symbol"])
+            sources = _sources(Path(root), ("trades", "book"), item["symbol"],
+                               [_day(item["date"], d) for d in (-1, 0, 1)])  # the days partition_events reads
         else:
             t = bar_features_for_symbol(Path(root), item["symbol"])
-        rows = sum(n for *_, n in lake.write_partitions(t, Path(stage) / dataset, name))
+            sources = _sources(Path(root), ("bars_1m",), item["symbol"], None)
+        rows = sum(n for *_, n in lake.write_partitions(t, Path(stage) / dataset, name, sources))
     except Exception as e:  # noqa: BLE001 (one bad partition is one failure, never the whole job's)
         for f in (Path(stage) / dataset).rglob(f"part-{name}.parquet"):
             f.unlink()

@@ -223,6 +223,7 @@ def _ingest_one(item: Input, levels: int, stage: Path, name: str, notes: list[st
     """Read one input, validate its rows and write them (good ones into the staged datasets, bad ones into
     the staged quarantine); return (dataset, reason or "", rows)."""
     counts: list[tuple[str, str, int]] = []
+    sources = [str(Path(p).resolve()) for p in item.paths]
     for dataset, (t, dropped) in read_input(item, levels, notes).items():
         reason = DATASETS[dataset](t)
         if dropped:
@@ -231,14 +232,14 @@ def _ingest_one(item: Input, levels: int, stage: Path, name: str, notes: list[st
         t = t.append_column("date", lake.date_column(t["ts"]))
         good = pc.is_null(reason)
         all_good = reason.null_count == len(reason)
-        written = lake.write_partitions(t if all_good else t.filter(good), stage / dataset, name)
+        written = lake.write_partitions(t if all_good else t.filter(good), stage / dataset, name, sources)
         counts.append((dataset, "", sum(n for *_, n in written)))
         bad = t.slice(0, 0) if all_good else t.filter(pc.invert(good))
         if bad.num_rows:
             bad_reason = reason.filter(pc.invert(good))
             bad = bad.append_column("reason", bad_reason).append_column(
                 "source", pa.array([item.name] * bad.num_rows))
-            lake.write_partitions(bad, stage / lake.QUARANTINE / dataset, name)
+            lake.write_partitions(bad, stage / lake.QUARANTINE / dataset, name, sources)
             for r, n in Counter(bad_reason.to_pylist()).items():
                 counts.append((dataset, r, n))
     return counts

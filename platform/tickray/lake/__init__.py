@@ -1,5 +1,9 @@
 """The Parquet lake: ``<root>/<dataset>/date=YYYY-MM-DD/symbol=SYM/part-*.parquet``.
 
+Each part file names, in its footer, the inputs its rows came from (``tickray.sources``: the files an
+ingest read, the stream or venue a job took them from, or for derived datasets the inputs of the
+partitions they were computed from), so any row can be traced to what it was made of.
+
 Jobs write into a private staging folder, then each partition is swapped in with directory renames:
 a reader sees the old partition or the new one, never a half-written one, and re-ingesting the same
 input replaces its partitions instead of duplicating rows.
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import json
 import os
 import shutil
 import uuid
@@ -22,6 +27,7 @@ import pyarrow.parquet as pq
 QUARANTINE = "quarantine"
 UNKNOWN = "unknown"
 ROW_GROUP_ROWS = 65_536  # small enough that a reader filtering on time (a day's edge) skips most groups
+SOURCES_KEY = b"tickray.sources"
 
 
 def staging_dir(root: Path) -> Path:
@@ -45,9 +51,10 @@ def day_partition(day: int) -> str:
     return (datetime.date(1970, 1, 1) + datetime.timedelta(days=day)).isoformat()
 
 
-def write_partitions(t: pa.Table, dataset_dir: Path, name: str) -> list[tuple[str, str, int]]:
-    """Write rows into ``date=/symbol=`` folders (one file per partition, sorted by time); return
-    (date, symbol, rows) per partition."""
+def write_partitions(t: pa.Table, dataset_dir: Path, name: str,
+                     sources: list[str] | None = None) -> list[tuple[str, str, int]]:
+    """Write rows into ``date=/symbol=`` folders (one file per partition, sorted by time), each file
+    naming ``sources`` in its footer; return (date, symbol, rows) per partition."""
     out = []
     for key in ("date", "symbol"):  # a row without a time or symbol (quarantined) still has a home
         t = t.set_column(t.schema.get_field_index(key), key, pc.fill_null(t[key], UNKNOWN))
@@ -72,12 +79,16 @@ def write_partitions(t: pa.Table, dataset_dir: Path, name: str) -> list[tuple[st
         # Dictionary encoding only where values repeat (strings): tried on float columns it triples the
         # write time of a feature partition for a larger file.
         text = [f.name for f in part.schema if pa.types.is_string(f.type) or pa.types.is_dictionary(f.type)]
+        if sources:
+            part = part.replace_schema_metadata({**(part.schema.metadata or {}),
+                                                 SOURCES_KEY: json.dumps(sorted(set(sources)))})
         pq.write_table(part, folder / f"part-{name}.parquet", row_group_size=ROW_GROUP_ROWS, use_dictionary=text)
         out.append((date, symbol, part.num_rows))
     return out
 
 
-def append_partitions(t: pa.Table, root: Path, dataset: str, name: str) -> list[tuple[str, str, int]]:
+def append_partitions(t: pa.Table, root: Path, dataset: str, name: str,
+                      sources: list[str] | None = None) -> list[tuple[str, str, int]]:
     """Add rows to a dataset as new files ``part-<name>.parquet`` beside what its partitions hold (a stream
     actor's periodic flush). Each file is written in staging and renamed into place, so a reader never
     sees half of one."""
@@ -85,7 +96,7 @@ def append_partitions(t: pa.Table, root: Path, dataset: str, name: str) -> list[
         t = t.append_column("date", date_column(t["ts"]))
     stage = staging_dir(root)
     try:
-        written = write_partitions(t, stage / dataset, name)
+        written = write_partitions(t, stage / dataset, name, sources)
         for date, symbol, _ in written:
             rel = Path(dataset) / f"date={date}" / f"symbol={symbol}" / f"part-{name}.parquet"
             (Path(root) / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -117,6 +128,17 @@ def partitions(root: Path, dataset: str) -> list[tuple[str, str]]:
     """(date, symbol) pairs present in a dataset."""
     return [(p.parent.name.split("=", 1)[1], p.name.split("=", 1)[1])
             for p in _partition_dirs(Path(root) / dataset)]
+
+
+def partition_sources(root: Path, dataset: str, date: str, symbol: str) -> list[str]:
+    """The inputs behind a partition's rows, from its files' footers (a file written before the lake
+    recorded them names none)."""
+    out: set[str] = set()
+    for f in (Path(root) / dataset / f"date={date}" / f"symbol={symbol}").glob("*.parquet"):
+        meta = pq.read_schema(f).metadata or {}
+        if SOURCES_KEY in meta:
+            out.update(json.loads(meta[SOURCES_KEY]))
+    return sorted(out)
 
 
 def read_partition(root: Path, dataset: str, date: str, symbol: str, sort_by: str = "ts",

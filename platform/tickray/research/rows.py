@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,8 @@ class Rows:
     window: int
     feature_set_version: str = FEATURE_SET_VERSION
     price: np.ndarray | None = None  # (n,) the mid (ticks) or close (bars) each row's features see: for backtests
+    # each lake partition read ("<dataset>/date=…/symbol=…") → the inputs its rows came from
+    provenance: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -57,6 +59,11 @@ class Rows:
 
     def labels(self) -> list[str]:
         return [f"up_{h}s" for h in self.horizons]
+
+    def sources(self) -> dict:
+        """What the rows were made of, for a run's record: every input behind them, and per partition read."""
+        return {"inputs": sorted({i for found in self.provenance.values() for i in found}),
+                "partitions": self.provenance}
 
     def data_range(self) -> dict[str, str]:
         def iso(ns: int) -> str:
@@ -97,6 +104,11 @@ def check_lake(cfg: RowsConfig, lake_root: Path) -> list[tuple[str, str]]:
     return parts
 
 
+def provenance(root: Path, dataset: str, parts: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """Each partition read → the inputs behind its rows, as the lake's files record them."""
+    return {f"{dataset}/date={d}/symbol={s}": lake.partition_sources(Path(root), dataset, d, s) for d, s in parts}
+
+
 def load_rows(cfg: RowsConfig, lake_root: Path) -> Rows:
     """Every selected row (Ray Data, a task per partition), with the canary's label shuffle applied."""
     root = Path(lake_root)
@@ -125,7 +137,8 @@ def load_rows(cfg: RowsConfig, lake_root: Path) -> Rows:
         y = shuffle_within_blocks(y, ts, cfg.labels.shuffle_within_s * NS, cfg.seed)
     window = cfg.longest_window
     return Rows(x, y, fwd, ts, symbol, complete_windows(x, ts, symbol, window), features,
-                list(cfg.data.horizons_s), window, price=t["mid"].to_numpy(zero_copy_only=False).astype(np.float64))
+                list(cfg.data.horizons_s), window, price=t["mid"].to_numpy(zero_copy_only=False).astype(np.float64),
+                provenance=provenance(root, "features", parts))
 
 
 def load_bar_rows(cfg: RowsConfig, lake_root: Path, timeframe: str) -> Rows:
@@ -164,9 +177,10 @@ def load_bar_rows(cfg: RowsConfig, lake_root: Path, timeframe: str) -> Rows:
         syms.append(np.full(ts.size, s, object))
         prices.append(close.astype(np.float64))
     x = np.concatenate(xs)
+    read = [(date, s) for date, s in have if s in symbols and start.isoformat() <= date < end.isoformat()]
     return Rows(x, np.concatenate(ys), np.concatenate(fwds), np.concatenate(tss), np.concatenate(syms),
                 ~np.isnan(x).any(axis=1), list(BAR_FEATURE_NAMES), list(d.horizons_s), 1,
-                f"{BAR_FEATURE_SET}@{timeframe}", np.concatenate(prices))
+                f"{BAR_FEATURE_SET}@{timeframe}", np.concatenate(prices), provenance(lake_root, "bars_1m", read))
 
 
 def shuffle_within_blocks(y: np.ndarray, ts: np.ndarray, block_ns: int, seed: int) -> np.ndarray:

@@ -183,7 +183,8 @@ class Durability:
             for tables in by_symbol.values():
                 for dataset, t in tables.items():
                     lake.append_partitions(t, Path(self.ctx.opt.lake_root), dataset,
-                                           f"live-{self.ctx.opt.name}-{seq:08d}-{self.incarnation}")
+                                           f"live-{self.ctx.opt.name}-{seq:08d}-{self.incarnation}",
+                                           [f"stream {self.ctx.ws_url}", f"REST {self.ctx.rest_url}"])
                     rows[f"lake {dataset} rows"] += t.num_rows
         return rows
 

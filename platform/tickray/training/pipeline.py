@@ -281,6 +281,7 @@ def _log_to_mlflow(report: TrainReport, cfg: TrainConfig, rows: Rows, win: Windo
         mlflow.log_dict(cfg.model_dump(mode="json"), "config.json")
         mlflow.log_dict({"features": rows.features, "feature_set_version": rows.feature_set_version}, "features.json")
         mlflow.log_dict({**data_range, **windows, "rows": report.rows}, "data_range.json")
+        mlflow.log_dict(rows.sources(), "data_provenance.json")
         for i, (_, va) in enumerate(win.folds):
             block = thin(rows, va, every)
             for fam in bases:
