@@ -266,3 +266,9 @@ def test_real_klines_backtest_from_the_cli(ray_cluster, shared_data, tmp_path, c
     assert rows.sources()["inputs"] == [str((shared_data / "binance" / "klines" / f"{s}-1m-2026-02.zip").resolve())
                                         for s in ("DOTUSDT", "LINKUSDT", "LTCUSDT")]
     assert len(rows.sources()["partitions"]) == 3 * 28
+    # selected by the files behind them: LINKUSDT's month only, though the config names three symbols
+    train = cfg.train.model_copy(update={"data": cfg.train.data.model_copy(update={"sources": ["*/LINKUSDT-1m-*"]})})
+    link = backtest_rows(cfg.model_copy(update={"train": train}), lake_root)
+    assert set(link.symbol) == {"LINKUSDT"}
+    np.testing.assert_array_equal(link.x, rows.x[sym])
+    np.testing.assert_array_equal(link.y, rows.y[sym])

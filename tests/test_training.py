@@ -155,6 +155,18 @@ def test_a_run_records_the_files_behind_its_rows(trained, mlflow_store, market):
     assert doc["inputs"] == sorted(made_of["BTCUSDT"] + made_of["ETHUSDT"]) and len(doc["inputs"]) == 4
 
 
+def test_data_is_selected_by_the_inputs_behind_it(market_lake):
+    """``data.sources``: a partition is read only when every input behind it matches a glob, so rows made
+    partly of other data never come in; a selection that leaves nothing says so."""
+    def select(*globs: str):
+        return check_lake(parse_config({**SMALL, "data": {**SMALL["data"], "sources": list(globs)}}), market_lake)
+
+    assert select("*/aggtrades/BTCUSDT-*", "*/depth/BTCUSDT-*") == [("2024-01-01", "BTCUSDT")]
+    assert select("*/aggtrades/*", "*/depth/*") == [("2024-01-01", "BTCUSDT"), ("2024-01-01", "ETHUSDT")]
+    with pytest.raises(ConfigError, match=r"from sources matching \['\*/aggtrades/\*'\]"):
+        select("*/aggtrades/*")  # the book behind every partition came from elsewhere
+
+
 @pytest.fixture(scope="module")
 def test_rows(trained, market_lake):
     """Feature rows of one symbol from the test window onwards, with the seconds before it (history)."""

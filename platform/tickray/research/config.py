@@ -16,6 +16,9 @@ class DataConfig(StrictModel):
     symbols: list[str] = Field(default_factory=list)  # empty: every symbol in the feature lake
     start: str | None = None  # ISO dates, inclusive
     end: str | None = None
+    # Only partitions whose every input (as the lake records it behind their rows: a file's absolute path,
+    # a stream's URL) matches one of these globs, e.g. ["*/binance/ws/*"]; empty: wherever they came from.
+    sources: list[str] = Field(default_factory=list)
     horizons_s: list[int] = Field(default_factory=lambda: [10, 60], min_length=1)
     # The model's inputs: these features (empty: the whole feature set), less those looking back more
     # than max_lookback_s (a short capture has few rows where a 15-minute feature is defined).

@@ -15,6 +15,7 @@ validation block, or when it lies within the embargo after it (its features look
 from __future__ import annotations
 
 import datetime as dt
+import fnmatch
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,14 +81,31 @@ def _date_filter(cfg: RowsConfig, parts: list[tuple[str, str]]) -> list[tuple[st
             and (d.end is None or date <= d.end)]
 
 
+def _source_filter(cfg: RowsConfig, root: Path, dataset: str, parts: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The partitions every input of which matches one of ``data.sources`` (all of them when it is empty;
+    none whose inputs the lake does not record)."""
+    globs = cfg.data.sources
+    if not globs:
+        return parts
+    matches = lambda src: any(fnmatch.fnmatchcase(src, g) for g in globs)
+    return [(d, s) for d, s in parts
+            if (found := lake.partition_sources(root, dataset, d, s)) and all(map(matches, found))]
+
+
+def _selection(cfg: RowsConfig) -> str:
+    d = cfg.data
+    said = f"symbols {d.symbols or 'any'} and dates {d.start or '…'}..{d.end or '…'}"
+    return said + (f" from sources matching {d.sources} (partitions ingested before the lake recorded its "
+                   "inputs match none: ingest them again)" if d.sources else "")
+
+
 def check_lake(cfg: RowsConfig, lake_root: Path) -> list[tuple[str, str]]:
     """The partitions the config selects, after checking (without reading any data) that every feature
     and label is there: a one-line error otherwise."""
     root = Path(lake_root)
-    parts = _date_filter(cfg, lake.partitions(root, "features"))
+    parts = _source_filter(cfg, root, "features", _date_filter(cfg, lake.partitions(root, "features")))
     if not parts:
-        raise ConfigError(f"data: no feature partitions under {root / 'features'} for symbols "
-                          f"{cfg.data.symbols or 'any'} and dates {cfg.data.start or '…'}..{cfg.data.end or '…'}; "
+        raise ConfigError(f"data: no feature partitions under {root / 'features'} for {_selection(cfg)}; "
                           "run `tickray features` first")
     date, sym = parts[0]
     f = next((root / "features" / f"date={date}" / f"symbol={sym}").glob("*.parquet"))
@@ -157,9 +175,14 @@ def load_bar_rows(cfg: RowsConfig, lake_root: Path, timeframe: str) -> Rows:
     def ns(x: dt.date) -> int:
         return int(dt.datetime(x.year, x.month, x.day, tzinfo=dt.UTC).timestamp()) * NS
 
+    read = [(date, s) for date, s in have if s in symbols and start.isoformat() <= date < end.isoformat()]
+    kept = _source_filter(cfg, Path(lake_root), "bars_1m", read)
     bars = read_lake_bars(lake_root, symbols, timeframe, ns(start), ns(end))
+    if len(kept) < len(read):  # the days of other sources left out (a bar never spans two UTC days)
+        key = pc.binary_join_element_wise(lake.date_column(bars["ts"]), bars["symbol"], "/")
+        bars = bars.filter(pc.is_in(key, pa.array([f"{date}/{s}" for date, s in kept], pa.string())))
     if bars.num_rows == 0:
-        raise ConfigError(f"data: no 1m bars for {symbols} between {start} and {end}")
+        raise ConfigError(f"data: no 1m bars under {lake_root}/bars_1m for {_selection(cfg)}")
     step_s = 60 * timeframe_minutes(timeframe)
     xs, ys, fwds, tss, syms, prices = [], [], [], [], [], []
     for s in symbols:
@@ -177,10 +200,9 @@ def load_bar_rows(cfg: RowsConfig, lake_root: Path, timeframe: str) -> Rows:
         syms.append(np.full(ts.size, s, object))
         prices.append(close.astype(np.float64))
     x = np.concatenate(xs)
-    read = [(date, s) for date, s in have if s in symbols and start.isoformat() <= date < end.isoformat()]
     return Rows(x, np.concatenate(ys), np.concatenate(fwds), np.concatenate(tss), np.concatenate(syms),
                 ~np.isnan(x).any(axis=1), list(BAR_FEATURE_NAMES), list(d.horizons_s), 1,
-                f"{BAR_FEATURE_SET}@{timeframe}", np.concatenate(prices), provenance(lake_root, "bars_1m", read))
+                f"{BAR_FEATURE_SET}@{timeframe}", np.concatenate(prices), provenance(lake_root, "bars_1m", kept))
 
 
 def shuffle_within_blocks(y: np.ndarray, ts: np.ndarray, block_ns: int, seed: int) -> np.ndarray:
