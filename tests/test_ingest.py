@@ -237,3 +237,50 @@ def test_partitions_hold_their_rows_sorted_by_time_whatever_the_input_order(tmp_
         got = pq.read_table(tmp_path / f"date={day}" / f"symbol={symbol}" / "part-x.parquet")
         got_rows = list(zip(got["ts"].cast(pa.int64()).to_pylist(), got["price"].to_pylist()))
         assert got_rows == sorted(expected, key=lambda e: e[0])
+
+
+def test_mark_prices_and_forced_orders_in_a_capture_land_in_funding_and_liquidations(ray_cluster, shared_data,
+                                                                                    tmp_path):
+    """@markPrice and @forceOrder messages, written here as Binance documents them, interleaved with the
+    real USD-M capture: `funding` and `liquidations` rows as the messages say (empty funding fields null,
+    never 0), the capture's trades and book as without them, a forced order of no known side quarantined."""
+    import gzip
+    import json
+
+    real = gzip.decompress((shared_data / "binance/ws/usdm_btcusdt_20240718.gz").read_bytes()).splitlines()
+    e = 1_721_347_030_000  # 9 s into the capture
+    marks = [{"e": "markPriceUpdate", "E": e + i * 1000, "s": "BTCUSDT", "p": f"{64000 + i}.5", "i": f"{63990 + i}.25",
+              "P": "64001.10", "r": "0.00010000", "T": 1_721_376_000_000} for i in range(3)]
+    marks.append({"e": "markPriceUpdate", "E": e + 5000, "s": "BTCUSDT", "p": "64010.0", "i": "", "P": "", "r": "",
+                  "T": 0})  # what a delivery contract sends: no funding
+    order = {"s": "BTCUSDT", "o": "LIMIT", "f": "IOC", "X": "FILLED"}
+    forced = [{"e": "forceOrder", "E": e + 2500, "o": {**order, "S": "SELL", "q": "0.014", "p": "63900", "ap": "63950.5",
+                                                     "l": "0.014", "z": "0.014", "T": e + 2499}},
+              {"e": "forceOrder", "E": e + 3500, "o": {**order, "S": "BUY", "q": "0.5", "p": "64100", "ap": "0",
+                                                     "X": "NEW", "l": "0", "z": "0", "T": e + 3499}},
+              {"e": "forceOrder", "E": e + 4500, "o": {**order, "S": "UP", "q": "1", "p": "1", "ap": "1", "l": "1",
+                                                     "z": "1", "T": e + 4499}}]
+    extra = [(m["E"] * 1_000_000 + 1, {"stream": "btcusdt@markPrice@1s", "data": m}) for m in marks]
+    extra += [(m["E"] * 1_000_000 + 1, {"stream": "btcusdt@forceOrder", "data": m}) for m in forced]
+    lines = [(int(line.split(b" ", 1)[0]), line) for line in real]
+    lines += [(t, f"{t} {json.dumps(m)}".encode()) for t, m in extra]
+    lines.sort(key=lambda x: x[0])  # stable: the capture's own order is kept
+    plain, mixed = tmp_path / "plain" / "usdm_btcusdt_20240718.gz", tmp_path / "mixed" / "usdm_btcusdt_20240718.gz"
+    for path, content in ((plain, real), (mixed, [line for _, line in lines])):
+        path.parent.mkdir()
+        path.write_bytes(gzip.compress(b"\n".join(content) + b"\n"))
+
+    before, rep = ingest([plain.parent], tmp_path / "lake1"), ingest([mixed.parent], tmp_path / "lake2")
+    assert rep.rows == {**before.rows, "funding": 4, "liquidations": 2}
+    assert dict(rep.quarantined["trades"]) == {"malformed forceOrder message (KeyError)": 1}
+    funding = lake.read_partition(tmp_path / "lake2", "funding", "2024-07-18", "BTCUSDT")
+    assert funding["mark_price"].to_pylist() == [64000.5, 64001.5, 64002.5, 64010.0]
+    assert funding["index_price"].to_pylist() == [63990.25, 63991.25, 63992.25, None]
+    assert funding["funding_rate"].to_pylist() == [0.0001] * 3 + [None]
+    assert funding["funding_ts"].cast(pa.int64()).to_pylist() == [1_721_376_000_000 * 10**6] * 3 + [None]
+    liq = lake.read_partition(tmp_path / "lake2", "liquidations", "2024-07-18", "BTCUSDT")
+    assert liq["side"].to_pylist() == [-1, 1]  # SELL closes a long; BUY a short
+    assert liq["price"].to_pylist() == [63950.5, 64100.0] and liq["qty"].to_pylist() == [0.014, 0.5]
+    for ds in ("trades", "book"):
+        assert lake.read_partition(tmp_path / "lake2", ds, "2024-07-18", "BTCUSDT").equals(
+            lake.read_partition(tmp_path / "lake1", ds, "2024-07-18", "BTCUSDT"))

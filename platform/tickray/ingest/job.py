@@ -332,8 +332,11 @@ def ingest(inputs: list[Path], lake_root: Path, levels: int = 10, shard_bytes: i
         report.failed += [Failure(c["input"], c["error"], c["trace"]) for c in counts if c["error"]]
         report.inputs_ok = len(found) - len(failed_inputs)
         report.notes = [(c["input"], c["note"]) for c in counts if c["note"]]
+        # what an input declares, or fed beyond that (a capture's @markPrice and @forceOrder messages)
+        wrote = {(c["input"], c["dataset"]) for c in counts if c["dataset"] and int(c["rows"])}
         for dataset in DATASETS:
-            fed = [i for i in found if dataset in i.datasets and i.name not in failed_inputs]
+            fed = [i for i in found if (dataset in i.datasets or (i.name, dataset) in wrote)
+                   and i.name not in failed_inputs]
             if not fed:
                 continue
             rows = [c for c in counts if c["dataset"] == dataset]

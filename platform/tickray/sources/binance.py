@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from pyarrow import csv as pacsv
 
 from tickray.errors import DataFormatError
-from tickray.lake.schema import BAR, FUNDING, TRADE, TS, conform_book
+from tickray.lake.schema import BAR, FUNDING, LIQUIDATION, TRADE, TS, conform_book
 from tickray.market.book import BookSync, DepthUpdate
 from tickray.sources.book_rows import TopNWriter
 
@@ -308,7 +308,7 @@ def iter_rest_snapshots(path: Path) -> Iterator[tuple[int, str, dict]]:
 
 
 # Capture messages that have no lake dataset yet: counted as skipped, never quarantined as errors.
-SKIPPED_EVENTS = ("markPriceUpdate", "kline", "bookTicker", "24hrTicker", "forceOrder")
+SKIPPED_EVENTS = ("kline", "bookTicker", "24hrTicker")
 
 
 @dataclass
@@ -320,6 +320,8 @@ class CaptureRead:
     streams: Counter = field(default_factory=Counter)
     recv_units: dict[str, str] = field(default_factory=dict)  # file → unit of its receive times
     coinm: bool = False  # COIN-M: trade quantities are contracts, not coin
+    funding: pa.Table = field(default_factory=FUNDING.empty_table)  # from @markPrice
+    liquidations: pa.Table = field(default_factory=LIQUIDATION.empty_table)  # from @forceOrder
 
     def notes(self) -> list[str]:
         """What a reader of the lake should know about this capture (the ingest report prints them)."""
@@ -388,6 +390,8 @@ def read_ws_capture(path: Path | Sequence[Path], levels: int = 10, symbol: str |
         quarantine.extend((at_ns, unknown, "unparsable line", f"line {n}: {raw}") for n, raw in bad)
         bad.clear()
 
+    funding: list[dict] = []
+    liquidations: list[dict] = []
     for recv_ns, snap_symbol, msg in events:
         flush_bad(last_recv or recv_ns)
         last_recv = recv_ns
@@ -411,6 +415,10 @@ def read_ws_capture(path: Path | Sequence[Path], levels: int = 10, symbol: str |
                 t = state(data["s"].upper()).trades
                 for key, value in row.items():
                     t[key].append(value)
+            elif etype == "markPriceUpdate":
+                funding.append(mark_price_row(data))
+            elif etype == "forceOrder":
+                liquidations.append(force_order_row(data))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             sym = data.get("s") if isinstance(data, dict) and isinstance(data.get("s"), str) else unknown
             quarantine.append((recv_ns, sym.upper(), f"malformed {etype} message ({type(e).__name__})",
@@ -425,4 +433,30 @@ def read_ws_capture(path: Path | Sequence[Path], levels: int = 10, symbol: str |
                           unsynced_dropped=len(leftover), dropped=dropped + leftover)
     m = CAPTURE_NAME.match(name)
     coinm = (m is not None and m["market"] == "cm") or name.startswith("BINANCE_DELIVERY.")
-    return CaptureRead(trades, rebuild, quarantine, streams, units, coinm)
+    return CaptureRead(trades, rebuild, quarantine, streams, units, coinm,
+                       pa.Table.from_pylist(funding, FUNDING), pa.Table.from_pylist(liquidations, LIQUIDATION))
+
+
+def _price_or_none(text) -> float | None:
+    """A price field that COIN-M delivery contracts send as "" (no funding): null, never 0."""
+    return None if text in (None, "") else float(text)
+
+
+def mark_price_row(data: dict) -> dict:
+    """A ``funding`` row from a ``markPriceUpdate``: mark ``p``, index ``i``, the funding rate ``r`` that
+    applies at the next funding time ``T`` (both empty for delivery contracts)."""
+    return {"ts": int(data["E"]) * 1_000_000, "symbol": data["s"].upper(), "mark_price": float(data["p"]),
+            "index_price": _price_or_none(data.get("i")), "funding_rate": _price_or_none(data.get("r")),
+            "predicted_funding_rate": None,
+            "funding_ts": int(data["T"]) * 1_000_000 if data.get("T") not in (None, "", 0) else None}
+
+
+def force_order_row(data: dict) -> dict:
+    """A ``liquidations`` row from a ``forceOrder``: the order's side (BUY closes a short), its average
+    fill price and filled quantity (the order's price and size while nothing has filled)."""
+    o = data["o"]
+    side = {"BUY": 1, "SELL": -1}[o["S"]]
+    price = float(o.get("ap") or 0) or float(o["p"])
+    qty = float(o.get("z") or 0) or float(o["q"])
+    return {"ts": int(o["T"]) * 1_000_000, "symbol": o["s"].upper(), "side": side, "price": price, "qty": qty,
+            "liquidation_id": None}

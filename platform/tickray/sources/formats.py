@@ -50,8 +50,10 @@ class Format:
 def _capture_rows(cap: binance.CaptureRead, unit: Unit) -> Rows:
     unit.notes += cap.notes()
     # unusable messages are counted once, with the trades
-    return {"trades": (cap.trades, [(t // 1_000_000, sym, why) for t, sym, why, _ in cap.quarantine]),
+    rows = {"trades": (cap.trades, [(t // 1_000_000, sym, why) for t, sym, why, _ in cap.quarantine]),
             "book": (cap.book.book, cap.book.dropped)}
+    rows |= {ds: (t, []) for ds, t in (("funding", cap.funding), ("liquidations", cap.liquidations)) if t.num_rows}
+    return rows
 
 
 def cryptofeed_snapshots(ws_path: Path) -> Path | None:
