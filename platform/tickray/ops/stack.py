@@ -279,6 +279,12 @@ def start_ray_head(settings: Settings, timeout_s: float = 90.0, autoscaling_conf
     if autoscaling_config is not None:
         prepared, num_cpus, extra_env = _autoscaling_twin(settings, Path(autoscaling_config))
         extra_args = [f"--autoscaling-config={prepared}"]
+    else:
+        # A temp dir of this head's own: a job's driver finds its cluster as "the latest one started in the
+        # head's temp dir", so with Ray's shared /tmp/ray a job could join another Ray started on this
+        # machine after this head (seen with parallel test workers). Short: Ray's sockets live under it.
+        # (The autoscaling twin's fake nodes look for their head in Ray's default one.)
+        extra_args = [f"--temp-dir={Path(tempfile.gettempdir()) / f'tickray-ray-{settings.ray_port}'}"]
     ray_exe = Path(sys.executable).with_name("ray")
     log_path = settings.state_path / "ray-head.log"
     # --block keeps `ray start` in the foreground as the head's parent: stopping its process group
