@@ -151,29 +151,17 @@ def ray_head(tmp_path):
         tickray_cli("down", env=env, timeout=120, cwd=tmp_path)
 
 
-# Ray's own failure, not the job's (ray-project/ray#36703, open): on a loaded machine a worker the job's
-# tasks need may fail to fetch the job's working_dir package from the head's GCS, and the job fails with this.
-WORKING_DIR_LOST = "Failed to download runtime_env file package"
-
-
 def ray_job(env: dict[str, str], verb: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """`ray job VERB …` against the head of ``ray_head`` (``env``), as a user runs it; retried while the
     head's job agent is still registering or starting to listen (a few seconds after the head's ports open;
-    longer on a loaded machine): the head answers that it has no agent, or that the agent hung up. A job
-    followed to its end (`submit` without `--no-wait`) that Ray failed with WORKING_DIR_LOST is submitted
-    once more, saying so."""
+    longer on a loaded machine): the head answers that it has no agent, or that the agent hung up."""
     cmd = [str(Path(sys.executable).with_name("ray")), "job", verb,
            "--address", f"http://127.0.0.1:{env['TICKRAY_DASHBOARD_PORT']}", *args]
-    resubmitted = False
     for _ in range(30):
         r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False)
-        if any(m in r.stderr for m in ("No available agent to submit job", "ServerDisconnectedError")):
-            time.sleep(2)
-        elif verb == "submit" and "--no-wait" not in args and WORKING_DIR_LOST in r.stdout and not resubmitted:
-            print(f"ray job submit: Ray lost the job's working_dir package ({WORKING_DIR_LOST}); submitted again")
-            resubmitted = True
-        else:
+        if not any(m in r.stderr for m in ("No available agent to submit job", "ServerDisconnectedError")):
             return r
+        time.sleep(2)
     return r
 
 
