@@ -437,8 +437,8 @@ def read_ws_capture(path: Path | Sequence[Path], levels: int = 10, symbol: str |
                        pa.Table.from_pylist(funding, FUNDING), pa.Table.from_pylist(liquidations, LIQUIDATION))
 
 
-def _price_or_none(text) -> float | None:
-    """A price field that COIN-M delivery contracts send as "" (no funding): null, never 0."""
+def _number_or_none(text) -> float | None:
+    """A number field that COIN-M delivery contracts send as "" (no funding): null, never 0."""
     return None if text in (None, "") else float(text)
 
 
@@ -446,7 +446,7 @@ def mark_price_row(data: dict) -> dict:
     """A ``funding`` row from a ``markPriceUpdate``: mark ``p``, index ``i``, the funding rate ``r`` that
     applies at the next funding time ``T`` (both empty for delivery contracts)."""
     return {"ts": int(data["E"]) * 1_000_000, "symbol": data["s"].upper(), "mark_price": float(data["p"]),
-            "index_price": _price_or_none(data.get("i")), "funding_rate": _price_or_none(data.get("r")),
+            "index_price": _number_or_none(data.get("i")), "funding_rate": _number_or_none(data.get("r")),
             "predicted_funding_rate": None,
             "funding_ts": int(data["T"]) * 1_000_000 if data.get("T") not in (None, "", 0) else None}
 
