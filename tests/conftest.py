@@ -58,10 +58,11 @@ def settings(redis_settings, tmp_path):
 
 @pytest.fixture(scope="session")
 def market(tmp_path_factory):
-    """A small synthetic market (2 symbols, 1 day), generated once per session."""
+    """A small synthetic market (2 symbols, 1 day), generated once per session where the demo writes its
+    own (…/demo/market), so the shipped synthetic configs' `data.sources` select it."""
     from tickray.sim.synth import generate
 
-    out = tmp_path_factory.mktemp("market")
+    out = tmp_path_factory.mktemp("state") / "demo" / "market"
     files = generate(out, ["BTCUSDT", "ETHUSDT"], days=1, seed=7, trades_per_day=40_000, capture_minutes=3)
     return out, files
 

@@ -159,7 +159,7 @@ def test_data_is_selected_by_the_inputs_behind_it(market_lake):
     """``data.sources``: a partition is read only when every input behind it matches a glob, so rows made
     partly of other data never come in; a selection that leaves nothing says so."""
     def select(*globs: str):
-        return check_lake(parse_config({**SMALL, "data": {**SMALL["data"], "sources": list(globs)}}), market_lake)
+        return list(check_lake(parse_config({**SMALL, "data": {**SMALL["data"], "sources": list(globs)}}), market_lake))
 
     assert select("*/aggtrades/BTCUSDT-*", "*/depth/BTCUSDT-*") == [("2024-01-01", "BTCUSDT")]
     assert select("*/aggtrades/*", "*/depth/*") == [("2024-01-01", "BTCUSDT"), ("2024-01-01", "ETHUSDT")]

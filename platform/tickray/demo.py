@@ -11,7 +11,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -46,6 +46,15 @@ DEMO_BACKTEST = {"train": {**DEMO_TRAINING, "data": {"horizons_s": [10, 60], "tr
                  "strategy": {"threshold": 0.05, "sizing": "confidence", "full_size_confidence": 0.3}}
 
 
+def _selecting(config: dict, data_dir: Path, symbols: list[str], first: date, days: int) -> dict:
+    """A demo config that reads exactly the market the demo generated, whatever else the lake holds."""
+    selection = {"symbols": symbols, "start": first.isoformat(),
+                 "end": (first + timedelta(days=days - 1)).isoformat(), "sources": [f"{data_dir.resolve()}/*"]}
+    if "train" in config:
+        return {**config, "train": _selecting(config["train"], data_dir, symbols, first, days)}
+    return {**config, "data": {**config["data"], **selection}}
+
+
 @dataclass
 class DemoResult:
     rows_ingested: dict[str, int] = field(default_factory=dict)
@@ -71,7 +80,8 @@ def run_demo(settings: Settings, symbols: list[str], days: int = 1, seed: int = 
         return time.perf_counter()
 
     t = stage("1/9 generate a synthetic market")
-    files = generate(data_dir, symbols, days, seed, trades_per_day=trades_per_day)
+    first = date(2024, 1, 1)
+    files = generate(data_dir, symbols, days, seed, first, trades_per_day=trades_per_day)
     say(f"{files.n_trades:,} trades, {files.n_depth_events:,} depth updates, "
         f"{len(files.all())} files under {data_dir} ({time.perf_counter() - t:.1f}s)")
 
@@ -97,7 +107,7 @@ def run_demo(settings: Settings, symbols: list[str], days: int = 1, seed: int = 
         say(line)
 
     stage("5/9 train XGBoost (Ray Train) and its stacked ensemble, register in MLflow")
-    tr = run_training(parse_config(DEMO_TRAINING, "demo"), lake_root, settings.tracking_uri, settings.artifact_root,
+    tr = run_training(parse_config(_selecting(DEMO_TRAINING, data_dir, symbols, first, days), "demo"), lake_root, settings.tracking_uri, settings.artifact_root,
                       state / "ray_results", say=say)
     for line in tr.lines():
         say(line)
@@ -114,7 +124,7 @@ def run_demo(settings: Settings, symbols: list[str], days: int = 1, seed: int = 
     stage("9/9 walk-forward backtest of the ensemble and the baselines, with a report")
     reports = state / "reports"
     stamp = datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')
-    bt = run_backtest(BacktestConfig.model_validate(DEMO_BACKTEST), lake_root, settings.tracking_uri,
+    bt = run_backtest(BacktestConfig.model_validate(_selecting(DEMO_BACKTEST, data_dir, symbols, first, days)), lake_root, settings.tracking_uri,
                       settings.artifact_root, reports / f"backtest-{stamp}.html", say=say)
     for line in bt.lines():
         say(line)

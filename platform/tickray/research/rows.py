@@ -81,15 +81,18 @@ def _date_filter(cfg: RowsConfig, parts: list[tuple[str, str]]) -> list[tuple[st
             and (d.end is None or date <= d.end)]
 
 
-def _source_filter(cfg: RowsConfig, root: Path, dataset: str, parts: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The partitions every input of which matches one of ``data.sources`` (all of them when it is empty;
-    none whose inputs the lake does not record)."""
+def _by_source(cfg: RowsConfig, root: Path, dataset: str, parts: list[tuple[str, str]]
+               ) -> dict[tuple[str, str], list[str]]:
+    """Each partition every input of which matches one of ``data.sources`` (all of them when it is empty;
+    none whose inputs the lake does not record) → those inputs, read once from the files' footers."""
     globs = cfg.data.sources
-    if not globs:
-        return parts
     matches = lambda src: any(fnmatch.fnmatchcase(src, g) for g in globs)
-    return [(d, s) for d, s in parts
-            if (found := lake.partition_sources(root, dataset, d, s)) and all(map(matches, found))]
+    out = {}
+    for d, s in parts:
+        found = lake.partition_sources(root, dataset, d, s)
+        if not globs or (found and all(map(matches, found))):
+            out[(d, s)] = found
+    return out
 
 
 def _selection(cfg: RowsConfig) -> str:
@@ -99,15 +102,15 @@ def _selection(cfg: RowsConfig) -> str:
                    "inputs match none: ingest them again)" if d.sources else "")
 
 
-def check_lake(cfg: RowsConfig, lake_root: Path) -> list[tuple[str, str]]:
-    """The partitions the config selects, after checking (without reading any data) that every feature
-    and label is there: a one-line error otherwise."""
+def check_lake(cfg: RowsConfig, lake_root: Path) -> dict[tuple[str, str], list[str]]:
+    """The (date, symbol) partitions the config selects → the inputs behind each, after checking (without
+    reading any data) that every feature and label is there: a one-line error otherwise."""
     root = Path(lake_root)
-    parts = _source_filter(cfg, root, "features", _date_filter(cfg, lake.partitions(root, "features")))
+    parts = _by_source(cfg, root, "features", _date_filter(cfg, lake.partitions(root, "features")))
     if not parts:
         raise ConfigError(f"data: no feature partitions under {root / 'features'} for {_selection(cfg)}; "
                           "run `tickray features` first")
-    date, sym = parts[0]
+    date, sym = next(iter(parts))
     f = next((root / "features" / f"date={date}" / f"symbol={sym}").glob("*.parquet"))
     have = set(pq.read_schema(f).names)
     missing = [c for c in cfg.data.selected_features() if c not in have]
@@ -122,9 +125,9 @@ def check_lake(cfg: RowsConfig, lake_root: Path) -> list[tuple[str, str]]:
     return parts
 
 
-def provenance(root: Path, dataset: str, parts: list[tuple[str, str]]) -> dict[str, list[str]]:
-    """Each partition read → the inputs behind its rows, as the lake's files record them."""
-    return {f"{dataset}/date={d}/symbol={s}": lake.partition_sources(Path(root), dataset, d, s) for d, s in parts}
+def _provenance(dataset: str, parts: dict[tuple[str, str], list[str]]) -> dict[str, list[str]]:
+    """Each partition read, named as in the lake → the inputs behind its rows."""
+    return {f"{dataset}/date={d}/symbol={s}": found for (d, s), found in parts.items()}
 
 
 def load_rows(cfg: RowsConfig, lake_root: Path) -> Rows:
@@ -156,7 +159,7 @@ def load_rows(cfg: RowsConfig, lake_root: Path) -> Rows:
     window = cfg.longest_window
     return Rows(x, y, fwd, ts, symbol, complete_windows(x, ts, symbol, window), features,
                 list(cfg.data.horizons_s), window, price=t["mid"].to_numpy(zero_copy_only=False).astype(np.float64),
-                provenance=provenance(root, "features", parts))
+                provenance=_provenance("features", parts))
 
 
 def load_bar_rows(cfg: RowsConfig, lake_root: Path, timeframe: str) -> Rows:
@@ -176,7 +179,7 @@ def load_bar_rows(cfg: RowsConfig, lake_root: Path, timeframe: str) -> Rows:
         return int(dt.datetime(x.year, x.month, x.day, tzinfo=dt.UTC).timestamp()) * NS
 
     read = [(date, s) for date, s in have if s in symbols and start.isoformat() <= date < end.isoformat()]
-    kept = _source_filter(cfg, Path(lake_root), "bars_1m", read)
+    kept = _by_source(cfg, Path(lake_root), "bars_1m", read)
     bars = read_lake_bars(lake_root, symbols, timeframe, ns(start), ns(end))
     if len(kept) < len(read):  # the days of other sources left out (a bar never spans two UTC days)
         key = pc.binary_join_element_wise(lake.date_column(bars["ts"]), bars["symbol"], "/")
@@ -202,7 +205,7 @@ def load_bar_rows(cfg: RowsConfig, lake_root: Path, timeframe: str) -> Rows:
     x = np.concatenate(xs)
     return Rows(x, np.concatenate(ys), np.concatenate(fwds), np.concatenate(tss), np.concatenate(syms),
                 ~np.isnan(x).any(axis=1), list(BAR_FEATURE_NAMES), list(d.horizons_s), 1,
-                f"{BAR_FEATURE_SET}@{timeframe}", np.concatenate(prices), provenance(lake_root, "bars_1m", kept))
+                f"{BAR_FEATURE_SET}@{timeframe}", np.concatenate(prices), _provenance("bars_1m", kept))
 
 
 def shuffle_within_blocks(y: np.ndarray, ts: np.ndarray, block_ns: int, seed: int) -> np.ndarray:
