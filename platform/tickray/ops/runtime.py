@@ -40,6 +40,8 @@ def _job_driver_address() -> str | None:
 def connect_ray(settings: Settings) -> str | None:
     """Connect this process to Ray; return the dashboard URL when there is one."""
     # Ray Data logs every progress tick at INFO when stdout is not a terminal; keep its warnings only.
+    # Imported first: its import configures the logger, which would undo a level set before it.
+    import ray.data
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     # Serve's driver-side INFO ("Started Serve", "Application … is ready"): tickray prints where it serves.
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
