@@ -94,16 +94,20 @@ _STATUS = {"succeeded": "SUCCEEDED", "was stopped": "STOPPED", "failed": "FAILED
 
 
 def _job_status(env, job_id: str, until: set[str], timeout_s: float = 300) -> str:
-    """What `ray job status` says, polled until it is one of ``until``."""
+    """The job's status once it is one of ``until``, polled through the job server's client in this process
+    (each `ray job` command costs over a second of CPU to start); an ended job's is what `ray job status`
+    says (a running one may have moved on by the time the command answers)."""
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(f"http://127.0.0.1:{env['TICKRAY_DASHBOARD_PORT']}")
     deadline = time.monotonic() + timeout_s
-    while True:
-        out = ray_job(env, "status", job_id, timeout=60).stdout
-        ended = re.search(rf"Job '{job_id}' (succeeded|was stopped|failed)", out)
-        running = re.search(rf"Status for job '{job_id}': (\w+)", out)
-        status = _STATUS[ended.group(1)] if ended else running.group(1) if running else out
-        if status in until or time.monotonic() > deadline:
-            return status
-        time.sleep(1)
+    while (status := client.get_job_status(job_id).value) not in until and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if status not in _STATUS.values():
+        return status
+    out = ray_job(env, "status", job_id, timeout=60).stdout
+    ended = re.search(rf"Job '{job_id}' (succeeded|was stopped|failed)", out)
+    return _STATUS[ended.group(1)] if ended else out
 
 
 @pytest.mark.slow
