@@ -15,6 +15,7 @@ from tickray.backtest.metrics import drawdown, longest_run, performance
 from tickray.backtest.walkforward import backtest_rows, run_backtest, shards
 from tickray.cli import main
 from tickray.errors import ConfigError
+from tickray.features import FEATURES
 from tickray.ingest.job import ingest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
@@ -193,7 +194,9 @@ def test_walk_forward_trains_on_the_past_only(market_lake, synthetic_backtest):
     for s in plan:
         # every training row's label window ends before the test window starts, with the embargo
         assert rows.ts[s.train].max() + max(rows.horizons) * 10**9 < rows.ts[s.test].min()
-        assert rows.ts[s.test].min() - rows.ts[s.train].max() >= cfg.train.embargo_s * 10**9
+        # and the embargo between: at least the longer of that and the features' declared look-back
+        lookback = max(FEATURES[f].lookback for f in rows.features)
+        assert rows.ts[s.test].min() - rows.ts[s.train].max() > max(lookback, *rows.horizons) * 10**9
     assert rows.ts[plan[0].test].max() < rows.ts[plan[1].test].min()
     assert plan[1].train.size > plan[0].train.size  # expanding
 

@@ -46,7 +46,6 @@ def test_config_files_and_overrides(tmp_path):
         load_config(tmp_path / "bad.yaml")
     cfg = load_config(None, {"models.xgboost.num_workers": 2, "data.horizons_s": [10]})
     assert cfg.models.xgboost.num_workers == 2 and cfg.data.horizons_s == [10]
-    assert cfg.embargo_s == 10 + 1  # the longest horizon plus the longest window (1 row: tabular)
 
 
 def test_lake_problems_are_named_before_training(market_lake, tmp_path):
@@ -81,6 +80,27 @@ def test_one_class_and_empty_windows_are_named():
 
 
 # ---- folds and the canary's labels -----------------------------------------------------------------
+
+
+def test_no_fitting_row_reads_into_a_held_out_fold_and_a_shorter_embargo_is_refused():
+    """Features that look back 900 s, a 20-row LSTM window, a 10 s label: a fitting row after a held-out
+    fold has its whole window and every feature's look-back after the fold (the embargo); one before it
+    has its label end before the fold (the purge, separate). An embargo set shorter is refused."""
+    config = {"data": {"horizons_s": [10]}, "split": {"folds": 3},
+              "models": {"xgboost": {}, "lstm": {"window": 20}}}
+    rows = _rows(np.tile([[0.0], [1.0]], (10_000, 1)), 20_000)
+    rows.lookback_s = 900
+    win = split_windows(rows, parse_config(config))
+    for train, valid in win.folds:
+        a, b = rows.ts[valid].min(), rows.ts[valid].max()
+        t = rows.ts[train]
+        assert (t[t > b] - 19 * NS - 900 * NS > b).all()
+        assert (t[t < a] + 10 * NS < a).all()
+        assert (t > b).any() or (t < a).any()
+    with pytest.raises(ConfigError, match=r"split.embargo_s: 100s is shorter .*: at least 920s, or leave it unset"):
+        split_windows(rows, parse_config({**config, "split": {"folds": 3, "embargo_s": 100}}))
+    assert split_windows(rows, parse_config({**config, "split": {"folds": 3, "embargo_s": 2000}})).dev.size < win.dev.size
+
 
 
 def test_purged_kfold_keeps_label_windows_and_embargo_out_of_training():

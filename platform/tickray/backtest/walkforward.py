@@ -36,6 +36,7 @@ from tickray.research.rows import (
     NS,
     Rows,
     check_windows,
+    embargo_s,
     load_bar_rows,
     load_rows,
     split_history,
@@ -76,7 +77,7 @@ def shards(rows: Rows, cfg: BacktestConfig) -> list[Shard]:
               else [("all", idx)])
     out = []
     for name, g in groups:
-        for w, (train, test) in enumerate(walk_forward(rows.ts, g, wf.windows, cfg.train.embargo_s * NS,
+        for w, (train, test) in enumerate(walk_forward(rows.ts, g, wf.windows, embargo_s(rows, cfg.train) * NS,
                                                        wf.min_train_fraction)):
             if test.size == 0:
                 raise ConfigError(f"walk_forward: window {w} of {name} has no rows (zero-length window); "

@@ -20,6 +20,11 @@ RSI_WINDOW, ATR_WINDOW, BB_WINDOW, BB_K = 14, 14, 20, 2.0
 MACD_FAST, MACD_SLOW, MACD_SIGNAL = 12, 26, 9
 BAR_FEATURE_SET = "bars-v1"
 BAR_FEATURE_NAMES = ("rsi_14", "macd", "macd_signal", "macd_hist", "bb_pctb_20", "bb_width_20", "atr_14_bps")
+# Bars before the current one that each value depends on, as the tick features declare theirs: a window's
+# length, or a recursive average's span (its memory decays beyond it) and, for MACD's signal, its EMA's.
+BAR_LOOKBACK = {"rsi_14": RSI_WINDOW, "macd": MACD_SLOW - 1, "macd_signal": MACD_SLOW + MACD_SIGNAL - 2,
+                "macd_hist": MACD_SLOW + MACD_SIGNAL - 2, "bb_pctb_20": BB_WINDOW - 1, "bb_width_20": BB_WINDOW - 1,
+                "atr_14_bps": ATR_WINDOW}
 
 
 def _recursive(x: np.ndarray, keep: float, seed_at: int, seed: float) -> np.ndarray:

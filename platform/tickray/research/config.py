@@ -47,8 +47,8 @@ class SplitConfig(StrictModel):
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
     calibration_fraction: float = Field(0.1, gt=0, lt=0.5)
     folds: int = Field(4, ge=2, le=20)
-    # Rows dropped after a validation block or cut; default: the longest label horizon plus the longest
-    # sequence window, so no kept row's features or label reach across.
+    # Rows dropped after a validation block or cut; default and least: the longer of the longest label
+    # horizon and the features' longest look-back, plus the longest sequence window (research.rows.embargo_s).
     embargo_s: int | None = Field(None, ge=0)
 
 
@@ -70,8 +70,3 @@ class RowsConfig(StrictModel):
         """Seconds of consecutive rows the longest consumer reads at once (sequence models: their window)."""
         return 1
 
-    @property
-    def embargo_s(self) -> int:
-        if self.split.embargo_s is not None:
-            return self.split.embargo_s
-        return max(self.data.horizons_s) + self.longest_window

@@ -29,8 +29,8 @@ import ray
 from tickray import lake
 from tickray.bars.build import read_lake_bars, timeframe_minutes
 from tickray.errors import ConfigError
-from tickray.features import FEATURE_SET_VERSION
-from tickray.features.indicators import BAR_FEATURE_NAMES, BAR_FEATURE_SET, bar_features
+from tickray.features import FEATURE_SET_VERSION, FEATURES
+from tickray.features.indicators import BAR_FEATURE_NAMES, BAR_FEATURE_SET, BAR_LOOKBACK, bar_features
 from tickray.features.labels import forward_labels_on_grid
 from tickray.features.windows import complete_windows
 from tickray.research.config import RowsConfig
@@ -53,6 +53,8 @@ class Rows:
     price: np.ndarray | None = None  # (n,) the mid (ticks) or close (bars) each row's features see: for backtests
     # each lake partition read ("<dataset>/date=…/symbol=…") → the inputs its rows came from
     provenance: dict[str, list[str]] = field(default_factory=dict)
+    lookback_s: int = 0  # the longest look-back of the features, as they declare it
+    period_s: int = 1  # seconds from one row to the next of a symbol (the grid's, or the bars')
 
     @property
     def n(self) -> int:
@@ -159,7 +161,7 @@ def load_rows(cfg: RowsConfig, lake_root: Path) -> Rows:
     window = cfg.longest_window
     return Rows(x, y, fwd, ts, symbol, complete_windows(x, ts, symbol, window), features,
                 list(cfg.data.horizons_s), window, price=t["mid"].to_numpy(zero_copy_only=False).astype(np.float64),
-                provenance=_provenance("features", parts))
+                provenance=_provenance("features", parts), lookback_s=max(FEATURES[f].lookback for f in features))
 
 
 def load_bar_rows(cfg: RowsConfig, lake_root: Path, timeframe: str) -> Rows:
@@ -205,7 +207,8 @@ def load_bar_rows(cfg: RowsConfig, lake_root: Path, timeframe: str) -> Rows:
     x = np.concatenate(xs)
     return Rows(x, np.concatenate(ys), np.concatenate(fwds), np.concatenate(tss), np.concatenate(syms),
                 ~np.isnan(x).any(axis=1), list(BAR_FEATURE_NAMES), list(d.horizons_s), 1,
-                f"{BAR_FEATURE_SET}@{timeframe}", np.concatenate(prices), _provenance("bars_1m", kept))
+                f"{BAR_FEATURE_SET}@{timeframe}", np.concatenate(prices), _provenance("bars_1m", kept),
+                lookback_s=max(BAR_LOOKBACK.values()) * step_s, period_s=step_s)
 
 
 def shuffle_within_blocks(y: np.ndarray, ts: np.ndarray, block_ns: int, seed: int) -> np.ndarray:
@@ -269,6 +272,20 @@ def walk_forward(ts: np.ndarray, idx: np.ndarray, n_windows: int, gap_ns: int, m
     return [(idx[t < a - gap_ns], idx[(t >= a) & (t < b)]) for a, b in itertools.pairwise(edges)]
 
 
+def embargo_s(rows: Rows, cfg: RowsConfig) -> int:
+    """Seconds of rows dropped after a held-out block (a validation fold, a cut): the longer of the
+    longest label horizon and the features' longest declared look-back, plus the longest sequence
+    window, so that no kept row's features, window or label reach into the block. A shorter
+    ``split.embargo_s`` is refused; a longer one is kept."""
+    need = max(*rows.horizons, rows.lookback_s) + cfg.longest_window * rows.period_s
+    said = cfg.split.embargo_s
+    if said is not None and said < need:
+        raise ConfigError(f"split.embargo_s: {said}s is shorter than the rows reach (the longer of horizon "
+                          f"{max(rows.horizons)}s and feature look-back {rows.lookback_s}s, plus a window of "
+                          f"{cfg.longest_window} row(s)): at least {need}s, or leave it unset")
+    return need if said is None else said
+
+
 def split_windows(rows: Rows, cfg: RowsConfig) -> Windows:
     idx = np.flatnonzero(usable(rows))
     if idx.size == 0:
@@ -278,11 +295,12 @@ def split_windows(rows: Rows, cfg: RowsConfig) -> Windows:
     # Cut by rows, not by clock time: a lake with gaps (separate capture sessions) still gets its shares.
     c_test = int(np.quantile(t, 1 - cfg.split.test_fraction))
     test = idx[t >= c_test]
-    history = idx[t < c_test - cfg.embargo_s * NS]
+    gap_s = embargo_s(rows, cfg)
+    history = idx[t < c_test - gap_s * NS]
     cal_share = cfg.split.calibration_fraction / (1 - cfg.split.test_fraction)
     dev, cal, folds, c_cal = split_history(rows, history, cfg, cal_share) if history.size else (
         history, history, [], c_test)
-    where = (f"({idx.size:,} usable rows from {_iso(lo)} to {_iso(hi)}, embargo {cfg.embargo_s}s): use more data "
+    where = (f"({idx.size:,} usable rows from {_iso(lo)} to {_iso(hi)}, embargo {gap_s}s): use more data "
              "or smaller fractions")
     check_windows(rows, {"development": dev, "calibration": cal, "test": test}, folds, cfg, where)
     return Windows(dev, cal, test, folds, {"calibration_start": c_cal, "test_start": c_test, "end": hi})
@@ -293,7 +311,7 @@ def split_history(rows: Rows, history: np.ndarray, cfg: RowsConfig, calibration_
     """The rows a model may learn from, cut into [development | calibration] with an embargo between,
     and purged k-fold inside development: (development, calibration, folds, calibration start)."""
     t = rows.ts[history]
-    gap = cfg.embargo_s * NS
+    gap = embargo_s(rows, cfg) * NS
     c_cal = int(np.quantile(t, 1 - calibration_share))
     dev = history[t < c_cal - gap]
     cal = history[t >= c_cal]

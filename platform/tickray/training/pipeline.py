@@ -32,6 +32,7 @@ from tickray.research.rows import (
     NS,
     Rows,
     Windows,
+    embargo_s,
     inner_split,
     load_rows,
     split_windows,
@@ -186,7 +187,7 @@ def fit_in_process(rows: Rows, dev: np.ndarray, calibration: np.ndarray, folds: 
     """Every model of ``cfg`` (base models, baselines, the stacked ensemble) fitted in this process from
     development and calibration rows, as `run_training` fits them across the cluster: what a walk-forward
     window's task runs. Returns name → model."""
-    every, gap, seed = cfg.data.train_every_s, cfg.embargo_s * NS, cfg.seed
+    every, gap, seed = cfg.data.train_every_s, embargo_s(rows, cfg) * NS, cfg.seed
     bases, oof = {}, {}
     oof_idx = np.concatenate([thin(rows, va, every) for _, va in folds])
     for fam, mcfg in cfg.models.enabled().items():
@@ -210,11 +211,11 @@ def run_training(cfg: TrainConfig, lake_root: Path, tracking_uri: str, artifact_
                           f"models.{fam}.resources")
     rows = load_rows(cfg, lake_root)
     win: Windows = split_windows(rows, cfg)
-    every, gap, seed = cfg.data.train_every_s, cfg.embargo_s * NS, cfg.seed
+    every, gap, seed = cfg.data.train_every_s, embargo_s(rows, cfg) * NS, cfg.seed
     families = cfg.models.enabled()
     say(f"{rows.n:,} rows of {len(rows.features)} features ({rows.feature_set_version}), horizons "
         f"{rows.horizons} s; development {win.dev.size:,}, calibration {win.calibration.size:,}, "
-        f"test {win.test.size:,}; {cfg.split.folds} purged folds, embargo {cfg.embargo_s}s")
+        f"test {win.test.size:,}; {cfg.split.folds} purged folds, embargo {gap // NS}s")
 
     # 2. out-of-fold predictions: a task per (model, fold), submitted at once
     x_ref, y_ref = ray.put(rows.x), ray.put(rows.y)

@@ -26,7 +26,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from tickray.errors import ConfigError
 from tickray.ops.runtime import require_resources
-from tickray.research.rows import NS, inner_split, load_rows, split_windows, thin
+from tickray.research.rows import NS, embargo_s, inner_split, load_rows, split_windows, thin
 from tickray.training import registry
 from tickray.training.boosting import XGB_REPORT_EVERY
 from tickray.training.config import SequenceConfig, TrainConfig, XGBoostConfig
@@ -163,7 +163,7 @@ def run_tune(cfg: TrainConfig, lake_root: Path, tracking_uri: str, artifact_root
     t0 = time.perf_counter()
     rows = load_rows(cfg, lake_root)
     win = split_windows(rows, cfg)
-    fit, stop = inner_split(rows.ts, thin(rows, win.dev, cfg.data.train_every_s), cfg.embargo_s * NS)
+    fit, stop = inner_split(rows.ts, thin(rows, win.dev, cfg.data.train_every_s), embargo_s(rows, cfg) * NS)
     t_search = time.perf_counter()
     grid = tune_family(cfg, rows.x, rows.y, fit, stop, storage, resume)
     wall = time.perf_counter() - t_search
