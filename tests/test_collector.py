@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from tickray import lake
-from tickray.bars.build import MINUTE_NS, lake_minutes, resample
+from tickray.bars.build import MINUTE_NS, lake_bars, resample
 from tickray.bars.cache import BarCache
 from tickray.bars.collector import Collector, VenueBanned, venue
 from tickray.cli import main
@@ -45,7 +45,7 @@ def test_only_missing_minutes_are_asked_for_in_limit_sized_requests_and_never_tw
     assert all(int(r["limit"]) <= 1500 for r in v.requests)
     minutes = np.concatenate([np.arange(a, b) for a, b in asked])
     assert np.unique(minutes).size == minutes.size == 3 * 1440  # every minute asked once, none twice
-    got = lake_minutes(tmp_path, ["LINKUSDT"], t0, t0 + 3 * DAY)
+    got = lake_bars(tmp_path, ["LINKUSDT"], t0, t0 + 3 * DAY)
     assert got.equals(_venue_rows(bars, t0, t0 + 3 * DAY))  # to the last digit, in the lake's layout
     assert [p for p in lake.partitions(tmp_path, "bars_1m")] == [
         ("2026-02-01", "LINKUSDT"), ("2026-02-02", "LINKUSDT"), ("2026-02-03", "LINKUSDT")]
@@ -56,7 +56,7 @@ def test_upbit_dialect_pages_200_backwards_and_leaves_what_it_lacks_null(klines,
     with KlineVenue(bars, weight_limit=10, window_s=1.0) as v:
         report = Collector(tmp_path, venue("upbit", v.url)).fill([("LINKUSDT", t0, t0 + DAY)])
     assert report.requests == 8 and all(int(r["count"]) <= 200 for r in v.requests)
-    got = lake_minutes(tmp_path, ["LINKUSDT"], t0, t0 + DAY)
+    got = lake_bars(tmp_path, ["LINKUSDT"], t0, t0 + DAY)
     want = _venue_rows(bars, t0, t0 + DAY)
     for col in ("ts", "open", "high", "low", "close", "volume", "quote_volume"):
         assert got[col].equals(want[col]), col
@@ -111,7 +111,7 @@ def test_venue_gaps_duplicates_and_bad_rows_are_reported_not_hidden(klines, tmp_
         assert c.fill([("LINKUSDT", t0, t0 + DAY)]).requests == 0  # the gap is not asked for again
     assert report.gaps == [("LINKUSDT", t0 + 100 * MINUTE_NS, t0 + 109 * MINUTE_NS)]
     assert report.duplicates == 2 and report.quarantined == {"high below low": 1}
-    got = lake_minutes(tmp_path, ["LINKUSDT"], t0, t0 + DAY)
+    got = lake_bars(tmp_path, ["LINKUSDT"], t0, t0 + DAY)
     assert got.num_rows == 1440 - 10 - 1  # never interpolated
     q = lake.read_partition(tmp_path, "quarantine/bars_1m", "2026-02-01", "LINKUSDT")
     assert q["reason"].to_pylist() == ["high below low"] and q["source"][0].as_py() == "binance-usdm REST"

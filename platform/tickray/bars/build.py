@@ -1,4 +1,7 @@
-"""Bars. One-minute bars are the one source of truth; every higher timeframe is computed from them.
+"""Bars. The lake's stored bars are the one source of truth, 1m wherever the data has minutes (trades,
+klines, most candles) and the vendor's own length where its candles are longer (``bars_1h``: see
+``lake.schema``); every higher timeframe is computed from the shortest stored bars that divide it, and
+none is ever presented at a length shorter than what it was built from.
 
 The rule for a minute without trades is the same everywhere: a **flat bar** (open = high = low = close =
 the previous close, volume 0, trades 0, VWAP = close), as Binance's own klines do. So a minute with no
@@ -7,20 +10,23 @@ row is a gap in the source: it is reported (:func:`find_gaps`), never filled in 
 Higher timeframes are any whole number of minutes, aligned to UTC (a bar of N minutes starts where
 epoch-minutes is a multiple of N, so 1h bars start on the hour and 1d bars at 00:00 UTC). A bar
 holds first open, max high, min low, last close, summed volumes and trade counts, and the VWAP of its
-minutes weighted by volume; ``minutes`` counts the 1m rows it was built from, and ``complete`` is false
-for a bar whose interval is not fully covered (the trailing bar of a range, or one with a gap).
+minutes weighted by volume; ``minutes`` counts the minutes of stored bars it was built from, and
+``complete`` is false for a bar whose interval is not fully covered (the trailing bar of a range, or one
+with a gap).
 """
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tickray import lake
 from tickray.errors import TickrayError
-from tickray.lake.schema import BAR
+from tickray.lake.schema import BAR, bars_dataset_name
 
 MINUTE_NS = 60 * 1_000_000_000
 _TIMEFRAME = re.compile(r"^(\d+)(m|h|d)$")
@@ -118,23 +124,28 @@ def find_gaps(bars: pa.Table) -> list[tuple[str, int, int]]:
 RESAMPLED = pa.schema([*BAR, ("minutes", pa.int32()), ("complete", pa.bool_())])
 
 
-def resample(bars: pa.Table, minutes: int) -> pa.Table:
-    """Bars of ``minutes`` from 1m bars (any symbols, any order; duplicates are dropped first)."""
+def resample(bars: pa.Table, minutes: int, source_minutes: int = 1) -> pa.Table:
+    """Bars of ``minutes`` from bars of ``source_minutes`` (1m unless said; any symbols, any order;
+    duplicates are dropped first): only up, to a multiple of the source's length."""
     if minutes < 1:
         raise TimeframeError(f"a timeframe is a positive number of minutes, got {minutes}")
+    if minutes % source_minutes:
+        raise TimeframeError(f"{minutes}-minute bars cannot be built from {source_minutes}-minute bars: only "
+                             "from shorter bars whose length divides theirs")
     t, _ = clean_minutes(bars)
     if t.num_rows == 0:
         return RESAMPLED.empty_table()
     ts, sym = _ns(t["ts"]), t["symbol"].to_numpy(zero_copy_only=False)
-    if np.any(ts % MINUTE_NS):
-        raise TimeframeError("1m bars must start on whole minutes (UTC); found a bar that does not")
+    if np.any(ts % (source_minutes * MINUTE_NS)):
+        raise TimeframeError(f"{source_minutes}-minute bars must start on a multiple of their length (UTC); "
+                             "found a bar that does not")
     bucket = ts // (minutes * MINUTE_NS)
     starts = np.flatnonzero(np.r_[True, (np.diff(bucket) != 0) | (sym[1:] != sym[:-1])])
     ends = np.r_[starts[1:], ts.size] - 1
     add = lambda name: np.add.reduceat(_f(t, name), starts)
     volume, quote = add("volume"), add("quote_volume")
     close = _f(t, "close")[ends]
-    count = np.diff(np.r_[starts, ts.size]).astype(np.int32)
+    count = (np.diff(np.r_[starts, ts.size]) * source_minutes).astype(np.int32)
     out = {
         "ts": pa.array(bucket[starts] * minutes * MINUTE_NS, pa.int64()).cast(BAR.field("ts").type),
         "symbol": pa.array(sym[starts], pa.string()),
@@ -160,23 +171,54 @@ def _all_null(col: pa.ChunkedArray, starts: np.ndarray) -> np.ndarray:
     return np.add.reduceat(valid, starts) == 0
 
 
-def lake_minutes(root, symbols: list[str], start_ns: int, end_ns: int) -> pa.Table:
-    """The lake's 1m bars of ``symbols`` in [start, end) (the reference the bar cache is tested against)."""
-    from pathlib import Path
+def stored_bars(root) -> dict[str, list[int]]:
+    """Each symbol the lake holds bars of → the lengths (minutes) of its stored bars, shortest first."""
+    held: dict[str, list[int]] = {}
+    for m, dataset in lake.bar_datasets(Path(root)).items():
+        for s in sorted({s for _, s in lake.partitions(Path(root), dataset)}):
+            held.setdefault(s, []).append(m)
+    return held
 
-    from tickray import lake
 
+def why_not_built(held: list[int], minutes: int) -> str | None:
+    """Why bars of ``minutes`` cannot be built from stored bars of lengths ``held`` (None: they can)."""
+    if not held:
+        return "no bars in the lake"
+    if any(minutes % m == 0 for m in held):
+        return None
+    return (f"the lake holds {', '.join(bars_dataset_name(m) for m in held)} only: {minutes}-minute bars are "
+            "built from stored bars whose length divides theirs, never from longer ones")
+
+
+def bar_sources(root, symbols: list[str], minutes: int) -> dict[str, int]:
+    """Each symbol's stored bar length that its ``minutes``-long bars are built from: the shortest the lake
+    holds for it that divides ``minutes``. A symbol the lake has no bars of, or only bars that cannot build
+    these, is an error naming what it has."""
+    held = stored_bars(root)
+    wanted = [s.upper() for s in symbols]
+    missing = sorted(s for s in wanted if s not in held)
+    if missing:
+        raise FileNotFoundError(f"no bars in the lake at {root} for {missing}")
+    for s in wanted:
+        if why := why_not_built(held[s], minutes):
+            raise TimeframeError(f"{s}: {why}")
+    return {s: next(m for m in held[s] if minutes % m == 0) for s in wanted}
+
+
+def lake_bars(root, symbols: list[str], start_ns: int, end_ns: int, source_minutes: int = 1) -> pa.Table:
+    """The lake's stored ``source_minutes`` bars (bars_1m unless said) of ``symbols`` in [start, end)."""
     day = 86_400 * 10**9
     days = {lake.day_partition(d) for d in range(start_ns // day, (end_ns - 1) // day + 1)}
-    present = lake.partitions(Path(root), "bars_1m")
+    dataset = bars_dataset_name(source_minutes)
+    present = lake.partitions(Path(root), dataset)
     wanted = {s.upper() for s in symbols}
     missing = wanted - {s for _, s in present}
     if missing:
-        raise FileNotFoundError(f"no 1m bars in the lake at {root} for {sorted(missing)}")
+        raise FileNotFoundError(f"no {source_minutes}m bars in the lake at {root} for {sorted(missing)}")
     ts_type = BAR.field("ts").type
     window = [("ts", ">=", pa.scalar(start_ns, pa.int64()).cast(ts_type)),
               ("ts", "<", pa.scalar(end_ns, pa.int64()).cast(ts_type))]
-    tables = [lake.read_partition(Path(root), "bars_1m", d, s, filters=window)
+    tables = [lake.read_partition(Path(root), dataset, d, s, filters=window)
               for d, s in present if s in wanted and d in days]
     if not tables:
         return BAR.empty_table()
@@ -184,11 +226,18 @@ def lake_minutes(root, symbols: list[str], start_ns: int, end_ns: int) -> pa.Tab
 
 
 def read_lake_bars(root, symbols: list[str], timeframe: str, start_ns: int, end_ns: int) -> pa.Table:
-    """Bars of ``timeframe`` for ``symbols`` that start in [start, end), straight from the lake's 1m
-    bars (each bar from all of its minutes, so the last one may reach past ``end``)."""
+    """Bars of ``timeframe`` for ``symbols`` that start in [start, end), straight from the lake's stored
+    bars (each symbol's shortest that divide the timeframe; each bar from all of them, so the last one may
+    reach past ``end``)."""
     minutes = timeframe_minutes(timeframe)
     step = minutes * MINUTE_NS
-    return resample(lake_minutes(root, symbols, -(-start_ns // step) * step, -(-end_ns // step) * step), minutes)
+    lo, hi = -(-start_ns // step) * step, -(-end_ns // step) * step
+    by_source: dict[int, list[str]] = {}
+    for s, m in bar_sources(root, symbols, minutes).items():
+        by_source.setdefault(m, []).append(s)
+    parts = [resample(lake_bars(root, syms, lo, hi, m), minutes, m) for m, syms in sorted(by_source.items())]
+    out = pa.concat_tables(parts) if parts else RESAMPLED.empty_table()
+    return out.sort_by([("symbol", "ascending"), ("ts", "ascending")]) if len(parts) > 1 else out
 
 
 SPAN_MINUTES = 30 * 1440  # about a month of minutes per Ray Data task
@@ -196,8 +245,8 @@ SPAN_MINUTES = 30 * 1440  # about a month of minutes per Ray Data task
 
 def bars_dataset(root, symbols: list[str], timeframe: str, start_ns: int, end_ns: int):
     """Bars of ``timeframe`` for many symbols over a big range, as a Ray Data dataset (write it with
-    ``.write_parquet(dir)``): one task per symbol and about a month, each reading its 1m bars from the lake
-    and resampling them. Spans are whole bars, so no bar is cut between tasks; equal to
+    ``.write_parquet(dir)``): one task per symbol and about a month, each reading its stored bars from the
+    lake and resampling them. Spans are whole bars, so no bar is cut between tasks; equal to
     :func:`read_lake_bars` over the same range."""
     import ray
 
@@ -207,12 +256,14 @@ def bars_dataset(root, symbols: list[str], timeframe: str, start_ns: int, end_ns
     step = minutes * MINUTE_NS
     span = max(1, SPAN_MINUTES // minutes) * step
     first, last = -(-start_ns // step) * step, -(-end_ns // step) * step
-    items = [{"symbol": s.upper(), "lo": lo, "hi": min(lo + span, last)}
-             for s in symbols for lo in range(first, last, span)]
+    sources = bar_sources(root, symbols, minutes)
+    items = [{"symbol": s, "source": m, "lo": lo, "hi": min(lo + span, last)}
+             for s, m in sources.items() for lo in range(first, last, span)]
 
     def task(batch: dict) -> pa.Table:
-        return resample(lake_minutes(root, [str(batch["symbol"][0])], int(batch["lo"][0]), int(batch["hi"][0])),
-                        minutes)
+        m = int(batch["source"][0])
+        return resample(lake_bars(root, [str(batch["symbol"][0])], int(batch["lo"][0]), int(batch["hi"][0]), m),
+                        minutes, m)
 
     with one_stage_execution():
         return ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(

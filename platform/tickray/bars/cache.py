@@ -6,7 +6,8 @@ Bars are cached in chunks of whole bars (about a day of them: 1,440 1m bars, 24 
 - L1, this process's memory: an LRU bounded in bytes;
 - L2, Redis, shared by every node of the cluster: Arrow IPC (zstd from 64 KB), with a TTL per timeframe;
 - L3, the Parquet lake: a 1m chunk is read from the lake's 1m bars; any other timeframe is resampled
-  from the 1m bars it covers, taken from the cache where they are and from the lake otherwise;
+  from the 1m bars it covers, taken from the cache where they are and from the lake otherwise (a symbol
+  whose lake holds only longer bars, bars_1h say, from the shortest of them that divide the timeframe);
 - and, given a :class:`~tickray.bars.collector.Collector`, the venue: before L3 is read, the closed minutes of
   the missing chunks that the lake lacks are fetched into it (only those, and each range once).
 
@@ -34,9 +35,9 @@ import ray
 import redis
 
 from tickray import lake
-from tickray.bars.build import MINUTE_NS, RESAMPLED, resample, timeframe_minutes
+from tickray.bars.build import MINUTE_NS, RESAMPLED, bar_sources, resample, timeframe_minutes
 from tickray.bars.collector import Collector
-from tickray.lake.schema import BAR
+from tickray.lake.schema import BAR, bars_dataset_name
 
 log = logging.getLogger(__name__)
 CHUNK_MINUTES = 1440  # about a day of bars per chunk, in whole bars
@@ -175,20 +176,22 @@ class BarCache:
                 self._l1_put(names[k], *got)
         return out
 
-    def _lake_days(self, keys: list[tuple[str, int]]) -> dict[tuple[str, int], pa.Table]:
-        """1m bars of (symbol, UTC day) from the lake: a 1m chunk is one day, so one ``date=/symbol=``
-        partition."""
+    def _lake_days(self, keys: list[tuple[str, int]], source_minutes: int = 1) -> dict[tuple[str, int], pa.Table]:
+        """Stored bars (1m unless said) of (symbol, UTC day) from the lake: a 1m chunk is one day, so one
+        ``date=/symbol=`` partition."""
+        dataset = bars_dataset_name(source_minutes)
         with ThreadPoolExecutor(READ_THREADS) as pool:  # Parquet reads release the GIL
-            days = dict(zip(keys, pool.map(self._lake_day, keys)))
+            days = dict(zip(keys, pool.map(lambda k: self._lake_day(k, dataset), keys)))
         empty = {s for s, _ in keys} - {s for (s, _), t in days.items() if t.num_rows}
-        unknown = empty - {s for _, s in lake.partitions(self.lake_root, "bars_1m")} if empty else set()
-        if unknown:
-            raise FileNotFoundError(f"no 1m bars in the lake at {self.lake_root} for {sorted(unknown)}")
+        unknown = empty - {s for _, s in lake.partitions(self.lake_root, dataset)} if empty else set()
+        if unknown:  # says why: no bars at all, or only longer ones
+            bar_sources(self.lake_root, sorted(unknown), source_minutes)
+            raise FileNotFoundError(f"no {source_minutes}m bars in the lake at {self.lake_root} for {sorted(unknown)}")
         return days
 
-    def _lake_day(self, key: tuple[str, int]) -> pa.Table:
+    def _lake_day(self, key: tuple[str, int], dataset: str) -> pa.Table:
         symbol, day = key
-        folder = self.lake_root / "bars_1m" / f"date={lake.day_partition(day)}" / f"symbol={symbol}"
+        folder = self.lake_root / dataset / f"date={lake.day_partition(day)}" / f"symbol={symbol}"
         try:
             files = sorted(e.path for e in os.scandir(folder) if e.name.endswith(".parquet"))
         except FileNotFoundError:
@@ -203,33 +206,46 @@ class BarCache:
         return t if t.schema.equals(BAR) else t.cast(BAR)
 
     def _resampled_chunks(self, keys: list[tuple[str, int]], minutes: int) -> dict:
-        """Chunks of a higher timeframe from the 1m bars they cover, one resample per symbol (chunks hold
-        whole bars, so no bar crosses a chunk's edge). 1m chunks in the cache are used; the others are
-        read from the lake and not sent to Redis (encoding a day of minutes costs more than reading it
-        again): they stay in memory as spares where there is room, for the next timeframe."""
+        """Chunks of a higher timeframe from the stored bars they cover (each symbol's shortest that divide
+        the timeframe: 1m where the lake has minutes), one resample per symbol (chunks hold whole bars, so
+        no bar crosses a chunk's edge). 1m chunks in the cache are used; the others are read from the lake
+        and not sent to Redis (encoding a day of minutes costs more than reading it again): they stay in
+        memory as spares where there is room, for the next timeframe."""
         spans = {k: self._span(minutes, k[1]) for k in keys}
-        one_keys = sorted({(s, d) for (s, _), (lo, hi) in spans.items()
-                           for d in range(lo // CHUNK_NS, (hi - 1) // CHUNK_NS + 1)})
-        ones = self._cached(one_keys, 1, self.stats.inputs)
-        from_lake = self._lake_days([k for k in one_keys if k not in ones])
+        sources = bar_sources(self.lake_root, list(dict.fromkeys(s for s, _ in keys)), minutes)
+        day_keys: dict[int, list[tuple[str, int]]] = {}
+        for (s, _), (lo, hi) in spans.items():
+            day_keys.setdefault(sources[s], []).extend((s, d) for d in range(lo // CHUNK_NS, (hi - 1) // CHUNK_NS + 1))
+        day_keys = {m: sorted(set(ks)) for m, ks in day_keys.items()}
+        one_keys = day_keys.get(1, [])
+        stored = self._cached(one_keys, 1, self.stats.inputs)
+        from_lake = self._lake_days([k for k in one_keys if k not in stored])
+        for m, ks in day_keys.items():  # longer stored bars: from the lake, no spares (a day is a few rows)
+            if m > 1:
+                from_lake |= (longer := self._lake_days(ks, m))
+                stored.update(longer)
         self.stats.inputs["lake"] += len(from_lake)
-        ones.update(from_lake)
+        stored.update(from_lake)
         for k, t in from_lake.items():  # kept in memory only where there is room: never evicts for them
+            if sources[k[0]] > 1:
+                continue
             if self._l1_bytes + t.nbytes > self.l1_max_bytes:
                 break
             self._l1_put(self._key(k[0], 1, k[1]), _as_resampled(t), _still_open(_ns(t), *self._span(1, k[1])),
                          spare=True)
         out = {}
         for symbol in dict.fromkeys(s for s, _ in keys):
+            m = sources[symbol]
             mine = sorted(k for k in keys if k[0] == symbol)
-            one = pa.concat_tables([ones[k].select(BAR.names) for k in one_keys if k[0] == symbol])
+            base = pa.concat_tables([stored[k].select(BAR.names) for k in day_keys[m] if k[0] == symbol])
             lo, hi = spans[mine[0]][0], spans[mine[-1]][1]
-            bars = resample(_between(one, lo, hi), minutes)
-            one_ts, bar_ts = _ns(one), _ns(bars)
+            bars = resample(_between(base, lo, hi), minutes, m)
+            base_ts, bar_ts = _ns(base), _ns(bars)
             for k in mine:
                 a, b = spans[k]
                 i, j = np.searchsorted(bar_ts, [a, b])
-                out[k] = (bars.slice(i, j - i), _still_open(one_ts[slice(*np.searchsorted(one_ts, [a, b]))], a, b))
+                out[k] = (bars.slice(i, j - i),
+                          _still_open(base_ts[slice(*np.searchsorted(base_ts, [a, b]))], a, b, m))
         return out
 
     def _l1_get(self, key: str) -> pa.Table | None:
@@ -312,10 +328,10 @@ def _ns(t: pa.Table) -> np.ndarray:
     return pc.cast(t["ts"], pa.int64()).to_numpy()
 
 
-def _still_open(minutes_ns: np.ndarray, lo: int, hi: int) -> bool:
-    """A chunk whose last minute (of the sorted 1m starts it was built from) is not in yet: the range is
-    still being written, or ends here."""
-    return minutes_ns.size == 0 or int(minutes_ns[-1]) < hi - MINUTE_NS
+def _still_open(starts_ns: np.ndarray, lo: int, hi: int, source_minutes: int = 1) -> bool:
+    """A chunk whose last stored bar (of the sorted starts it was built from, ``source_minutes`` long) is
+    not in yet: the range is still being written, or ends here."""
+    return starts_ns.size == 0 or int(starts_ns[-1]) < hi - source_minutes * MINUTE_NS
 
 
 def _between(t: pa.Table, lo: int, hi: int) -> pa.Table:

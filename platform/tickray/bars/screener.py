@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 
-from tickray.bars.build import MINUTE_NS, timeframe_minutes
+from tickray.bars.build import MINUTE_NS, stored_bars, timeframe_minutes, why_not_built
 from tickray.bars.cache import BarCache
 from tickray.errors import TickrayError
 from tickray.features.indicators import rsi
@@ -46,13 +46,10 @@ def screen(cache: BarCache, symbols: list[str], timeframe: str, days: float, rul
     if rule not in RULES:
         raise TickrayError(f"unknown screener rule {rule!r}; rules: {', '.join(RULES)}")
     minutes = timeframe_minutes(timeframe)
-    left_out: dict[str, str] = {}
-    if end_ns is None:
-        ends = newest_minutes(cache, symbols)
-        left_out |= {s: "no 1m bars in the lake" for s in symbols if s.upper() not in ends}
-        ends = {s: t + MINUTE_NS for s, t in ends.items()}
-    else:
-        ends = {s.upper(): end_ns for s in symbols}
+    held = stored_bars(cache.lake_root)
+    left_out = {s: why for s in (s.upper() for s in symbols) if (why := why_not_built(held.get(s, []), minutes))}
+    symbols = [s for s in (s.upper() for s in symbols) if s not in left_out]
+    ends = newest_ends(cache, {s: held[s] for s in symbols}) if end_ns is None else dict.fromkeys(symbols, end_ns)
     by_end: dict[int, list[str]] = {}
     for s, end in ends.items():
         by_end.setdefault(end, []).append(s)
@@ -85,14 +82,19 @@ def screen(cache: BarCache, symbols: list[str], timeframe: str, days: float, rul
     return out
 
 
-def newest_minutes(cache: BarCache, symbols: list[str]) -> dict[str, int]:
-    """Each symbol's newest 1m bar in the lake (ns); symbols without any are absent."""
+def newest_ends(cache: BarCache, held: dict[str, list[int]]) -> dict[str, int]:
+    """Where each symbol's newest stored bar ends (ns), over the bar lengths ``held`` for it."""
     from tickray import lake
+    from tickray.lake.schema import bars_dataset_name
 
-    wanted = {s.upper() for s in symbols}
-    newest_day: dict[str, str] = {}
-    for d, s in lake.partitions(cache.lake_root, "bars_1m"):
-        if s in wanted and d > newest_day.get(s, ""):
-            newest_day[s] = d
-    return {s: pc.max(pc.cast(lake.read_partition(cache.lake_root, "bars_1m", d, s, columns=["ts"])["ts"],
-                              "int64")).as_py() for s, d in newest_day.items()}
+    ends: dict[str, int] = {}
+    for m in sorted({m for lengths in held.values() for m in lengths}):
+        dataset = bars_dataset_name(m)
+        newest_day: dict[str, str] = {}
+        for d, s in lake.partitions(cache.lake_root, dataset):
+            if m in held.get(s, ()) and d > newest_day.get(s, ""):
+                newest_day[s] = d
+        for s, d in newest_day.items():
+            ts = pc.max(pc.cast(lake.read_partition(cache.lake_root, dataset, d, s, columns=["ts"])["ts"], "int64"))
+            ends[s] = max(ends.get(s, 0), ts.as_py() + m * MINUTE_NS)
+    return ends

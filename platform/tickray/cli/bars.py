@@ -28,14 +28,15 @@ def _day(ns: int) -> str:
 
 
 def _coverage(root: Path, symbol: str) -> str:
-    """The days the lake's 1m bars of ``symbol`` cover, as ranges of consecutive days."""
+    """The days the lake's stored bars of ``symbol`` cover, as ranges of consecutive days."""
     import datetime as dt
 
     from tickray import lake
 
-    days = sorted(dt.date.fromisoformat(d) for d, s in lake.partitions(root, "bars_1m") if s == symbol)
+    datasets = [ds for ds in lake.bar_datasets(root).values() if any(s == symbol for _, s in lake.partitions(root, ds))]
+    days = sorted({dt.date.fromisoformat(d) for ds in datasets for d, s in lake.partitions(root, ds) if s == symbol})
     if not days:
-        return f"the lake ({root}) has no 1m bars of {symbol}"
+        return f"the lake ({root}) has no bars of {symbol}"
     ranges = [[days[0], days[0]]]
     for d in days[1:]:
         if d - ranges[-1][1] == dt.timedelta(days=1):
@@ -43,7 +44,8 @@ def _coverage(root: Path, symbol: str) -> str:
         else:
             ranges.append([d, d])
     shown = ", ".join(f"{a}" if a == b else f"{a} to {b}" for a, b in ranges[:8])
-    return f"the lake's 1m bars of {symbol} cover {shown}{' …' if len(ranges) > 8 else ''}"
+    held = "1m bars" if datasets == ["bars_1m"] else f"bars ({', '.join(datasets)})"
+    return f"the lake's {held} of {symbol} cover {shown}{' …' if len(ranges) > 8 else ''}"
 
 
 def _bar_cache(args, settings):
@@ -126,12 +128,12 @@ def _live_bars(symbols: list[str], settings) -> None:
 
 
 def cmd_screen(args, settings) -> None:
-    from tickray import lake
+    from tickray.bars.build import stored_bars
     from tickray.bars.screener import DAY_NS, screen
 
     cache = _bar_cache(args, settings)
     root = cache.lake_root
-    symbols = args.universe if args.universe != ["ALL"] else sorted({s for _, s in lake.partitions(root, "bars_1m")})
+    symbols = args.universe if args.universe != ["ALL"] else sorted(stored_bars(root))
     if args.start is not None and args.end is None:
         raise TickrayError("tickray screen --start needs --end (or give --days before each symbol's newest bar)")
     table = screen(cache, symbols, args.timeframe, args.days, args.rule, end_ns=args.end, start_ns=args.start)

@@ -46,7 +46,8 @@ def cmd_status(args, settings) -> None:
     print(f"token  {stack.ray_token_source()} (Ray's; `ray job submit` and the dashboard need it)")
     print(f"mlflow {settings.tracking_uri}")
     root = settings.lake_path
-    datasets = ("trades", "book", "bars_1m", "open_interest", "funding", "liquidations", "features", "bar_features")
+    bars = list(lake.bar_datasets(root).values()) or ["bars_1m"]
+    datasets = ("trades", "book", *bars, "open_interest", "funding", "liquidations", "features", "bar_features")
     for ds in datasets:
         parts = lake.partitions(root, ds) if (root / ds).exists() else []
         if parts:  # coverage: which symbols, which days

@@ -28,7 +28,7 @@ import ray
 from tickray import lake
 from tickray.errors import DataFormatError, failure_line
 from tickray.lake import validate
-from tickray.lake.schema import TS
+from tickray.lake.schema import TS, bar_minutes
 from tickray.ops.runtime import one_stage_execution
 from tickray.sources import binance, databento, formats, generic, lake_parquet, ohlcv
 from tickray.sources.formats import Rows
@@ -37,10 +37,15 @@ from tickray.sources.formats import Rows
 # trades one byte range (of whole lines) each. The checks that span rows (time order, duplicate ids)
 # then hold within each shard. Small enough that a file of a few hundred MB keeps 2 CPUs busy.
 SHARD_BYTES = 64 * 2**20
-# lake dataset → its row validator
+# lake dataset → its row validator (bars of every length: `validator`)
 DATASETS = {"trades": validate.check_trades, "book": validate.check_book, "bars_1m": validate.check_bars,
             "open_interest": validate.check_open_interest, "funding": validate.check_funding,
             "liquidations": validate.check_liquidations}
+
+
+def validator(dataset: str):
+    minutes = bar_minutes(dataset)
+    return DATASETS[dataset] if minutes is None else lambda t: validate.check_bars(t, minutes)
 
 
 def _is_twin_of_consumed(f: Path, files: set[Path]) -> str | None:
@@ -168,8 +173,8 @@ def discover(inputs: list[Path], levels: int = 10, shard_bytes: int = SHARD_BYTE
                 except DataFormatError:
                     if not ohlcv.looks_like_candles(f):  # plain candles: read as such; else its error
                         raise
-                    kind, dataset = "ohlcv", "bars_1m"
-                found += [Input(kind, (str(f),), (dataset,), shard=shard)
+                    kind, dataset = "ohlcv", None  # its bars' length is told when it is read
+                found += [Input(kind, (str(f),), (dataset,) if dataset else (), shard=shard)
                           for shard in lake_parquet.row_group_shards(f, shard_bytes)]
             except Exception as e:  # noqa: BLE001
                 failed.append(Failure(str(f), failure_line(e), traceback.format_exc()))
@@ -225,7 +230,7 @@ def _ingest_one(item: Input, levels: int, stage: Path, name: str, notes: list[st
     counts: list[tuple[str, str, int]] = []
     sources = [str(Path(p).resolve()) for p in item.paths]
     for dataset, (t, dropped) in read_input(item, levels, notes).items():
-        reason = DATASETS[dataset](t)
+        reason = validator(dataset)(t)
         if dropped:
             t = pa.concat_tables([t, _dropped_rows(dropped, t.schema)])
             reason = pa.concat_arrays([reason, pa.array([d[2] for d in dropped], pa.string())])
@@ -334,7 +339,9 @@ def ingest(inputs: list[Path], lake_root: Path, levels: int = 10, shard_bytes: i
         report.notes = [(c["input"], c["note"]) for c in counts if c["note"]]
         # what an input declares, or fed beyond that (a capture's @markPrice and @forceOrder messages)
         wrote = {(c["input"], c["dataset"]) for c in counts if c["dataset"] and int(c["rows"])}
-        for dataset in DATASETS:
+        bars = sorted({c["dataset"] for c in counts if bar_minutes(c["dataset"] or "")} - set(DATASETS),
+                      key=bar_minutes)
+        for dataset in [*DATASETS, *bars]:
             fed = [i for i in found if (dataset in i.datasets or (i.name, dataset) in wrote)
                    and i.name not in failed_inputs]
             if not fed:

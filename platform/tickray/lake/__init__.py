@@ -24,6 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from tickray.lake.schema import bar_minutes
+
 QUARANTINE = "quarantine"
 UNKNOWN = "unknown"
 ROW_GROUP_ROWS = 65_536  # small enough that a reader filtering on time (a day's edge) skips most groups
@@ -128,6 +130,12 @@ def partitions(root: Path, dataset: str) -> list[tuple[str, str]]:
     """(date, symbol) pairs present in a dataset."""
     return [(p.parent.name.split("=", 1)[1], p.name.split("=", 1)[1])
             for p in _partition_dirs(Path(root) / dataset)]
+
+
+def bar_datasets(root: Path) -> dict[int, str]:
+    """The bar datasets the lake holds, by bar length in minutes, shortest first."""
+    found = {m: p.name for p in Path(root).glob("bars_*") if p.is_dir() and (m := bar_minutes(p.name))}
+    return dict(sorted(found.items()))
 
 
 def partition_sources(root: Path, dataset: str, date: str, symbol: str) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pyarrow as pa
 
@@ -22,6 +24,29 @@ BAR = pa.schema([
     ("quote_volume", pa.float64()), ("trades", pa.int64()), ("vwap", pa.float64()),
     ("buy_volume", pa.float64()),  # taker buy volume; null where the vendor does not give it
 ])
+
+# Bars are kept at the length they came in: 1m (from trades, klines and most vendors' candles) and, where a
+# vendor's candles are longer, that length (bars_5m, bars_1h, bars_1d, ...), never split into shorter ones.
+# Only lengths that divide a day: a day's partition then holds whole bars, each starting where UTC
+# epoch-minutes is a multiple of its length, so longer bars are built from any of them alike.
+_BAR_DATASET = re.compile(r"^bars_(\d+)([mhd])$")
+_UNIT_MINUTES = {"m": 1, "h": 60, "d": 1440}
+
+
+def bars_dataset_name(minutes: int) -> str:
+    """The dataset of bars ``minutes`` long: ``bars_1m``, ``bars_5m``, ``bars_1h``, ``bars_1d``."""
+    if minutes <= 0 or 1440 % minutes:
+        raise ValueError(f"bars of {minutes} minutes: the lake keeps bars whose length divides a day "
+                         "(1m, 3m, 5m, 15m, 30m, 1h, 2h, 4h, 6h, 8h, 12h, 1d)")
+    unit = "d" if minutes == 1440 else "h" if minutes % 60 == 0 else "m"
+    return f"bars_{minutes // _UNIT_MINUTES[unit]}{unit}"
+
+
+def bar_minutes(dataset: str) -> int | None:
+    """How long the bars of a dataset are (``bars_1h`` → 60); None for a dataset that is not bars."""
+    m = _BAR_DATASET.match(dataset)
+    return int(m[1]) * _UNIT_MINUTES[m[2]] if m else None
+
 
 OPEN_INTEREST = pa.schema([("ts", TS), ("symbol", pa.string()), ("open_interest", pa.float64())])
 

@@ -54,10 +54,14 @@ def check_book(t: pa.Table) -> pa.Array:
     ])
 
 
-def check_bars(t: pa.Table) -> pa.Array:
+def check_bars(t: pa.Table, minutes: int = 1) -> pa.Array:
+    """Bars ``minutes`` long: each must start on a multiple of its length (UTC), as every longer bar built
+    from it assumes."""
     hl = pc.fill_null(pc.less(t["high"], t["low"]), False).to_numpy(zero_copy_only=False)
+    ts = pc.fill_null(pc.cast(t["ts"], pa.int64()), 0).to_numpy(zero_copy_only=False)
     return _first_reason(t, [
         ("null field", _null(t, ["ts", "open", "high", "low", "close", "volume"])),
+        (f"start not on a {minutes}-minute boundary", ts % (minutes * 60_000_000_000) != 0),
         ("non-positive price", _le0(t["open"]) | _le0(t["close"]) | _le0(t["low"])),
         ("high below low", hl),
     ])

@@ -27,12 +27,13 @@ import pyarrow.parquet as pq
 import ray
 
 from tickray import lake
-from tickray.bars.build import read_lake_bars, timeframe_minutes
+from tickray.bars.build import read_lake_bars, stored_bars, timeframe_minutes, why_not_built
 from tickray.errors import ConfigError
 from tickray.features import FEATURE_SET_VERSION, FEATURES
 from tickray.features.indicators import BAR_FEATURE_NAMES, BAR_FEATURE_SET, BAR_LOOKBACK, bar_features
 from tickray.features.labels import forward_labels_on_grid
 from tickray.features.windows import complete_windows
+from tickray.lake.schema import bars_dataset_name
 from tickray.research.config import RowsConfig
 
 NS = 1_000_000_000
@@ -165,14 +166,22 @@ def load_rows(cfg: RowsConfig, lake_root: Path) -> Rows:
 
 
 def load_bar_rows(cfg: RowsConfig, lake_root: Path, timeframe: str) -> Rows:
-    """Bars of ``timeframe`` from the lake's 1m bars, bar indicators as features, forward labels from the
-    close ``h`` seconds later (none across a hole in the bars)."""
+    """Bars of ``timeframe`` from the lake's stored bars (each symbol's shortest that divide it), bar
+    indicators as features, forward labels from the close ``h`` seconds later (none across a hole)."""
     d = cfg.data
-    have = lake.partitions(Path(lake_root), "bars_1m")
-    symbols = [s.upper() for s in d.symbols] or sorted({s for _, s in have})
-    dates = sorted(day for day, s in have if s in symbols)
+    minutes = timeframe_minutes(timeframe)
+    held = stored_bars(lake_root)
+    named = [s.upper() for s in d.symbols]
+    why = {s: w for s in named or sorted(held) if (w := why_not_built(held.get(s, []), minutes))}
+    if named and why:
+        raise ConfigError(f"data.symbols: {'; '.join(f'{s}: {w}' for s, w in why.items())} ({lake_root})")
+    symbols = [s for s in named or sorted(held) if s not in why]
+    sources = {s: bars_dataset_name(next(m for m in held[s] if minutes % m == 0)) for s in symbols}
+    have = [(date, s, ds) for ds in set(sources.values()) for date, s in lake.partitions(Path(lake_root), ds)
+            if sources.get(s) == ds]
+    dates = sorted(day for day, _, _ in have)
     if not dates:
-        raise ConfigError(f"data: no 1m bars for {symbols or 'any symbol'} in {lake_root}/bars_1m; run `tickray ingest`")
+        raise ConfigError(f"data: no bars in {lake_root} that {timeframe} bars can be built from; run `tickray ingest`")
     day = dt.timedelta(days=1)
     start = dt.date.fromisoformat(d.start or dates[0])
     end = dt.date.fromisoformat(d.end or dates[-1]) + day
@@ -180,15 +189,18 @@ def load_bar_rows(cfg: RowsConfig, lake_root: Path, timeframe: str) -> Rows:
     def ns(x: dt.date) -> int:
         return int(dt.datetime(x.year, x.month, x.day, tzinfo=dt.UTC).timestamp()) * NS
 
-    read = [(date, s) for date, s in have if s in symbols and start.isoformat() <= date < end.isoformat()]
-    kept = _by_source(cfg, Path(lake_root), "bars_1m", read)
+    kept_by = {ds: _by_source(cfg, Path(lake_root), ds, [(date, s) for date, s, of in have if of == ds
+                                                         and start.isoformat() <= date < end.isoformat()])
+               for ds in sorted(set(sources.values()))}
+    kept = {k: found for by in kept_by.values() for k, found in by.items()}
     bars = read_lake_bars(lake_root, symbols, timeframe, ns(start), ns(end))
-    if len(kept) < len(read):  # the days of other sources left out (a bar never spans two UTC days)
+    read = sum(1 for date, _, _ in have if start.isoformat() <= date < end.isoformat())
+    if len(kept) < read:  # the days of other sources left out (a bar never spans two UTC days)
         key = pc.binary_join_element_wise(lake.date_column(bars["ts"]), bars["symbol"], "/")
         bars = bars.filter(pc.is_in(key, pa.array([f"{date}/{s}" for date, s in kept], pa.string())))
     if bars.num_rows == 0:
-        raise ConfigError(f"data: no 1m bars under {lake_root}/bars_1m for {_selection(cfg)}")
-    step_s = 60 * timeframe_minutes(timeframe)
+        raise ConfigError(f"data: no bars under {lake_root} for {_selection(cfg)}")
+    step_s = 60 * minutes
     xs, ys, fwds, tss, syms, prices = [], [], [], [], [], []
     for s in symbols:
         t = bars.filter(pc.equal(bars["symbol"], s))
@@ -207,7 +219,8 @@ def load_bar_rows(cfg: RowsConfig, lake_root: Path, timeframe: str) -> Rows:
     x = np.concatenate(xs)
     return Rows(x, np.concatenate(ys), np.concatenate(fwds), np.concatenate(tss), np.concatenate(syms),
                 ~np.isnan(x).any(axis=1), list(BAR_FEATURE_NAMES), list(d.horizons_s), 1,
-                f"{BAR_FEATURE_SET}@{timeframe}", np.concatenate(prices), _provenance("bars_1m", kept),
+                f"{BAR_FEATURE_SET}@{timeframe}", np.concatenate(prices),
+                {p: found for ds, by in kept_by.items() for p, found in _provenance(ds, by).items()},
                 lookback_s=max(BAR_LOOKBACK.values()) * step_s, period_s=step_s)
 
 

@@ -9,6 +9,7 @@ lake schema (``lake_parquet``, a row here so that names settle in one order) and
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,21 @@ def _capture_rows(cap: binance.CaptureRead, unit: Unit) -> Rows:
             "book": (cap.book.book, cap.book.dropped)}
     rows |= {ds: (t, []) for ds, t in (("funding", cap.funding), ("liquidations", cap.liquidations)) if t.num_rows}
     return rows
+
+
+def _read_candles(unit: Unit) -> Rows:
+    dataset, t = ohlcv.read_candles(unit.path, row_groups=unit.shard)
+    return {dataset: (t, [])}
+
+
+def _read_klines(unit: Unit) -> Rows:
+    """Binance klines of any interval (``BTCUSDT-1h-2024-01.zip``): bars of that length."""
+    interval = KLINE_NAME.search(unit.path.name)[1]
+    return {ohlcv.candles_dataset(unit.path, interval): (binance.read_klines(unit.path), [])}
+
+
+# Binance's kline intervals as its public data names them (1s, 1m … 1d, 3d, 1w, 1mo)
+KLINE_NAME = re.compile(r"-(\d+(?:s|m|h|d|w|mo))-\d{4}-\d{2}")
 
 
 def cryptofeed_snapshots(ws_path: Path) -> Path | None:
@@ -117,13 +133,14 @@ FORMATS: list[Format] = [
            lambda u: {"trades": (binance.read_trades(u.path, byte_range=u.shard), [])}, byte_shards=True),
     Format("book_ticker", ("book",), lambda n: "-bookticker-" in n,
            lambda u: {"book": (binance.read_book_ticker(u.path, u.levels), [])}),
-    Format("freqtrade", ("bars_1m",), ohlcv.is_freqtrade, lambda u: {"bars_1m": (ohlcv.read_candles(u.path), [])}),
+    # candles: the dataset is the bars of their length, told by the file (bars_1m, bars_1h, ...)
+    Format("freqtrade", (), ohlcv.is_freqtrade, _read_candles),
     # its dataset is told from its columns; plain candles (ohlcv below) are told by theirs
     Format("lake_parquet", (), lambda n: n.endswith(".parquet")),
     Format("book_depth", ("book",), lambda n: "bookdepth" in n or "-depth-" in n, _read_depth),
     Format("funding_rate", ("funding",), lambda n: "-fundingrate-" in n,
            lambda u: {"funding": (binance.read_funding_rates(u.path), [])}),
-    Format("klines", ("bars_1m",), lambda n: "-1m-" in n, lambda u: {"bars_1m": (binance.read_klines(u.path), [])}),
+    Format("klines", (), lambda n: KLINE_NAME.search(n) is not None, _read_klines),
     # daily captures of one stream, read as recording sessions (the book carries across midnight)
     Format("ws_capture", ("trades", "book"), lambda n: n.endswith(".gz") and n.split("_")[0] in ("usdm", "spot", "cm"),
            lambda u: _capture_rows(binance.read_ws_capture(u.paths, u.levels), u)),
@@ -139,8 +156,7 @@ FORMATS: list[Format] = [
     Format("bars_csv", ("bars_1m",), lambda n: "_1min_bars_" in n and n.endswith((".csv", ".csv.gz")),
            lambda u: {"bars_1m": (cme.read_bars_csv(u.path), [])}),
     # last: a table file no name above claims, taken when its columns are a time and OHLCV
-    Format("ohlcv", ("bars_1m",), ohlcv.may_be_candles,
-           lambda u: {"bars_1m": (ohlcv.read_candles(u.path, row_groups=u.shard), [])}),
+    Format("ohlcv", (), ohlcv.may_be_candles, _read_candles),
 ]
 BY_KIND = {f.kind: f for f in FORMATS}
 

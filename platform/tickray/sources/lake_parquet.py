@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tickray.errors import DataFormatError
-from tickray.lake.schema import BAR, FUNDING, LIQUIDATION, OPEN_INTEREST, TRADE, book_schema
+from tickray.lake.schema import BAR, FUNDING, LIQUIDATION, OPEN_INTEREST, TRADE, bar_minutes, book_schema
+from tickray.sources import ohlcv
 
 # Datasets of one fixed schema, in the order a file's columns are matched against them (the first whose
 # columns it holds: open interest's few columns last); the book's depth varies, so it comes after.
@@ -17,7 +19,7 @@ FIXED = {"trades": TRADE, "bars_1m": BAR, "funding": FUNDING, "liquidations": LI
 
 
 def expected_schema(dataset: str, levels: int) -> pa.Schema:
-    return FIXED.get(dataset) or book_schema(levels)
+    return FIXED.get(dataset) or (BAR if bar_minutes(dataset) else book_schema(levels))
 
 
 def _hive_values(path: Path) -> dict[str, str]:
@@ -33,8 +35,20 @@ def dataset_of(path: Path, levels: int) -> str:
         raise DataFormatError(f"{path}: not a readable Parquet file ({e})") from None
     for dataset in (*FIXED, "book"):
         if set(expected_schema(dataset, levels).names) <= names:
-            return dataset
+            return _bars_dataset(path) if dataset == "bars_1m" else dataset
     raise DataFormatError(f"{path}: its columns {sorted(names)} match no lake schema ({', '.join(FIXED)}, book)")
+
+
+def _bars_dataset(path: Path) -> str:
+    """Bars' length: the ``bars_<tf>`` folder of a lake the file lies in, else the spacing of its rows."""
+    named = next((p for p in reversed(Path(path).parent.parts) if bar_minutes(p)), None)
+    if named:
+        return named
+    have = pq.read_schema(path).names
+    t = pq.read_table(path, columns=[c for c in ("ts", "symbol") if c in have])
+    symbol = (pc.dictionary_encode(t["symbol"].combine_chunks()) if "symbol" in have
+              else pa.DictionaryArray.from_arrays(pa.array([0] * t.num_rows, pa.int32()), ["?"]))
+    return ohlcv.candles_dataset(path, None, ohlcv.spacing_s(t["ts"].combine_chunks(), symbol))
 
 
 def row_group_shards(path: Path, shard_bytes: int) -> list[tuple[int, int] | None]:

@@ -10,8 +10,9 @@
   with a ``date`` column.
 
 Quote volume, trade count, VWAP and taker buy volume are not in such files: they stay null, never
-invented. The lake keeps 1-minute bars (``bars_1m``) and builds longer ones from them, so candles of
-another timeframe (told by the name, else by the data's own spacing) are refused, naming it.
+invented. Candles land as bars of their own length (told by the name, else by the data's own spacing):
+1m in ``bars_1m``, 5m in ``bars_5m``, 1h in ``bars_1h``, ... (lengths that divide a day); longer bars are
+built from them, shorter ones never are. Weekly, monthly and sub-minute candles are refused, naming it.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pyarrow import feather
 from pyarrow import json as pajson
 
 from tickray.errors import DataFormatError
-from tickray.lake.schema import BAR, TS
+from tickray.lake.schema import BAR, TS, bars_dataset_name
 
 FREQTRADE = re.compile(r"^(?P<base>[A-Za-z0-9]+)_(?P<quote>[A-Za-z0-9]+)(?:_(?P<settle>[A-Za-z0-9]+))?"
                        r"-(?P<tf>\d+[smhdwM])(?P<futures>-futures)?\.(?:json|jsongz|feather|parquet)$")
@@ -40,6 +41,7 @@ TIME_COLUMNS = ("ts", "timestamp", "date", "datetime", "open_time", "time")
 PRICES = ("open", "high", "low", "close")
 SUFFIXES = (".csv", ".csv.gz", ".feather", ".arrow", ".ipc", ".json", ".json.gz", ".jsongz", ".parquet")
 _TF_IN_NAME = re.compile(r"[-_.](\d+)(s|m|min|h|d|w)(?=[-_.])", re.IGNORECASE)
+_UNIT_MINUTES = {"m": 1, "h": 60, "d": 1440, "w": 10080}
 
 
 def is_freqtrade(name: str) -> bool:
@@ -159,7 +161,7 @@ def _timeframe_from_name(path: Path) -> str | None:
     return f"{found[1]}{found[2][0].lower()}" if found else None
 
 
-def _spacing_s(ts: pa.Array, symbol: pa.DictionaryArray) -> float | None:
+def spacing_s(ts: pa.Array, symbol: pa.DictionaryArray) -> float | None:
     """The most common step between one symbol's consecutive candles, in seconds."""
     v = pc.cast(ts, pa.int64()).to_numpy(zero_copy_only=False)
     code = symbol.indices.to_numpy(zero_copy_only=False)
@@ -173,9 +175,30 @@ def _spacing_s(ts: pa.Array, symbol: pa.DictionaryArray) -> float | None:
     return values[counts.argmax()] / 1e9
 
 
-def read_candles(path: Path, row_groups: tuple[int, int] | None = None) -> pa.Table:
-    """The file's candles (a Parquet file's row groups [start, stop) only, if given) as ``bars_1m`` rows,
-    the columns the file lacks null."""
+def candles_dataset(path: Path, timeframe: str | None = None, spacing_s: float | None = None) -> str:
+    """The bar dataset of a file's candles, from their timeframe as named (``5m``, ``1h``: freqtrade's and
+    Binance's interval names) or else the spacing of the data (none: one candle each, taken as 1m)."""
+    if timeframe is not None:
+        n, unit = int(timeframe[:-1]), timeframe[-1]
+        minutes = n * _UNIT_MINUTES[unit] if unit in _UNIT_MINUTES else None  # s: seconds, M: months
+        said = f"{timeframe} candles"
+    elif spacing_s is None:
+        minutes, said = 1, ""
+    else:
+        minutes = int(spacing_s // 60) if spacing_s % 60 == 0 else None
+        said = f"candles {spacing_s:g} s apart"
+    try:
+        if minutes is None:
+            raise ValueError("the lake keeps bars of whole minutes")
+        return bars_dataset_name(minutes)
+    except ValueError as e:
+        raise DataFormatError(f"{path}: {said}: {e}; longer bars are built from shorter ones, never the "
+                              "other way round") from None
+
+
+def read_candles(path: Path, row_groups: tuple[int, int] | None = None) -> tuple[str, pa.Table]:
+    """The file's candles (a Parquet file's row groups [start, stop) only, if given) as rows of the bar
+    dataset of their length (``bars_1m``, ``bars_1h``, ...), the columns the file lacks null."""
     path = Path(path)
     t = _load(path, row_groups)
     cols = _columns(t.column_names)
@@ -192,12 +215,8 @@ def read_candles(path: Path, row_groups: tuple[int, int] | None = None) -> pa.Ta
     else:
         symbol = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), [_symbol_from_name(path)])
     tf = _timeframe_from_name(path)
-    spacing = _spacing_s(ts, symbol)
-    if tf not in (None, "1m") or (tf is None and spacing not in (None, 60.0)):
-        said = tf or f"{spacing:g} s apart"
-        raise DataFormatError(f"{path}: {said} candles: the lake keeps 1-minute bars (bars_1m) and builds longer "
-                              "ones from them; longer candles cannot become 1-minute ones")
+    dataset = candles_dataset(path, tf, None if tf else spacing_s(ts, symbol))
     price = {c: pc.cast(t[cols[c]], pa.float64()) for c in (*PRICES, "volume")}
-    return pa.table({"ts": ts, "symbol": symbol.cast(pa.string()), **price, "quote_volume": pa.nulls(n, pa.float64()),
+    return dataset, pa.table({"ts": ts, "symbol": symbol.cast(pa.string()), **price, "quote_volume": pa.nulls(n, pa.float64()),
                      "trades": pa.nulls(n, pa.int64()), "vwap": pa.nulls(n, pa.float64()),
                      "buy_volume": pa.nulls(n, pa.float64())}, schema=BAR)
