@@ -222,8 +222,7 @@ class BarCache:
         from_lake = self._lake_days([k for k in one_keys if k not in stored])
         for m, ks in day_keys.items():  # longer stored bars: from the lake, no spares (a day is a few rows)
             if m > 1:
-                from_lake |= (longer := self._lake_days(ks, m))
-                stored.update(longer)
+                from_lake |= self._lake_days(ks, m)
         self.stats.inputs["lake"] += len(from_lake)
         stored.update(from_lake)
         for k, t in from_lake.items():  # kept in memory only where there is room: never evicts for them
