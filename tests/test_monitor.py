@@ -94,8 +94,9 @@ def test_live_features_from_redis(champion, redis_settings, ray_cluster):
     cfg = MonitorConfig(model="mon-ensemble", current={"source": "redis", "min_rows": 20},
                         retrain={"enabled": False})
     monitor = Monitor(cfg, settings)
+    short = Monitor(cfg.model_copy(update={"current": cfg.current.model_copy(update={"window_s": 10})}), settings)
     live = np.flatnonzero(~np.isnan(rows.x).any(axis=1))[-40:]
-    results = []
+    results, kept = [], []
     for k in range(0, 40, 2):  # what two symbols' stream actors would publish, check after check
         for i, sym in zip(live[k:k + 2], ("BTCUSDT", "ETHUSDT")):
             feats = dict(zip(rows.features, rows.x[i].tolist()))
@@ -103,9 +104,13 @@ def test_live_features_from_redis(champion, redis_settings, ray_cluster):
             r.set(FEATURES_KEY.format(symbol=sym), json.dumps({"symbol": sym, "ts_ns": int(rows.ts[i]),
                                                                "features": feats}))
         results.append(monitor.check())
+        kept.append(short.check().current_rows)
     assert results[0].current_rows == 2 and "no drift verdict yet" in results[0].notes[0]
-    assert "live rows of BTCUSDT, ETHUSDT sampled from Redis" in results[0].notes[0]
+    assert "live rows of BTCUSDT, ETHUSDT sampled from Redis over 3600 s" in results[0].notes[0]
     assert results[-1].current_rows == 40
+    # a 10 s window keeps only the samples of its last 10 s of market time: the store does not grow
+    ts = rows.ts[live]
+    assert kept[-1] == int((ts >= ts.max() - 10 * 10**9).sum()) < 40
     assert "imb_l1" in results[-1].drifting and "feature_drift" in [a.rule for a in results[-1].alerts]
     assert np.isnan(results[-1].realised_auc)  # live features carry no labels
 

@@ -2,7 +2,7 @@
 
 Each check compares the model's reference rows (the feature lake over the range it was trained on, from
 its registry tags) with the current rows (the lake's latest ``current.window_s`` seconds, or the live
-features the stream actors keep in Redis, sampled at each check):
+features the stream actors keep in Redis, sampled at each check and kept for ``current.window_s``):
 
 - feature drift: PSI (10 reference-quantile bins) and the two-sample Kolmogorov-Smirnov test per feature;
 - prediction shift: PSI of the model's P(up) on reference against current rows;
@@ -48,7 +48,7 @@ log = logging.getLogger("tickray.monitor")
 
 class CurrentConfig(StrictModel):
     source: Literal["lake", "redis"] = "lake"
-    window_s: int = Field(3600, gt=0)  # lake: the latest seconds of the feature lake
+    window_s: int = Field(3600, gt=0)  # the latest seconds of the feature lake, or of the Redis samples
     min_rows: int = Field(200, ge=10)  # fewer current rows than this: no verdict yet
 
 
@@ -160,7 +160,7 @@ class Monitor:
         self.cfg, self.settings = cfg, settings
         self.last_retrain = -math.inf
         self.started = time.time()
-        self.live: dict[str, list[float]] = {}  # "symbol ts_ns" → feature row (Redis source)
+        self.live: dict[tuple[str, int], list[float]] = {}  # (symbol, ts_ns) → feature row (Redis source)
         self._counter = None
         self._reference: tuple = ()  # (version, rows, sampled indices, predictions): fixed per model version
 
@@ -170,7 +170,10 @@ class Monitor:
                            f"monitor of {loaded.name}")
         return load_rows(cfg, self.settings.lake_path)
 
-    def _sample_redis(self, symbols: list[str], features: list[str]) -> None:
+    def _sample_redis(self, symbols: list[str], features: list[str], window_s: float) -> None:
+        """Each symbol's newest published row, kept with the earlier samples of the current window: those
+        older than ``window_s`` before the newest (on the market clock) are dropped, so the store stays
+        bounded however long the monitor runs."""
         import redis
 
         from tickray.stream.keys import FEATURES_KEY
@@ -179,7 +182,10 @@ class Monitor:
         for sym, body in zip(symbols, r.mget([FEATURES_KEY.format(symbol=s) for s in symbols])):
             if body:
                 doc = orjson.loads(body)
-                self.live[f"{sym} {doc['ts_ns']}"] = [float(doc["features"].get(f, math.nan)) for f in features]
+                self.live[(sym, int(doc["ts_ns"]))] = [float(doc["features"].get(f, math.nan)) for f in features]
+        if self.live:
+            since = max(ts for _, ts in self.live) - window_s * NS
+            self.live = {k: row for k, row in self.live.items() if k[1] >= since}
 
     def check(self) -> CheckResult:
         cfg = self.cfg
@@ -211,10 +217,11 @@ class Monitor:
             where = (f"the lake's newest {cfg.current.window_s:g} s of {', '.join(symbols)}, "
                      f"{_iso(since)} to {_iso(cur.ts.max())}, with every feature defined")
         else:
-            self._sample_redis(symbols, loaded.features)
+            self._sample_redis(symbols, loaded.features, cfg.current.window_s)
             cur, cur_x = None, np.array(list(self.live.values()), np.float32).reshape(-1, len(loaded.features))
             cur_idx = np.flatnonzero(~np.isnan(cur_x).any(axis=1))
-            where = f"live rows of {', '.join(symbols)} sampled from Redis, with every feature defined"
+            where = (f"live rows of {', '.join(symbols)} sampled from Redis over {cfg.current.window_s:g} s, with "
+                     "every feature defined")
         result.current_rows = int(cur_idx.size)
 
         if cur_idx.size < cfg.current.min_rows:
