@@ -95,7 +95,7 @@ _STATUS = {"succeeded": "SUCCEEDED", "was stopped": "STOPPED", "failed": "FAILED
 
 def _job_status(env, job_id: str, until: set[str], timeout_s: float = 300) -> str:
     """The job's status once it is one of ``until``, polled through the job server's client in this process
-    (each `ray job` command costs over a second of CPU to start); an ended job's is what `ray job status`
+    (each `ray job` command costs 3 s of CPU to start); an ended job's is what `ray job status`
     says (a running one may have moved on by the time the command answers)."""
     from ray.job_submission import JobSubmissionClient
 

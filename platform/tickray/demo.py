@@ -107,8 +107,8 @@ def run_demo(settings: Settings, symbols: list[str], days: int = 1, seed: int = 
         say(line)
 
     stage("5/9 train XGBoost (Ray Train) and its stacked ensemble, register in MLflow")
-    tr = run_training(parse_config(_selecting(DEMO_TRAINING, data_dir, symbols, first, days), "demo"), lake_root, settings.tracking_uri, settings.artifact_root,
-                      state / "ray_results", say=say)
+    training = parse_config(_selecting(DEMO_TRAINING, data_dir, symbols, first, days), "demo")
+    tr = run_training(training, lake_root, settings.tracking_uri, settings.artifact_root, state / "ray_results", say=say)
     for line in tr.lines():
         say(line)
     result.model_name = "tickray-ensemble"
@@ -124,8 +124,9 @@ def run_demo(settings: Settings, symbols: list[str], days: int = 1, seed: int = 
     stage("9/9 walk-forward backtest of the ensemble and the baselines, with a report")
     reports = state / "reports"
     stamp = datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')
-    bt = run_backtest(BacktestConfig.model_validate(_selecting(DEMO_BACKTEST, data_dir, symbols, first, days)), lake_root, settings.tracking_uri,
-                      settings.artifact_root, reports / f"backtest-{stamp}.html", say=say)
+    backtest = BacktestConfig.model_validate(_selecting(DEMO_BACKTEST, data_dir, symbols, first, days))
+    bt = run_backtest(backtest, lake_root, settings.tracking_uri, settings.artifact_root,
+                      reports / f"backtest-{stamp}.html", say=say)
     for line in bt.lines():
         say(line)
     result.backtest = {m: {f"{h}s": p for h, p in by_h.items()} for m, by_h in bt.performance.items()}
