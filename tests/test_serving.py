@@ -276,10 +276,11 @@ def test_stale_features_are_refused_the_canary_gets_its_share_and_cors_lets_only
 
 @pytest.mark.slow
 def test_a_minute_of_load_with_a_family_replica_killed_fails_no_request(api, live, mlflow_store):
-    """60 s of 4 clients at 10 requests a second each (live symbols and explicit rows, which every family
-    computes): the LSTM family's replica is killed at 20 s. Answers go on without it, saying so, until
-    Serve's replacement answers. Paced, not flat out: the load is steady and leaves the CPU to the rest
-    of the suite."""
+    """90 s of 4 clients at up to 10 requests a second each (live symbols and explicit rows, which every
+    family computes): the LSTM family's replica is killed at 20 s. Answers go on without it, saying so,
+    until Serve's replacement answers. Paced, not flat out: the load is steady and leaves the CPU to the
+    rest of the suite; 90 s, so that more than 1,000 requests are judged even where the suite's other
+    worker slows every answer (60 s gave 980 on a loaded machine)."""
     uri = mlflow_store[0]
     cfg = ServeConfig(tracking_uri=uri, redis_url=live.redis_url, stale_after_s=3600, rate_limit=None,
                       family_timeout_s=1.0)
@@ -300,7 +301,7 @@ def test_a_minute_of_load_with_a_family_replica_killed_fails_no_request(api, liv
     try:
         start = time.monotonic()
         with ThreadPoolExecutor(4) as pool:
-            running = [pool.submit(caller, kind, start, start + 60) for kind in ("rows", "symbols") * 2]
+            running = [pool.submit(caller, kind, start, start + 90) for kind in ("rows", "symbols") * 2]
             time.sleep(20)
             (lstm,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
                        if "load#Family-lstm" in a["name"]]
@@ -312,7 +313,7 @@ def test_a_minute_of_load_with_a_family_replica_killed_fails_no_request(api, liv
     failed = [a for a in answers if a[2] != 200]
     degraded = [t for t, _, _, d in answers if d]
     assert all(set(d) == {"lstm"} and "failed" in d["lstm"] for *_, d in answers if d)
-    print(f"{len(answers)} requests in 60 s, {len(failed)} failed, answers without the LSTM family from "
+    print(f"{len(answers)} requests in 90 s, {len(failed)} failed, answers without the LSTM family from "
           f"{degraded[0]:.1f} s to {degraded[-1]:.1f} s" if degraded else "none degraded")
     assert len(answers) > 1000 and len(failed) <= len(answers) // 1000
     assert degraded and degraded[0] >= 19 and degraded[-1] < 55
@@ -485,13 +486,14 @@ def test_ensemble_weights_follow_the_realised_accuracy_of_live_predictions(api, 
     exchange, actor = _replay(capture, live.redis_url)
     predicted, combined_by = {}, []  # row → the families that answered for it
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 180
         while time.monotonic() < deadline and (not combined_by or "stacked" in combined_by[-1]):
             r = httpx.post(f"{base}/v1/predict", json={"symbols": ["BTCUSDT"]}, timeout=30)
             if r.status_code == 200:
                 pred = r.json()["predictions"][0]
                 if "features" not in pred.get("degraded", {}):
-                    exchange.speed = 4.0  # past the warm-up: slower, so that most rows are asked for
+                    exchange.speed = 2.0  # past the warm-up: slower, so that most rows are asked for even
+                    # where the other worker slows every answer (at 4x, too few were on a loaded machine)
                 predicted[pred["ts_ns"]] = {"xgboost", "lstm", "transformer"} - set(pred.get("degraded", {}))
                 combined_by.append([h["combined_by"] for h in pred["horizons"].values()])
             time.sleep(0.05)
