@@ -180,11 +180,17 @@ def stored_bars(root) -> dict[str, list[int]]:
     return held
 
 
+def source_minutes(held: list[int], minutes: int) -> int | None:
+    """The stored length (of ``held``, shortest first) that bars of ``minutes`` are built from: the
+    shortest that divides them; None when none does."""
+    return next((m for m in held if minutes % m == 0), None)
+
+
 def why_not_built(held: list[int], minutes: int) -> str | None:
     """Why bars of ``minutes`` cannot be built from stored bars of lengths ``held`` (None: they can)."""
     if not held:
         return "no bars in the lake"
-    if any(minutes % m == 0 for m in held):
+    if source_minutes(held, minutes):
         return None
     return (f"the lake holds {', '.join(bars_dataset_name(m) for m in held)} only: {minutes}-minute bars are "
             "built from stored bars whose length divides theirs, never from longer ones")
@@ -202,7 +208,7 @@ def bar_sources(root, symbols: list[str], minutes: int) -> dict[str, int]:
     for s in wanted:
         if why := why_not_built(held[s], minutes):
             raise TimeframeError(f"{s}: {why}")
-    return {s: next(m for m in held[s] if minutes % m == 0) for s in wanted}
+    return {s: source_minutes(held[s], minutes) for s in wanted}
 
 
 def lake_bars(root, symbols: list[str], start_ns: int, end_ns: int, source_minutes: int = 1) -> pa.Table:

@@ -33,8 +33,9 @@ def _coverage(root: Path, symbol: str) -> str:
 
     from tickray import lake
 
-    datasets = [ds for ds in lake.bar_datasets(root).values() if any(s == symbol for _, s in lake.partitions(root, ds))]
-    days = sorted({dt.date.fromisoformat(d) for ds in datasets for d, s in lake.partitions(root, ds) if s == symbol})
+    by_dataset = {ds: [d for d, s in lake.partitions(root, ds) if s == symbol] for ds in lake.bar_datasets(root).values()}
+    datasets = [ds for ds, dates in by_dataset.items() if dates]
+    days = sorted({dt.date.fromisoformat(d) for dates in by_dataset.values() for d in dates})
     if not days:
         return f"the lake ({root}) has no bars of {symbol}"
     ranges = [[days[0], days[0]]]

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import ray
 
 from tickray import lake
-from tickray.bars.build import read_lake_bars, stored_bars, timeframe_minutes, why_not_built
+from tickray.bars.build import read_lake_bars, source_minutes, stored_bars, timeframe_minutes, why_not_built
 from tickray.errors import ConfigError
 from tickray.features import FEATURE_SET_VERSION, FEATURES
 from tickray.features.indicators import BAR_FEATURE_NAMES, BAR_FEATURE_SET, BAR_LOOKBACK, bar_features
@@ -176,7 +176,7 @@ def load_bar_rows(cfg: RowsConfig, lake_root: Path, timeframe: str) -> Rows:
     if named and why:
         raise ConfigError(f"data.symbols: {'; '.join(f'{s}: {w}' for s, w in why.items())} ({lake_root})")
     symbols = [s for s in named or sorted(held) if s not in why]
-    sources = {s: bars_dataset_name(next(m for m in held[s] if minutes % m == 0)) for s in symbols}
+    sources = {s: bars_dataset_name(source_minutes(held[s], minutes)) for s in symbols}
     have = [(date, s, ds) for ds in set(sources.values()) for date, s in lake.partitions(Path(lake_root), ds)
             if sources.get(s) == ds]
     dates = sorted(day for day, _, _ in have)
