@@ -5,6 +5,7 @@ redis-server."""
 
 import asyncio
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from ray import serve
 from tickray.ops.stack import redis_client
 from tickray.serving.app import build, deploy
-from tickray.serving.config import ServeConfig, parse_serve_config
+from tickray.serving.config import Replicas, ServeConfig, parse_serve_config
 from tickray.serving.features import LiveFeatures
 from tickray.serving.realised import RealisedAccuracy, pool
 from tickray.serving.security import hash_key, sign_jwt
@@ -275,37 +276,48 @@ def test_stale_features_are_refused_the_canary_gets_its_share_and_cors_lets_only
 
 
 @pytest.mark.slow
-def test_a_minute_of_load_with_a_family_replica_killed_fails_no_request(api, live, mlflow_store):
-    """90 s of 4 clients at up to 10 requests a second each (live symbols and explicit rows, which every
-    family computes): the LSTM family's replica is killed at 20 s. Answers go on without it, saying so,
-    until Serve's replacement answers. Paced, not flat out: the load is steady and leaves the CPU to the
-    rest of the suite; 90 s, so that more than 1,000 requests are judged even where the suite's other
-    worker slows every answer (60 s gave 980 on a loaded machine)."""
+def test_load_with_a_family_replica_killed_fails_no_request(api, live, mlflow_store):
+    """4 clients at up to 10 requests a second each (live symbols and explicit rows, which every family
+    computes): the LSTM family's replica is killed at 20 s. Answers go on without it, saying so, until
+    Serve's replacement answers. The load runs at least 90 s (more than 1,000 requests judged) and until
+    the replacement has answered 10 times, at most 240 s: how soon Serve starts a replica depends on the
+    machine's load (over 60 s on a busy one), so it is printed and given room, not timed. The app's
+    replicas reserve no CPU: the session's 2-CPU cluster also holds the API app, and a replacement must
+    not wait on Ray's CPU accounting. Paced, not flat out: the load leaves the CPU to the rest of the suite."""
     uri = mlflow_store[0]
     cfg = ServeConfig(tracking_uri=uri, redis_url=live.redis_url, stale_after_s=3600, rate_limit=None,
-                      family_timeout_s=1.0)
+                      family_timeout_s=1.0, gateway=Replicas(num_cpus=0), families=Replicas(num_cpus=0))
     serve.run(build(cfg), name="load", route_prefix="/load")
     base = f"{api.base_url}/load"
     rows = _consecutive_rows(_champion(mlflow_store))
     answers: list[tuple[float, str, int, dict]] = []  # (time, kind, status, the last prediction's degradation)
+    stop = threading.Event()
 
-    def caller(kind: str, start: float, stop_at: float) -> None:
+    def caller(kind: str, start: float) -> None:
         body = {"rows": rows} if kind == "rows" else {"symbols": ["BTCUSDT"]}
         with httpx.Client(timeout=30) as client:
-            while (sent := time.monotonic()) < stop_at:
+            while not stop.is_set():
+                sent = time.monotonic()
                 r = client.post(f"{base}/v1/predict", json=body)
                 last = r.json()["predictions"][-1].get("degraded", {}) if r.status_code == 200 else {}
                 answers.append((time.monotonic() - start, kind, r.status_code, last))
                 time.sleep(max(0.0, sent + 0.1 - time.monotonic()))
 
+    def replaced() -> bool:  # answers without the LSTM family, then 10 with it again
+        degraded = [t for t, _, _, d in list(answers) if d]
+        return bool(degraded) and sum(1 for t, kind, _, d in list(answers) if kind == "rows" and t > degraded[-1]) >= 10
+
     try:
         start = time.monotonic()
         with ThreadPoolExecutor(4) as pool:
-            running = [pool.submit(caller, kind, start, start + 90) for kind in ("rows", "symbols") * 2]
+            running = [pool.submit(caller, kind, start) for kind in ("rows", "symbols") * 2]
             time.sleep(20)
             (lstm,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
                        if "load#Family-lstm" in a["name"]]
             ray.kill(ray.get_actor(lstm, namespace="serve"), no_restart=True)
+            while time.monotonic() - start < 240 and not (time.monotonic() - start >= 90 and replaced()):
+                time.sleep(1)
+            stop.set()
             for f in running:
                 f.result()
     finally:
@@ -313,16 +325,17 @@ def test_a_minute_of_load_with_a_family_replica_killed_fails_no_request(api, liv
     failed = [a for a in answers if a[2] != 200]
     degraded = [t for t, _, _, d in answers if d]
     assert all(set(d) == {"lstm"} and "failed" in d["lstm"] for *_, d in answers if d)
-    print(f"{len(answers)} requests in 90 s, {len(failed)} failed, answers without the LSTM family from "
-          f"{degraded[0]:.1f} s to {degraded[-1]:.1f} s" if degraded else "none degraded")
+    print(f"{len(answers)} requests in {answers[-1][0]:.0f} s, {len(failed)} failed, answers without the LSTM family "
+          f"from {degraded[0]:.1f} s to {degraded[-1]:.1f} s" if degraded else "none degraded")
     assert len(answers) > 1000 and len(failed) <= len(answers) // 1000
-    assert degraded and degraded[0] >= 19 and degraded[-1] < 55
-    recovered = [a for a in answers if a[1] == "rows" and a[0] > degraded[-1]]
-    assert len(recovered) > 10  # the replacement answers every request after it
+    assert degraded and degraded[0] >= 19
+    assert replaced(), "Serve's replacement of the LSTM replica never answered"
 
 
 def test_the_websocket_pushes_a_prediction_for_each_new_feature_row(api, capture, live):
-    """Subscribed to BTCUSDT while the capture replays again: a prediction for every second published."""
+    """Subscribed to BTCUSDT while the capture replays again (at 30x): a prediction for each new row, each
+    row once; the rows announced while a prediction was being made are conflated into the next push, which
+    counts them (never more than the rows the stream actor stored between the two)."""
     ws_url = str(api.base_url).replace("http://", "ws://") + f"/v1/stream?api_key={KEY}"
 
     async def listen(n: int) -> list[dict]:
@@ -360,7 +373,10 @@ def test_the_websocket_pushes_a_prediction_for_each_new_feature_row(api, capture
     got = [g for g in got if "horizons" in g]
     assert all(g["symbol"] == "BTCUSDT" and set(g["horizons"]) == {"10s", "60s"} for g in got)
     ts = [g["ts_ns"] for g in got]
-    assert ts == sorted(ts) and len(set(ts)) >= 15
+    assert ts == sorted(set(ts)) and len(ts) == 20, ts
+    stored = [orjson.loads(f[b"doc"])["ts_ns"] for _, f in redis_client(live).xrange("tickray:features:history:BTCUSDT")]
+    for before, g in zip(ts, got[1:]):
+        assert 0 <= g["conflated"] <= sum(1 for t in stored if before < t < g["ts_ns"]), (before, g)
     lag_ms = sorted((g["pushed_at"] - g["published_at"]) * 1e3 for g in got)
     print(f"feature published → prediction pushed: p50 {lag_ms[len(lag_ms) // 2]:.1f} ms, max {lag_ms[-1]:.1f} ms")
 
@@ -485,15 +501,20 @@ def test_ensemble_weights_follow_the_realised_accuracy_of_live_predictions(api, 
     forget(redis_client(live), ["BTCUSDT"])
     exchange, actor = _replay(capture, live.redis_url)
     predicted, combined_by = {}, []  # row → the families that answered for it
+    held, unmoved = 0, 0  # past the warm-up the market holds after this time; answers since the row moved
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 300
         while time.monotonic() < deadline and (not combined_by or "stacked" in combined_by[-1]):
             r = httpx.post(f"{base}/v1/predict", json={"symbols": ["BTCUSDT"]}, timeout=30)
             if r.status_code == 200:
                 pred = r.json()["predictions"][0]
                 if "features" not in pred.get("degraded", {}):
-                    exchange.speed = 2.0  # past the warm-up: slower, so that most rows are asked for even
-                    # where the other worker slows every answer (at 4x, too few were on a loaded machine)
+                    # past the warm-up the market moves on a second per new row answered (or when none
+                    # comes for 10 answers): every row is asked about, however slow the machine's answers
+                    unmoved = 0 if pred["ts_ns"] not in predicted else unmoved + 1
+                    held = max(held, pred["ts_ns"] + 2 * NS) + (NS if unmoved >= 10 else 0)
+                    unmoved %= 10
+                    exchange.hold_after(held)
                 predicted[pred["ts_ns"]] = {"xgboost", "lstm", "transformer"} - set(pred.get("degraded", {}))
                 combined_by.append([h["combined_by"] for h in pred["horizons"].values()])
             time.sleep(0.05)

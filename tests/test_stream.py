@@ -140,6 +140,39 @@ def test_the_source_clock_runs_at_the_pace_its_answers_show():
     assert clock.rate == 1.0 and clock.offset_ms == 82_050.0 - year - 6_005.0
 
 
+def test_a_held_market_sends_nothing_past_its_hold_until_moved_on(capture):
+    """The local exchange's hold (how a test steps the market at its own pace): a client gets every trade
+    up to the held time and none after it, then the next ones once the hold moves, then the rest."""
+    from websockets.sync.client import connect
+
+    exchange = ReplayExchange([capture], speed=0.0)
+    trades = [(t + exchange.recorder_behind_ns, raw) for t, stream, raw in exchange.messages if stream == "btcusdt@trade"]
+    first = trades[0][0]
+    exchange.hold_after(first + 5 * 10**9)
+    exchange.start()
+
+    def received(until_quiet_s: float = 1.0) -> list[bytes]:
+        got = []
+        while True:
+            try:
+                got.append(ws.recv(timeout=until_quiet_s).encode())
+            except TimeoutError:
+                return got
+
+    try:
+        with connect(f"{exchange.ws_url}/stream?streams=btcusdt@trade") as ws:
+            held = received()
+            assert held == [raw for t, raw in trades if t <= first + 5 * 10**9] and held
+            assert exchange.market_now_ns() <= first + 5 * 10**9
+            exchange.hold_after(first + 10 * 10**9)
+            assert received() == [raw for t, raw in trades if first + 5 * 10**9 < t <= first + 10 * 10**9]
+            exchange.hold_after(None)
+            rest = received(2.0)
+            assert rest == [raw for t, raw in trades if t > first + 10 * 10**9][:len(rest)] and exchange.finished.wait(30)
+    finally:
+        exchange.stop()
+
+
 def _false_ticker(exchange: ReplayExchange, after: int) -> tuple[int, str, str]:
     """A bookTicker that names the book state after the first depth diff from index ``after`` whose id no
     real ticker carries, with a wrong best bid: the connector must notice and rebuild its book."""

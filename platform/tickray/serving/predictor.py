@@ -163,7 +163,9 @@ class Predictor:
         return [{**pred, "alias": alias, "horizons": {h: dict(v) for h, v in pred["horizons"].items()}}
                 for pred in (found[key(r)] for r in readings)]
 
-    async def from_symbols(self, symbols: list[str]) -> dict:
+    async def from_symbols(self, symbols: list[str], announced_at: bool = False) -> dict:
+        """Predictions from the newest live row of each symbol; ``announced_at``: with the stream actor's
+        times of each row (``published_at``, ``tick_received_at``), as the WebSocket pushes them."""
         symbols = list(dict.fromkeys(s.upper() for s in symbols))
         if len(symbols) > self.cfg.max_symbols:
             raise ApiError(422, f"symbols: {len(symbols)} symbols, at most {self.cfg.max_symbols} per request")
@@ -179,6 +181,8 @@ class Predictor:
         preds = await self._live_predictions(loaded, alias, parts)
         for r, pred in zip(parts, preds):
             pred.update(symbol=r.symbol, ts_ns=r.ts_ns, feature_age_s=round(r.age_s, 3), stale=r.symbol in stale)
+            if announced_at:
+                pred.update(published_at=r.latest["published_at"], tick_received_at=r.latest.get("tick_received_at"))
             if r.symbol in stale:
                 for h in pred["horizons"].values():
                     h["confidence"] = 0.0

@@ -1,6 +1,9 @@
 """Predictions pushed over a WebSocket (``/v1/stream``): the client sends ``{"subscribe": [symbols]}`` or
 ``{"unsubscribe": [...]}`` and receives a prediction for every new feature row of its symbols, announced
-by the stream actors on a Redis channel, with the row's age when it was pushed. Symbols are checked as the
+by the stream actors on a Redis channel, with the row's age when it was pushed. A row is pushed once: where
+rows are announced faster than predictions are made, those announced meanwhile are conflated into the
+newest, and its message counts them (``conflated``), as market-data feeds do for a slow consumer (each
+prediction reads the newest row, so pushing one per announcement would repeat it). Symbols are checked as the
 HTTP API checks them, and a connection holds at most ``max_symbols``. Sessions are counted per replica and
 per client address (``Sessions``), and one subscribed to nothing for ``websocket_idle_s`` is closed.
 """
@@ -21,6 +24,7 @@ from tickray.serving.security import address
 from tickray.stream.keys import FEATURES_CHANNEL
 
 PROTOCOL_ERRORS_BEFORE_CLOSE = 3
+MAX_DRAINED = 10_000  # announcements read before predicting: a flood cannot hold pushes back
 
 
 class Sessions:
@@ -63,6 +67,8 @@ async def push_predictions(ws: WebSocket, redis_async, predictor: Predictor, max
     await pubsub.subscribe(FEATURES_CHANNEL)
     listener = asyncio.get_running_loop().create_task(_listen(ws, subscribed, max_symbols))
     idle_since = time.monotonic()
+    pushed: dict[str, int] = {}  # symbol → the row last pushed (ts_ns)
+    announced: dict[str, set[int]] = {}  # symbol → the rows (ts_ns) announced since
     try:
         while True:
             # the session ends as soon as the listener does, not at the next poll: its place is free at once
@@ -77,30 +83,44 @@ async def push_predictions(ws: WebSocket, redis_async, predictor: Predictor, max
             elif time.monotonic() - idle_since > idle_s:
                 await ws.close(code=1000, reason=f"idle: subscribed to nothing for {idle_s:g}s")
                 return
-            if msg is None:
-                continue
-            try:
-                doc = orjson.loads(msg["data"])
-                symbol = doc["symbol"]
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                continue  # not a stream actor's announcement
-            if symbol not in subscribed:
-                continue
-            try:
-                out = await predictor.from_symbols([symbol])
-            except ApiError as e:
-                await ws.send_json({"symbol": symbol, "error": e.status, "detail": e.detail})
-                continue
-            pred = out["predictions"][0]
-            pred["pushed_at"] = time.time()
-            pred["published_at"] = doc.get("published_at")
-            pred["tick_received_at"] = doc.get("tick_received_at")  # the stream actor's, when it says
-            await ws.send_text(orjson.dumps({"model": out["model"], **pred}).decode())
+            for _ in range(MAX_DRAINED):  # the announcements already queued: only the newest row is predicted
+                if msg is None:
+                    break
+                _note(msg, subscribed, pushed, announced)
+                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0)
+            for symbol in list(announced):
+                await _push(ws, predictor, symbol, pushed, announced.pop(symbol))
     except WebSocketDisconnect:
         pass
     finally:
         listener.cancel()
         await pubsub.aclose()
+
+
+def _note(msg: dict, subscribed: set[str], pushed: dict[str, int], announced: dict[str, set[int]]) -> None:
+    try:
+        doc = orjson.loads(msg["data"])
+        symbol, ts_ns = doc["symbol"], int(doc["ts_ns"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return  # not a stream actor's announcement
+    if symbol in subscribed and ts_ns > pushed.get(symbol, -1):
+        announced.setdefault(symbol, set()).add(ts_ns)
+
+
+async def _push(ws: WebSocket, predictor: Predictor, symbol: str, pushed: dict[str, int], rows: set[int]) -> None:
+    """The prediction for the newest row of ``symbol`` (``rows``: those announced since the last push)."""
+    try:
+        out = await predictor.from_symbols([symbol], announced_at=True)
+    except ApiError as e:
+        await ws.send_json({"symbol": symbol, "error": e.status, "detail": e.detail})
+        return
+    pred = out["predictions"][0]
+    if pred["ts_ns"] <= pushed.get(symbol, -1):
+        return  # pushed already
+    pushed[symbol] = pred["ts_ns"]
+    pred["conflated"] = sum(1 for t in rows if t < pred["ts_ns"])
+    pred["pushed_at"] = time.time()
+    await ws.send_text(orjson.dumps({"model": out["model"], **pred}).decode())
 
 
 def _request(text: str, subscribed: set[str], max_symbols: int) -> tuple[set[str], set[str]]:

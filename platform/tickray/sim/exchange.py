@@ -12,7 +12,9 @@ One port serves both sides of the venue:
 
 There is one market: a clock replays the captures in receive-time order, paced by ``speed`` (10: ten
 times faster than recorded; 0: as fast as the connected clients take them, waiting while none is),
-which may be changed while it runs (fast-forward a warm-up, then the recorded pace).
+which may be changed while it runs (fast-forward a warm-up, then the recorded pace). ``hold_after(t)``
+stops the market before its first message past market time ``t`` until it is moved on: a client steps it
+(a test that asks about every second, however slow its answers).
 Every connection sees the market from the moment it subscribes, as on the venue: what is sent while a
 client is away is gone from its stream, and it has the REST side to catch up. The snapshot is the book
 as of the market so far (the exchange keeps its own book with the same book module, seeded by the
@@ -95,6 +97,8 @@ class ReplayExchange:
     _thread: threading.Thread | None = field(default=None, init=False)
     _market: asyncio.Task | None = field(default=None, init=False)
     _client_joined: asyncio.Event | None = field(default=None, init=False)
+    _held_after_ns: int | None = field(default=None, init=False)  # market time the replay holds after
+    _moved: asyncio.Event | None = field(default=None, init=False)  # the hold moved
     _market_at: tuple[int, float] | None = field(default=None, init=False)  # (recv_ns, loop time) last passed
     recorder_behind_ns: int = field(default=0, init=False)  # how far the capture's clock was behind the venue's
 
@@ -198,13 +202,30 @@ class ReplayExchange:
 
     def market_now_ns(self) -> int:
         """The replayed market's clock: the recorded time of the last message it passed, running on at the
-        replay's pace until the next one (held there at speed 0, whose pace is the clients')."""
+        replay's pace until the next one (held there at speed 0, whose pace is the clients', and by a hold)."""
         if self._market_at is None:
             return (self.messages[0][0] if self.messages else 0) + self.recorder_behind_ns
         recv_ns, at = self._market_at
+        now = recv_ns + self.recorder_behind_ns
         if self.speed > 0:
-            recv_ns += int((self._loop.time() - at) * self.speed * 1e9)
-        return recv_ns + self.recorder_behind_ns
+            now += int((self._loop.time() - at) * self.speed * 1e9)
+        return now if self._held_after_ns is None else min(now, max(self._held_after_ns, recv_ns + self.recorder_behind_ns))
+
+    def hold_after(self, market_ns: int | None) -> None:
+        """Hold the market before its first message past ``market_ns`` (the clock of ``market_now_ns``)
+        until this is called again with a later time, or None to let it run on at its pace."""
+        self._held_after_ns = market_ns
+        if self._loop:
+            self._loop.call_soon_threadsafe(self._moved.set)
+
+    async def _hold(self, recv_ns: int) -> bool:
+        """Wait while a hold stops the market before this message; whether it waited."""
+        waited = False
+        while self._held_after_ns is not None and recv_ns + self.recorder_behind_ns > self._held_after_ns:
+            self._moved.clear()
+            await self._moved.wait()
+            waited = True
+        return waited
 
     def _release(self, recv_ns: int, name: str, body: bytes) -> None:
         """The market passes a message: the exchange's book and trade history move, sent or not."""
@@ -231,7 +252,7 @@ class ReplayExchange:
         for k, (recv_ns, name, body, index) in enumerate(timeline, 1):
             if _every(self.faults.stall_every, k):
                 await asyncio.sleep(self.faults.stall_s)
-            if self.speed != speed:  # changed while running: the new pace counts from this message
+            if await self._hold(recv_ns) or self.speed != speed:  # the pace counts from this message
                 t_anchor, clock_anchor, speed = recv_ns, loop.time(), self.speed
             if speed > 0:
                 delay = (recv_ns - t_anchor) / 1e9 / speed - (loop.time() - clock_anchor)
@@ -316,7 +337,7 @@ class ReplayExchange:
         return {"result": None, "id": rid}
 
     async def _start(self) -> None:
-        self._client_joined = asyncio.Event()
+        self._client_joined, self._moved = asyncio.Event(), asyncio.Event()
         self._server = await serve(self._handler, self.host, self.port, process_request=self._process_request,
                                    compression=None, max_queue=None)
         self.port = self._server.sockets[0].getsockname()[1]
