@@ -199,6 +199,15 @@ def test_walk_forward_trains_on_the_past_only(market_lake, synthetic_backtest):
         assert rows.ts[s.test].min() - rows.ts[s.train].max() > max(lookback, *rows.horizons) * 10**9
     assert rows.ts[plan[0].test].max() < rows.ts[plan[1].test].min()
     assert plan[1].train.size > plan[0].train.size  # expanding
+    # no selection by the future: the test windows hold every row with its features defined from the first
+    # window's start on, those whose move was flat or whose horizon runs past the data included; models
+    # learn from labelled rows only
+    defined = np.flatnonzero(~np.isnan(rows.x).any(axis=1))
+    tested = np.concatenate([s.test for s in plan])
+    assert sorted(tested) == sorted(defined[rows.ts[defined] >= rows.ts[plan[0].test].min()])
+    unlabelled = np.isnan(rows.y).all(axis=1)
+    assert unlabelled[tested].sum() >= 2 * 10  # at least each symbol's last 10 s, whose horizons end past the data
+    assert not unlabelled[np.concatenate([s.train for s in plan])].any()
 
 
 def test_synthetic_backtest_scores_report_and_mlflow(synthetic_backtest):

@@ -39,6 +39,7 @@ from tickray.research.rows import (
     embargo_s,
     load_bar_rows,
     load_rows,
+    observable,
     split_history,
     thin,
     usable,
@@ -61,7 +62,8 @@ def backtest_rows(cfg: BacktestConfig, lake_root: Path) -> Rows:
 
 @dataclass
 class Shard:
-    """One walk-forward task: fit on ``train`` rows, predict ``test`` rows."""
+    """One walk-forward task: fit on ``train`` rows (labelled), predict ``test`` rows (every observable
+    row of the window, labelled or not: whether a row is traded never depends on what followed it)."""
     window: int
     symbols: str  # "all", or the one symbol when models are per symbol
     train: np.ndarray
@@ -69,9 +71,10 @@ class Shard:
 
 
 def shards(rows: Rows, cfg: BacktestConfig) -> list[Shard]:
-    idx = np.flatnonzero(usable(rows))
+    idx = np.flatnonzero(observable(rows))
     if idx.size == 0:
-        raise ConfigError("data: no usable rows (every row lacks a feature or a label)")
+        raise ConfigError("data: no observable rows (every row lacks a feature or a complete window)")
+    labelled_rows = usable(rows)
     wf = cfg.walk_forward
     groups = ([(s, idx[rows.symbol[idx] == s]) for s in sorted(set(rows.symbol[idx]))] if wf.per_symbol
               else [("all", idx)])
@@ -82,7 +85,7 @@ def shards(rows: Rows, cfg: BacktestConfig) -> list[Shard]:
             if test.size == 0:
                 raise ConfigError(f"walk_forward: window {w} of {name} has no rows (zero-length window); "
                                   f"use fewer windows than {wf.windows}")
-            out.append(Shard(w, name, train, test))
+            out.append(Shard(w, name, train[labelled_rows[train]], test))
     return out
 
 
@@ -139,7 +142,9 @@ class BacktestReport:
     report_path: Path | None = None
 
     def lines(self) -> list[str]:
-        out = [f"{self.rows:,} out-of-sample rows in {len(self.windows)} walk-forward shards"]
+        labelled = sum(w["labelled"] for w in self.windows)
+        out = [f"{self.rows:,} out-of-sample rows in {len(self.windows)} walk-forward shards, every one traded; "
+               f"{labelled:,} with a label scored (the others: a flat move, or the data ends first)"]
         for h in self.horizons:
             out.append(f"horizon {h}s (hold {self.rules[h]['hold']} rows, latency {self.rules[h]['latency']} rows, "
                        f"costs {self.rules[h]['fee_bps'] + self.rules[h]['slippage_bps']:g} bps per side):")
@@ -214,6 +219,7 @@ def run_backtest(cfg: BacktestConfig, lake_root: Path, tracking_uri: str | None 
         curves[h] = pd.DataFrame(series, index=pd.to_datetime(times, utc=True))
 
     windows = [{"window": r["window"], "symbols": r["symbols"], "rows": int(r["test"].size),
+                "labelled": int((~np.isnan(rows.y[r["test"]]).all(axis=1)).sum()),
                 "start": str(pd.Timestamp(int(rows.ts[r["test"]].min()), tz="UTC")),
                 "end": str(pd.Timestamp(int(rows.ts[r["test"]].max()), tz="UTC")),
                 "fit_seconds": r["fit_seconds"], "train_auc": r["train_auc"], "test_auc": r["test_auc"]}

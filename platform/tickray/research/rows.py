@@ -248,10 +248,15 @@ class Windows:
     cuts_ns: dict[str, int]
 
 
+def observable(rows: Rows) -> np.ndarray:
+    """Rows a live system could have predicted: features defined and the longest window complete. What
+    happened after a row never decides whether it is there (a backtest simulates every one of these)."""
+    return rows.window_ok if rows.window > 1 else ~np.isnan(rows.x).any(axis=1)
+
+
 def usable(rows: Rows) -> np.ndarray:
-    """Rows a model may see: features defined, the longest window complete, some label defined."""
-    ok = rows.window_ok if rows.window > 1 else ~np.isnan(rows.x).any(axis=1)
-    return ok & ~np.isnan(rows.y).all(axis=1)
+    """Rows a model may learn from or be scored on: observable, with some label defined."""
+    return observable(rows) & ~np.isnan(rows.y).all(axis=1)
 
 
 def labelled(y: np.ndarray, idx: np.ndarray, j: int) -> np.ndarray:
@@ -264,7 +269,7 @@ def purged_kfold(ts: np.ndarray, idx: np.ndarray, k: int, purge_ns: int, embargo
     """k contiguous time blocks of ``idx``; for block [a, b) the training rows are those with
     ts < a - purge_ns (their labels end before the block) or ts >= b + embargo_ns."""
     t = ts[idx]
-    edges = np.quantile(t, np.linspace(0, 1, k + 1))
+    edges = np.quantile(t, np.linspace(0, 1, k + 1), method="lower")  # row times: see walk_forward
     edges[-1] = t.max() + 1
     folds = []
     for a, b in itertools.pairwise(edges):
@@ -280,7 +285,8 @@ def walk_forward(ts: np.ndarray, idx: np.ndarray, n_windows: int, gap_ns: int, m
     windows split the rows after the first ``min_train_fraction`` into equal shares (by rows, not clock
     time, so a lake with gaps between sessions still gets even windows)."""
     t = ts[idx]
-    edges = np.quantile(t, np.linspace(min_train_fraction, 1, n_windows + 1))
+    # edges are row times (int64): float edges round nanosecond times, and left the last second out
+    edges = np.quantile(t, np.linspace(min_train_fraction, 1, n_windows + 1), method="lower")
     edges[-1] = t.max() + 1
     return [(idx[t < a - gap_ns], idx[(t >= a) & (t < b)]) for a, b in itertools.pairwise(edges)]
 
