@@ -24,9 +24,12 @@ from pandas_backtest import pandas_backtest, random_market
 CONFIGS = Path(__file__).parents[1] / "jobs" / "configs"
 
 
-def _one_symbol(price, prob, rules, confidence=None):
+S = 1_000_000_000  # a second in ns
+
+
+def _one_symbol(price, prob, rules, confidence=None, ts=None):
     n = len(price)
-    return simulate(np.arange(n), np.zeros(n, int), np.array(price, float),
+    return simulate(np.arange(n) * S if ts is None else np.array(ts) * S, np.zeros(n, int), np.array(price, float),
                     targets(np.array(prob, float), confidence, rules), rules)
 
 
@@ -44,10 +47,39 @@ def test_positions_costs_and_trades_by_hand():
 
 
 def test_hold_latency_and_nan_signals_by_hand():
-    rules = Rules(threshold=0.0, hold=2, latency=1)
+    rules = Rules(threshold=0.0, hold_ns=2 * S, latency_ns=S // 4)
     sim = _one_symbol([1, 1, 1, 1, 1, 1, 1], [0.9, 0.1, np.nan, 0.9, 0.2, 0.9, 0.9], rules)
-    # decisions at rows 0, 2, 4, 6 → +1, 0 (no signal), -1, +1, each held 2 rows, filled a row later
+    # decisions at 0, 2, 4, 6 s → +1, 0 (no signal), -1, +1, each held 2 s, filled at the next row (0.25 s later)
     assert sim.position.tolist() == [0, 1, 1, 0, 0, -1, 0]
+
+
+def test_holds_latency_and_sessions_are_durations_on_a_grid_with_holes():
+    """Seconds 0 1 2 5 6 7 8 | 100 101 102: decisions every 3 s from a session's start, filled 1.5 s later;
+    a gap over 10 s ends a session, whose last row is flat: nothing is held across the hole."""
+    ts = [0, 1, 2, 5, 6, 7, 8, 100, 101, 102]
+    price = [100, 101, 102, 103, 104, 105, 106, 200, 202, 204]
+    prob = [0.9, 0.1, 0.1, 0.2, 0.9, 0.9, 0.2, 0.2, 0.9, 0.9]
+    sim = _one_symbol(price, prob, Rules(threshold=0.0, hold_ns=3 * S, latency_ns=3 * S // 2, session_gap_ns=10 * S,
+                                         fee_bps=10.0), ts=ts)
+    # due at 0, 3, 6, 9 s (taken at rows 0 s, 5 s, 6 s; none at 9 s: held) and at 100 s in the next session
+    # decided:  +1 +1 +1 -1 +1 +1 +1 | -1 -1 -1
+    # filled 1.5 s later, from the last row at or before t - 1.5 s: at 2 s ← 0 s, 5 s ← 2 s, 6 s ← 2 s,
+    # 7 s ← 5 s, 8 s ← 6 s; 101 s ← none of its session; 102 s: the session's last row, flat
+    assert sim.position.tolist() == [0, 0, 1, 1, 1, -1, 0, 0, 0, 0]
+    assert sim.asset_return == pytest.approx([0.01, 1 / 101, 1 / 102, 1 / 103, 1 / 104, 1 / 105, 0, 0.01, 1 / 101, 0])
+    assert sim.cost == pytest.approx([0, 0, 1e-3, 0, 0, 2e-3, 1e-3, 0, 0, 0])
+    # on a 2 s clock: periods [0, 2) [2, 4) [4, 6) [6, 8) [8, 10) [100, 102) [102, 104); none for the hole
+    times, ret, exposure = sim.portfolio(2 * S)
+    assert (times // S).tolist() == [0, 2, 4, 6, 8, 100, 102]
+    net = sim.net
+    assert ret == pytest.approx([net[0] + net[1] + net[0] * net[1], net[2], net[3], (1 + net[4]) * (1 + net[5]) - 1,
+                                 net[6], 0, 0])
+    assert exposure == pytest.approx([0, 1, 1, 1, 0, 0, 0])
+    # annualised by the 7 periods observed (a year of 14 here: half a year), not by the hole's 46 periods
+    m = performance(sim, periods_per_year=14, clock_ns=2 * S)
+    gross = 1 / 102 + 1 / 103 + 1 / 104 - 1 / 105
+    assert m["periods"] == 7 and m["annual_return"] == pytest.approx((1 + m["total_return"]) ** 2 - 1)
+    assert m["costs"] == pytest.approx(4e-3) and m["cost_share"] == pytest.approx(4e-3 / gross)
 
 
 def test_confidence_sizing_and_shock_filter():
@@ -63,25 +95,29 @@ def test_confidence_sizing_and_shock_filter():
 
 
 def test_portfolio_weights_symbols_equally():
-    ts = np.array([0, 1, 2, 0, 1, 2])
+    ts = np.array([0, 1, 2, 0, 1, 2]) * S
     seg = np.array([0, 0, 0, 1, 1, 1])
     price = np.array([100, 101, 102, 50, 49, 48.0])
     sim = buy_and_hold(ts, seg, price, Rules(fee_bps=0.0))
     times, ret, exposure = sim.portfolio()
-    assert times.tolist() == [0, 1, 2]
+    assert (times // S).tolist() == [0, 1, 2]
     assert ret == pytest.approx([(0.01 + (-0.02)) / 2, (1 / 101 + (-1 / 49)) / 2, 0.0])
     assert exposure == pytest.approx([1, 1, 0])
 
 
-def test_matches_the_pandas_loop():
+def test_matches_the_row_by_row_loop():
+    """On minute bars with holes (missing bars, outages): holds, latency and sessions in time."""
     df = random_market(3_000, 3, seed=4)
-    rules = Rules(threshold=0.05, max_position=1.5, hold=3, latency=2, fee_bps=4.0, slippage_bps=1.0)
-    codes = df["symbol"].astype("category").cat.codes.to_numpy()
-    sim = simulate(df["ts"].to_numpy(), codes, df["price"].to_numpy(), targets(df["prob"].to_numpy(), None, rules),
-                   rules)
-    ref = pandas_backtest(df, 0.05, 1.5, 3, 2, 4.0, 1.0)
-    np.testing.assert_allclose(sim.position, ref["position"].to_numpy())
-    np.testing.assert_allclose(sim.net, ref["net"].to_numpy(), atol=1e-15)
+    minute = 60 * S
+    for hold, latency, gap in ((3, 2, 4), (1, 0, 1), (7, 1, 200)):
+        rules = Rules(threshold=0.05, max_position=1.5, hold_ns=hold * minute, latency_ns=latency * minute,
+                      session_gap_ns=gap * minute, fee_bps=4.0, slippage_bps=1.0)
+        codes = df["symbol"].astype("category").cat.codes.to_numpy()
+        sim = simulate(df["ts"].to_numpy(), codes, df["price"].to_numpy(),
+                       targets(df["prob"].to_numpy(), None, rules), rules)
+        ref = pandas_backtest(df, 0.05, 1.5, hold * minute, latency * minute, gap * minute, 4.0, 1.0)
+        np.testing.assert_allclose(sim.position, ref["position"].to_numpy())
+        np.testing.assert_allclose(sim.net, ref["net"].to_numpy(), atol=1e-15)
 
 
 def test_drawdown_and_its_duration_by_hand():
@@ -260,7 +296,8 @@ def test_real_klines_backtest_from_the_cli(ray_cluster, shared_data, tmp_path, c
                  "--report", str(report_path)])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "horizon 3600s (hold 4 rows" in out and "buy_and_hold" in out
+    assert "horizon 3600s: a decision every 3600 s, filled 0 ms later, flat across gaps over 900 s" in out
+    assert "returns per 900 s, 35,040 periods a year" in out and "buy_and_hold" in out
     assert report_path.stat().st_size > 100_000  # seven inlined figures
 
     # labels on 15m bars agree with an independent pandas reading of the same klines

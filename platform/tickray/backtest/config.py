@@ -9,18 +9,18 @@ window's history. Every key is known; a bad value (a fee written as a string, sa
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from tickray.backtest.core import Rules
 from tickray.bars.build import timeframe_minutes
 from tickray.config import StrictModel
-from tickray.errors import ConfigError
 from tickray.training.config import TrainConfig, load_job_config
 
 Bps = Annotated[float, Field(ge=0, strict=True)]
+NS = 1_000_000_000
 
 
 
@@ -53,7 +53,11 @@ class StrategyConfig(StrictModel):
     max_position: float = Field(1.0, gt=0)
     full_size_confidence: float = Field(0.5, gt=0, le=1)  # sizing "confidence": confidence giving max_position
     shock_filter: bool = True  # flat where the ensemble's shock detector says the market is abnormal
-    hold: Literal["horizon", "row"] = "horizon"  # decide every horizon (no overlapping bets) or every row
+    # Seconds between decisions; none: the horizon (bets do not overlap). A duration, never a row count.
+    hold_s: float | None = Field(None, gt=0)
+    # A gap between a symbol's rows longer than this ends a session: the position is closed before it.
+    # None: a minute, or one bar for bars (any missing bar).
+    session_gap_s: float | None = Field(None, gt=0)
 
 
 class CostsConfig(StrictModel):
@@ -95,34 +99,38 @@ class BacktestConfig(StrictModel):
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     costs: CostsConfig = Field(default_factory=CostsConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
-    periods_per_year: float | None = Field(None, gt=0)  # default: 365 days of the grid's period (24/7 markets)
+    periods_per_year: float | None = Field(None, gt=0)  # default: 365 days of the clock's period (24/7 markets)
 
     @property
     def period_s(self) -> float:
         return 60.0 * timeframe_minutes(self.data.timeframe) if self.data.source == "bars" else 1.0
 
-    @property
-    def horizon_rows(self) -> dict[int, int]:
-        out = {}
+    @model_validator(mode="after")
+    def _whole_bars(self):
         for h in self.train.data.horizons_s:
-            rows = h / self.period_s
-            if rows != int(rows) or rows < 1:
-                raise ConfigError(f"train.data.horizons_s: {h}s is not a whole number of {self.data.timeframe} "
-                                  "bars")
-            out[h] = int(rows)
-        return out
+            if self.data.source == "bars" and (h % self.period_s or h < self.period_s):
+                raise ValueError(f"train.data.horizons_s: {h}s is not a whole number of {self.data.timeframe} bars")
+        return self
 
     @property
-    def latency_rows(self) -> int:
-        return math.ceil(self.costs.latency_ms / 1000 / self.period_s - 1e-12)
+    def clock_s(self) -> float:
+        """The period returns are measured on: a minute for tick data, a bar for bars."""
+        return self.period_s if self.data.source == "bars" else 60.0
 
     @property
     def annual_periods(self) -> float:
-        return self.periods_per_year or 365 * 86_400 / self.period_s
+        return self.periods_per_year or 365 * 86_400 / self.clock_s
+
+    def rules(self, horizon_s: int) -> Rules:
+        """The core's rules for a horizon: durations in ns."""
+        s = self.strategy
+        return Rules(threshold=s.threshold, sizing=s.sizing, max_position=s.max_position,
+                     full_size_confidence=s.full_size_confidence, shock_filter=s.shock_filter,
+                     hold_ns=round((s.hold_s or horizon_s) * NS), latency_ns=round(self.costs.latency_ms * 1e6),
+                     session_gap_ns=round((s.session_gap_s or max(60.0, self.period_s)) * NS),
+                     fee_bps=self.costs.fee, slippage_bps=self.costs.slippage)
 
 
 def load_backtest_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> BacktestConfig:
     """The config at ``path`` (None: the defaults) with dotted-key ``overrides`` applied."""
-    cfg = load_job_config(BacktestConfig, path, overrides, "backtest config")
-    cfg.horizon_rows  # noqa: B018 - horizons must be whole bars: fail here, not in a task
-    return cfg
+    return load_job_config(BacktestConfig, path, overrides, "backtest config")

@@ -1,6 +1,8 @@
-"""Performance metrics of a simulated strategy. Returns are simple, per period of the grid; a year is
-``periods_per_year`` periods (crypto trades around the clock: 365 days of the grid's period); the
-risk-free rate is 0.
+"""Performance metrics of a simulated strategy. Returns are simple, per period of a clock (a minute for
+tick data, a bar for bars: :meth:`Simulation.portfolio`), compounded within it; only periods in which the
+market was observed count (T below), so a lake with gaps is annualised by the market time it covers. A
+year is ``periods_per_year`` periods (crypto trades around the clock: 365 days of the clock's period);
+the risk-free rate is 0.
 
 | metric | definition |
 | --- | --- |
@@ -16,6 +18,8 @@ risk-free rate is 0.
 | hit_rate | share of trades with net pnl > 0 |
 | profit_factor | Σ winning trades' pnl / |Σ losing trades' pnl| (NaN without a loss) |
 | turnover | Σ |Δposition| per symbol per year (1 = the whole allocation bought or sold once) |
+| costs | Σ cost per symbol (a return: 0.01 = 1% of the allocation) |
+| cost_share | costs / Σ gross pnl per symbol: the share of the gross pnl paid in costs (NaN without a gross gain) |
 | exposure | share of symbol-periods with a position |
 | mean_abs_position | mean |position| over symbol-periods |
 """
@@ -43,8 +47,9 @@ def longest_run(mask: np.ndarray) -> int:
     return int((np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)).max())
 
 
-def performance(sim: Simulation, periods_per_year: float) -> dict[str, float]:
-    _, r, _ = sim.portfolio()
+def performance(sim: Simulation, periods_per_year: float, clock_ns: int | None = None) -> dict[str, float]:
+    """The metrics above, on returns per ``clock_ns`` (None: per row time, for a regular grid)."""
+    _, r, _ = sim.portfolio(clock_ns)
     n = r.size
     if n == 0:
         raise ValueError("performance: no periods to measure")
@@ -58,8 +63,10 @@ def performance(sim: Simulation, periods_per_year: float) -> dict[str, float]:
     wins, losses = trades[trades > 0].sum(), trades[trades < 0].sum()
     dpos = np.abs(sim.position - previous_in_segment(sim.position, sim.segment))
     years = n / periods_per_year
+    costs, gross = float(sim.cost.sum() / sim.n_symbols), float(sim.gross.sum() / sim.n_symbols)
     return {
         "periods": n,
+        "periods_per_year": float(periods_per_year),
         "total_return": total,
         "annual_return": annual,
         "annual_volatility": sd * math.sqrt(periods_per_year),
@@ -74,5 +81,6 @@ def performance(sim: Simulation, periods_per_year: float) -> dict[str, float]:
         "turnover": float(dpos.sum() / sim.n_symbols / years),
         "exposure": float(np.mean(sim.position != 0)),
         "mean_abs_position": float(np.mean(np.abs(sim.position))),
-        "costs": float(sim.cost.sum() / sim.n_symbols),
+        "costs": costs,
+        "cost_share": costs / gross if gross > 0 else math.nan,
     }

@@ -18,11 +18,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from tickray.backtest.core import Rules
 from tickray.backtest.metrics import drawdown
 
 METRICS = ("total_return", "annual_return", "sharpe", "sortino", "max_drawdown", "max_drawdown_periods", "calmar",
-           "trades", "hit_rate", "profit_factor", "turnover", "exposure", "costs")
-PERCENT = {"total_return", "annual_return", "max_drawdown", "hit_rate", "exposure", "costs"}
+           "trades", "hit_rate", "profit_factor", "turnover", "exposure", "costs", "cost_share")
+PERCENT = {"total_return", "annual_return", "max_drawdown", "hit_rate", "exposure", "costs", "cost_share"}
 
 
 def _fmt(key: str, v: float) -> str:
@@ -146,8 +147,8 @@ def write_report(report, cfg, path: Path) -> tuple[Path, dict[str, Path]]:
     tables = []
     for h in report.horizons:
         r = report.rules[h]
-        tables.append(f"<h3>Horizon {h}s: hold {r['hold']} rows, latency {r['latency']} rows, fee {r['fee_bps']:g} + "
-                      f"slippage {r['slippage_bps']:g} bps per side, threshold {r['threshold']:g}</h3>")
+        tables.append(f"<h3>Horizon {h}s: {html.escape(Rules(**r).describe())}; returns per {report.clock_s:g} s, "
+                      f"{report.performance['buy_and_hold'][h]['periods_per_year']:,.0f} periods a year</h3>")
         rows = []
         for m in [*report.models, "buy_and_hold"]:
             p = report.performance[m][h]

@@ -136,6 +136,7 @@ class BacktestReport:
     calibration: dict[int, dict[str, list[float]]]  # horizon → the ensemble's reliability curve
     curves: dict[int, pd.DataFrame] = field(repr=False, default_factory=dict)  # horizon → time-indexed series
     rules: dict[int, dict] = field(default_factory=dict)
+    clock_s: float = 60.0  # the period the returns are measured on
     rows: int = 0
     seconds: float = 0.0
     run_id: str = ""
@@ -143,18 +144,20 @@ class BacktestReport:
 
     def lines(self) -> list[str]:
         labelled = sum(w["labelled"] for w in self.windows)
-        out = [f"{self.rows:,} out-of-sample rows in {len(self.windows)} walk-forward shards, every one traded; "
-               f"{labelled:,} with a label scored (the others: a flat move, or the data ends first)"]
+        out = [(f"{self.rows:,} out-of-sample rows in {len(self.windows)} walk-forward shards, every one traded; "
+                f"{labelled:,} with a label scored (the others: a flat move, or the data ends first)")]
         for h in self.horizons:
-            out.append(f"horizon {h}s (hold {self.rules[h]['hold']} rows, latency {self.rules[h]['latency']} rows, "
-                       f"costs {self.rules[h]['fee_bps'] + self.rules[h]['slippage_bps']:g} bps per side):")
+            out.append(f"horizon {h}s: {Rules(**self.rules[h]).describe()}; returns per {self.clock_s:g} s, "
+                       f"{self.performance[BUY_AND_HOLD][h]['periods_per_year']:,.0f} periods a year:")
             out.append(f"  {'model':<14}{'AUC':>7}{'return':>10}{'Sharpe':>9}{'max DD':>9}{'trades':>8}"
-                       f"{'hit':>7}{'exposure':>10}")
+                       f"{'hit':>7}{'turnover':>10}{'costs/gross':>13}{'exposure':>10}")
             for m in [*self.models, BUY_AND_HOLD]:
                 p = self.performance[m][h]
                 auc = self.scores[m][h]["auc"] if m in self.scores else float("nan")
+                share = f"{p['cost_share']:.0%}" if np.isfinite(p["cost_share"]) else "no gain"
                 out.append(f"  {m:<14}{auc:>7.3f}{p['total_return']:>+10.2%}{p['sharpe']:>9.2f}"
-                           f"{p['max_drawdown']:>9.2%}{p['trades']:>8,}{p['hit_rate']:>7.1%}{p['exposure']:>10.1%}")
+                           f"{p['max_drawdown']:>9.2%}{p['trades']:>8,}{p['hit_rate']:>7.1%}{p['turnover']:>10,.0f}"
+                           f"{share:>13}{p['exposure']:>10.1%}")
         if self.report_path:
             out.append(f"report: {self.report_path}")
         if self.run_id:
@@ -195,12 +198,9 @@ def run_backtest(cfg: BacktestConfig, lake_root: Path, tracking_uri: str | None 
         frame[f"confidence_{h}s"] = np.concatenate([r["confidence"][:, j] for r in results])[order]
 
     perf, scores, curves, rule_of = {m: {} for m in [*models, BUY_AND_HOLD]}, {m: {} for m in models}, {}, {}
-    s = cfg.strategy
-    for h, k in cfg.horizon_rows.items():
-        rules = Rules(threshold=s.threshold, sizing=s.sizing, max_position=s.max_position,
-                      full_size_confidence=s.full_size_confidence, shock_filter=s.shock_filter,
-                      hold=k if s.hold == "horizon" else 1, latency=cfg.latency_rows,
-                      fee_bps=cfg.costs.fee, slippage_bps=cfg.costs.slippage)
+    clock_ns = round(cfg.clock_s * NS)
+    for h in rows.horizons:
+        rules = cfg.rules(h)
         rule_of[h] = asdict(rules)
         series = {}
         for m in models:
@@ -208,14 +208,14 @@ def run_backtest(cfg: BacktestConfig, lake_root: Path, tracking_uri: str | None 
             conf = f"confidence_{h}s" if m == "ensemble" else None
             sim = simulate_frame(frame, f"{m}_{h}s", rules if conf else replace(rules, sizing="fixed"),
                                  confidence=conf, where=f"backtest of {m} at {h}s")
-            perf[m][h] = performance(sim, cfg.annual_periods)
+            perf[m][h] = performance(sim, cfg.annual_periods, clock_ns)
             scores[m][h] = classification_metrics(frame[f"up_{h}s"].to_numpy(), frame[f"{m}_{h}s"].to_numpy())
-            times, ret, exposure = sim.portfolio()
+            times, ret, exposure = sim.portfolio(clock_ns)
             series[m], series[f"{m}__exposure"] = ret, exposure
         codes = pd.factorize(frame["symbol"])[0]
         bh = buy_and_hold(frame["ts"].to_numpy(), codes, frame["price"].to_numpy(), rules, int(codes.max()) + 1)
-        perf[BUY_AND_HOLD][h] = performance(bh, cfg.annual_periods)
-        series[BUY_AND_HOLD] = bh.portfolio()[1]
+        perf[BUY_AND_HOLD][h] = performance(bh, cfg.annual_periods, clock_ns)
+        series[BUY_AND_HOLD] = bh.portfolio(clock_ns)[1]
         curves[h] = pd.DataFrame(series, index=pd.to_datetime(times, utc=True))
 
     windows = [{"window": r["window"], "symbols": r["symbols"], "rows": int(r["test"].size),
@@ -230,7 +230,7 @@ def run_backtest(cfg: BacktestConfig, lake_root: Path, tracking_uri: str | None 
         {m: _mean_dicts([r["importance"][m] for r in results]) for m in results[0]["importance"]},
         {h: reliability(frame[f"up_{h}s"].to_numpy(), frame[f"ensemble_{h}s"].to_numpy(),
                         cfg.validation.calibration_bins) for h in rows.horizons},
-        curves, rule_of, int(test.size))
+        curves, rule_of, cfg.clock_s, int(test.size))
     figures = {}
     if report_path is not None:
         report.report_path, figures = write_report(report, cfg, Path(report_path))
