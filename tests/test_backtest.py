@@ -9,7 +9,15 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 from tickray.backtest.config import BacktestConfig, load_backtest_config
-from tickray.backtest.core import Rules, Simulation, buy_and_hold, simulate, targets
+from tickray.backtest.core import (
+    THRESHOLDS,
+    Rules,
+    Simulation,
+    buy_and_hold,
+    fitted_threshold,
+    simulate,
+    targets,
+)
 from tickray.backtest.frame import BacktestInputError, align, simulate_frame
 from tickray.backtest.metrics import drawdown, longest_run, performance
 from tickray.backtest.walkforward import backtest_rows, run_backtest, shards
@@ -80,6 +88,19 @@ def test_holds_latency_and_sessions_are_durations_on_a_grid_with_holes():
     gross = 1 / 102 + 1 / 103 + 1 / 104 - 1 / 105
     assert m["periods"] == 7 and m["annual_return"] == pytest.approx((1 + m["total_return"]) ** 2 - 1)
     assert m["costs"] == pytest.approx(4e-3) and m["cost_share"] == pytest.approx(4e-3 / gross)
+
+
+def test_the_cost_aware_threshold_leaves_out_the_edges_costs_eat_by_hand():
+    """Entries at 0 s and 4 s (edge 0.25) gain about 1% each; the one at 2 s (edge 0.06, a hair more in
+    floating point) loses 0.099%. At 10 bps a side, thresholds 0.07 to 0.24 keep the two winners alone:
+    1% + 0.991% - 4 x 0.1% = 1.59% against 1.29% with the loser; from 0.25 nothing trades. The largest of
+    the best wins (trading less on a tie); at 200 bps a side no threshold beats doing nothing: 0.5."""
+    ts = np.arange(7) * S
+    price = np.array([100, 101, 101, 100.9, 100.9, 101.9, 101.9])
+    prob = np.array([0.75, 0.5, 0.56, 0.5, 0.75, 0.5, 0.5])
+    seg = np.zeros(7, int)
+    assert fitted_threshold(ts, seg, price, prob, None, Rules(hold_ns=S, fee_bps=10.0)) == 0.24
+    assert fitted_threshold(ts, seg, price, prob, None, Rules(hold_ns=S, fee_bps=200.0)) == 0.5
 
 
 def test_confidence_sizing_and_shock_filter():
@@ -216,7 +237,7 @@ def synthetic_backtest(market_lake, tmp_path_factory):
     out = tmp_path_factory.mktemp("backtest")
     cfg = BacktestConfig.model_validate({"train": FAST_TRAIN, "walk_forward": {"windows": 2},
                                          "strategy": {"threshold": 0.05, "sizing": "confidence",
-                                                      "full_size_confidence": 0.3}})
+                                                      "full_size_confidence": 0.3, "cost_aware": True}})
     uri = f"sqlite:///{out / 'mlflow.db'}"
     report = run_backtest(cfg, market_lake, uri, str(out / "artifacts"), out / "report.html")
     return cfg, report, uri
@@ -248,7 +269,13 @@ def test_walk_forward_trains_on_the_past_only(market_lake, synthetic_backtest):
 
 def test_synthetic_backtest_scores_report_and_mlflow(synthetic_backtest):
     _, report, uri = synthetic_backtest
-    assert report.models == ["xgboost", "prior", "logistic", "ensemble"]
+    assert report.models == ["xgboost", "prior", "logistic", "ensemble",
+                             "xgboost:cost", "prior:cost", "logistic:cost", "ensemble:cost"]
+    # each window's cost-aware thresholds, one per model and horizon, chosen from the candidates
+    for w in report.windows:
+        assert set(w["thresholds"]) == {"xgboost", "prior", "logistic", "ensemble"}
+        assert all(len(t) == 2 and set(t) <= set(THRESHOLDS) for t in w["thresholds"].values())
+    assert "cost-aware thresholds chosen on each window's history" in "\n".join(report.lines())
     # the synthetic market has signal at 10 s; out of sample the models find it, the prior cannot
     assert report.scores["ensemble"][10]["auc"] > 0.6
     assert report.scores["prior"][10]["auc"] == pytest.approx(0.5, abs=0.03)
@@ -283,6 +310,7 @@ def test_gross_edge_is_positive_without_costs(market_lake, synthetic_backtest):
     report = run_backtest(free, market_lake)
     assert report.performance["ensemble"][10]["total_return"] > 0
     assert report.performance["ensemble"][10]["hit_rate"] > 0.55
+    assert report.performance["ensemble:cost"][10]["trades"] > 0  # with nothing to pay, it trades
 
 
 def test_real_klines_backtest_from_the_cli(ray_cluster, shared_data, tmp_path, capsys):

@@ -29,5 +29,6 @@ def test_demo_end_to_end(ray_cluster, settings):
     assert "gaps': 0" in out
     assert "9/9 walk-forward backtest" in out and "buy_and_hold" in out
     summary = json.loads(next((settings.state_dir / "reports").glob("demo-*.json")).read_text())
-    assert set(summary["backtest"]) == {"xgboost", "prior", "logistic", "ensemble", "buy_and_hold"}
+    models = {"xgboost", "prior", "logistic", "ensemble"}
+    assert set(summary["backtest"]) == {*models, *(f"{m}:cost" for m in models), "buy_and_hold"}
     assert "data:image/png" in Path(summary["backtest_report"]).read_text()

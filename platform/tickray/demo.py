@@ -43,7 +43,8 @@ DEMO_TRAINING = {"data": {"horizons_s": [10, 60], "train_every_s": 2}, "split": 
 DEMO_BACKTEST = {"train": {**DEMO_TRAINING, "data": {"horizons_s": [10, 60], "train_every_s": 4},
                            "models": {"xgboost": {"num_boost_round": 150, "early_stopping_rounds": 20}}},
                  "walk_forward": {"windows": 3},
-                 "strategy": {"threshold": 0.05, "sizing": "confidence", "full_size_confidence": 0.3}}
+                 "strategy": {"threshold": 0.05, "sizing": "confidence", "full_size_confidence": 0.3,
+                              "cost_aware": True}}
 
 
 def _selecting(config: dict, data_dir: Path, symbols: list[str], first: date, days: int) -> dict:

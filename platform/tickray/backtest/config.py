@@ -53,6 +53,10 @@ class StrategyConfig(StrictModel):
     max_position: float = Field(1.0, gt=0)
     full_size_confidence: float = Field(0.5, gt=0, le=1)  # sizing "confidence": confidence giving max_position
     shock_filter: bool = True  # flat where the ensemble's shock detector says the market is abnormal
+    # Also a cost-aware variant of every model ("<model>:cost"): in each window, the threshold whose
+    # positions made the most net of costs over the calibration part of the window's history (never its
+    # test part); 0.5 when none beat doing nothing: it never trades.
+    cost_aware: bool = False
     # Seconds between decisions; none: the horizon (bets do not overlap). A duration, never a row count.
     hold_s: float | None = Field(None, gt=0)
     # A gap between a symbol's rows longer than this ends a session: the position is closed before it.

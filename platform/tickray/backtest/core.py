@@ -27,13 +27,15 @@ clock (:meth:`Simulation.portfolio`): the returns of each period of ``clock_ns``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from tickray.errors import ConfigError
 
 SIZING = ("fixed", "confidence")
+# the thresholds a cost-aware strategy chooses from; 0.5 never trades
+THRESHOLDS = (*(k / 100 for k in range(50)), 0.5)
 
 
 @dataclass(frozen=True)
@@ -181,3 +183,17 @@ def buy_and_hold(ts: np.ndarray, segment: np.ndarray, price: np.ndarray, rules: 
     flat_rules = Rules(max_position=rules.max_position, session_gap_ns=rules.session_gap_ns, fee_bps=rules.fee_bps,
                        slippage_bps=rules.slippage_bps)
     return simulate(ts, segment, price, np.full(price.size, rules.max_position), flat_rules, n_symbols)
+
+
+def fitted_threshold(ts: np.ndarray, segment: np.ndarray, price: np.ndarray, prob: np.ndarray,
+                     confidence: np.ndarray | None, rules: Rules) -> float:
+    """The threshold of :data:`THRESHOLDS` whose positions made the most net of costs over these rows (the
+    fitting part of a window, never its test part); a tie goes to the larger (trading less), and none
+    that beats doing nothing gives 0.5: never trade."""
+    best, best_net = 0.5, 0.0
+    for threshold in sorted(THRESHOLDS, reverse=True):
+        r = replace(rules, threshold=threshold)
+        net = float(simulate(ts, segment, price, targets(prob, confidence, r), r).net.sum())
+        if net > best_net:
+            best, best_net = threshold, net
+    return best

@@ -109,7 +109,7 @@ def figures(report, cfg) -> dict[str, plt.Figure]:
     fig, ax = plt.subplots(figsize=(8, 4))
     h = hs[0]
     labels = [f"w{w['window']}" + ("" if w["symbols"] == "all" else f" {w['symbols']}") for w in report.windows]
-    for m in report.models:
+    for m in report.scores:  # the models themselves (their cost-aware variants trade the same predictions)
         if m == "prior":
             continue
         line = ax.plot(labels, [w["train_auc"][f"{m}_{h}s"] for w in report.windows], ls="--", marker=".")
@@ -158,8 +158,10 @@ def write_report(report, cfg, path: Path) -> tuple[Path, dict[str, Path]]:
         tables.append(_table(["model", "AUC", "Brier", *METRICS], rows))
     stab = [[m, f"{s['mean_abs_change']:.4f}", f"{s['position_flips']:.2%}"] for m, s in report.stability.items()]
     h = report.horizons[0]
+    chosen = ["cost-aware thresholds"] if "thresholds" in report.windows[0] else []
     gaps = [[f"{w['window']}", w["symbols"], w["start"][:19], w["end"][:19], f"{w['rows']:,}", f"{w['fit_seconds']:.1f}",
-             *(f"{w['train_auc'][f'{m}_{h}s']:.3f} / {w['test_auc'][f'{m}_{h}s']:.3f}" for m in report.models)]
+             *(f"{w['train_auc'][f'{m}_{h}s']:.3f} / {w['test_auc'][f'{m}_{h}s']:.3f}" for m in report.scores),
+             *([", ".join(f"{m} {t[0]:g}" for m, t in w["thresholds"].items())] if chosen else [])]
             for w in report.windows]
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(report.name)} backtest</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}img{{max-width:100%}}
@@ -174,7 +176,7 @@ venue {html.escape(cfg.costs.venue)}; every model retrained on the past only in 
 <h2>Stability under perturbed inputs (noise {cfg.validation.noise_std:g} std)</h2>
 {_table(['model', 'mean |Δp|', 'positions changed'], stab)}
 <h2>Windows: AUC on trained-on rows / next window at {h}s</h2>
-{_table(['window', 'symbols', 'from', 'to', 'rows', 'fit s', *report.models], gaps)}
+{_table(['window', 'symbols', 'from', 'to', 'rows', 'fit s', *report.scores, *chosen], gaps)}
 </body></html>"""
     path.write_text(doc)
     return path, pngs

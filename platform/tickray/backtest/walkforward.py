@@ -27,7 +27,7 @@ import ray
 from mlflow.tracking import MlflowClient
 
 from tickray.backtest.config import BacktestConfig
-from tickray.backtest.core import Rules, buy_and_hold
+from tickray.backtest.core import Rules, buy_and_hold, fitted_threshold
 from tickray.backtest.frame import simulate_frame
 from tickray.backtest.metrics import performance
 from tickray.backtest.validation import importance, reliability, safe_auc, stability
@@ -50,6 +50,7 @@ from tickray.training.metrics import classification_metrics
 from tickray.training.pipeline import fit_in_process
 
 BUY_AND_HOLD = "buy_and_hold"
+COST_AWARE = ":cost"  # the suffix of a model's cost-aware variant
 
 
 def backtest_rows(cfg: BacktestConfig, lake_root: Path) -> Rows:
@@ -120,6 +121,27 @@ def _run_shard(rows: Rows, shard: Shard, cfg_json: str) -> dict:
             out["importance"][name] = imp
     ens = models["ensemble"]
     out["confidence"] = ens.confidence(rows.x, test, out["predictions"]["ensemble"])
+    if cfg.strategy.cost_aware:
+        out["thresholds"] = _fitted_thresholds(rows, cal, models, cfg)
+    return out
+
+
+def _fitted_thresholds(rows: Rows, cal: np.ndarray, models: dict, cfg: BacktestConfig) -> dict[str, list[float]]:
+    """Model → per horizon, the cost-aware threshold, chosen over every observable row of the calibration
+    span (labelled or not, as the test windows are traded) of the shard's symbols."""
+    t = rows.ts
+    span = np.flatnonzero(observable(rows) & (t >= t[cal].min()) & (t <= t[cal].max())
+                          & np.isin(rows.symbol, np.unique(rows.symbol[cal])))
+    codes = pd.factorize(rows.symbol[span])[0]
+    out = {}
+    for name, model in models.items():
+        p = model.predict(rows.x, span)
+        conf = models["ensemble"].confidence(rows.x, span, p) if name == "ensemble" else None
+        out[name] = []
+        for j, h in enumerate(rows.horizons):
+            rules = cfg.rules(h) if conf is not None else replace(cfg.rules(h), sizing="fixed")
+            out[name].append(fitted_threshold(t[span], codes, rows.price[span], p[:, j],
+                                              None if conf is None else conf[:, j], rules))
     return out
 
 
@@ -158,6 +180,11 @@ class BacktestReport:
                 out.append(f"  {m:<14}{auc:>7.3f}{p['total_return']:>+10.2%}{p['sharpe']:>9.2f}"
                            f"{p['max_drawdown']:>9.2%}{p['trades']:>8,}{p['hit_rate']:>7.1%}{p['turnover']:>10,.0f}"
                            f"{share:>13}{p['exposure']:>10.1%}")
+        if "thresholds" in self.windows[0]:
+            out.append(f"cost-aware thresholds chosen on each window's history ({', '.join(f'{h}s' for h in self.horizons)}"
+                       "; 0.5: never trade): " + "; ".join(
+                           f"{m} " + " ".join("/".join(f"{t:g}" for t in w["thresholds"][m]) for w in self.windows)
+                           for m in self.windows[0]["thresholds"]))
         if self.report_path:
             out.append(f"report: {self.report_path}")
         if self.run_id:
@@ -195,9 +222,16 @@ def run_backtest(cfg: BacktestConfig, lake_root: Path, tracking_uri: str | None 
         frame[f"up_{h}s"] = rows.y[test, j]
         for m in models:
             frame[f"{m}_{h}s"] = np.concatenate([r["predictions"][m][:, j] for r in results])[order]
+            if cfg.strategy.cost_aware:  # the window's own threshold: a signal inside it is no signal
+                chosen = np.concatenate([np.full(r["test"].size, r["thresholds"][m][j]) for r in results])[order]
+                p = frame[f"{m}_{h}s"].to_numpy()
+                frame[f"{m}{COST_AWARE}_{h}s"] = np.where(np.abs(p - 0.5) > chosen, p, 0.5)
         frame[f"confidence_{h}s"] = np.concatenate([r["confidence"][:, j] for r in results])[order]
+    scored = models
+    if cfg.strategy.cost_aware:
+        models = [*models, *(f"{m}{COST_AWARE}" for m in models)]
 
-    perf, scores, curves, rule_of = {m: {} for m in [*models, BUY_AND_HOLD]}, {m: {} for m in models}, {}, {}
+    perf, scores, curves, rule_of = {m: {} for m in [*models, BUY_AND_HOLD]}, {m: {} for m in scored}, {}, {}
     clock_ns = round(cfg.clock_s * NS)
     for h in rows.horizons:
         rules = cfg.rules(h)
@@ -205,11 +239,13 @@ def run_backtest(cfg: BacktestConfig, lake_root: Path, tracking_uri: str | None 
         series = {}
         for m in models:
             # The ensemble's confidence (shock detector included) sizes and filters its own positions only.
-            conf = f"confidence_{h}s" if m == "ensemble" else None
-            sim = simulate_frame(frame, f"{m}_{h}s", rules if conf else replace(rules, sizing="fixed"),
+            conf = f"confidence_{h}s" if m.removesuffix(COST_AWARE) == "ensemble" else None
+            ruled = rules if conf else replace(rules, sizing="fixed")
+            sim = simulate_frame(frame, f"{m}_{h}s", replace(ruled, threshold=0.0) if m.endswith(COST_AWARE) else ruled,
                                  confidence=conf, where=f"backtest of {m} at {h}s")
             perf[m][h] = performance(sim, cfg.annual_periods, clock_ns)
-            scores[m][h] = classification_metrics(frame[f"up_{h}s"].to_numpy(), frame[f"{m}_{h}s"].to_numpy())
+            if m in scores:
+                scores[m][h] = classification_metrics(frame[f"up_{h}s"].to_numpy(), frame[f"{m}_{h}s"].to_numpy())
             times, ret, exposure = sim.portfolio(clock_ns)
             series[m], series[f"{m}__exposure"] = ret, exposure
         codes = pd.factorize(frame["symbol"])[0]
@@ -222,7 +258,8 @@ def run_backtest(cfg: BacktestConfig, lake_root: Path, tracking_uri: str | None 
                 "labelled": int((~np.isnan(rows.y[r["test"]]).all(axis=1)).sum()),
                 "start": str(pd.Timestamp(int(rows.ts[r["test"]].min()), tz="UTC")),
                 "end": str(pd.Timestamp(int(rows.ts[r["test"]].max()), tz="UTC")),
-                "fit_seconds": r["fit_seconds"], "train_auc": r["train_auc"], "test_auc": r["test_auc"]}
+                "fit_seconds": r["fit_seconds"], "train_auc": r["train_auc"], "test_auc": r["test_auc"],
+                **({"thresholds": r["thresholds"]} if "thresholds" in r else {})}
                for r in results]
     report = BacktestReport(
         cfg.name, rows.horizons, models, perf, scores, windows,
