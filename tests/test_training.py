@@ -15,9 +15,11 @@ from tickray.research.rows import (
     Rows,
     check_lake,
     load_rows,
+    observable,
     purged_kfold,
     shuffle_within_blocks,
     split_windows,
+    usable,
 )
 from tickray.training.config import load_config, parse_config
 from tickray.training.pipeline import run_training
@@ -49,7 +51,7 @@ def test_config_files_and_overrides(tmp_path):
 
 
 def test_lake_problems_are_named_before_training(market_lake, tmp_path):
-    with pytest.raises(ConfigError, match=r"no label up_300s .* add the horizon"):
+    with pytest.raises(ConfigError, match=r"no forward return fwd_ret_300s .* add the horizon"):
         check_lake(parse_config({"data": {"horizons_s": [300]}}), market_lake)
     with pytest.raises(ConfigError, match="no feature partitions .* symbols \\['NOPE'\\]"):
         check_lake(parse_config({"data": {"symbols": ["NOPE"]}}), market_lake)
@@ -185,6 +187,25 @@ def test_data_is_selected_by_the_inputs_behind_it(market_lake):
     assert select("*/aggtrades/*", "*/depth/*") == [("2024-01-01", "BTCUSDT"), ("2024-01-01", "ETHUSDT")]
     with pytest.raises(ConfigError, match=r"from sources matching \['\*/aggtrades/\*'\]"):
         select("*/aggtrades/*")  # the book behind every partition came from elsewhere
+
+
+def test_a_dead_band_leaves_small_moves_out_of_fitting_not_out_of_the_backtest(market_lake):
+    """labels.dead_band_bps: a move within the band is neither up nor down. Checked against the lake's
+    forward returns read here with pyarrow: inside the band (or past the data) no label, outside it the
+    sign; a row with no label left is out of fitting, while the rows a backtest trades do not change."""
+    lake = pq.read_table(market_lake / "features", columns=["symbol", "ts", "fwd_ret_10s", "fwd_ret_60s"])
+    lake = lake.to_pandas().sort_values(["symbol", "ts"], kind="stable")
+    fwd = lake[["fwd_ret_10s", "fwd_ret_60s"]].to_numpy(float)
+    band = float(np.nanmedian(np.abs(fwd[:, 0])))  # half the 10-s moves fall inside
+    plain = load_rows(parse_config(SMALL), market_lake)
+    banded = load_rows(parse_config({**SMALL, "labels": {"dead_band_bps": band}}), market_lake)
+    assert banded.ts.tolist() == lake["ts"].astype("int64").tolist()
+    inside = np.isnan(fwd) | (np.abs(fwd) <= band)
+    assert np.array_equal(np.isnan(banded.y), inside)
+    assert np.array_equal(banded.y[~inside], (fwd[~inside] > 0).astype(np.float32))
+    assert usable(banded).sum() < usable(plain).sum()
+    assert np.array_equal(usable(banded), observable(plain) & ~inside.all(axis=1))
+    assert np.array_equal(observable(banded), observable(plain))
 
 
 @pytest.fixture(scope="module")

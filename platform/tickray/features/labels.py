@@ -14,11 +14,16 @@ HORIZONS_S = (10, 60)
 DEAD_BAND_BPS = 0.0
 
 
+def up_labels(fwd: np.ndarray, dead_band_bps: float = DEAD_BAND_BPS) -> np.ndarray:
+    """The one label rule: 1 above ``+dead_band_bps``, 0 below ``-dead_band_bps``, NaN inside the band
+    and where the forward return is unknown."""
+    fwd = np.asarray(fwd, float)
+    return np.where(fwd > dead_band_bps, 1.0, np.where(fwd < -dead_band_bps, 0.0, np.nan))
+
+
 def _from_returns(fwd: np.ndarray, suffix: str, dead_band_bps: float) -> dict[str, np.ndarray]:
-    up = np.where(fwd > dead_band_bps, 1.0, np.where(fwd < -dead_band_bps, 0.0, np.nan))
     direction = np.where(np.isnan(fwd), np.nan, np.sign(fwd) * (np.abs(fwd) > dead_band_bps))
-    up[np.isnan(fwd)] = np.nan
-    return {f"fwd_ret_{suffix}": fwd, f"up_{suffix}": up, f"dir_{suffix}": direction}
+    return {f"fwd_ret_{suffix}": fwd, f"up_{suffix}": up_labels(fwd, dead_band_bps), f"dir_{suffix}": direction}
 
 
 def forward_labels(mid: np.ndarray, horizons: tuple[int, ...] = HORIZONS_S, dead_band_bps: float = DEAD_BAND_BPS,

@@ -53,6 +53,9 @@ class SplitConfig(StrictModel):
 
 
 class LabelsConfig(StrictModel):
+    # Moves within ±this many bps of zero are neither up nor down: left out of fitting and of the scores
+    # (tickray.features.labels.up_labels), never out of a backtest's traded rows.
+    dead_band_bps: float = Field(0.0, ge=0)
     # The leakage canary: labels shuffled within time blocks of this many seconds; every model must
     # then score at chance. A block keeps its own share of up-moves, which over a short block is a
     # trend that backward-looking features can read: blocks must be long against the look-back.

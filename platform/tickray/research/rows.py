@@ -31,7 +31,7 @@ from tickray.bars.build import read_lake_bars, source_minutes, stored_bars, time
 from tickray.errors import ConfigError
 from tickray.features import FEATURE_SET_VERSION, FEATURES
 from tickray.features.indicators import BAR_FEATURE_NAMES, BAR_FEATURE_SET, BAR_LOOKBACK, bar_features
-from tickray.features.labels import forward_labels_on_grid
+from tickray.features.labels import forward_labels_on_grid, up_labels
 from tickray.features.windows import complete_windows
 from tickray.lake.schema import bars_dataset_name
 from tickray.research.config import RowsConfig
@@ -42,7 +42,7 @@ NS = 1_000_000_000
 @dataclass
 class Rows:
     x: np.ndarray  # (n, F) float32, rows sorted by (symbol, ts)
-    y: np.ndarray  # (n, H) float32: 1 up, 0 down, NaN undefined (dead band, past the data)
+    y: np.ndarray  # (n, H) float32: 1 up, 0 down, NaN undefined (labels.dead_band_bps, past the data)
     fwd: np.ndarray  # (n, H) float64: the forward log return in bps behind each label (for backtests)
     ts: np.ndarray  # (n,) int64 ns
     symbol: np.ndarray  # (n,) object
@@ -120,10 +120,10 @@ def check_lake(cfg: RowsConfig, lake_root: Path) -> dict[tuple[str, str], list[s
     if missing:
         raise ConfigError(f"data: feature(s) {', '.join(missing)} missing from {f} (feature set "
                           f"{FEATURE_SET_VERSION}): recompute features with `tickray features`")
-    labels = sorted(c for c in have if c.startswith("up_"))
+    labels = sorted(c for c in have if c.startswith("fwd_ret_"))
     for h in cfg.data.horizons_s:
-        if f"up_{h}s" not in have:
-            raise ConfigError(f"data.horizons_s: no label up_{h}s in {f} (have {', '.join(labels)}); add the "
+        if f"fwd_ret_{h}s" not in have:
+            raise ConfigError(f"data.horizons_s: no forward return fwd_ret_{h}s in {f} (have {', '.join(labels)}); add the "
                               "horizon to tickray.features.labels.HORIZONS_S and recompute features")
     return parts
 
@@ -137,10 +137,9 @@ def load_rows(cfg: RowsConfig, lake_root: Path) -> Rows:
     """Every selected row (Ray Data, a task per partition), with the canary's label shuffle applied."""
     root = Path(lake_root)
     parts = check_lake(cfg, root)
-    labels = [f"up_{h}s" for h in cfg.data.horizons_s]
     returns = [f"fwd_ret_{h}s" for h in cfg.data.horizons_s]
     features = cfg.data.selected_features()
-    cols = ["ts", "mid", *features, *labels, *returns]
+    cols = ["ts", "mid", *features, *returns]
 
     def read(batch: dict[str, np.ndarray]) -> pa.Table:
         date, sym = batch["date"][0], batch["symbol"][0]
@@ -154,8 +153,8 @@ def load_rows(cfg: RowsConfig, lake_root: Path) -> Rows:
     t = t.sort_by([("symbol", "ascending"), ("ts", "ascending")])
     ts = pc.cast(t["ts"], pa.int64()).to_numpy()
     x = np.column_stack([t[c].to_numpy(zero_copy_only=False) for c in features]).astype(np.float32)
-    y = np.column_stack([t[c].to_numpy(zero_copy_only=False) for c in labels]).astype(np.float32)
     fwd = np.column_stack([t[c].to_numpy(zero_copy_only=False) for c in returns]).astype(np.float64)
+    y = up_labels(fwd, cfg.labels.dead_band_bps).astype(np.float32)
     symbol = t["symbol"].to_numpy(zero_copy_only=False)
     if cfg.labels.shuffle_within_s:
         y = shuffle_within_blocks(y, ts, cfg.labels.shuffle_within_s * NS, cfg.seed)
@@ -211,8 +210,8 @@ def load_bar_rows(cfg: RowsConfig, lake_root: Path, timeframe: str) -> Rows:
         feats = bar_features(t["high"].to_numpy(), t["low"].to_numpy(), close)
         xs.append(np.column_stack([feats[k] for k in BAR_FEATURE_NAMES]).astype(np.float32))
         labels = forward_labels_on_grid(ts, close, tuple(d.horizons_s), step_s)
-        ys.append(np.column_stack([labels[f"up_{h}s"] for h in d.horizons_s]).astype(np.float32))
         fwds.append(np.column_stack([labels[f"fwd_ret_{h}s"] for h in d.horizons_s]))
+        ys.append(up_labels(fwds[-1], cfg.labels.dead_band_bps).astype(np.float32))
         tss.append(ts)
         syms.append(np.full(ts.size, s, object))
         prices.append(close.astype(np.float64))
