@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 from tickray.config import load_settings
 from tickray.errors import ConfigError
@@ -66,3 +68,17 @@ def test_unreadable_or_non_mapping_file(tmp_path):
     bad.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_settings(bad)
+
+
+def test_every_shipped_job_config_loads():
+    """jobs/configs/*.yaml as their jobs read them: a renamed or removed key fails here, not in a job."""
+    from tickray.backtest.config import load_backtest_config
+    from tickray.training.config import load_config
+    from tickray.training.monitor import load_monitor_config
+
+    configs = sorted((Path(__file__).parents[1] / "jobs" / "configs").glob("*.yaml"))
+    assert len(configs) >= 8
+    for path in configs:
+        loader = (load_backtest_config if path.name.startswith("backtest-")
+                  else load_monitor_config if path.name.startswith("monitor") else load_config)
+        loader(path)
