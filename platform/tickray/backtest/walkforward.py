@@ -177,8 +177,9 @@ class BacktestReport:
                 p = self.performance[m][h]
                 auc = self.scores[m][h]["auc"] if m in self.scores else float("nan")
                 share = f"{p['cost_share']:.0%}" if np.isfinite(p["cost_share"]) else "no gain"
+                hit = f"{p['hit_rate']:.1%}" if p["trades"] else "-"
                 out.append(f"  {m:<14}{auc:>7.3f}{p['total_return']:>+10.2%}{p['sharpe']:>9.2f}"
-                           f"{p['max_drawdown']:>9.2%}{p['trades']:>8,}{p['hit_rate']:>7.1%}{p['turnover']:>10,.0f}"
+                           f"{p['max_drawdown']:>9.2%}{p['trades']:>8,}{hit:>7}{p['turnover']:>10,.0f}"
                            f"{share:>13}{p['exposure']:>10.1%}")
         if "thresholds" in self.windows[0]:
             out.append(f"cost-aware thresholds chosen on each window's history ({', '.join(f'{h}s' for h in self.horizons)}"

@@ -1,7 +1,10 @@
 """A symbol's live market state: the normalised view of its book and trades that screens and models read.
 
-Trades update rolling windows in O(1) (running sums over a deque, evicted by trade time); the book side
-is read from the order book when the state is published, so a busy book costs nothing between reads.
+Trades update rolling windows in amortised O(1) (running sums over a deque, evicted by trade time; the
+sums are recomputed exactly, with ``math.fsum``, once as many trades have left as remain, and whenever a
+trade that leaves outweighs what stays, so a day of adding and subtracting never drifts from the window's
+true sums); the book side is read from the order book when the state is published, so a busy book costs
+nothing between reads.
 
 Definitions (windows end at the latest trade's time, ``w`` in {1m, 5m}):
 - ``spread = ask - bid``, ``spread_bps = spread / mid * 1e4``, ``imbalance_l1 = (bq - aq) / (bq + aq)``;
@@ -34,30 +37,43 @@ class RollingTrades:
     volume: float = 0.0
     quote: float = 0.0
     buy: float = 0.0
+    evicted: int = 0  # trades that left since the sums were last recomputed
 
     def add(self, ts: int, price: float, qty: float, buy: bool) -> None:
         self.trades.append((ts, price, qty, buy))
         self.volume += qty
         self.quote += price * qty
         self.buy += qty if buy else 0.0
+        cancelled = False
         while self.trades[0][0] <= ts - self.window_ns:
             _, p, q, b = self.trades.popleft()
             self.volume -= q
             self.quote -= p * q
             self.buy -= q if b else 0.0
+            self.evicted += 1
+            cancelled |= q > self.volume  # more left than stays: the difference kept few exact digits
+        if cancelled or self.evicted >= len(self.trades):
+            self._resum()
+
+    def _resum(self) -> None:
+        self.volume = math.fsum(t[2] for t in self.trades)
+        self.quote = math.fsum(t[1] * t[2] for t in self.trades)
+        self.buy = math.fsum(t[2] for t in self.trades if t[3])
+        self.evicted = 0
 
     @property
     def count(self) -> int:
         return len(self.trades)
 
     def sums(self) -> list[float]:
-        return [self.volume, self.quote, self.buy]
+        return [self.volume, self.quote, self.buy, self.evicted]
 
     def restore(self, trades: list, sums: list[float]) -> None:
-        """The window as checkpointed: its trades and running sums (kept, not re-added, so the figures
-        are the ones the actor had, to the last bit)."""
+        """The window as checkpointed: its trades, running sums and evictions since they were recomputed
+        (kept, not re-added, so the figures are the ones the actor had, to the last bit)."""
         self.trades = deque(tuple(t) for t in trades)
-        self.volume, self.quote, self.buy = sums
+        self.volume, self.quote, self.buy = sums[:3]
+        self.evicted = int(sums[3]) if len(sums) > 3 else 0  # a checkpoint from before the count was kept
 
 
 @dataclass
