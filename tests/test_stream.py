@@ -47,13 +47,17 @@ SPEED = 30.0
 
 @contextmanager
 def connector(exchange: ReplayExchange, settings, symbols=("BTCUSDT",), streams=STREAMS, options=None):
-    """A stream actor connected to the replay venue (started here); both stopped afterwards."""
+    """A stream actor connected to the replay venue (started here); both stopped afterwards. The market
+    is held at its first message until the actor has started, so that a busy machine's slow actor start
+    does not decide how much of a paced replay it misses."""
+    exchange.hold_after(exchange.messages[0][0] + exchange.recorder_behind_ns - 1)
     exchange.start()
     forget(redis_client(settings), list(symbols))  # a replay is a session of its own: nothing to resume
     actor = StreamIngestActor.remote(list(symbols), exchange.ws_url, exchange.rest_url, settings.redis_url,
                                      streams=streams, options=options)
     try:
         ray.get(actor.start.remote())
+        exchange.hold_after(None)
         yield actor
     finally:
         ray.get(actor.stop.remote())
@@ -623,10 +627,13 @@ def test_the_supervisor_replaces_a_lost_connector_which_resumes_from_its_checkpo
         wait_for_messages(first, 2000, timeout_s=60)
         wait_for_checkpoint(r, "BTCUSDT")
         ray.kill(first, no_restart=True)
+        time.sleep(1.0)  # the market goes on without it: what it missed must come back from REST
+        exchange.hold_after(exchange.market_now_ns())  # then waits for the replacement, however slow its start
         deadline = time.monotonic() + 60
         while (health := ray.get(sup.health.remote())["lost"])["restarts"] < 1 or health["status"] != "ok":
             assert time.monotonic() < deadline, health
             time.sleep(0.2)
+        exchange.hold_after(None)
         stats = _settle(ray.get_actor("tickray-stream-lost", namespace="tickray"), exchange)
         final = ray.get(sup.stop_connector.remote("lost"))
     finally:
