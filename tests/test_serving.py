@@ -524,11 +524,11 @@ def test_ensemble_weights_follow_the_realised_accuracy_of_live_predictions(api, 
             if r.status_code == 200:
                 pred = r.json()["predictions"][0]
                 if "features" not in pred.get("degraded", {}):
-                    # past the warm-up the market moves on to 3 s past each new row answered (or a second
-                    # more when none comes for 3 answers): most rows are asked about, however slow the answers
+                    # past the warm-up the market moves on a second per new row answered (or when none
+                    # comes for 10 answers): every row is asked about, however slow the machine's answers
                     unmoved = 0 if pred["ts_ns"] not in predicted else unmoved + 1
-                    held = max(held, pred["ts_ns"] + 3 * NS) + (NS if unmoved >= 3 else 0)
-                    unmoved %= 3
+                    held = max(held, pred["ts_ns"] + 2 * NS) + (NS if unmoved >= 10 else 0)
+                    unmoved %= 10
                     exchange.hold_after(held)
                 predicted[pred["ts_ns"]] = {"xgboost", "lstm", "transformer"} - set(pred.get("degraded", {}))
                 combined_by.append([h["combined_by"] for h in pred["horizons"].values()])
