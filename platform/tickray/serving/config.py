@@ -92,7 +92,8 @@ class ServeConfig(StrictModel):
     family_timeout_s: float = Field(2.0, gt=0)
     # None: the stacked meta-learner combines the families; set: weights that follow realised accuracy.
     realised_weights: RealisedWeights | None = None
-    # Features older than this are stale: "reject" answers 503, "flag" answers with confidence 0.
+    # Features older than this are stale: "reject" answers 503, "flag" answers with confidence 0; the same
+    # for a row whose book the stream was rebuilding (book_synced false: degraded "book").
     stale_after_s: float = Field(10.0, gt=0)
     stale_policy: Literal["reject", "flag"] = "flag"
     # How often replicas look for a moved alias in the registry.

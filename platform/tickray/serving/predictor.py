@@ -27,6 +27,14 @@ NS = 1_000_000_000
 FAILED = "failed:"  # how a family that could not answer is reported (never remembered as an answer)
 UNDEFINED = "features"  # the key under `degraded` naming the features a row lacked (the others are families)
 RECENT_PREDICTIONS = 4096  # live predictions kept per gateway replica, keyed by version and published row
+BOOK_UNSYNCED = "book_unsynced"  # the reason under `degraded["book"]` for a row built on a book being rebuilt
+UNSYNCED_WHY = "the stream's order book is being rebuilt after a gap; the row carries the book from before it"
+
+
+def book_synced(r: Reading) -> bool:
+    """Whether the row's book was the venue's when the stream published it (rows from before the stream
+    said so count as synced)."""
+    return r.latest.get("book_synced", True) is not False
 
 
 def _names(loaded: registry.LoadedModel, which: np.ndarray) -> str:
@@ -100,7 +108,7 @@ class Predictor:
             nan = np.full((inputs.targets.size, len(loaded.horizons)), np.nan)
             probs = np.stack([base.get(f, nan) for f in tracker.families], axis=1)  # (targets, families, H)
             for r, pr in zip(live, probs):
-                if isinstance(r.latest.get("mid"), float):
+                if isinstance(r.latest.get("mid"), float) and book_synced(r):  # scored only on a true book
                     tracker.record(r.symbol, r.ts_ns, r.latest["mid"], pr)
         out = []
         for i in range(inputs.targets.size):
@@ -173,17 +181,24 @@ class Predictor:
         t0 = time.perf_counter()
         readings = await self._read(loaded, symbols)
         stale = {s: r.age_s for s, r in readings.items() if r.age_s > self.cfg.stale_after_s}
-        if stale and self.cfg.stale_policy == "reject":
-            raise ApiError(503, "stale features: " + ", ".join(
-                f"{s} {a:.1f}s old" for s, a in stale.items()) + f" (limit {self.cfg.stale_after_s:g}s); "
-                "is its stream actor running?")
+        unsynced = [s for s, r in readings.items() if not book_synced(r)]
+        if (stale or unsynced) and self.cfg.stale_policy == "reject":
+            said = []
+            if stale:
+                said.append("stale features: " + ", ".join(f"{s} {a:.1f}s old" for s, a in stale.items())
+                            + f" (limit {self.cfg.stale_after_s:g}s); is its stream actor running?")
+            if unsynced:
+                said.append(f"{BOOK_UNSYNCED}: {', '.join(unsynced)}: {UNSYNCED_WHY}")
+            raise ApiError(503, "; ".join(said))
         parts = [readings[s] for s in symbols]
         preds = await self._live_predictions(loaded, alias, parts)
         for r, pred in zip(parts, preds):
             pred.update(symbol=r.symbol, ts_ns=r.ts_ns, feature_age_s=round(r.age_s, 3), stale=r.symbol in stale)
             if announced_at:
                 pred.update(published_at=r.latest["published_at"], tick_received_at=r.latest.get("tick_received_at"))
-            if r.symbol in stale:
+            if r.symbol in unsynced:
+                pred["degraded"] = {**pred.get("degraded", {}), "book": f"{BOOK_UNSYNCED}: {UNSYNCED_WHY}"}
+            if r.symbol in stale or r.symbol in unsynced:
                 for h in pred["horizons"].values():
                     h["confidence"] = 0.0
         self._answered(loaded, t0)

@@ -85,6 +85,7 @@ class ReplayExchange:
     faults: Faults = field(default_factory=Faults)
     drop: set[int] = field(default_factory=set)
     inject: list[tuple[int, str, str]] = field(default_factory=list)
+    depth_unavailable: bool = False  # while set, REST depth answers 503, as the venue does when overloaded
     messages: list[tuple[int, str, bytes]] = field(default_factory=list, init=False)
     snapshots: dict[str, tuple[int, dict]] = field(default_factory=dict, init=False)  # recorded: (recv_ns, body)
     books: dict[str, BookSync] = field(default_factory=dict, init=False)
@@ -149,6 +150,9 @@ class ReplayExchange:
         symbol = q.get("symbol", "").upper()
         try:
             if rest.group(1) == "depth":
+                if self.depth_unavailable:
+                    return self._json(connection, 503, {"code": -1008, "msg": "Server is currently overloaded "
+                                                        "with other requests. Please try again in a few minutes."})
                 if symbol not in self.snapshots:
                     return self._json(connection, 400, {"code": -1121, "msg": "Invalid symbol."})
                 return self._json(connection, 200, self._snapshot(symbol))

@@ -28,6 +28,7 @@ class FeatureUpdate:
     mid: float
     grid_row: bytes  # the grid row itself (OnlineFeatures.last_row): kept so a restarted actor resumes
     grid_trade_id: int  # the newest trade in this row or an earlier one (-1: none yet)
+    book_synced: bool  # the row's book is the venue's: synced from a snapshot, every diff since applied
 
 
 @dataclass
@@ -48,6 +49,7 @@ class SymbolPipeline:
     _in_grid: deque = field(default_factory=deque)  # (ts_ns, id) of trades in seconds the grid has not closed
     _closed_trade_id: int = -1  # the newest trade in a closed grid row
     _marks: dict[str, int] = field(default_factory=dict)  # event → the last E (or bookTicker u) taken
+    _synced_from_ns: int | None = None  # when the book was last installed from a snapshot
 
     def __post_init__(self) -> None:
         self.sync = BookSync(self.symbol, spot=self.spot, on_change=self._book_changed, check=TopOfBookCheck())
@@ -61,6 +63,7 @@ class SymbolPipeline:
         self._closed.extend(self.grid.on_book(ts_ms * 1_000_000, levels))
 
     def on_snapshot(self, snap: dict) -> list[FeatureUpdate]:
+        self._synced_from_ns = self.sync.snapshot_time_ms(snap) * 1_000_000  # before the rows it closes
         self.sync.on_rest_snapshot(snap)
         return self._emit()
 
@@ -136,6 +139,12 @@ class SymbolPipeline:
         """The first trade id a restarted actor fetches again: the grid may be behind the checkpoint."""
         return min(self.last_trade_id, self.grid_trade_id) + 1
 
+    def _row_book_synced(self, ts_ns: int) -> bool:
+        """Whether a row closed now holds the venue's book: the book is synced and the row ends after the
+        snapshot it was synced from (the seconds before it carried a book from before the gap)."""
+        return (self.sync.synced and self._synced_from_ns is not None
+                and ts_ns + 1_000_000_000 > self._synced_from_ns)
+
     def _emit(self) -> list[FeatureUpdate]:
         out = []
         for row in self._closed:
@@ -144,6 +153,6 @@ class SymbolPipeline:
             while self._in_grid and self._in_grid[0][0] < end:
                 self._closed_trade_id = self._in_grid.popleft()[1]
             out.append(FeatureUpdate(self.symbol, row["ts"], feats, (row["bid_px_1"] + row["ask_px_1"]) / 2,
-                                     self.online.last_row(), self._closed_trade_id))
+                                     self.online.last_row(), self._closed_trade_id, self._row_book_synced(row["ts"])))
         self._closed = []
         return out

@@ -111,6 +111,7 @@ class Publisher:
         tick_at = time.time() - (time.perf_counter_ns() - t0) / 1e9
         for up in updates:
             body = orjson.dumps({"symbol": sym, "ts_ns": up.ts_ns, "mid": up.mid, "features": up.features,
+                                 "book_synced": up.book_synced,
                                  "feature_set_version": FEATURE_SET_VERSION, "tick_received_at": tick_at,
                                  "published_at": time.time()})
             if up is updates[-1]:
