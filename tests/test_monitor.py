@@ -23,7 +23,7 @@ from tickray.stream.keys import FEATURES_KEY
 from tickray.training import registry
 from tickray.training.config import parse_config
 from tickray.training.models import fit_logistic
-from tickray.training.monitor import Monitor, MonitorConfig, psi
+from tickray.training.monitor import CheckResult, Monitor, MonitorConfig, psi
 
 FEATURES = ["ret_1s", "ret_5s", "imb_l1", "ofi_5s", "spread_ticks"]
 
@@ -58,16 +58,57 @@ def champion(market_lake, tmp_path_factory):
     return settings, rows
 
 
-def _shifted_lake(src, dst, feature: str, last_s: int):
-    """A copy of the lake whose ``feature`` is moved by 3 standard deviations in its last ``last_s``
-    seconds: the market changed under the model."""
+def _edited_lake(src, dst, last_s: int, **edits):
+    """A copy of the lake whose columns named in ``edits`` are changed (column → new values) in its last
+    ``last_s`` seconds: the market changed under the model."""
     shutil.copytree(src, dst)
     for part in (dst / "features").glob("date=*/symbol=*/*.parquet"):
         t = pq.read_table(part)
         ts = pc.cast(t["ts"], pa.int64()).to_numpy()
-        col = t[feature].to_numpy(zero_copy_only=False).astype(float)
-        col[ts >= ts.max() - last_s * NS] += 3 * np.nanstd(col)
-        pq.write_table(t.set_column(t.schema.get_field_index(feature), feature, pa.array(col)), part)
+        for name, edit in edits.items():
+            col = t[name].to_numpy(zero_copy_only=False).astype(float)
+            late = ts >= ts.max() - last_s * NS
+            col[late] = edit(col[late], col)
+            t = t.set_column(t.schema.get_field_index(name), name, pa.array(col))
+        pq.write_table(t, part)
+
+
+def _shifted_lake(src, dst, feature: str, last_s: int):
+    """``feature`` moved by 3 standard deviations in the last ``last_s`` seconds."""
+    _edited_lake(src, dst, last_s, **{feature: lambda late, col: late + 3 * np.nanstd(col)})
+
+
+def _rules(settings, lake=None, **cfg) -> tuple[list[str], CheckResult]:
+    cfg = MonitorConfig(model="mon-ensemble", retrain={"enabled": False}, **cfg)
+    result = Monitor(cfg, settings if lake is None else settings.model_copy(update={"lake_root": lake})).check()
+    return [a.rule for a in result.alerts], result
+
+
+def test_outcomes_turned_against_the_model_fire_accuracy_decay_alone(champion, market_lake, tmp_path, ray_cluster):
+    """The last hour's 10-s moves reversed: the features (and so the predictions) are as before, the model
+    is now wrong. Unchanged, the same check fires nothing (test_unchanged_market_raises_no_alert)."""
+    _edited_lake(market_lake, tmp_path / "lake", 3600, fwd_ret_10s=lambda late, _: -late)
+    rules, result = _rules(champion[0], tmp_path / "lake")
+    assert rules == ["accuracy_decay"] and result.realised_auc < 0.45, result.lines()
+
+
+def test_inputs_moved_under_the_model_fire_prediction_shift_above_its_threshold(champion, market_lake, tmp_path,
+                                                                                 ray_cluster):
+    """Every feature moved by 3 standard deviations in the last hour: the answers move with them; a
+    threshold above the PSI they reach keeps the same check quiet on that rule."""
+    _edited_lake(market_lake, tmp_path / "lake", 3600,
+                 **{f: (lambda late, col: late + 3 * np.nanstd(col)) for f in FEATURES})
+    rules, result = _rules(champion[0], tmp_path / "lake")
+    assert "prediction_shift" in rules and result.prediction_psi > 0.25, result.lines()
+    quiet, _ = _rules(champion[0], tmp_path / "lake", prediction_psi=result.prediction_psi + 0.01)
+    assert "prediction_shift" not in quiet and "feature_drift" in quiet
+
+
+def test_the_schedule_fires_once_its_time_since_the_last_retraining_has_passed(champion, ray_cluster):
+    monitor = Monitor(MonitorConfig(model="mon-ensemble", schedule_s=3600, retrain={"enabled": False}), champion[0])
+    assert monitor.check().alerts == []
+    monitor.started -= 3600  # an hour on, with no retraining since
+    assert [a.rule for a in monitor.check().alerts] == ["schedule"]
 
 
 def test_unchanged_market_raises_no_alert(champion, ray_cluster):

@@ -21,6 +21,7 @@ from tickray.research.rows import (
     split_windows,
     usable,
 )
+from tickray.training import registry
 from tickray.training.config import load_config, parse_config
 from tickray.training.pipeline import run_training
 
@@ -268,6 +269,40 @@ def test_promotion_needs_a_win_on_the_same_window(trained, market_lake, mlflow_s
                if r.info.run_name == "xgboost")
     assert {"promotion_auc_challenger", "promotion_auc_champion"} <= run.data.metrics.keys()
     assert run.data.tags["promotion"].startswith("tickray-xgboost: v1 stays champion, v2 is challenger (auc ")
+
+
+# (metric, champion's score, challenger's score, margin, promoted?): a better, equal and worse challenger
+# at several margins, on a metric where higher is better and on one where lower is.
+PROMOTIONS = [
+    ("auc", 0.60, 0.62, 0.0, True), ("auc", 0.60, 0.62, 0.01, True), ("auc", 0.60, 0.62, 0.02, True),
+    ("auc", 0.60, 0.62, 0.05, False), ("auc", 0.60, 0.60, 0.0, False), ("auc", 0.60, 0.60, 0.01, False),
+    ("auc", 0.60, 0.58, 0.0, False), ("auc", 0.60, 0.58, 0.05, False),
+    ("logloss", 0.69, 0.67, 0.0, True), ("logloss", 0.69, 0.67, 0.02, True), ("logloss", 0.69, 0.67, 0.05, False),
+    ("logloss", 0.69, 0.69, 0.0, False), ("logloss", 0.69, 0.71, 0.0, False), ("logloss", 0.69, 0.71, 0.01, False),
+]
+
+
+def test_a_challenger_is_promoted_only_when_it_wins_by_the_margin(tmp_path):
+    """The registry's aliases after each decision, on a real MLflow registry: champion moves to the
+    challenger only on a strict win of at least the margin (the gain equal to the margin included)."""
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for k, (metric, champion_score, challenger_score, margin, promoted) in enumerate(PROMOTIONS):
+        name = f"promotion-{k}"
+        client.create_registered_model(name)
+        for _ in range(2):
+            client.create_model_version(name, source=str(tmp_path / name))
+        client.set_registered_model_alias(name, registry.CHAMPION, "1")
+        client.set_registered_model_alias(name, registry.CHALLENGER, "2")
+        decision = registry.decide(client, name, "2", metric, margin, challenger_score, champion_score, "1")
+        case = (metric, champion_score, challenger_score, margin)
+        assert decision.promoted is promoted, case
+        aliases = {a: str(v) for a, v in client.get_registered_model(name).aliases.items()}
+        assert aliases == ({registry.CHAMPION: "2"} if promoted else
+                           {registry.CHAMPION: "1", registry.CHALLENGER: "2"}), (case, aliases)
+        assert decision.line() == (f"{name}: v2 promoted to champion" if promoted else
+                                   f"{name}: v1 stays champion, v2 is challenger") + f" ({decision.reason})"
+    first = registry.decide(client, "promotion-0", "2", "auc", 0.5, 0.1, None, None)  # no champion yet
+    assert first.promoted and first.reason == "no champion yet"
 
 
 @pytest.mark.slow

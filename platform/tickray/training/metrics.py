@@ -30,7 +30,7 @@ def classification_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
 
 
 def better(metric: str, challenger: float, champion: float, margin: float) -> bool:
-    """Whether the challenger beats the champion by at least ``margin`` on ``metric``."""
-    if metric in HIGHER_IS_BETTER:
-        return challenger >= champion + margin
-    return challenger <= champion - margin
+    """Whether the challenger beats the champion on ``metric``: strictly (a tie keeps the champion), and
+    by at least ``margin`` (a gain equal to the margin, up to float rounding, is enough)."""
+    gain = challenger - champion if metric in HIGHER_IS_BETTER else champion - challenger
+    return gain > 0 and gain >= margin - 1e-12
