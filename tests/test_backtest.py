@@ -173,6 +173,33 @@ def test_performance_metrics_by_hand():
     assert m["mean_abs_position"] == pytest.approx(5 / 6)
 
 
+def test_metrics_on_a_clock_over_rows_with_irregular_gaps_by_hand():
+    """Rows at 0, 10, 50, 70, 130, 400, 410 and 1000 s, measured per minute: the minutes with rows are
+    0 (three rows), 1, 2, 6 (two rows) and 16; each minute's return is its rows' compounded, and a year
+    is 525,600 minutes whatever the holes."""
+    ts = np.array([0, 10, 50, 70, 130, 400, 410, 1000]) * 1_000_000_000
+    r = np.array([0.01, -0.02, 0.005, 0.03, -0.01, 0.002, -0.004, 0.02])
+    pos = np.array([1, 1, -1, -1, 0, 1, 1, 0.0])
+    sim = Simulation(ts, np.zeros(ts.size, int), pos, r, r, np.zeros(ts.size), 1)
+    starts, per_minute, _ = sim.portfolio(60 * 1_000_000_000)
+    assert (starts // 1_000_000_000).tolist() == [0, 60, 120, 360, 960]
+    minute = np.array([1.01 * 0.98 * 1.005 - 1, 0.03, -0.01, 1.002 * 0.996 - 1, 0.02])
+    assert per_minute == pytest.approx(minute)
+    year = 365 * 1440
+    m = performance(sim, periods_per_year=year, clock_ns=60 * 1_000_000_000)
+    total = float(np.prod(1 + minute) - 1)
+    assert m["periods"] == 5 and m["total_return"] == pytest.approx(total)
+    assert m["annual_return"] == math.inf  # 5 minutes up 3.3%, compounded over a year: no float holds it
+    assert m["sharpe"] == pytest.approx(minute.mean() / minute.std(ddof=1) * math.sqrt(year))
+    assert m["annual_volatility"] == pytest.approx(minute.std(ddof=1) * math.sqrt(year))
+    losing = [minute[0], minute[2], minute[3]]  # minutes 0, 2 and 6 lost
+    assert m["sortino"] == pytest.approx(minute.mean() / math.sqrt(sum(x * x for x in losing) / 5) * math.sqrt(year))
+    # |Δposition| 1 + 2 + 1 + 1 + 1 = 6 over 5 minutes of a 525,600-minute year
+    assert m["turnover"] == pytest.approx(6 / (5 / year))
+    # trades: long 0-1, short 2-3, exit at 4; long 5-6, exit at 7
+    assert m["trades"] == 3 and m["exposure"] == pytest.approx(6 / 8)
+
+
 def test_no_losing_period_has_no_sortino_or_calmar():
     n = 4
     r = np.full(n, 0.01)

@@ -54,7 +54,9 @@ def performance(sim: Simulation, periods_per_year: float, clock_ns: int | None =
     if n == 0:
         raise ValueError("performance: no periods to measure")
     total = float(np.prod(1 + r) - 1)
-    annual = float((1 + total) ** (periods_per_year / n) - 1) if total > -1 else -1.0
+    # compounded in logs: a short, lucky span raised to a year's periods overflows a float (said as inf)
+    growth = math.log1p(total) * periods_per_year / n if total > -1 else -math.inf
+    annual = math.expm1(growth) if growth < 700 else math.inf
     sd = float(np.std(r, ddof=1)) if n > 1 else 0.0
     downside = math.sqrt(float(np.mean(np.minimum(r, 0) ** 2)))
     _, dd = drawdown(r)
