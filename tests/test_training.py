@@ -314,10 +314,11 @@ def test_leakage_canary_noise_labels_score_at_chance(market_lake, mlflow_store):
     uri, artifacts, storage = mlflow_store
     cfg = parse_config({**SMALL, "name": "canary", "registry": {"prefix": "canary"},
                         "labels": {"shuffle_within_s": 3600},
-                        "models": {"xgboost": {"num_boost_round": 100}, "lstm": SMALL["models"]["lstm"]}})
+                        "models": {"xgboost": {"num_boost_round": 100}, "lstm": SMALL["models"]["lstm"],
+                                   "transformer": SMALL["models"]["transformer"]}})
     report = run_training(cfg, market_lake, uri, artifacts, storage)
     print("\n".join(report.lines()))
-    for model in ("xgboost", "lstm", "logistic", "ensemble"):
+    for model in ("xgboost", "lstm", "transformer", "logistic", "ensemble"):
         for h in (10, 60):
             assert 0.47 <= report.auc(model, h) <= 0.53, (model, h, report.lines())
 
