@@ -552,6 +552,7 @@ def test_a_book_being_rebuilt_answers_degraded_until_it_is_synced_again(api, cap
     assert sum(1 for a, b in itertools.pairwise(between) if a != b) == 2, between
 
 
+@pytest.mark.slow
 def test_ensemble_weights_follow_the_realised_accuracy_of_live_predictions(api, capture, live, mlflow_store):
     """With realised_weights, each live prediction the replica computed is scored once its horizons have
     passed, against the mids the stream actor published: the record /v1/models shows counts exactly the
