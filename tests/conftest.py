@@ -173,3 +173,30 @@ def _no_tickray_env(monkeypatch):
         monkeypatch.delenv(var)
 
 
+
+
+def start_synced(exchange, new_actor, symbols: list[str], streams: tuple[str, ...]):
+    """Start the replay venue and the stream actor ``new_actor()`` creates on it; return the actor, started.
+    The market is held at its first message until the actor has started, then just past the recorded
+    snapshots until the actor's books are synced on them, so that a busy machine's slow start does not
+    decide how much of a paced replay it misses. The market is left held there: the caller lets it go
+    (``exchange.hold_after(None)``) or moves the hold."""
+    import ray
+
+    exchange.hold_after(exchange.messages[0][0] + exchange.recorder_behind_ns - 1)
+    exchange.start()
+    actor = new_actor()
+    try:
+        ray.get(actor.start.remote())
+        books = [s for s in symbols if s in exchange.snapshots] if any("depth" in s for s in streams) else []
+        if books:
+            exchange.hold_after(max(exchange.snapshots[s][0] for s in books) + exchange.recorder_behind_ns)
+            deadline = time.monotonic() + 60
+            while not all(ray.get(actor.book.remote(s, 1))["synced"] for s in books):
+                assert time.monotonic() < deadline, f"the books of {books} were not synced"
+                time.sleep(0.2)
+    except BaseException:
+        ray.kill(actor)
+        exchange.stop()
+        raise
+    return actor

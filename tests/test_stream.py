@@ -17,7 +17,7 @@ import pyarrow as pa
 import pytest
 import ray
 import redis
-from conftest import free_port
+from conftest import free_port, start_synced
 from tickray.bars.build import bars_from_trades
 from tickray.cli import main
 from tickray.features import FEATURE_NAMES, FEATURES, compute_features, grid_from_events
@@ -47,24 +47,13 @@ SPEED = 30.0
 
 @contextmanager
 def connector(exchange: ReplayExchange, settings, symbols=("BTCUSDT",), streams=STREAMS, options=None):
-    """A stream actor connected to the replay venue (started here); both stopped afterwards. The market
-    is held at its first message until the actor has started, then just past the recorded snapshots until
-    the actor has synced its books onto them, so that a busy machine's slow start does not decide how much
-    of a paced replay it misses."""
-    exchange.hold_after(exchange.messages[0][0] + exchange.recorder_behind_ns - 1)
-    exchange.start()
+    """A stream actor connected to the replay venue, started once its books are synced on the recorded
+    snapshots (``start_synced``), the market then let go; both stopped afterwards."""
     forget(redis_client(settings), list(symbols))  # a replay is a session of its own: nothing to resume
-    actor = StreamIngestActor.remote(list(symbols), exchange.ws_url, exchange.rest_url, settings.redis_url,
-                                     streams=streams, options=options)
+    actor = start_synced(exchange, lambda: StreamIngestActor.remote(
+        list(symbols), exchange.ws_url, exchange.rest_url, settings.redis_url, streams=streams, options=options),
+        list(symbols), streams)
     try:
-        ray.get(actor.start.remote())
-        books = [s for s in symbols if s in exchange.snapshots] if any("depth" in s for s in streams) else []
-        if books:
-            exchange.hold_after(max(exchange.snapshots[s][0] for s in books) + exchange.recorder_behind_ns)
-            deadline = time.monotonic() + 60
-            while not all(ray.get(actor.book.remote(s, 1))["synced"] for s in books):
-                assert time.monotonic() < deadline, f"the books of {books} were not synced"
-                time.sleep(0.2)
         exchange.hold_after(None)
         yield actor
     finally:
