@@ -1,16 +1,18 @@
 """Ray Data ingest into the lake: validation with quarantine, idempotence, unreadable inputs."""
 
+import itertools
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import ray
 from tickray import lake
 from tickray.errors import DataFormatError
 from tickray.features.job import build_features
 from tickray.ingest.job import ingest
 from tickray.sources.binance import byte_range_shards
-from tickray.sources.lake_parquet import row_group_shards
+from tickray.sources.parquet_rows import row_shards
 
 
 def test_ingest_then_features(ray_cluster, market, tmp_path):
@@ -159,7 +161,7 @@ def test_lake_parquet_round_trips_and_a_foreign_parquet_is_refused(ray_cluster, 
     assert [(f.input, f.reason.split(": its columns")[0]) for f in refused.failed] == [(str(foreign), str(foreign))]
 
 
-def test_a_large_parquet_file_is_read_by_several_tasks_one_run_of_row_groups_each(ray_cluster, market, tmp_path):
+def test_a_large_parquet_file_is_read_by_several_tasks_a_range_of_rows_each(ray_cluster, market, tmp_path):
     out, _ = market
     trades = lake.read_partition(ingest_once(out, tmp_path / "a"), "trades", "2024-01-01", "BTCUSDT")
     big = tmp_path / "in" / "symbol=BTCUSDT" / "big.parquet"
@@ -170,7 +172,14 @@ def test_a_large_parquet_file_is_read_by_several_tasks_one_run_of_row_groups_eac
     rep = ingest([big], tmp_path / "b", shard_bytes=shard)  # about 3 row groups per task
     assert rep.rows == {"trades": trades.num_rows} and rep.files == {"trades": 1}
     parts = list((tmp_path / "b" / "trades" / "date=2024-01-01" / "symbol=BTCUSDT").glob("*.parquet"))
-    assert len(parts) == len(row_group_shards(big, shard)) >= groups // 4  # one file per shard
+    cpus = int(ray.cluster_resources()["CPU"])
+    shards = row_shards(big, shard, cpus)
+    assert len(parts) == len(shards) >= groups // 4 and len(shards) % min(cpus, len(shards)) == 0  # a file per shard
+    # even ranges that cut row groups, covering every row once
+    assert shards[0][0] == 0 and shards[-1][1] == trades.num_rows
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(shards))
+    assert max(b - a for a, b in shards) - min(b - a for a, b in shards) <= 1
+    assert any(a % 2_000 for a, _ in shards)
     assert lake.read_partition(tmp_path / "b", "trades", "2024-01-01", "BTCUSDT").equals(trades)
 
 

@@ -30,11 +30,11 @@ from tickray.errors import DataFormatError, failure_line
 from tickray.lake import validate
 from tickray.lake.schema import TS, bar_minutes
 from tickray.ops.runtime import one_stage_execution
-from tickray.sources import binance, databento, formats, generic, lake_parquet, ohlcv
+from tickray.sources import binance, databento, formats, generic, lake_parquet, ohlcv, parquet_rows
 from tickray.sources.formats import Rows
 
-# Inputs above this are read by several tasks: a Parquet file one run of row groups each, a plain CSV of
-# trades one byte range (of whole lines) each. The checks that span rows (time order, duplicate ids)
+# Inputs above this are read by several tasks: a Parquet file a range of rows each, a plain CSV of trades
+# one byte range (of whole lines) each. The checks that span rows (time order, duplicate ids)
 # then hold within each shard. Small enough that a file of a few hundred MB keeps 2 CPUs busy.
 SHARD_BYTES = 64 * 2**20
 # lake dataset → its row validator (bars of every length: `validator`)
@@ -99,7 +99,7 @@ class Input:
     paths: tuple[str, ...]
     datasets: tuple[str, ...]
     schema: str = ""  # the .tickschema.yaml mapping a generic file
-    shard: tuple[int, int] | None = None  # [start, stop) row groups of a Parquet file, bytes of a CSV
+    shard: tuple[int, int] | None = None  # [start, stop) rows of a Parquet file, bytes of a CSV
 
     @property
     def name(self) -> str:
@@ -132,12 +132,13 @@ def _tick_schemas(files: list[Path], skipped: list[str], failed: list[Failure]
     return mapped
 
 
-def discover(inputs: list[Path], levels: int = 10, shard_bytes: int = SHARD_BYTES
+def discover(inputs: list[Path], levels: int = 10, shard_bytes: int = SHARD_BYTES, cpus: int = 1
              ) -> tuple[list[Input], list[str], list[Failure]]:
     """Every recognised input under ``inputs`` (files or folders), the files not ingested, each with the
     reason (reported, never silently passed over), and the files that failed already here (a tick schema
     or a Parquet file that cannot be read). A Parquet file or a plain trades CSV larger than
-    ``shard_bytes`` is split into several inputs (SHARD_BYTES)."""
+    ``shard_bytes`` is split into several inputs (SHARD_BYTES; a Parquet file's into a multiple of the
+    ``cpus`` that will read them)."""
     found: list[Input] = []
     skipped: list[str] = []
     failed: list[Failure] = []
@@ -175,7 +176,7 @@ def discover(inputs: list[Path], levels: int = 10, shard_bytes: int = SHARD_BYTE
                         raise
                     kind, dataset = "ohlcv", None  # its bars' length is told when it is read
                 found += [Input(kind, (str(f),), (dataset,) if dataset else (), shard=shard)
-                          for shard in lake_parquet.row_group_shards(f, shard_bytes)]
+                          for shard in parquet_rows.row_shards(f, shard_bytes, cpus)]
             except Exception as e:  # noqa: BLE001
                 failed.append(Failure(str(f), failure_line(e), traceback.format_exc()))
         elif fmt.kind == "ohlcv" and not ohlcv.looks_like_candles(f):
@@ -205,7 +206,7 @@ def read_input(item: Input, levels: int = 10, notes: list[str] | None = None) ->
         return {dataset: (t, []) for dataset, t in tables.items()}
     if item.kind == "lake_parquet":
         (dataset,) = item.datasets
-        return {dataset: (lake_parquet.read_lake_parquet(path, dataset, levels, item.shard), [])}
+        return {dataset: (lake_parquet.read_lake_parquet(path, dataset, levels, rows=item.shard), [])}
     fmt = formats.BY_KIND.get(item.kind)
     if fmt is None or fmt.read is None:
         raise DataFormatError(f"{path}: unknown file kind {item.kind!r}")
@@ -234,7 +235,6 @@ def _ingest_one(item: Input, levels: int, stage: Path, name: str, notes: list[st
         if dropped:
             t = pa.concat_tables([t, _dropped_rows(dropped, t.schema)])
             reason = pa.concat_arrays([reason, pa.array([d[2] for d in dropped], pa.string())])
-        t = t.append_column("date", lake.date_column(t["ts"]))
         good = pc.is_null(reason)
         all_good = reason.null_count == len(reason)
         written = lake.write_partitions(t if all_good else t.filter(good), stage / dataset, name, sources)
@@ -317,7 +317,8 @@ def ingest(inputs: list[Path], lake_root: Path, levels: int = 10, shard_bytes: i
     """Ingest every recognised file under ``inputs`` into the lake at ``lake_root``."""
     t0 = time.perf_counter()
     lake_root = Path(lake_root)
-    found, skipped, failed = discover(inputs, levels, shard_bytes)
+    cpus = int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else 1
+    found, skipped, failed = discover(inputs, levels, shard_bytes, cpus)
     report = IngestReport(skipped=skipped, failed=failed)
     if not found:
         _write_failure_log(report, lake_root)

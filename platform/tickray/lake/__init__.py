@@ -55,37 +55,42 @@ def day_partition(day: int) -> str:
 
 def write_partitions(t: pa.Table, dataset_dir: Path, name: str,
                      sources: list[str] | None = None) -> list[tuple[str, str, int]]:
-    """Write rows into ``date=/symbol=`` folders (one file per partition, sorted by time), each file
-    naming ``sources`` in its footer; return (date, symbol, rows) per partition."""
+    """Write rows into ``date=/symbol=`` folders (one file per partition, sorted by time, file order kept
+    among equal times), each file naming ``sources`` in its footer; return (date, symbol, rows) per
+    partition. The date is the UTC day of ``ts`` unless the table has a ``date`` column (``date_column``)."""
     out = []
+    if "date" not in t.column_names:  # a date32 key: its string is made once per partition, not per row
+        t = t.append_column("date", pc.cast(t["ts"], pa.date32()))
     for key in ("date", "symbol"):  # a row without a time or symbol (quarantined) still has a home
-        t = t.set_column(t.schema.get_field_index(key), key, pc.fill_null(t[key], UNKNOWN))
+        if t[key].null_count:
+            t = t.set_column(t.schema.get_field_index(key), key, pc.fill_null(t[key].cast(pa.string()), UNKNOWN))
     if t.num_rows == 0:
         return out
-    # One pass: rows grouped by partition with a stable sort on integer codes (file order kept within a
-    # partition), then a slice per partition; filtering the table once per partition costs partitions x rows.
-    dates, symbols = (pc.dictionary_encode(t[k].cast(pa.string()).combine_chunks()) for k in ("date", "symbol"))
+    # One pass: rows ordered by partition code, then time (a stable sort: file order kept among equal
+    # times), and a slice per partition; filtering the table once per partition costs partitions x rows.
+    dates, symbols = (pc.dictionary_encode(t[k].combine_chunks()) for k in ("date", "symbol"))
     d, s = dates.indices.to_numpy().astype(np.int64), symbols.indices.to_numpy().astype(np.int64)
     code = s * len(dates.dictionary) + d  # symbol-major: no reordering for a file written symbol by symbol
-    if not (code[1:] >= code[:-1]).all():
-        order = np.argsort(code, kind="stable")
+    ts = pc.fill_null(pc.cast(t["ts"], pa.int64()), np.iinfo(np.int64).max).to_numpy()
+    same = code[1:] == code[:-1]
+    if not ((code[1:] >= code[:-1]).all() and (ts[1:] >= ts[:-1])[same].all()):
+        order = np.lexsort((ts, code))
         t, code, d, s = t.take(order), code[order], d[order], s[order]
     bounds = np.flatnonzero(np.r_[True, code[1:] != code[:-1], True])
+    t = t.drop_columns(["date", "symbol"])
+    if sources:
+        t = t.replace_schema_metadata({**(t.schema.metadata or {}), SOURCES_KEY: json.dumps(sorted(set(sources)))})
+    # Dictionary encoding only where values repeat (strings): tried on float columns it triples the
+    # write time of a feature partition for a larger file.
+    text = [f.name for f in t.schema if pa.types.is_string(f.type) or pa.types.is_dictionary(f.type)]
+    date_keys, symbol_keys = [str(v) for v in dates.dictionary.to_pylist()], symbols.dictionary.to_pylist()
     for a, b in itertools.pairwise(bounds.tolist()):
-        date, symbol = dates.dictionary[int(d[a])].as_py(), symbols.dictionary[int(s[a])].as_py()
-        part = t.slice(a, b - a).drop_columns(["date", "symbol"])
-        if not _is_sorted(part["ts"]):
-            part = part.sort_by("ts")
-        folder = dataset_dir / f"date={date}" / f"symbol={symbol}"
-        folder.mkdir(parents=True, exist_ok=True)
-        # Dictionary encoding only where values repeat (strings): tried on float columns it triples the
-        # write time of a feature partition for a larger file.
-        text = [f.name for f in part.schema if pa.types.is_string(f.type) or pa.types.is_dictionary(f.type)]
-        if sources:
-            part = part.replace_schema_metadata({**(part.schema.metadata or {}),
-                                                 SOURCES_KEY: json.dumps(sorted(set(sources)))})
-        pq.write_table(part, folder / f"part-{name}.parquet", row_group_size=ROW_GROUP_ROWS, use_dictionary=text)
-        out.append((date, symbol, part.num_rows))
+        date, symbol = date_keys[d[a]], symbol_keys[s[a]]
+        folder = os.path.join(dataset_dir, f"date={date}", f"symbol={symbol}")
+        os.makedirs(folder, exist_ok=True)
+        with pa.OSFile(os.path.join(folder, f"part-{name}.parquet"), "wb") as f:  # skips pyarrow's path resolving
+            pq.write_table(t.slice(a, b - a), f, row_group_size=ROW_GROUP_ROWS, use_dictionary=text)
+        out.append((date, symbol, b - a))
     return out
 
 
@@ -109,11 +114,20 @@ def append_partitions(t: pa.Table, root: Path, dataset: str, name: str,
 
 
 def commit(staged_dataset: Path, final_dataset: Path) -> list[str]:
-    """Swap every staged ``date=/symbol=`` partition into place; return the partitions committed."""
-    done = []
-    for part in _partition_dirs(staged_dataset):
-        rel = part.relative_to(staged_dataset)
-        target = final_dataset / rel
+    """Swap every staged ``date=/symbol=`` partition into place; return the partitions committed. A day the
+    lake does not hold yet moves in whole, in one rename."""
+    staged = _partition_dirs(staged_dataset)
+    moved = set()
+    for day in sorted({p.parent for p in staged}):
+        if not (final_dataset / day.name).exists():
+            final_dataset.mkdir(parents=True, exist_ok=True)
+            try:
+                day.rename(final_dataset / day.name)
+                moved.add(day)
+            except OSError:  # another job made the day meanwhile: partition by partition, below
+                pass
+    for part in (p for p in staged if p.parent not in moved):
+        target = final_dataset / part.relative_to(staged_dataset)
         target.parent.mkdir(parents=True, exist_ok=True)
         old = None
         if target.exists():
@@ -122,8 +136,7 @@ def commit(staged_dataset: Path, final_dataset: Path) -> list[str]:
         part.rename(target)
         if old is not None:
             shutil.rmtree(old)
-        done.append(str(rel))
-    return done
+    return [str(p.relative_to(staged_dataset)) for p in staged]
 
 
 def partitions(root: Path, dataset: str) -> list[tuple[str, str]]:

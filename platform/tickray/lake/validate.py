@@ -9,10 +9,11 @@ import pyarrow.compute as pc
 
 
 def _first_reason(t: pa.Table, checks: list[tuple[str, np.ndarray]]) -> pa.Array:
-    reason = np.full(t.num_rows, None, dtype=object)
-    for name, bad in checks:
-        reason[(reason == None) & bad] = name
-    return pa.array(reason, pa.string())
+    """Each row's first failed check's name, null where none failed (as codes: no Python object per row)."""
+    code = np.full(t.num_rows, -1, np.int32)
+    for i in reversed(range(len(checks))):  # the first check's name wins: written last
+        code[checks[i][1]] = i
+    return pc.take(pa.array([name for name, _ in checks], pa.string()), pa.array(code, mask=code < 0))
 
 
 def _null(t: pa.Table, cols: list[str]) -> np.ndarray:

@@ -58,7 +58,7 @@ def _capture_rows(cap: binance.CaptureRead, unit: Unit) -> Rows:
 
 
 def _read_candles(unit: Unit) -> Rows:
-    dataset, t = ohlcv.read_candles(unit.path, row_groups=unit.shard)
+    dataset, t = ohlcv.read_candles(unit.path, rows=unit.shard)
     return {dataset: (t, [])}
 
 

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 from tickray.errors import DataFormatError
 from tickray.lake.schema import BAR, FUNDING, LIQUIDATION, OPEN_INTEREST, TRADE, bar_minutes, book_schema
 from tickray.sources import ohlcv
+from tickray.sources.parquet_rows import read_rows
 
 # Datasets of one fixed schema, in the order a file's columns are matched against them (the first whose
 # columns it holds: open interest's few columns last); the book's depth varies, so it comes after.
@@ -51,33 +52,11 @@ def _bars_dataset(path: Path) -> str:
     return ohlcv.candles_dataset(path, None, ohlcv.spacing_s(t["ts"].combine_chunks(), symbol))
 
 
-def row_group_shards(path: Path, shard_bytes: int) -> list[tuple[int, int] | None]:
-    """Split a large file into runs of whole row groups of about ``shard_bytes`` (uncompressed) each, so
-    several tasks can read it; a small file (or one row group) is one shard, ``None``."""
-    meta = pq.ParquetFile(path).metadata
-    sizes = [meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)]
-    if len(sizes) < 2 or sum(sizes) <= shard_bytes:
-        return [None]
-    shards, start, acc = [], 0, 0
-    for i, size in enumerate(sizes):
-        acc += size
-        if acc >= shard_bytes:
-            shards.append((start, i + 1))
-            start, acc = i + 1, 0
-    if start < len(sizes):
-        shards.append((start, len(sizes)))
-    return shards
-
-
-def read_lake_parquet(path: Path, dataset: str, levels: int = 10,
-                      row_groups: tuple[int, int] | None = None) -> pa.Table:
-    """The file's rows (or those of row groups [start, stop)) in the dataset's schema: every field
-    present and castable, or an error naming it."""
+def read_lake_parquet(path: Path, dataset: str, levels: int = 10, rows: tuple[int, int] | None = None) -> pa.Table:
+    """The file's rows (or rows [start, stop)) in the dataset's schema: every field present and castable,
+    or an error naming it."""
     schema = expected_schema(dataset, levels)
-    if row_groups is None:
-        t = pq.read_table(path)
-    else:
-        t = pq.ParquetFile(path).read_row_groups(range(*row_groups))
+    t = read_rows(path, rows)
     for key, value in _hive_values(path).items():
         if key not in t.column_names:
             t = t.append_column(key, pa.array([value] * t.num_rows, pa.string()))

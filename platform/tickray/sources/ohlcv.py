@@ -34,6 +34,7 @@ from pyarrow import json as pajson
 
 from tickray.errors import DataFormatError
 from tickray.lake.schema import BAR, TS, bars_dataset_name
+from tickray.sources.parquet_rows import read_rows
 
 FREQTRADE = re.compile(r"^(?P<base>[A-Za-z0-9]+)_(?P<quote>[A-Za-z0-9]+)(?:_(?P<settle>[A-Za-z0-9]+))?"
                        r"-(?P<tf>\d+[smhdwM])(?P<futures>-futures)?\.(?:json|jsongz|feather|parquet)$")
@@ -53,12 +54,11 @@ def may_be_candles(name: str) -> bool:
     return name.lower().endswith(SUFFIXES)
 
 
-def _load(path: Path, row_groups: tuple[int, int] | None = None) -> pa.Table:
+def _load(path: Path, rows: tuple[int, int] | None = None) -> pa.Table:
     name = path.name.lower()
     try:
         if name.endswith(".parquet"):
-            return pq.read_table(path) if row_groups is None else pq.ParquetFile(path).read_row_groups(
-                range(*row_groups))
+            return read_rows(path, rows)
         if name.endswith((".feather", ".arrow", ".ipc")):
             return feather.read_table(path)
         data = path.read_bytes()
@@ -165,9 +165,12 @@ def spacing_s(ts: pa.Array, symbol: pa.DictionaryArray) -> float | None:
     """The most common step between one symbol's consecutive candles, in seconds."""
     v = pc.cast(ts, pa.int64()).to_numpy(zero_copy_only=False)
     code = symbol.indices.to_numpy(zero_copy_only=False)
-    order = np.lexsort((v, code))
-    v, code = v[order], code[order]
-    steps = np.diff(v)[code[1:] == code[:-1]]
+    same = code[1:] == code[:-1]
+    if not ((code[1:] >= code[:-1]).all() and (v[1:] >= v[:-1])[same].all()):  # most files: in order already
+        order = np.lexsort((v, code))
+        v, code = v[order], code[order]
+        same = code[1:] == code[:-1]
+    steps = np.diff(v)[same]
     steps = steps[steps > 0]
     if steps.size == 0:
         return None
@@ -196,11 +199,11 @@ def candles_dataset(path: Path, timeframe: str | None = None, spacing_s: float |
                               "other way round") from None
 
 
-def read_candles(path: Path, row_groups: tuple[int, int] | None = None) -> tuple[str, pa.Table]:
-    """The file's candles (a Parquet file's row groups [start, stop) only, if given) as rows of the bar
-    dataset of their length (``bars_1m``, ``bars_1h``, ...), the columns the file lacks null."""
+def read_candles(path: Path, rows: tuple[int, int] | None = None) -> tuple[str, pa.Table]:
+    """The file's candles (a Parquet file's rows [start, stop) only, if given) as rows of the bar dataset
+    of their length (``bars_1m``, ``bars_1h``, ...), the columns the file lacks null."""
     path = Path(path)
-    t = _load(path, row_groups)
+    t = _load(path, rows)
     cols = _columns(t.column_names)
     missing = [c for c in ("ts", *PRICES, "volume") if c not in cols]
     if missing:
