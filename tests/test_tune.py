@@ -3,6 +3,7 @@ retried and recorded, resume after interruption, GPU trials failing fast without
 the GPU node when there is one."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +88,90 @@ def test_gpu_trials_land_on_the_gpu_node(tmp_path):
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["trials"] == 4 and not out["errors"]
     assert out["nodes"] == [out["gpu_node"]]
+
+
+# One trial at a time: the trials' order, and so Optuna's proposals and ASHA's stops, do not depend on timing.
+RESUMABLE = {**TUNE, "name": "resumable", "tune": {
+    "family": "xgboost", "num_samples": 6, "max_concurrent_trials": 1, "max_failures": 0, "grace_period": 1,
+    "metric": "valid_logloss", "train_after": False,
+    "space": {"max_depth": {"type": "choice", "values": [2, 3, 4]},
+              "eta": {"type": "loguniform", "low": 0.03, "high": 0.3}}}}
+SEARCH = """import json, sys
+from pathlib import Path
+from tickray.training.config import parse_config
+from tickray.training.tune import run_tune
+cfg, lake, uri, artifacts, storage = sys.argv[1:]
+run_tune(parse_config(json.loads(cfg)), Path(lake), uri, artifacts, Path(storage))
+"""
+
+
+def _saved_trials(experiment: Path) -> dict[str, str]:
+    """trial id → status, as the search's saved state (what a resume reads) has them."""
+    states = sorted(experiment.glob("experiment_state-*.json"))
+    if not states:
+        return {}
+    try:
+        saved = json.loads(states[-1].read_text())
+    except ValueError:  # caught while being written
+        return {}
+    return {s["trial_id"]: s["status"] for s in (json.loads(t) for t, _ in saved["trial_data"])}
+
+
+def _trial_dirs(experiment: Path) -> dict[str, Path]:
+    return {tid: next(experiment.glob(f"*{tid}*")) for tid in _saved_trials(experiment)}
+
+
+def _numbered(experiment: Path) -> dict[int, list[Path]]:
+    """Trial folders by the number of the proposal they ran (after the random id), in the search's order."""
+    found: dict[int, list[Path]] = {}
+    for d in experiment.glob("run_trial_*"):
+        found.setdefault(int(re.search(r"_[0-9a-f]{8}_(\d+)_", d.name)[1]), []).append(d)
+    return found
+
+
+def _configs_in_order(experiment: Path) -> list[dict]:
+    """The parameters of the trials the search's state holds, in the order they were proposed."""
+    saved = set(_trial_dirs(experiment).values())
+    return [json.loads((d / "params.json").read_text())
+            for _, dirs in sorted(_numbered(experiment).items()) for d in dirs if d in saved]
+
+
+@pytest.mark.slow
+def test_a_search_killed_half_way_resumes_without_repeating_a_trial(market_lake, tmp_path):
+    """The driver of a search is killed (SIGKILL) once some trials have ended; `resume` ends it without
+    running an ended trial again, and it finds what the same search run uninterrupted finds."""
+    import os
+    import signal
+    import time
+
+    import ray
+
+    cfg = parse_config(RESUMABLE)
+    uri, artifacts = f"sqlite:///{tmp_path}/mlflow.db", str(tmp_path / "artifacts")
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    experiment = killed / "tune-resumable-xgboost"
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    driver = subprocess.Popen([sys.executable, "-c", SEARCH, json.dumps(RESUMABLE), str(market_lake), uri, artifacts,
+                               str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while max(_numbered(experiment), default=0) < 3:  # one trial at a time: 1 and 2 have ended
+        assert driver.poll() is None, driver.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, sorted(experiment.glob("*"))
+        time.sleep(0.05)
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    driver.stderr.close()
+    trials = _numbered(experiment)
+    ended = [n for n in trials if n < max(trials)]
+    assert 2 <= len(ended) < 6, trials  # killed half-way, not after the search's end
+    before = {n: (trials[n][0] / "result.json").read_bytes() for n in ended}
+
+    resumed, _ = run_tune(cfg, market_lake, uri, artifacts, killed, resume=True)
+    assert resumed.trials == 6 and resumed.failed == 0, resumed.lines()
+    after = _numbered(experiment)  # no ended trial ran again, nor was proposed again
+    assert {n: [(d / "result.json").read_bytes() for d in after[n]] for n in ended} == {n: [b] for n, b in before.items()}
+
+    uninterrupted, _ = run_tune(cfg, market_lake, uri, artifacts, whole)
+    assert _configs_in_order(experiment) == _configs_in_order(whole / "tune-resumable-xgboost")
+    assert resumed.best_config == uninterrupted.best_config
+    assert resumed.best_score == pytest.approx(uninterrupted.best_score, rel=1e-9)
