@@ -4,6 +4,7 @@ registry and its promotion rule, and errors that name their cause before any clu
 import mlflow
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import SMALL_TRAINING as SMALL
@@ -321,6 +322,43 @@ def test_leakage_canary_noise_labels_score_at_chance(market_lake, mlflow_store):
     for model in ("xgboost", "lstm", "transformer", "logistic", "ensemble"):
         for h in (10, 60):
             assert 0.47 <= report.auc(model, h) <= 0.53, (model, h, report.lines())
+
+
+@pytest.mark.slow
+def test_a_feature_that_reads_one_row_ahead_is_caught_on_a_market_no_model_can_predict(ray_cluster, tmp_path):
+    """The other canary. Shuffled labels cannot see a feature that reads future prices, so this one keeps
+    the labels and takes the predictability out of the market: generated with no signal (each second's
+    return independent of everything before it), nothing known at a row's time can predict its label, and
+    the honest pipeline scores chance. Then `ret_1s` is replaced by the next row's (a feature that reads
+    one row ahead), and the same training must score well above it."""
+    import shutil
+
+    from tickray.features.job import build_features
+    from tickray.ingest.job import ingest
+    from tickray.sim.synth import generate
+
+    market = tmp_path / "null-market"
+    generate(market, ["BTCUSDT"], days=1, seed=11, trades_per_day=20_000, capture_minutes=0, signal=0.0)
+    honest, leaky = tmp_path / "honest", tmp_path / "leaky"
+    ingest([market / "aggtrades", market / "depth"], honest)
+    build_features(honest)
+    shutil.copytree(honest, leaky)
+    for path in (leaky / "features").rglob("*.parquet"):
+        table = pq.read_table(path)
+        ahead = np.append(table["ret_1s"].to_numpy(zero_copy_only=False)[1:], np.nan)
+        pq.write_table(table.set_column(table.schema.get_field_index("ret_1s"), "ret_1s", pa.array(ahead, table["ret_1s"].type)), path)
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = parse_config({**SMALL, "name": "leak-canary", "registry": {"prefix": "leak"},
+                        "data": {"horizons_s": [10], "train_every_s": 4},
+                        "models": {"xgboost": {"num_boost_round": 100}, "lstm": None, "transformer": None}})
+    auc = {}
+    for name, lake_root in (("honest", honest), ("leaky", leaky)):
+        report = run_training(cfg, lake_root, uri, str(tmp_path / "artifacts"), tmp_path / "ray", register=False)
+        print(name, "\n".join(report.lines()))
+        auc[name] = {m: report.auc(m, 10) for m in ("xgboost", "logistic", "ensemble")}
+    assert all(0.46 <= a <= 0.54 for a in auc["honest"].values()), auc
+    assert all(a >= 0.56 and a - auc["honest"][m] >= 0.04 for m, a in auc["leaky"].items()), auc
 
 
 @pytest.mark.slow

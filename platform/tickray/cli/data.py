@@ -10,10 +10,11 @@ from tickray.cli.args import symbols_arg
 def cmd_generate(args, settings) -> None:
     import time
 
-    from tickray.sim.synth import generate
+    from tickray.sim.synth import SIGNAL, generate
 
     t = time.perf_counter()
-    files = generate(Path(args.out), args.symbols, args.days, args.seed, trades_per_day=args.trades_per_day)
+    files = generate(Path(args.out), args.symbols, args.days, args.seed, trades_per_day=args.trades_per_day,
+                     signal=SIGNAL if args.signal is None else args.signal)
     print(f"{files.n_trades:,} trades and {files.n_depth_events:,} depth updates in "
           f"{time.perf_counter() - t:.1f}s:")
     for p in files.all():
@@ -49,6 +50,9 @@ def register(sub) -> None:
     s.add_argument("--days", type=int, default=1)
     s.add_argument("--seed", type=int, default=7)
     s.add_argument("--trades-per-day", type=int, default=200_000, help="per symbol")
+    s.add_argument("--signal", type=float, default=None,
+                   help="how much of each second's return the lagged order-flow imbalance explains "
+                        "(default 0.2; 0: a market no model can predict)")
     s.add_argument("--out", required=True, help="output folder")
     s.set_defaults(fn=cmd_generate)
 

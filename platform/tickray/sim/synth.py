@@ -83,8 +83,13 @@ def _ar1(rng: np.random.Generator, n: int, phi: float) -> np.ndarray:
     return lfilter([np.sqrt(1 - phi * phi)], [1.0, -phi], rng.standard_normal(n))
 
 
+# How much of each second's return the lagged imbalance explains (weak on purpose); 0 makes a market that
+# no model can predict, the null a leakage check needs.
+SIGNAL = 0.2
+
+
 def simulate_day(spec: SymbolSpec, day_start_ms: int, trades_per_day: int, rng: np.random.Generator,
-                 id_base: int = 1_000_000_000) -> DayMarket:
+                 id_base: int = 1_000_000_000, signal: float = SIGNAL) -> DayMarket:
     n = SECONDS_PER_DAY
     secs = np.arange(n)
     ofi = _ar1(rng, n, 0.9)
@@ -97,8 +102,9 @@ def simulate_day(spec: SymbolSpec, day_start_ms: int, trades_per_day: int, rng: 
     logvol += lfilter([1.0], [1.0, -0.998], burst)
     vol = np.exp(logvol)
     sigma = spec.daily_vol / np.sqrt(n) * vol
-    beta = 0.2  # how much of each second's return the lagged imbalance explains (weak on purpose)
-    ret = sigma * (beta * np.roll(ofi, 1) + np.sqrt(1 - beta * beta) * rng.standard_normal(n))
+    if not 0 <= signal < 1:
+        raise ValueError(f"signal must be in [0, 1), got {signal}")
+    ret = sigma * (signal * np.roll(ofi, 1) + np.sqrt(1 - signal * signal) * rng.standard_normal(n))
     ret[shock_at] += rng.choice([-1.0, 1.0], n_shocks) * 25 * sigma[shock_at]
     mid = spec.price0 * np.exp(np.cumsum(ret))
     bid_tick = np.floor(mid / spec.tick).astype(np.int64)
@@ -365,8 +371,9 @@ class GeneratedFiles:
 
 def generate(out: Path, symbols: list[str], days: int, seed: int, start: date = date(2024, 1, 1),
              trades_per_day: int = 200_000, levels: int = 10, capture_minutes: int = 10,
-             snapshot_every_s: int = 3600) -> GeneratedFiles:
-    """Write ``days`` days of a synthetic market for ``symbols`` under ``out``; deterministic for a seed."""
+             snapshot_every_s: int = 3600, signal: float = SIGNAL) -> GeneratedFiles:
+    """Write ``days`` days of a synthetic market for ``symbols`` under ``out``; deterministic for a seed
+    (``signal``: see SIGNAL)."""
     if days < 1:
         raise ValueError(f"days must be >= 1, got {days}")
     if not symbols:
@@ -382,7 +389,7 @@ def generate(out: Path, symbols: list[str], days: int, seed: int, start: date = 
             day = start + timedelta(days=d)
             day_ms = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
             spec_d = SymbolSpec(**{**spec.__dict__, "price0": price0})
-            m = simulate_day(spec_d, day_ms, trades_per_day, rng, id_base=1_000_000_000 + d * 10**8)
+            m = simulate_day(spec_d, day_ms, trades_per_day, rng, id_base=1_000_000_000 + d * 10**8, signal=signal)
             price0 = float(m.bid_tick[-1] * spec.tick)  # the next day continues from here
             tag = day.isoformat()
             p = out / "aggtrades" / f"{symbol}-aggTrades-{tag}.zip"
