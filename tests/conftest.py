@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pickle
+import shutil
 import subprocess
 import sys
 import time
@@ -56,28 +58,52 @@ def settings(redis_settings, tmp_path):
     return redis_settings.model_copy(update={"state_dir": tmp_path / "state", "serve_port": free_port()})
 
 
+def built_once(tmp_path_factory, name: str, build):
+    """``build(folder)`` run once for the whole run: under pytest-xdist the first worker to ask builds it
+    while the others wait, then all read it (what is built here is never written to afterwards). Returns
+    the folder and what ``build`` returned."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above each worker's own
+    folder, result = root / name, root / f"{name}.pickle"
+    with FileLock(root / f"{name}.lock"):
+        if not result.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed build left
+            result.write_bytes(pickle.dumps(build(folder)))
+    return folder, pickle.loads(result.read_bytes())
+
+
 @pytest.fixture(scope="session")
 def market(tmp_path_factory):
-    """A small synthetic market (2 symbols, 1 day), generated once per session where the demo writes its
-    own (…/demo/market), so the shipped synthetic configs' `data.sources` select it."""
+    """A small synthetic market (2 symbols, 1 day), generated once per run where the demo writes its own
+    (…/demo/market), so the shipped synthetic configs' `data.sources` select it."""
     from tickray.sim.synth import generate
 
-    out = tmp_path_factory.mktemp("state") / "demo" / "market"
-    files = generate(out, ["BTCUSDT", "ETHUSDT"], days=1, seed=7, trades_per_day=40_000, capture_minutes=3)
-    return out, files
+    def build(folder: Path):
+        return generate(folder / "demo" / "market", ["BTCUSDT", "ETHUSDT"], days=1, seed=7, trades_per_day=40_000,
+                        capture_minutes=3)
+
+    folder, files = built_once(tmp_path_factory, "market", build)
+    return folder / "demo" / "market", files
 
 
 @pytest.fixture(scope="session")
 def market_lake(ray_cluster, market, tmp_path_factory):
-    """The session market ingested and featurised once: what the training and tuning tests read."""
+    """The market ingested and featurised once per run (on the cluster of the worker that asks first):
+    what the training and tuning tests read."""
     from tickray.features.job import build_features
     from tickray.ingest.job import ingest
 
     out, _ = market
-    root = tmp_path_factory.mktemp("market-lake") / "lake"
-    ingest([out / "aggtrades", out / "depth", out / "klines"], root)
-    build_features(root)
-    return root
+
+    def build(folder: Path) -> None:
+        ingest([out / "aggtrades", out / "depth", out / "klines"], folder / "lake")
+        build_features(folder / "lake")
+
+    folder, _ = built_once(tmp_path_factory, "market-lake", build)
+    return folder / "lake"
 
 
 # The session's trained models (test_training reads them; test_cluster serves one on a multi-node cluster).
