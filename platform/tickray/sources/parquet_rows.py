@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 
 
 def row_shards(path: Path, shard_bytes: int, cpus: int = 1) -> list[tuple[int, int] | None]:
-    """[start, stop) row ranges of about ``shard_bytes`` (uncompressed) each, as many as a multiple of
-    ``cpus`` when there are fewer shards than that would give, so that equal tasks fill the CPUs; a small
-    file is one shard, ``None``."""
+    """[start, stop) row ranges of about ``shard_bytes`` (uncompressed) each, their count rounded up to a
+    multiple of ``cpus`` once there are at least ``cpus`` of them, so that equal tasks end together; a
+    small file is one shard, ``None``."""
     meta = pq.ParquetFile(path).metadata
     size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
     if size <= shard_bytes or meta.num_rows < 2:
