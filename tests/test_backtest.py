@@ -90,6 +90,22 @@ def test_holds_latency_and_sessions_are_durations_on_a_grid_with_holes():
     assert m["costs"] == pytest.approx(4e-3) and m["cost_share"] == pytest.approx(4e-3 / gross)
 
 
+def test_a_session_start_without_a_hole_is_a_forced_flat_by_hand():
+    """Rows one second apart, the market's session changing at 3 s (a book resync): the position is closed
+    on the last row of the first session, and the second session's decisions start from its own start."""
+    n = 6
+    rules = Rules(threshold=0.0, hold_ns=2 * S, fee_bps=10.0)
+    frame = pd.DataFrame({"ts": np.arange(n) * S, "symbol": "X", "price": [100, 101, 102, 103, 104, 105],
+                          "p": [0.9, 0.1, 0.1, 0.1, 0.9, 0.9], "session": [1, 1, 1, 2, 2, 2]})
+    # decisions due at 0 s (+1, held to 2 s) and 2 s (-1); 2 s is the session's last row: flat.
+    # the next session decides at 3 s (-1) and 5 s; 5 s is the last row: flat.
+    sim = simulate_frame(frame, "p", rules)
+    assert sim.position.tolist() == [1, 1, 0, -1, -1, 0]
+    assert sim.asset_return == pytest.approx([0.01, 1 / 101, 0, 1 / 103, 1 / 104, 0])  # nothing earned across
+    # without the session column the same rows are one session: the position runs through 2 s and 3 s
+    assert simulate_frame(frame.drop(columns="session"), "p", rules).position.tolist() == [1, 1, -1, -1, 1, 0]
+
+
 def test_the_cost_aware_threshold_leaves_out_the_edges_costs_eat_by_hand():
     """Entries at 0 s and 4 s (edge 0.25) gain about 1% each; the one at 2 s (edge 0.06, a hair more in
     floating point) loses 0.099%. At 10 bps a side, thresholds 0.07 to 0.24 keep the two winners alone:

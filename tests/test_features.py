@@ -8,6 +8,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import ta
+from test_book_and_features import gapped_capture
 from tickray import lake
 from tickray.features import FEATURE_NAMES, compute_features, grid_from_events
 from tickray.features.grid import NS, asof_mid
@@ -16,7 +17,9 @@ from tickray.features.job import build_features
 from tickray.features.labels import forward_labels, forward_labels_at_times, forward_labels_on_grid
 from tickray.features.windows import complete_windows, gather_windows
 from tickray.ingest.job import ingest
+from tickray.research.rows import load_rows, observable
 from tickray.sources.binance import read_klines, read_ws_capture
+from tickray.training.config import parse_config
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +59,35 @@ def test_features_across_midnight_equal_an_unsharded_run(session_lake):
     # Labels of 07-18's last minute look into 07-19 instead of going missing at the partition's edge.
     last = pq.read_table(root / "features" / "date=2024-07-18")
     assert not np.isnan(last["fwd_ret_10s"].to_numpy()[-10:]).any()
+
+
+def test_a_replayed_gap_is_unsynced_in_the_lake_and_no_model_reads_those_rows(ray_cluster, shared_data, tmp_path):
+    """The real capture with one diff left out and a resync 300 diffs later, ingested and featurised: the
+    seconds in between are unsynced in the lake (no book, no mid), a session starts at the resync, and
+    the research rows leave the unsynced rows out and say how many."""
+    src = shared_data / "binance" / "ws" / "usdm_btcusdt_20240718.gz"
+    (tmp_path / "in").mkdir()
+    times = gapped_capture(src, tmp_path / "in" / src.name, drop=800, resync_after=300)
+    gap_s, resync_s = times["gap_ms"] // 1000, times["snapshot_ms"] // 1000
+    root = tmp_path / "lake"
+    ingest([tmp_path / "in" / src.name], root)
+    report = build_features(root)
+    assert (report.unsynced, report.sessions) == (resync_s - gap_s, 2)
+    assert f"{resync_s - gap_s} rows on an unsynced book, 2 session starts" in report.lines()[0]
+    t = lake.read_partition(root, "features", "2024-07-18", "BTCUSDT")
+    secs = pc.cast(t["ts"], pa.int64()).to_numpy() // NS
+    synced, new = t["book_synced"].to_numpy(zero_copy_only=False), t["new_session"].to_numpy(zero_copy_only=False)
+    assert secs[~synced].tolist() == list(range(gap_s, resync_s))
+    assert secs[new].tolist() == [secs[0], resync_s]
+    assert np.isnan(t["mid"].to_numpy()[~synced]).all()
+    fwd = t["fwd_ret_10s"].to_numpy()
+    assert np.isnan(fwd[(secs >= gap_s - 10) & (secs < resync_s)]).all()  # no label reaches into or across it
+    assert not np.isnan(fwd[(secs >= resync_s) & (secs < resync_s + 10)]).any()
+
+    rows = load_rows(parse_config({"data": {"horizons_s": [10]}}), root)
+    assert (~rows.book_synced).sum() == resync_s - gap_s and not observable(rows)[~rows.book_synced].any()
+    assert rows.validity() == f"{resync_s - gap_s} rows on an unsynced book left out, 2 session(s)"
+    assert len(np.unique(rows.session[rows.ts // NS < gap_s])) == 1 and rows.session[-1] == 2
 
 
 @pytest.fixture(scope="module")

@@ -92,6 +92,8 @@ def test_incremental_book_follows_the_documented_rules(tmp_path):
             continue
         last_local[s] = lt
         if snap == "true" and (prev is None or prev[3] != "true" or prev[2] != lt):
+            if s in books:  # a reset: the book is unknown (a row without levels) until the new one
+                want.append((s, t, [], []))
             books[s] = ({}, {})
         if s not in books:
             continue
@@ -108,7 +110,7 @@ def test_incremental_book_follows_the_documented_rules(tmp_path):
                                  for s, t, b, a in want)
     x_states = [g for g in got if g[0] == "X"]
     assert x_states[-2][2:] == ([(8.0, 1.0)], [(12.0, 2.0)])  # the reset kept none of the old levels
-    assert counters == {"updates": len(want), "resyncs": 1}
+    assert counters == {"updates": len(want) - 1, "resyncs": 1}
     assert sorted(dropped) == sorted([(0, "X", tardis.TIME_BACKWARDS), (0, "X", tardis.BEFORE_SNAPSHOT)])
 
 

@@ -106,14 +106,18 @@ class Simulation:
         return np.bincount(trade[counted], self.net[counted], int(starts.sum()))
 
 
-def _sessions(ts: np.ndarray, segment: np.ndarray, gap_ns: int | None) -> tuple[np.ndarray, np.ndarray]:
+def _sessions(ts: np.ndarray, segment: np.ndarray, gap_ns: int | None, session: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
     """(first row of each row's session, whether a row is its session's last): a session is a symbol's
-    run of rows without a gap longer than ``gap_ns``."""
+    run of rows without a gap longer than ``gap_ns`` and, where ``session`` numbers the market's
+    sessions (a resync of the book, a hole in the data: features.grid), within one of them."""
     n = segment.size
     new = np.ones(n, bool)
     new[1:] = segment[1:] != segment[:-1]
     if gap_ns is not None:
         new[1:] |= np.diff(ts) > gap_ns
+    if session is not None:
+        new[1:] |= session[1:] != session[:-1]
     first = np.maximum.accumulate(np.where(new, np.arange(n), 0))
     last = np.ones(n, bool)
     last[:-1] = new[1:]
@@ -154,12 +158,13 @@ def targets(prob: np.ndarray, confidence: np.ndarray | None, rules: Rules) -> np
 
 
 def simulate(ts: np.ndarray, segment: np.ndarray, price: np.ndarray, target: np.ndarray, rules: Rules,
-             n_symbols: int | None = None) -> Simulation:
-    """Hold, fill, earn and pay for ``target`` positions (rows sorted by ``segment`` then ``ts``)."""
+             n_symbols: int | None = None, session: np.ndarray | None = None) -> Simulation:
+    """Hold, fill, earn and pay for ``target`` positions (rows sorted by ``segment`` then ``ts``); flat at
+    the end of every session (see :func:`_sessions`)."""
     n = price.size
     ts = np.asarray(ts, np.int64)
     price = np.asarray(price, float)
-    first, last = _sessions(ts, segment, rules.session_gap_ns)
+    first, last = _sessions(ts, segment, rules.session_gap_ns, session)
     rows = np.arange(n)
     due = (ts - ts[first]) // rules.hold_ns  # which decision of its session a row falls in
     taken = rows == first
@@ -178,22 +183,22 @@ def simulate(ts: np.ndarray, segment: np.ndarray, price: np.ndarray, target: np.
 
 
 def buy_and_hold(ts: np.ndarray, segment: np.ndarray, price: np.ndarray, rules: Rules,
-                 n_symbols: int | None = None) -> Simulation:
+                 n_symbols: int | None = None, session: np.ndarray | None = None) -> Simulation:
     """Long ``max_position`` through each session of each symbol, paying entry and exit costs."""
     flat_rules = Rules(max_position=rules.max_position, session_gap_ns=rules.session_gap_ns, fee_bps=rules.fee_bps,
                        slippage_bps=rules.slippage_bps)
-    return simulate(ts, segment, price, np.full(price.size, rules.max_position), flat_rules, n_symbols)
+    return simulate(ts, segment, price, np.full(price.size, rules.max_position), flat_rules, n_symbols, session)
 
 
 def fitted_threshold(ts: np.ndarray, segment: np.ndarray, price: np.ndarray, prob: np.ndarray,
-                     confidence: np.ndarray | None, rules: Rules) -> float:
+                     confidence: np.ndarray | None, rules: Rules, session: np.ndarray | None = None) -> float:
     """The threshold of :data:`THRESHOLDS` whose positions made the most net of costs over these rows (the
     fitting part of a window, never its test part); a tie goes to the larger (trading less), and none
     that beats doing nothing gives 0.5: never trade."""
     best, best_net = 0.5, 0.0
     for threshold in sorted(THRESHOLDS, reverse=True):
         r = replace(rules, threshold=threshold)
-        net = float(simulate(ts, segment, price, targets(prob, confidence, r), r).net.sum())
+        net = float(simulate(ts, segment, price, targets(prob, confidence, r), r, session=session).net.sum())
         if net > best_net:
             best, best_net = threshold, net
     return best

@@ -87,10 +87,12 @@ def align(prices: pd.DataFrame, predictions: pd.DataFrame, price: str = "price")
 
 def simulate_frame(df: pd.DataFrame, prob: str, rules: Rules, price: str = "price", confidence: str | None = None,
                    where: str = "backtest") -> Simulation:
-    """Simulate the signal in column ``prob`` over ``df`` (ts, symbol, price, ...), sorted by (symbol, ts)."""
+    """Simulate the signal in column ``prob`` over ``df`` (ts, symbol, price, ...), sorted by (symbol, ts);
+    an integer column ``session`` (the market's sessions: features.grid) ends a session where it changes."""
     check_prices(df, price, where)
     p = _numeric(df, prob, where)
     conf = _numeric(df, confidence, where) if confidence else None
     codes = pd.factorize(df["symbol"])[0]
+    session = df["session"].to_numpy() if "session" in df.columns else None
     return simulate(pd.to_numeric(df["ts"]).to_numpy(), codes, df[price].to_numpy(float), targets(p, conf, rules),
-                    rules, n_symbols=int(codes.max()) + 1)
+                    rules, n_symbols=int(codes.max()) + 1, session=session)

@@ -141,7 +141,8 @@ def _fitted_thresholds(rows: Rows, cal: np.ndarray, models: dict, cfg: BacktestC
         for j, h in enumerate(rows.horizons):
             rules = cfg.rules(h) if conf is not None else replace(cfg.rules(h), sizing="fixed")
             out[name].append(fitted_threshold(t[span], codes, rows.price[span], p[:, j],
-                                              None if conf is None else conf[:, j], rules))
+                                              None if conf is None else conf[:, j], rules,
+                                              None if rows.session is None else rows.session[span]))
     return out
 
 
@@ -206,7 +207,8 @@ def run_backtest(cfg: BacktestConfig, lake_root: Path, tracking_uri: str | None 
     rows = backtest_rows(cfg, Path(lake_root))
     plan = shards(rows, cfg)
     say(f"{rows.n:,} rows of {len(rows.features)} features ({rows.feature_set_version}), horizons "
-        f"{rows.horizons}s; {len(plan)} walk-forward shard(s) of {cfg.walk_forward.windows} window(s)")
+        f"{rows.horizons}s; {len(plan)} walk-forward shard(s) of {cfg.walk_forward.windows} window(s); "
+        f"{rows.validity()}")
     rows_ref = ray.put(rows)
     cpus = max(1.0, *(m.resources.cpu for m in cfg.train.models.enabled().values()))
     gpus = max(m.resources.gpu for m in cfg.train.models.enabled().values())
@@ -219,6 +221,8 @@ def run_backtest(cfg: BacktestConfig, lake_root: Path, tracking_uri: str | None 
     test = test[order]
     models = list(results[0]["predictions"])
     frame = pd.DataFrame({"ts": rows.ts[test], "symbol": rows.symbol[test].astype(str), "price": rows.price[test]})
+    if rows.session is not None:  # a session start is a forced flat
+        frame["session"] = rows.session[test]
     for j, h in enumerate(rows.horizons):
         frame[f"up_{h}s"] = rows.y[test, j]
         for m in models:
@@ -250,7 +254,8 @@ def run_backtest(cfg: BacktestConfig, lake_root: Path, tracking_uri: str | None 
             times, ret, exposure = sim.portfolio(clock_ns)
             series[m], series[f"{m}__exposure"] = ret, exposure
         codes = pd.factorize(frame["symbol"])[0]
-        bh = buy_and_hold(frame["ts"].to_numpy(), codes, frame["price"].to_numpy(), rules, int(codes.max()) + 1)
+        bh = buy_and_hold(frame["ts"].to_numpy(), codes, frame["price"].to_numpy(), rules, int(codes.max()) + 1,
+                          frame["session"].to_numpy() if "session" in frame.columns else None)
         perf[BUY_AND_HOLD][h] = performance(bh, cfg.annual_periods, clock_ns)
         series[BUY_AND_HOLD] = bh.portfolio(clock_ns)[1]
         curves[h] = pd.DataFrame(series, index=pd.to_datetime(times, utc=True))

@@ -39,7 +39,8 @@ def cmd_features(args, settings) -> int:
     from tickray.ops.runtime import connect_ray
 
     connect_ray(settings)
-    report = build_features(Path(args.lake or settings.lake_path))
+    gaps = {"book_gap_s": args.book_gap_s} if args.book_gap_s is not None else {}
+    report = build_features(Path(args.lake or settings.lake_path), trade_gap_s=args.trade_gap_s, **gaps)
     print("\n".join(report.lines()))
     return PARTIAL_EXIT if report.failed else 0
 
@@ -64,4 +65,10 @@ def register(sub) -> None:
 
     s = sub.add_parser("features", help="compute features and labels for every lake partition with Ray Data")
     s.add_argument("--lake", help="lake root (default: settings lake_root)")
+    s.add_argument("--book-gap-s", type=float, default=None,
+                   help="a book silent for longer is unsynced, and a new session starts after it (default: "
+                        "tickray.features.grid.BOOK_GAP_S, a minute)")
+    s.add_argument("--trade-gap-s", type=float, default=None,
+                   help="a longer silence in trades also starts a new session (default: off; quiet markets "
+                        "trade rarely)")
     s.set_defaults(fn=cmd_features)

@@ -12,6 +12,7 @@ baseline), which start once 60 rows exist and average the rows they have.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -309,9 +310,16 @@ LOOKBACK = max(FEATURES[n].lookback for n in FEATURE_NAMES) + 1  # grid rows one
 
 
 def compute_features(grid: dict[str, np.ndarray], names: tuple[str, ...] = FEATURE_NAMES) -> dict[str, np.ndarray]:
-    """Feature columns for every grid row (NaN where a look-back is not yet covered)."""
-    g = Grid(grid)
-    return {name: FEATURES[name].fn(g) for name in names}
+    """Feature columns for every grid row (NaN where a look-back is not yet covered). Each session
+    (from a row with ``new_session`` to the next) is computed alone: no window reaches across its start."""
+    n = len(grid["ts"])
+    cuts = [0, *(i for i in np.flatnonzero(grid["new_session"]).tolist() if i > 0), n]
+    out = {name: np.empty(n) for name in names}
+    for a, b in itertools.pairwise(cuts):
+        g = Grid({k: v[a:b] for k, v in grid.items()})
+        for name in names:
+            out[name][a:b] = FEATURES[name].fn(g)
+    return out
 
 
 class _OnlineGrid(Grid):
@@ -362,8 +370,8 @@ class OnlineFeatures:
 
     def update(self, row: dict) -> dict[str, float]:
         sec = int(row["ts"]) // NS
-        if self._sec is not None and sec != self._sec + 1:
-            self._tape = []  # not the next second: the look-backs start again, as on a new connection
+        if (self._sec is not None and sec != self._sec + 1) or row["new_session"]:
+            self._tape = []  # a new session, or not the next second: the look-backs start again
         self._sec = sec
         self._last = np.array([row[k] for k in self._fields], dtype=np.float64)
         g = _OnlineGrid({k: self._last[i:i + 1] for i, k in enumerate(self._fields)},

@@ -8,6 +8,15 @@ starts at the second of the first book state. ``grid_from_events`` builds it in 
 
 Each trade is also matched to the book by an as-of join that never looks ahead: the last book state
 strictly before the trade (a book update stamped the same instant may already contain the trade).
+
+Validity, by the same rule both ways (:func:`_book_valid`): a row's ``book_synced`` is 1 when the book
+behind it is the venue's: the state at the second's end is known (a book source writes a row of NaN
+levels where its sync was lost), no such loss happened inside the second, and the newest state is at most
+``book_gap_s`` old (a book silent for longer was not observed: a capture that stopped, a feed that
+died). An unsynced row's levels are NaN, never a book carried over the gap. ``new_session`` is 1 on the
+first synced row after unsynced ones (the grid's first row included) and, with ``trade_gap_s``, on the
+row of the first trade after a longer silence in trades: rolling features and labels never reach across
+a session start.
 """
 
 from __future__ import annotations
@@ -24,7 +33,22 @@ BOOK_LEVELS = 5
 LEVEL_FIELDS = tuple(f"{side}_{kind}_{i}" for side in ("bid", "ask") for kind in ("px", "sz")
                      for i in range(1, BOOK_LEVELS + 1))
 TRADE_FIELDS = ("buy_qty", "sell_qty", "n_trades", "notional", "max_qty", "asof_qty", "asof_cost_bps")
-GRID_FIELDS = ("ts", *LEVEL_FIELDS, *TRADE_FIELDS)
+VALIDITY_FIELDS = ("book_synced", "new_session")  # 1.0 / 0.0, like every grid column a float
+GRID_FIELDS = ("ts", *LEVEL_FIELDS, *TRADE_FIELDS, *VALIDITY_FIELDS)
+# Book streams of every venue we read update many times a minute: a minute without a state is a hole.
+BOOK_GAP_S = 60.0
+
+
+def _book_valid(known_at_end, lost_inside, age_ns, book_gap_s: float):
+    """The one rule behind ``book_synced`` (see the module's docstring), on arrays (batch) or scalars."""
+    return np.logical_and(np.logical_and(known_at_end, np.logical_not(lost_inside)),
+                          np.asarray(age_ns) <= book_gap_s * NS)
+
+
+def _session_starts(synced: np.ndarray, trade_gap_start: np.ndarray) -> np.ndarray:
+    new = synced.copy()
+    new[1:] &= ~synced[:-1] | trade_gap_start[1:]
+    return new
 
 
 def _ns(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -49,7 +73,8 @@ def _cost_bps(price: np.ndarray, qty: np.ndarray, mid: np.ndarray) -> np.ndarray
     return qty * np.abs(price - mid) / mid * 1e4
 
 
-def grid_from_events(trades: pa.Table, book: pa.Table) -> dict[str, np.ndarray]:
+def grid_from_events(trades: pa.Table, book: pa.Table, book_gap_s: float = BOOK_GAP_S,
+                     trade_gap_s: float | None = None) -> dict[str, np.ndarray]:
     """Batch grid of one symbol from trade rows and top-of-book rows (both sorted by ts)."""
     bts = _ns(book["ts"])
     if bts.size == 0:
@@ -58,10 +83,15 @@ def grid_from_events(trades: pa.Table, book: pa.Table) -> dict[str, np.ndarray]:
     s0 = bts[0] // NS
     s1 = max(bts[-1], tts[-1] if tts.size else bts[-1]) // NS
     secs = np.arange(s0, s1 + 1)
-    idx = np.searchsorted(bts, (secs + 1) * NS, side="left") - 1
+    ends = (secs + 1) * NS
+    idx = np.searchsorted(bts, ends, side="left") - 1
+    unknown = np.isnan(_float(book, "bid_px_1")) & np.isnan(_float(book, "ask_px_1"))
+    lost = np.concatenate([[0], np.cumsum(unknown)])
+    lost_inside = lost[idx + 1] > lost[np.searchsorted(bts, secs * NS, side="left")]
+    synced = _book_valid(~unknown[idx], lost_inside, ends - bts[idx], book_gap_s)
     grid = {"ts": secs * NS}
     for name in LEVEL_FIELDS:
-        grid[name] = _float(book, name)[idx]
+        grid[name] = np.where(synced, _float(book, name)[idx], np.nan)
     keep = tts >= s0 * NS
     tsec = tts[keep] // NS - s0
     price = _float(trades, "price")[keep]
@@ -83,16 +113,29 @@ def grid_from_events(trades: pa.Table, book: pa.Table) -> dict[str, np.ndarray]:
     grid["max_qty"] = max_qty
     grid["asof_qty"] = per_second(np.where(matched, qty, 0.0))
     grid["asof_cost_bps"] = per_second(np.where(matched, _cost_bps(price, qty, np.where(matched, mid, 1.0)), 0.0))
+    after_gap = np.zeros(n, bool)
+    if trade_gap_s is not None and tts.size:
+        t = tts[tts >= s0 * NS]
+        first = np.concatenate([[False], np.diff(t) > trade_gap_s * NS])
+        after_gap[t[first] // NS - s0] = True
+    grid["book_synced"] = synced.astype(np.float64)
+    grid["new_session"] = _session_starts(synced, after_gap).astype(np.float64)
     return grid
 
 
 class GridBuilder:
     """Incremental twin of :func:`grid_from_events` for one symbol."""
 
-    def __init__(self, lag_s: int = 2):
+    UNKNOWN = (math.nan,) * len(LEVEL_FIELDS)  # the state to hand :meth:`on_book` where the book was lost
+
+    def __init__(self, lag_s: int = 2, book_gap_s: float = BOOK_GAP_S, trade_gap_s: float | None = None):
         self.lag_ns = lag_s * NS
+        self.book_gap_s, self.trade_gap_s = book_gap_s, trade_gap_s
         self.next_sec: int | None = None  # the next second to close
-        self.levels: tuple[float, ...] = (math.nan,) * len(LEVEL_FIELDS)
+        self.levels: tuple[float, ...] = (math.nan,) * len(LEVEL_FIELDS)  # the newest state (NaN: unknown)
+        self._book_ts = 0  # when the newest state came
+        self._synced = False  # the last closed row's book_synced
+        self._last_trade_ts: int | None = None  # the newest trade in a closed row
         self._pending_book: list[tuple[int, tuple[float, ...]]] = []
         self._trades: dict[int, list[tuple[int, float, float, int]]] = defaultdict(list)
         self._max_ts = 0
@@ -109,7 +152,8 @@ class GridBuilder:
         return tuple(out)
 
     def on_book(self, ts_ns: int, levels: tuple[float, ...]) -> list[dict]:
-        """A new book state (``levels`` from :meth:`flatten`); returns the grid rows it closed."""
+        """A new book state (``levels`` from :meth:`flatten`; :attr:`UNKNOWN` where the book's sync was
+        lost); returns the grid rows it closed."""
         if ts_ns <= 0:
             raise ValueError(f"book state without a time (ts={ts_ns}): the grid cannot place it")
         if self.next_sec is None:
@@ -125,9 +169,13 @@ class GridBuilder:
 
     def resume(self, last_row: dict) -> None:
         """Go on after ``last_row`` (closed before an interruption): its book carries into the next seconds
-        until a new state comes, and trades of its second or earlier are late (that row holds them)."""
+        until a new state comes (for ``book_gap_s`` at most, as from its second's end), and trades of its
+        second or earlier are late (that row holds them)."""
         self.next_sec = last_row["ts"] // NS + 1
         self.levels = tuple(float(last_row[k]) for k in LEVEL_FIELDS)
+        self._book_ts = self.next_sec * NS - 1
+        self._synced = bool(last_row["book_synced"])
+        self._last_trade_ts = None
         self._pending_book, self._trades, self._max_ts = [], defaultdict(list), 0
 
     def on_trade(self, ts_ns: int, price: float, qty: float, side: int) -> list[dict]:
@@ -158,7 +206,9 @@ class GridBuilder:
         states_ts = [-1] + [b[0] for b in applied]
         states = [self.levels] + [b[1] for b in applied]
         if applied:
-            self.levels = applied[-1][1]
+            self._book_ts, self.levels = applied[-1]
+        synced = bool(_book_valid(not _unknown(self.levels), any(_unknown(b[1]) for b in applied),
+                                  end - self._book_ts, self.book_gap_s))
         buy = sell = notional = max_qty = asof_qty = asof_cost = 0.0
         trades = sorted(self._trades.pop(sec, []), key=lambda t: t[0])  # stable: arrival order on ties
         for ts, price, qty, side in trades:
@@ -173,7 +223,19 @@ class GridBuilder:
             if not math.isnan(mid):
                 asof_qty += qty
                 asof_cost += qty * abs(price - mid) / mid * 1e4
-        row = {"ts": sec * NS, **dict(zip(LEVEL_FIELDS, self.levels))}
+        after_gap = bool(trades and self.trade_gap_s is not None and self._last_trade_ts is not None
+                         and trades[0][0] - self._last_trade_ts > self.trade_gap_s * NS)
+        if trades:
+            self._last_trade_ts = trades[-1][0]
+        new_session = synced and (not self._synced or after_gap)
+        self._synced = synced
+        row = {"ts": sec * NS, **dict(zip(LEVEL_FIELDS, self.levels if synced else self.UNKNOWN))}
         row.update(buy_qty=buy, sell_qty=sell, n_trades=float(len(trades)), notional=notional,
-                   max_qty=max_qty, asof_qty=asof_qty, asof_cost_bps=asof_cost)
+                   max_qty=max_qty, asof_qty=asof_qty, asof_cost_bps=asof_cost,
+                   book_synced=float(synced), new_session=float(new_session))
         return row
+
+
+def _unknown(levels: tuple[float, ...]) -> bool:
+    """A state with neither a best bid nor a best ask: where a source lost its book (or one with no orders)."""
+    return math.isnan(levels[0]) and math.isnan(levels[2 * BOOK_LEVELS])

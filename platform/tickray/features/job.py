@@ -30,7 +30,7 @@ import ray
 from tickray import lake
 from tickray.errors import failure_line
 from tickray.features.definitions import FEATURE_NAMES, FEATURE_SET_VERSION, LOOKBACK, compute_features
-from tickray.features.grid import LEVEL_FIELDS, NS, grid_from_events
+from tickray.features.grid import BOOK_GAP_S, LEVEL_FIELDS, NS, grid_from_events
 from tickray.features.indicators import BAR_FEATURE_NAMES, BAR_FEATURE_SET, bar_features
 from tickray.features.labels import HORIZONS_S, forward_labels
 from tickray.lake.schema import TS
@@ -64,7 +64,8 @@ def _exists(root: Path, date: str, symbol: str) -> bool:
     return all((root / ds / f"date={date}" / f"symbol={symbol}").is_dir() for ds in ("trades", "book"))
 
 
-def partition_events(root: Path, date: str, symbol: str) -> tuple[pa.Table, pa.Table, int, int]:
+def partition_events(root: Path, date: str, symbol: str, book_gap_s: float = BOOK_GAP_S
+                     ) -> tuple[pa.Table, pa.Table, int, int]:
     """Trades and book rows for one partition's features: its own, the previous day's last LOOKBACK
     seconds (with the book state in force at their start) and the next day's first seconds up to the
     longest label horizon. Returns them with the partition's [start, end) in ns. Only the needed columns,
@@ -83,8 +84,11 @@ def partition_events(root: Path, date: str, symbol: str) -> tuple[pa.Table, pa.T
         pt, pb = _read(root, prev, symbol, filters=[("ts", ">=", since)])
         k = int(np.searchsorted(_ts(pb), cutoff, side="left"))
         tail = pb.slice(k)
-        if k > 0:  # that state, restamped just before the cutoff
+        if k > 0:  # that state, restamped just before the cutoff (as unknown when it is older than a gap)
             carried = pb.slice(k - 1, 1).set_column(0, "ts", pa.array([cutoff - 1], pa.int64()).cast(TS))
+            if _ts(pb)[k - 1] < cutoff - book_gap_s * NS:
+                carried = pa.table({c: pa.array([None], carried.schema.field(c).type) if c in LEVEL_FIELDS
+                                    else carried[c] for c in carried.column_names})
             tail = pa.concat_tables([carried, tail])
         book.insert(0, tail)
         trades.insert(0, pt.slice(int(np.searchsorted(_ts(pt), cutoff - 1, side="left"))))
@@ -96,9 +100,10 @@ def partition_events(root: Path, date: str, symbol: str) -> tuple[pa.Table, pa.T
     return pa.concat_tables(trades), pa.concat_tables(book), start, end
 
 
-def features_for_partition(root: Path, date: str, symbol: str) -> pa.Table:
-    trades, book, start, end = partition_events(root, date, symbol)
-    grid = grid_from_events(trades, book)
+def features_for_partition(root: Path, date: str, symbol: str, book_gap_s: float = BOOK_GAP_S,
+                           trade_gap_s: float | None = None) -> pa.Table:
+    trades, book, start, end = partition_events(root, date, symbol, book_gap_s)
+    grid = grid_from_events(trades, book, book_gap_s, trade_gap_s)
     mid = (grid["bid_px_1"] + grid["ask_px_1"]) / 2
     own = (grid["ts"] >= start) & (grid["ts"] < end)
     n = int(own.sum())
@@ -108,9 +113,11 @@ def features_for_partition(root: Path, date: str, symbol: str) -> pa.Table:
         "date": pa.array([date] * n, pa.string()),
         "feature_set": pa.array([FEATURE_SET_VERSION] * n, pa.string()).dictionary_encode(),
         "mid": pa.array(mid[own]),
+        "book_synced": pa.array(grid["book_synced"][own] > 0),
+        "new_session": pa.array(grid["new_session"][own] > 0),
     }
     cols.update({k: pa.array(v[own]) for k, v in compute_features(grid).items()})
-    cols.update({k: pa.array(v[own]) for k, v in forward_labels(mid).items()})
+    cols.update({k: pa.array(v[own]) for k, v in forward_labels(mid, new_session=grid["new_session"]).items()})
     return pa.table(cols)
 
 
@@ -135,17 +142,19 @@ def _sources(root: Path, datasets: tuple[str, ...], symbol: str, dates: list[str
                    for src in lake.partition_sources(root, ds, d, symbol)})
 
 
-def _compute_and_write(batch: dict, root: str, stage: str, dataset: str) -> dict:
+def _compute_and_write(batch: dict, root: str, stage: str, dataset: str, gaps: dict) -> dict:
     """Ray Data map function: compute one unit ((date, symbol) or a symbol) and write it into the staged
     dataset from the task itself; only its row count goes back, or its one-line error and traceback
     (whatever it had staged is removed: it lands whole or not at all)."""
     (item,) = (dict(zip(batch, values)) for values in zip(*batch.values()))
     unit = f"date={item['date']} symbol={item['symbol']}" if "date" in item else f"symbol={item['symbol']}"
     name = f"{item.get('date', 'all')}-{item['symbol']}"
-    rows, error, trace = 0, "", ""
+    rows, unsynced, sessions, error, trace = 0, 0, 0, "", ""
     try:
         if dataset == "features":
-            t = features_for_partition(Path(root), item["date"], item["symbol"])
+            t = features_for_partition(Path(root), item["date"], item["symbol"], **gaps)
+            unsynced = t.num_rows - pc.sum(t["book_synced"]).as_py() if t.num_rows else 0
+            sessions = pc.sum(t["new_session"]).as_py() or 0 if t.num_rows else 0
             sources = _sources(Path(root), ("trades", "book"), item["symbol"],
                                [_day(item["date"], d) for d in (-1, 0, 1)])  # the days partition_events reads
         else:
@@ -156,7 +165,7 @@ def _compute_and_write(batch: dict, root: str, stage: str, dataset: str) -> dict
         for f in (Path(stage) / dataset).rglob(f"part-{name}.parquet"):
             f.unlink()
         rows, error, trace = 0, failure_line(e), traceback.format_exc()
-    return {"rows": np.array([rows]), "node": np.array([ray.get_runtime_context().get_node_id()], dtype=object),
+    return {"rows": np.array([rows]), "unsynced": np.array([unsynced]), "sessions": np.array([sessions]),"node": np.array([ray.get_runtime_context().get_node_id()], dtype=object),
             "unit": np.array([f"{dataset} {unit}"], dtype=object), "error": np.array([error], dtype=object),
             "trace": np.array([trace], dtype=object)}
 
@@ -170,26 +179,32 @@ class FeaturesReport:
     nodes: set[str] = field(default_factory=set)  # where the tasks whose results were kept ran
     failed: list[tuple[str, str, str]] = field(default_factory=list)  # (unit, one line, traceback)
     log: Path | None = None
+    unsynced: int = 0  # tick rows whose book was not the venue's (see features.grid)
+    sessions: int = 0  # session starts among the tick rows
 
     def lines(self) -> list[str]:
         sets = {"features": (FEATURE_SET_VERSION, len(FEATURE_NAMES)),
                 "bar_features": (BAR_FEATURE_SET, len(BAR_FEATURE_NAMES))}
         return [f"failed: {unit}: {why}" for unit, why, _ in self.failed] + [
                 f"{ds}: {self.rows[ds]:,} rows x {sets[ds][1]} features ({sets[ds][0]}) in "
-                f"{len(self.partitions[ds])} partitions" for ds in self.rows] + [
+                f"{len(self.partitions[ds])} partitions"
+                + (f"; {self.unsynced:,} rows on an unsynced book, {self.sessions:,} session starts"
+                   if ds == "features" else "") for ds in self.rows] + [
                 f"({self.seconds:.1f}s, {self.tasks} tasks on {len(self.nodes)} node(s)"
                 + (f"; {len(self.failed)} failed, tracebacks in {self.log}" if self.failed else "") + ")"]
 
 
-def _run(lake_root: Path, dataset: str, items: list[dict], report: FeaturesReport) -> None:
+def _run(lake_root: Path, dataset: str, items: list[dict], report: FeaturesReport, gaps: dict) -> None:
     stage = lake.staging_dir(lake_root)
     try:
         with one_stage_execution():
             counts = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
                 _compute_and_write, batch_size=1,
-                fn_kwargs={"root": str(lake_root), "stage": str(stage), "dataset": dataset}).take_all()
+                fn_kwargs={"root": str(lake_root), "stage": str(stage), "dataset": dataset, "gaps": gaps}).take_all()
         report.partitions[dataset] = lake.commit(stage / dataset, lake_root / dataset)
         report.rows[dataset] = sum(int(c["rows"]) for c in counts)
+        report.unsynced += sum(int(c["unsynced"]) for c in counts)
+        report.sessions += sum(int(c["sessions"]) for c in counts)
         report.tasks += len(counts)
         report.nodes.update(c["node"] for c in counts)
         report.failed += [(c["unit"], c["error"], c["trace"]) for c in counts if c["error"]]
@@ -197,8 +212,13 @@ def _run(lake_root: Path, dataset: str, items: list[dict], report: FeaturesRepor
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def build_features(lake_root: Path) -> FeaturesReport:
-    """Tick features for every partition with trades and book, bar features for every symbol with bars."""
+def build_features(lake_root: Path, book_gap_s: float = BOOK_GAP_S, trade_gap_s: float | None = None
+                   ) -> FeaturesReport:
+    """Tick features for every partition with trades and book, bar features for every symbol with bars.
+    ``book_gap_s`` and ``trade_gap_s`` bound the silences that end a session (``features.grid``)."""
+    if book_gap_s <= 0 or (trade_gap_s is not None and trade_gap_s <= 0):
+        raise ValueError(f"the book gap ({book_gap_s}) and trade gap ({trade_gap_s}) must be > 0 seconds")
+    gaps = {"book_gap_s": book_gap_s, "trade_gap_s": trade_gap_s}
     t0 = time.perf_counter()
     lake_root = Path(lake_root)
     parts = sorted(set(lake.partitions(lake_root, "trades")) & set(lake.partitions(lake_root, "book")))
@@ -208,9 +228,9 @@ def build_features(lake_root: Path) -> FeaturesReport:
                                 f"{lake_root}; run `tickray ingest` first")
     report = FeaturesReport({}, {}, 0.0)
     if parts:
-        _run(lake_root, "features", [{"date": d, "symbol": s} for d, s in parts], report)
+        _run(lake_root, "features", [{"date": d, "symbol": s} for d, s in parts], report, gaps)
     if bar_symbols:
-        _run(lake_root, "bar_features", [{"symbol": s} for s in bar_symbols], report)
+        _run(lake_root, "bar_features", [{"symbol": s} for s in bar_symbols], report, gaps)
     if report.failed:
         logs = lake_root / "_logs"
         logs.mkdir(parents=True, exist_ok=True)

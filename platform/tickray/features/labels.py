@@ -27,15 +27,18 @@ def _from_returns(fwd: np.ndarray, suffix: str, dead_band_bps: float) -> dict[st
 
 
 def forward_labels(mid: np.ndarray, horizons: tuple[int, ...] = HORIZONS_S, dead_band_bps: float = DEAD_BAND_BPS,
-                   unit: str = "s") -> dict[str, np.ndarray]:
+                   unit: str = "s", new_session: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Labels at horizons counted in rows: seconds on the one-second grid (``unit="s"``), events on an
-    event series (``unit="ev"``)."""
+    event series (``unit="ev"``). With ``new_session`` (true on each session's first row), a horizon
+    that ends in a later session gives no label."""
     out: dict[str, np.ndarray] = {}
     logmid = np.log(np.asarray(mid, float))
+    n = logmid.size
+    session = np.cumsum(new_session) if new_session is not None else np.zeros(n)
     for h in horizons:
-        fwd = np.full(logmid.size, np.nan)
-        if logmid.size > h:  # a series shorter than the horizon has no label at all
-            fwd[: logmid.size - h] = (logmid[h:] - logmid[: logmid.size - h]) * 1e4
+        fwd = np.full(n, np.nan)
+        if n > h:  # a series shorter than the horizon has no label at all
+            fwd[: n - h] = np.where(session[h:] == session[: n - h], (logmid[h:] - logmid[: n - h]) * 1e4, np.nan)
         out.update(_from_returns(fwd, f"{h}{unit}", dead_band_bps))
     return out
 

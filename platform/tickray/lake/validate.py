@@ -46,10 +46,14 @@ def check_trades(t: pa.Table) -> pa.Array:
 
 
 def check_book(t: pa.Table) -> pa.Array:
+    """Reasons for book rows. A row without any level-1 price or size is valid: it says the book became
+    unknown there (its source lost sync: sources.book_rows)."""
     bid, ask = t["bid_px_1"], t["ask_px_1"]
     crossed = pc.fill_null(pc.greater_equal(bid, ask), False).to_numpy(zero_copy_only=False)
+    level1 = ["bid_px_1", "ask_px_1", "bid_sz_1", "ask_sz_1"]
+    unknown = np.logical_and.reduce([_null(t, [c]) for c in level1])
     return _first_reason(t, [
-        ("null field", _null(t, ["ts", "bid_px_1", "ask_px_1", "bid_sz_1", "ask_sz_1"])),
+        ("null field", _null(t, ["ts"]) | (_null(t, level1) & ~unknown)),
         ("non-positive price", _le0(bid) | _le0(ask)),
         ("crossed book", crossed),
     ])

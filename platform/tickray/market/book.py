@@ -113,6 +113,9 @@ class BookSync:
     on_drop: Callable[[DepthUpdate, str], None] | None = None
     # The venue's bookTicker as a judge of every state (``on_ticker``); None: not checked.
     check: TopOfBookCheck | None = None
+    # Called when a synced book is lost (a gap, a contradiction), with the time of the latest diff seen:
+    # from then until a new snapshot the book is unknown.
+    on_unsync: Callable[[int], None] | None = None
     book: OrderBook = field(init=False)
     synced: bool = field(default=False, init=False)
     counters: BookCounters = field(default_factory=BookCounters, init=False)
@@ -145,6 +148,8 @@ class BookSync:
             return False
 
     def _unsync(self, buffer: list[DepthUpdate]) -> None:
+        if self.synced and self.on_unsync:
+            self.on_unsync(self.last_seen_ms)
         self.synced = False
         self._buffer = buffer
         if self.check:

@@ -37,6 +37,7 @@ from tickray.lake.schema import bars_dataset_name
 from tickray.research.config import RowsConfig
 
 NS = 1_000_000_000
+VALIDITY = ("book_synced", "new_session")  # the feature rows' validity columns (features.grid)
 
 
 @dataclass
@@ -56,10 +57,21 @@ class Rows:
     provenance: dict[str, list[str]] = field(default_factory=dict)
     lookback_s: int = 0  # the longest look-back of the features, as they declare it
     period_s: int = 1  # seconds from one row to the next of a symbol (the grid's, or the bars')
+    # (n,) whether the book behind each row was the venue's (features.grid); None: no book (bars)
+    book_synced: np.ndarray | None = None
+    # (n,) int: rows of one session share a number; rolling features, labels and windows never cross one
+    session: np.ndarray | None = None
 
     @property
     def n(self) -> int:
         return self.ts.size
+
+    def validity(self) -> str:
+        """How many rows had no venue's book behind them (never learnt from, scored or traded) and how
+        many sessions the rows fall into."""
+        unsynced = int((~self.book_synced).sum()) if self.book_synced is not None else 0
+        sessions = len(np.unique(self.session)) if self.session is not None else len(set(self.symbol.tolist()))
+        return f"{unsynced:,} rows on an unsynced book left out, {sessions:,} session(s)"
 
     def labels(self) -> list[str]:
         return [f"up_{h}s" for h in self.horizons]
@@ -116,7 +128,7 @@ def check_lake(cfg: RowsConfig, lake_root: Path) -> dict[tuple[str, str], list[s
     date, sym = next(iter(parts))
     f = next((root / "features" / f"date={date}" / f"symbol={sym}").glob("*.parquet"))
     have = set(pq.read_schema(f).names)
-    missing = [c for c in cfg.data.selected_features() if c not in have]
+    missing = [c for c in (*cfg.data.selected_features(), *VALIDITY) if c not in have]
     if missing:
         raise ConfigError(f"data: feature(s) {', '.join(missing)} missing from {f} (feature set "
                           f"{FEATURE_SET_VERSION}): recompute features with `tickray features`")
@@ -139,7 +151,7 @@ def load_rows(cfg: RowsConfig, lake_root: Path) -> Rows:
     parts = check_lake(cfg, root)
     returns = [f"fwd_ret_{h}s" for h in cfg.data.horizons_s]
     features = cfg.data.selected_features()
-    cols = ["ts", "mid", *features, *returns]
+    cols = ["ts", "mid", *VALIDITY, *features, *returns]
 
     def read(batch: dict[str, np.ndarray]) -> pa.Table:
         date, sym = batch["date"][0], batch["symbol"][0]
@@ -159,9 +171,16 @@ def load_rows(cfg: RowsConfig, lake_root: Path) -> Rows:
     if cfg.labels.shuffle_within_s:
         y = shuffle_within_blocks(y, ts, cfg.labels.shuffle_within_s * NS, cfg.seed)
     window = cfg.longest_window
-    return Rows(x, y, fwd, ts, symbol, complete_windows(x, ts, symbol, window), features,
-                list(cfg.data.horizons_s), window, price=t["mid"].to_numpy(zero_copy_only=False).astype(np.float64),
-                provenance=_provenance("features", parts), lookback_s=max(FEATURES[f].lookback for f in features))
+    new = t["new_session"].to_numpy(zero_copy_only=False).copy()
+    new[1:] |= symbol[1:] != symbol[:-1]
+    session = np.cumsum(new)  # from the first row read: a session begun before it is numbered from there
+    ok = complete_windows(x, ts, symbol, window)
+    if ts.size >= window:  # and within one session
+        ok[window - 1:] &= session[window - 1:] == session[: ts.size - window + 1]
+    return Rows(x, y, fwd, ts, symbol, ok, features, list(cfg.data.horizons_s), window,
+                price=t["mid"].to_numpy(zero_copy_only=False).astype(np.float64),
+                provenance=_provenance("features", parts), lookback_s=max(FEATURES[f].lookback for f in features),
+                book_synced=t["book_synced"].to_numpy(zero_copy_only=False), session=session)
 
 
 def load_bar_rows(cfg: RowsConfig, lake_root: Path, timeframe: str) -> Rows:
@@ -248,9 +267,11 @@ class Windows:
 
 
 def observable(rows: Rows) -> np.ndarray:
-    """Rows a live system could have predicted: features defined and the longest window complete. What
-    happened after a row never decides whether it is there (a backtest simulates every one of these)."""
-    return rows.window_ok if rows.window > 1 else ~np.isnan(rows.x).any(axis=1)
+    """Rows a live system could have predicted: the venue's book behind them, features defined and the
+    longest window complete. What happened after a row never decides whether it is there (a backtest
+    simulates every one of these)."""
+    ok = rows.window_ok if rows.window > 1 else ~np.isnan(rows.x).any(axis=1)
+    return ok & rows.book_synced if rows.book_synced is not None else ok
 
 
 def usable(rows: Rows) -> np.ndarray:

@@ -222,7 +222,8 @@ def rebuild_book_depth(path: Path, levels: int = 10) -> BookRebuild:
     out = TopNWriter(symbol, levels)
     dropped: list[tuple[int, str, str]] = []
     sync = BookSync(symbol, on_change=lambda ts_ms: out.add(ts_ms * 1_000_000, sync.book),
-                    on_drop=lambda up, why: dropped.append((up.ts_ms, symbol, why)))
+                    on_drop=lambda up, why: dropped.append((up.ts_ms, symbol, why)),
+                    on_unsync=lambda ts_ms: out.unknown(ts_ms * 1_000_000))
     # Rows of one event share (timestamp, last_update_id, update_type).
     n = t.num_rows
     bounds = np.flatnonzero((np.diff(last) != 0) | (np.diff(ts) != 0)) + 1
@@ -340,7 +341,8 @@ class _SymbolRebuild:
     def __init__(self, symbol: str, levels: int, spot: bool, dropped: list):
         self.out = TopNWriter(symbol, levels)
         self.sync = BookSync(symbol, spot=spot, on_change=lambda ts_ms: self.out.add(ts_ms * 1_000_000, self.sync.book),
-                             on_drop=lambda up, why: dropped.append((up.ts_ms, symbol, why)))
+                             on_drop=lambda up, why: dropped.append((up.ts_ms, symbol, why)),
+                             on_unsync=lambda ts_ms: self.out.unknown(ts_ms * 1_000_000))
         self.trades: dict[str, list] = {"ts": [], "price": [], "qty": [], "side": [], "trade_id": []}
 
     def trade_table(self) -> pa.Table:

@@ -1,4 +1,8 @@
-"""Order-book states as rows of the lake's ``book`` dataset: every book source writes them the same way."""
+"""Order-book states as rows of the lake's ``book`` dataset: every book source writes them the same way.
+
+A row whose every level is NaN says the book became unknown at its time (a gap in the diffs, a reset):
+the states before it must not be carried past it. The next state is the resynced book.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +28,11 @@ class TopNWriter:
         bids, asks = (bids + pad)[: self.levels], (asks + pad)[: self.levels]
         self.ts.append(ts_ns)
         self.rows.append([p for p, _ in bids] + [q for _, q in bids] + [p for p, _ in asks] + [q for _, q in asks])
+
+    def unknown(self, ts_ns: int) -> None:
+        """From ``ts_ns`` the book is unknown (its sync was lost) until the next state."""
+        self.ts.append(ts_ns)
+        self.rows.append([float("nan")] * (4 * self.levels))
 
     def table(self) -> pa.Table:
         n, k = len(self.rows), self.levels

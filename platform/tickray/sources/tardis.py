@@ -178,8 +178,9 @@ def _rebuild_symbol(symbol, rows, ts, local, snap, is_bid, bad_side, price, amou
             continue
         prev = rows[k - 1] if k else -1
         if snap[i] and (prev < 0 or not snap[prev] or local[prev] != local[i]):  # a snapshot: a fresh book
-            if synced:
+            if synced:  # the book before the reset is not carried past it
                 counters["resyncs"] += 1
+                out.unknown(int(ts[i]) * 1000 - 1)  # just before the new book, whatever the sort
             book.reset(0, [], [])
             synced = True
         if not synced:

@@ -40,6 +40,9 @@ class ColdBuffer:
     def on_book(self, ts_ns: int, sync: BookSync) -> None:
         self.book.add(ts_ns, sync.book)
 
+    def on_book_lost(self, ts_ns: int) -> None:
+        self.book.unknown(ts_ns)
+
     def take(self) -> dict[str, pa.Table]:
         """The rows gathered since the last call, by dataset (empty ones left out); the buffer starts over."""
         out = {}

@@ -19,6 +19,8 @@ from tickray.market.book import BookSync, DepthUpdate, TopOfBookCheck
 from tickray.stream.cold import ColdBuffer
 from tickray.stream.state import MarketState
 
+RESUMED = 2**63 - 1  # SymbolPipeline._carried_until_ns: resumed, no snapshot yet
+
 
 @dataclass
 class FeatureUpdate:
@@ -49,10 +51,13 @@ class SymbolPipeline:
     _in_grid: deque = field(default_factory=deque)  # (ts_ns, id) of trades in seconds the grid has not closed
     _closed_trade_id: int = -1  # the newest trade in a closed grid row
     _marks: dict[str, int] = field(default_factory=dict)  # event → the last E (or bookTicker u) taken
-    _synced_from_ns: int | None = None  # when the book was last installed from a snapshot
+    # After a resume the grid carries the book it resumed with until the first snapshot: its time (None: not
+    # resumed, or that snapshot has come and gone; RESUMED: it has not come yet).
+    _carried_until_ns: int | None = None
 
     def __post_init__(self) -> None:
-        self.sync = BookSync(self.symbol, spot=self.spot, on_change=self._book_changed, check=TopOfBookCheck())
+        self.sync = BookSync(self.symbol, spot=self.spot, on_change=self._book_changed, check=TopOfBookCheck(),
+                             on_unsync=self._book_lost)
         self.bars = LiveBars(self.symbol, self.bar_timeframes)
         self.state = MarketState(self.symbol)
 
@@ -62,8 +67,15 @@ class SymbolPipeline:
         levels = GridBuilder.flatten(*self.sync.book.top(BOOK_LEVELS))
         self._closed.extend(self.grid.on_book(ts_ms * 1_000_000, levels))
 
+    def _book_lost(self, ts_ms: int) -> None:
+        """The book's sync was lost at ``ts_ms``: unknown in the grid (and the lake) until it is rebuilt."""
+        if self.cold:
+            self.cold.on_book_lost(ts_ms * 1_000_000)
+        self._closed.extend(self.grid.on_book(ts_ms * 1_000_000, GridBuilder.UNKNOWN))
+
     def on_snapshot(self, snap: dict) -> list[FeatureUpdate]:
-        self._synced_from_ns = self.sync.snapshot_time_ms(snap) * 1_000_000  # before the rows it closes
+        if self._carried_until_ns == RESUMED:  # before the rows it closes
+            self._carried_until_ns = self.sync.snapshot_time_ms(snap) * 1_000_000
         self.sync.on_rest_snapshot(snap)
         return self._emit()
 
@@ -134,16 +146,17 @@ class SymbolPipeline:
         self.grid.resume({"ts": ts[-1], **dict(zip(GRID_FIELDS[1:], np.frombuffer(rows[-1], np.float64)))})
         self.grid_trade_id = self._closed_trade_id = trade_id
         self._in_grid.clear()
+        self._carried_until_ns = RESUMED
 
     def resume_from_trade(self) -> int:
         """The first trade id a restarted actor fetches again: the grid may be behind the checkpoint."""
         return min(self.last_trade_id, self.grid_trade_id) + 1
 
-    def _row_book_synced(self, ts_ns: int) -> bool:
-        """Whether a row closed now holds the venue's book: the book is synced and the row ends after the
-        snapshot it was synced from (the seconds before it carried a book from before the gap)."""
-        return (self.sync.synced and self._synced_from_ns is not None
-                and ts_ns + 1_000_000_000 > self._synced_from_ns)
+    def _row_book_synced(self, row: dict) -> bool:
+        """Whether a row holds the venue's book: the grid's rule (as in batch), and after a resume the row
+        ends after the first snapshot (the seconds before carried the book the actor resumed with)."""
+        carried = self._carried_until_ns is not None and row["ts"] + 1_000_000_000 <= self._carried_until_ns
+        return row["book_synced"] > 0 and not carried
 
     def _emit(self) -> list[FeatureUpdate]:
         out = []
@@ -153,6 +166,6 @@ class SymbolPipeline:
             while self._in_grid and self._in_grid[0][0] < end:
                 self._closed_trade_id = self._in_grid.popleft()[1]
             out.append(FeatureUpdate(self.symbol, row["ts"], feats, (row["bid_px_1"] + row["ask_px_1"]) / 2,
-                                     self.online.last_row(), self._closed_trade_id, self._row_book_synced(row["ts"])))
+                                     self.online.last_row(), self._closed_trade_id, self._row_book_synced(row)))
         self._closed = []
         return out

@@ -215,7 +215,7 @@ def run_training(cfg: TrainConfig, lake_root: Path, tracking_uri: str, artifact_
     families = cfg.models.enabled()
     say(f"{rows.n:,} rows of {len(rows.features)} features ({rows.feature_set_version}), horizons "
         f"{rows.horizons} s; development {win.dev.size:,}, calibration {win.calibration.size:,}, "
-        f"test {win.test.size:,}; {cfg.split.folds} purged folds, embargo {gap // NS}s")
+        f"test {win.test.size:,}; {cfg.split.folds} purged folds, embargo {gap // NS}s; {rows.validity()}")
 
     # 2. out-of-fold predictions: a task per (model, fold), submitted at once
     x_ref, y_ref = ray.put(rows.x), ray.put(rows.y)

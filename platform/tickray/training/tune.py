@@ -162,6 +162,7 @@ def run_tune(cfg: TrainConfig, lake_root: Path, tracking_uri: str, artifact_root
     search_space(cfg)  # a bad space fails here, before any data is read
     t0 = time.perf_counter()
     rows = load_rows(cfg, lake_root)
+    say(f"{rows.n:,} rows; {rows.validity()}")
     win = split_windows(rows, cfg)
     fit, stop = inner_split(rows.ts, thin(rows, win.dev, cfg.data.train_every_s), embargo_s(rows, cfg) * NS)
     t_search = time.perf_counter()
