@@ -35,10 +35,16 @@ class TopNWriter:
         self.rows.append([float("nan")] * (4 * self.levels))
 
     def table(self) -> pa.Table:
-        n, k = len(self.rows), self.levels
-        m = np.array(self.rows, dtype=np.float64).reshape(n, 4 * k)
-        names = [f"{side}_{what}_{i}" for side in ("bid", "ask") for what in ("px", "sz") for i in range(1, k + 1)]
-        cols = {name: m[:, j] for j, name in enumerate(names)}
-        cols["ts"] = pa.array(np.array(self.ts, dtype=np.int64)).cast(TS)
-        cols["symbol"] = pa.array([self.symbol] * n, pa.string())
-        return conform_book(cols, n, k)
+        m = np.array(self.rows, dtype=np.float64).reshape(len(self.rows), 4 * self.levels)
+        return book_table(self.symbol, np.array(self.ts, dtype=np.int64), m, self.levels)
+
+
+def book_table(symbol: str, ts_ns: np.ndarray, m: np.ndarray, levels: int) -> pa.Table:
+    """Book rows from a matrix of states: per row the bid prices, bid sizes, ask prices and ask sizes of
+    ``levels`` levels, best first, NaN where a side has fewer."""
+    n, k = len(ts_ns), levels
+    names = [f"{side}_{what}_{i}" for side in ("bid", "ask") for what in ("px", "sz") for i in range(1, k + 1)]
+    cols = {name: m[:, j] for j, name in enumerate(names)}
+    cols["ts"] = pa.array(ts_ns).cast(TS)
+    cols["symbol"] = pa.array([symbol] * n, pa.string())
+    return conform_book(cols, n, k)

@@ -27,6 +27,7 @@ import io
 import re
 from pathlib import Path
 
+import numba
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -34,9 +35,8 @@ from pyarrow import csv as pacsv
 
 from tickray.errors import DataFormatError
 from tickray.lake.schema import FUNDING, LIQUIDATION, OPEN_INTEREST, TRADE, TS, conform_book
-from tickray.market.book import OrderBook
 from tickray.sources.binance import read_bytes
-from tickray.sources.book_rows import TopNWriter
+from tickray.sources.book_rows import book_table
 
 NAME = re.compile(r"^(?P<exchange>[a-z0-9-]+)_(?P<type>incremental_book_l2|book_snapshot_\d+|trades|quotes|"
                   r"derivative_ticker|liquidations)_.+\.csv(\.gz)?$")
@@ -146,7 +146,6 @@ def rebuild_incremental_book(path: Path, levels: int) -> tuple[pa.Table, list[tu
     """(book rows, rows that could not be applied as (ts ms, symbol, reason), counters) from an
     ``incremental_book_L2`` file: one book state per update of each symbol (see the module's rules)."""
     t = _read(path, "incremental_book_l2")
-    symbols = t["symbol"].to_numpy(zero_copy_only=False)
     ts = t["timestamp"].to_numpy()
     local = t["local_timestamp"].to_numpy()
     snap = t["is_snapshot"].to_numpy(zero_copy_only=False)
@@ -154,40 +153,123 @@ def rebuild_incremental_book(path: Path, levels: int) -> tuple[pa.Table, list[tu
     price, amount = t["price"].to_numpy(), t["amount"].to_numpy()
     bad_side = ~is_bid & ~pc.equal(t["side"], "ask").to_numpy(zero_copy_only=False)
     tables, dropped, counters = [], [], {"updates": 0, "resyncs": 0}
-    for symbol in dict.fromkeys(symbols.tolist()):
-        rows = np.flatnonzero(symbols == symbol)  # this symbol's rows, in file order
-        out = TopNWriter(symbol, levels)
-        _rebuild_symbol(symbol, rows, ts, local, snap, is_bid, bad_side, price, amount, out, dropped, counters)
-        tables.append(out.table())
-    book = pa.concat_tables(tables) if tables else TopNWriter("", levels).table()
+    codes = pc.dictionary_encode(t["symbol"]).combine_chunks()
+    names, code = codes.dictionary.to_pylist(), codes.indices.to_numpy()
+    # each symbol's rows, in file order (a file of one symbol, as Tardis names most, needs no sort)
+    order = np.argsort(code, kind="stable") if len(names) > 1 else np.arange(code.size)
+    bounds = np.searchsorted(code[order], np.arange(len(names) + 1))
+    for j in sorted(range(len(names)), key=lambda j: order[bounds[j]]):  # symbols as they first appear
+        rows = order[bounds[j]:bounds[j + 1]]
+        out_ts, out_lv, drop_rows, drop_codes, updates, resyncs = _replay_l2(
+            rows, ts, local, snap, is_bid, bad_side, price, amount, levels)
+        tables.append(book_table(names[j], out_ts, out_lv.T, levels))
+        dropped += [(int(ts[i]) // 1000, names[j], DROP_REASONS[c]) for i, c in zip(drop_rows, drop_codes)]
+        counters["updates"] += updates
+        counters["resyncs"] += resyncs
+    book = pa.concat_tables(tables) if tables else book_table("", np.zeros(0, np.int64), np.zeros((0, 4 * levels)),
+                                                              levels)
     return book, dropped, counters
 
 
-def _rebuild_symbol(symbol, rows, ts, local, snap, is_bid, bad_side, price, amount, out: TopNWriter,
-                    dropped: list, counters: dict) -> None:
-    book, synced, newest = OrderBook(symbol), False, -1
+DROP_REASONS = (TIME_BACKWARDS, "side is neither bid nor ask", BEFORE_SNAPSHOT)
+APPLY, RESET_APPLY = -1, -2  # _row_actions: the row is applied (after a reset of the book); else a DROP_REASONS index
+
+
+@numba.njit(cache=True)
+def _row_actions(rows, local, snap, bad_side):
+    """Per row of one symbol (indices in file order) what the module's rules do with it, and how many
+    book states that makes (one per update, one without levels before each reset). No book is needed."""
     n = rows.size
+    action = np.empty(n, np.int8)
+    states = 0
+    synced = False
+    newest = -1
     for k in range(n):
         i = rows[k]
         if local[i] < newest:
-            dropped.append((int(ts[i]) // 1000, symbol, TIME_BACKWARDS))
+            action[k] = 0
             continue
         newest = local[i]
         if bad_side[i]:
-            dropped.append((int(ts[i]) // 1000, symbol, "side is neither bid nor ask"))
+            action[k] = 1
             continue
         prev = rows[k - 1] if k else -1
-        if snap[i] and (prev < 0 or not snap[prev] or local[prev] != local[i]):  # a snapshot: a fresh book
-            if synced:  # the book before the reset is not carried past it
-                counters["resyncs"] += 1
-                out.unknown(int(ts[i]) * 1000 - 1)  # just before the new book, whatever the sort
-            book.reset(0, [], [])
+        reset = snap[i] and (prev < 0 or not snap[prev] or local[prev] != local[i])  # a snapshot: a fresh book
+        if reset:
+            states += 1 if synced else 0  # the book before it is not carried past it
             synced = True
         if not synced:
-            dropped.append((int(ts[i]) // 1000, symbol, BEFORE_SNAPSHOT))
+            action[k] = 2
             continue
-        level = ((price[i], amount[i]),)
-        book.apply_levels(level if is_bid[i] else (), () if is_bid[i] else level, 0)
+        action[k] = RESET_APPLY if reset else APPLY
         if k + 1 == n or local[rows[k + 1]] != local[i]:  # the update's last row
-            out.add(int(ts[i]) * 1000, book)
-            counters["updates"] += 1
+            states += 1
+    return action, states
+
+
+@numba.njit(cache=True)
+def _set_level(px, sz, n, key, amount):
+    """Set one level of a side kept with its best last (``key`` ascending: the price for bids, minus the
+    price for asks; ``n`` in use), so that the busy levels near the touch move few others. Size 0 removes
+    the level. Returns the new n."""
+    i = np.searchsorted(px[:n], key)
+    if i < n and px[i] == key:
+        if amount == 0.0:
+            for j in range(i, n - 1):
+                px[j], sz[j] = px[j + 1], sz[j + 1]
+            return n - 1
+        sz[i] = amount
+        return n
+    if amount == 0.0:
+        return n
+    for j in range(n, i, -1):
+        px[j], sz[j] = px[j - 1], sz[j - 1]
+    px[i], sz[i] = key, amount
+    return n + 1
+
+
+@numba.njit(cache=True)
+def _replay_l2(rows, ts, local, snap, is_bid, bad_side, price, amount, levels):
+    """One symbol's rows (indices in file order) replayed by the module's rules: the states after every
+    update (ts ns; per field a row: bid prices, bid sizes, ask prices, ask sizes, best first, NaN-padded), a
+    state without levels just before each reset, and the rows not applied with their DROP_REASONS index."""
+    action, states = _row_actions(rows, local, snap, bad_side)
+    n = rows.size
+    out_ts = np.empty(states, np.int64)
+    out_lv = np.full((4 * levels, states), np.nan)  # a row per field: contiguous columns for Arrow
+    keys = [np.empty(256), np.empty(256)]  # per side (bids, asks): levels' keys, best last
+    sizes = [np.empty(256), np.empty(256)]
+    used = [0, 0]
+    m = updates = resyncs = 0
+    for k in range(n):
+        i = rows[k]
+        if action[k] >= 0:
+            continue
+        if action[k] == RESET_APPLY:
+            if m or updates:  # not the first snapshot: unknown just before the new book
+                out_ts[m] = ts[i] * 1000 - 1
+                m += 1
+                resyncs += 1
+            used[0] = used[1] = 0
+        s = 0 if is_bid[i] else 1
+        if used[s] + 1 >= keys[s].size:
+            keys[s], sizes[s] = _double(keys[s]), _double(sizes[s])
+        used[s] = _set_level(keys[s], sizes[s], used[s], price[i] if s == 0 else -price[i], amount[i])
+        if k + 1 == n or local[rows[k + 1]] != local[i]:  # the update's last row
+            out_ts[m] = ts[i] * 1000
+            for side in range(2):
+                for j in range(min(levels, used[side])):
+                    key = keys[side][used[side] - 1 - j]
+                    out_lv[2 * side * levels + j, m] = key if side == 0 else -key
+                    out_lv[(2 * side + 1) * levels + j, m] = sizes[side][used[side] - 1 - j]
+            m += 1
+            updates += 1
+    dropped = np.flatnonzero(action >= 0)
+    return out_ts, out_lv, rows[dropped], action[dropped], updates, resyncs
+
+
+@numba.njit(cache=True)
+def _double(a):
+    out = np.empty(2 * a.size)
+    out[:a.size] = a
+    return out
