@@ -74,6 +74,7 @@ def test_incremental_book_follows_the_documented_rules(tmp_path):
         ("Y", 210, 211, "true", "bid", 50.0, 5), ("Y", 210, 211, "true", "ask", 51.0, 6),
         ("X", 300, 301, "false", "bid", 10.0, 0), ("X", 300, 301, "false", "bid", 9.8, 7),  # one update
         ("X", 310, 311, "false", "ask", 10.4, 8),
+        ("X", 312, 313, "false", "middle", 10.2, 1),  # a side that is neither
         ("Y", 320, 321, "false", "ask", 51.0, 0), ("Y", 320, 321, "false", "ask", 52.0, 1),
         ("X", 250, 250, "false", "ask", 10.1, 1),  # received before the last one of X
         ("X", 400, 401, "true", "bid", 8.0, 1), ("X", 400, 401, "true", "ask", 12.0, 2),  # reset
@@ -91,6 +92,8 @@ def test_incremental_book_follows_the_documented_rules(tmp_path):
         if lt < last_local.get(s, -1):
             continue
         last_local[s] = lt
+        if side not in ("bid", "ask"):
+            continue
         if snap == "true" and (prev is None or prev[3] != "true" or prev[2] != lt):
             if s in books:  # a reset: the book is unknown (a row without levels) until the new one
                 want.append((s, t, [], []))
@@ -111,7 +114,8 @@ def test_incremental_book_follows_the_documented_rules(tmp_path):
     x_states = [g for g in got if g[0] == "X"]
     assert x_states[-2][2:] == ([(8.0, 1.0)], [(12.0, 2.0)])  # the reset kept none of the old levels
     assert counters == {"updates": len(want) - 1, "resyncs": 1}
-    assert sorted(dropped) == sorted([(0, "X", tardis.TIME_BACKWARDS), (0, "X", tardis.BEFORE_SNAPSHOT)])
+    assert sorted(dropped) == sorted([(0, "X", tardis.TIME_BACKWARDS), (0, "X", tardis.BEFORE_SNAPSHOT),
+                                      (0, "X", "side is neither bid nor ask")])
 
 
 def test_trades_quotes_and_derivative_ticker(tmp_path):
