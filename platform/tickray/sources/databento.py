@@ -10,8 +10,9 @@ name an ``instrument_id``, which the file's metadata maps to the raw symbol for 
   orders' cancels that follow do). A book state is emitted only on the record that ends an event
   (``F_LAST``), the top levels with their order counts; a snapshot (``F_SNAPSHOT`` records after a
   Clear) is one state at its receive time (its records' ``ts_event`` are when each order was last
-  changed). A cancel or modify of an order not in the book is quarantined, never a crash. Trades are
-  the Trade records.
+  changed). A cancel or modify of an order not in the book, and an add or modify without a side, are
+  quarantined, never a crash. Trades are the Trade records. The book runs compiled (numba) over the
+  records read into arrays at once.
 - ``mbp-1``, ``tbbo``, ``mbp-10``: book rows with order counts, and trades; ``trades``: trades;
   ``ohlcv-1m``: 1-minute bars. Other schemas are refused, naming the file and the schema.
 """
@@ -22,6 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import databento_dbn as dbn
+import numba
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -184,63 +186,6 @@ class _BookRows:
         return conform_book(cols, n, k)
 
 
-class OrderBookL3:
-    """One instrument's orders: id → (side, price, size), and per side price → (size, orders)."""
-
-    def __init__(self):
-        self.orders: dict[int, tuple[str, int, int]] = {}
-        self.levels = {"B": defaultdict(lambda: [0, 0]), "A": defaultdict(lambda: [0, 0])}
-
-    def clear(self) -> None:
-        self.orders.clear()
-        for side in self.levels.values():
-            side.clear()
-
-    def _level(self, side: str, price: int, size: int, count: int) -> None:
-        lv = self.levels[side][price]
-        lv[0] += size
-        lv[1] += count
-        if lv[1] <= 0:
-            del self.levels[side][price]
-
-    def add(self, oid: int, side: str, price: int, size: int) -> None:
-        if oid in self.orders:  # the same id added twice: the new one replaces it
-            self.cancel(oid, self.orders[oid][2])
-        self.orders[oid] = (side, price, size)
-        self._level(side, price, size, 1)
-
-    def cancel(self, oid: int, size: int) -> bool:
-        """Remove ``size`` of an order (all of it at or above its size); False when it is unknown."""
-        found = self.orders.get(oid)
-        if found is None:
-            return False
-        side, price, left = found
-        gone = min(size, left)
-        if gone >= left:
-            del self.orders[oid]
-            self._level(side, price, -left, -1)
-        else:
-            self.orders[oid] = (side, price, left - gone)
-            self._level(side, price, -gone, 0)
-        return True
-
-    def modify(self, oid: int, side: str, price: int, size: int) -> bool:
-        found = self.orders.get(oid)
-        if found is None:
-            return False
-        self.cancel(oid, found[2])
-        self.add(oid, side, price, size)
-        return True
-
-    def top(self, n: int) -> tuple[list, list]:
-        """(price, size, orders) of the best n levels per side, best first."""
-        out = []
-        for side, best_first in (("B", True), ("A", False)):
-            prices = sorted(self.levels[side], reverse=best_first)[:n]
-            out.append([(p * SCALE, float(self.levels[side][p][0]), self.levels[side][p][1]) for p in prices])
-        return out[0], out[1]
-
-
 def read_dbn(path: Path, levels: int = 10) -> tuple[dict[str, pa.Table], list[tuple[int, str, str]]]:
     """{dataset: rows} of a DBN file, and the records that could not become rows (ts ms, symbol, why)."""
     metadata, schema, records = _metadata_and_records(path)
@@ -267,31 +212,158 @@ def read_dbn(path: Path, levels: int = 10) -> tuple[dict[str, pa.Table], list[tu
     return out, []
 
 
+# An MBO record as databento-dbn holds it in memory (``bytes(record)``): read into arrays at once, so the
+# book below runs compiled instead of a Python call per record.
+MBO_RECORD = np.dtype([("length", "u1"), ("rtype", "u1"), ("publisher_id", "<u2"), ("instrument_id", "<u4"),
+                       ("ts_event", "<u8"), ("order_id", "<u8"), ("price", "<i8"), ("size", "<u4"),
+                       ("flags", "u1"), ("channel_id", "u1"), ("action", "S1"), ("side", "S1"),
+                       ("ts_recv", "<u8"), ("ts_in_delta", "<i4"), ("sequence", "<u4")])
+MBO_DROPS = (UNKNOWN_ORDER, "order without a side")
+
+
 def _read_mbo(records, symbols: Symbols, levels: int) -> tuple[dict[str, pa.Table], list]:
-    books: dict[int, OrderBookL3] = defaultdict(OrderBookL3)
-    trades, rows, dropped = _Trades(), _BookRows(levels), []
-    for r in records:
-        if not hasattr(r, "order_id"):
-            continue
-        iid, action, flags = r.instrument_id, r.action.value, int(r.flags)
-        book = books[iid]
-        snapshot = bool(flags & dbn.F_SNAPSHOT)
-        if action == "R":
-            book.clear()
-        elif action == "A":
-            book.add(r.order_id, r.side.value, r.price, r.size)
-        elif action == "C":
-            if not book.cancel(r.order_id, r.size):
-                dropped.append((r.ts_event // 1_000_000, symbols(iid, r.ts_event), UNKNOWN_ORDER))
-        elif action == "M":
-            if not book.modify(r.order_id, r.side.value, r.price, r.size):
-                dropped.append((r.ts_event // 1_000_000, symbols(iid, r.ts_event), UNKNOWN_ORDER))
-        elif action in TRADE_ACTIONS:
-            trades.add(r.ts_event, symbols(iid, r.ts_event), r)
-        if flags & dbn.F_LAST:
-            ts = r.ts_recv if snapshot else r.ts_event
-            rows.add(ts, symbols(iid, ts), *book.top(levels))
-    return {"trades": trades.table(), "book": rows.table()}, dropped
+    if MBO_RECORD.itemsize != dbn.MBOMsg.size_hint:
+        raise DataFormatError(f"databento-dbn's MBO record is {dbn.MBOMsg.size_hint} bytes, not "
+                              f"{MBO_RECORD.itemsize}: this reader does not know its layout")
+    m = np.frombuffer(b"".join([bytes(r) for r in records if isinstance(r, dbn.MBOMsg)]), MBO_RECORD)
+    iids, inst = np.unique(m["instrument_id"], return_inverse=True)
+    action, side = m["action"].view(np.uint8), m["side"].view(np.uint8)
+    ts_event, ts_recv = m["ts_event"].astype(np.int64), m["ts_recv"].astype(np.int64)
+    state_rec, lv, ct, drop_rec, drop_code = _replay_mbo(
+        inst.astype(np.int64), iids.size, action, side, m["order_id"].astype(np.int64), m["price"],
+        m["size"].astype(np.int64), m["flags"], levels)
+    snap = (m["flags"][state_rec] & dbn.F_SNAPSHOT) > 0
+    ts = np.where(snap, ts_recv[state_rec], ts_event[state_rec])  # a snapshot is one state at its receive time
+
+    def names(rec: np.ndarray, at: np.ndarray) -> list[str]:
+        day = at // 86_400_000_000_000
+        pairs, back = np.unique(np.stack([m["instrument_id"][rec].astype(np.int64), day]), axis=1,
+                                return_inverse=True)
+        found = [symbols(int(i), int(d) * 86_400_000_000_000) for i, d in pairs.T]
+        return [found[j] for j in np.asarray(back).ravel()]
+
+    cols: dict = {"ts": pa.array(ts).cast(TS), "symbol": pa.array(names(state_rec, ts), pa.string())}
+    for j, side_name in enumerate(("bid", "ask")):
+        for i in range(levels):
+            cols[f"{side_name}_px_{i + 1}"] = lv[2 * j * levels + i]
+            cols[f"{side_name}_sz_{i + 1}"] = lv[(2 * j + 1) * levels + i]
+            c = ct[j * levels + i]
+            cols[f"{side_name}_ct_{i + 1}"] = pa.array(c, pa.int64(), mask=c < 0)
+    book = conform_book(cols, state_rec.size, levels)
+    trade = np.flatnonzero(np.isin(m["action"], [a.encode() for a in TRADE_ACTIONS]))
+    tside = m["side"][trade]
+    trades = pa.table({"ts": pa.array(ts_event[trade]).cast(TS),
+                       "symbol": pa.array(names(trade, ts_event[trade]), pa.string()),
+                       "price": pa.array(m["price"][trade] * SCALE), "qty": pa.array(m["size"][trade].astype(np.float64)),
+                       "side": pa.array(np.where(tside == b"B", 1, -1).astype(np.int8), mask=(tside != b"B") & (tside != b"A")),
+                       "trade_id": pa.array(_fill_ids(m["sequence"][trade].astype(np.int64)))}, schema=TRADE)
+    drop_names = names(drop_rec, ts_event[drop_rec])
+    dropped = [(int(ts_event[r]) // 1_000_000, drop_names[k], MBO_DROPS[c]) for k, (r, c) in
+               enumerate(zip(drop_rec.tolist(), drop_code.tolist()))]
+    return {"trades": trades, "book": book}, dropped
+
+
+_B, _A, _ADD, _CANCEL, _MODIFY, _CLEAR = ord("B"), ord("A"), ord("A"), ord("C"), ord("M"), ord("R")
+_F_LAST = int(dbn.F_LAST)  # the record that ends an event: a book state
+_ORDER_KEY, _ORDER = numba.types.UniTuple(numba.types.int64, 2), numba.types.UniTuple(numba.types.int64, 3)
+
+
+@numba.njit(cache=True)
+def _level(keys, sizes, counts, used, b, key, size, count):
+    """Add ``size`` and ``count`` orders at ``key`` on book side ``b`` (keys ascending, best last: the price
+    for bids, minus the price for asks); a level left without orders goes."""
+    n = used[b]
+    i = np.searchsorted(keys[b, :n], key)
+    if i < n and keys[b, i] == key:
+        sizes[b, i] += size
+        counts[b, i] += count
+        if counts[b, i] <= 0:
+            for j in range(i, n - 1):
+                keys[b, j], sizes[b, j], counts[b, j] = keys[b, j + 1], sizes[b, j + 1], counts[b, j + 1]
+            used[b] = n - 1
+        return
+    if count <= 0:
+        return
+    for j in range(n, i, -1):
+        keys[b, j], sizes[b, j], counts[b, j] = keys[b, j - 1], sizes[b, j - 1], counts[b, j - 1]
+    keys[b, i], sizes[b, i], counts[b, i] = key, size, count
+    used[b] = n + 1
+
+
+@numba.njit(cache=True)
+def _replay_mbo(inst, n_inst, action, side, order_id, price, size, flags, levels):
+    """The MBO book of every instrument (see the module's rules) replayed over the records: per state (a
+    record with F_LAST) its record, the top ``levels`` per side (a row per field: bid prices, bid sizes,
+    ask prices, ask sizes, best first, NaN-padded) and order counts (bids then asks, -1 where none); and
+    the records that could not be applied with their MBO_DROPS index."""
+    n = inst.size
+    cap = 64
+    keys = np.empty((2 * n_inst, cap), np.int64)  # book side b = 2 * instrument + (0 bids, 1 asks)
+    sizes = np.zeros((2 * n_inst, cap), np.int64)
+    counts = np.zeros((2 * n_inst, cap), np.int64)
+    used = np.zeros(2 * n_inst, np.int64)
+    orders = numba.typed.Dict.empty(_ORDER_KEY, _ORDER)  # (instrument, order id) → (book side, key, size left)
+    last = np.flatnonzero(flags & _F_LAST)
+    state_rec = last
+    lv = np.full((4 * levels, last.size), np.nan)
+    ct = np.full((2 * levels, last.size), -1, np.int64)
+    drop_rec = np.empty(n, np.int64)
+    drop_code = np.empty(n, np.int64)
+    d = m = 0
+    for r in range(n):
+        a, g = action[r], inst[r]
+        if used.max() + 2 >= keys.shape[1]:
+            keys, sizes, counts = _wider(keys), _wider(sizes), _wider(counts)
+        if a == _CLEAR:
+            stale = [k for k in orders if k[0] == g]
+            for k in stale:
+                del orders[k]
+            used[2 * g] = used[2 * g + 1] = 0
+        elif a == _ADD or a == _CANCEL or a == _MODIFY:
+            k = (g, order_id[r])
+            known = k in orders
+            if a != _ADD and not known:
+                drop_rec[d], drop_code[d] = r, 0
+                d += 1
+            elif a != _CANCEL and side[r] != _B and side[r] != _A:
+                drop_rec[d], drop_code[d] = r, 1
+                d += 1
+            else:
+                if known and a != _CANCEL:  # an add of a known id replaces it; a modify moves it: out first
+                    b, key, left = orders[k]
+                    del orders[k]
+                    _level(keys, sizes, counts, used, b, key, -left, -1)
+                if a == _CANCEL:
+                    b, key, left = orders[k]
+                    gone = min(size[r], left)
+                    if gone >= left:
+                        del orders[k]
+                        _level(keys, sizes, counts, used, b, key, -left, -1)
+                    else:
+                        orders[k] = (b, key, left - gone)
+                        _level(keys, sizes, counts, used, b, key, -gone, 0)
+                else:
+                    b = 2 * g + (0 if side[r] == _B else 1)
+                    key = price[r] if side[r] == _B else -price[r]
+                    orders[k] = (b, key, size[r])
+                    _level(keys, sizes, counts, used, b, key, size[r], 1)
+        if flags[r] & _F_LAST:
+            for s in range(2):
+                b = 2 * g + s
+                for j in range(min(levels, used[b])):
+                    key = keys[b, used[b] - 1 - j]
+                    lv[2 * s * levels + j, m] = (key if s == 0 else -key) * 1e-9
+                    lv[(2 * s + 1) * levels + j, m] = sizes[b, used[b] - 1 - j]
+                    ct[s * levels + j, m] = counts[b, used[b] - 1 - j]
+            m += 1
+    return state_rec, lv, ct, drop_rec[:d], drop_code[:d]
+
+
+@numba.njit(cache=True)
+def _wider(a):
+    out = np.zeros((a.shape[0], 2 * a.shape[1]), a.dtype)
+    out[:, :a.shape[1]] = a
+    return out
 
 
 def _read_ohlcv(records, symbols: Symbols) -> pa.Table:

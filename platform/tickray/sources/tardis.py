@@ -59,8 +59,9 @@ def data_type(path: Path) -> str | None:
     return m["type"] if m else None
 
 
-def _read(path: Path, kind: str) -> pa.Table:
-    """The file's columns, checked against the data type's documented ones (book snapshots: by depth)."""
+def _read(path: Path, kind: str, dictionary: tuple[str, ...] = ()) -> pa.Table:
+    """The file's columns, checked against the data type's documented ones (book snapshots: by depth);
+    the ``dictionary`` ones dictionary-encoded as they are read, one dictionary for the whole table."""
     data = read_bytes(path)
     header = data[: data.find(b"\n")].decode(errors="replace").strip().split(",")
     expected = COLUMNS.get(kind) or HEAD + [f"{side}[{i}].{what}" for i in range(int(kind.rsplit("_", 1)[1]))
@@ -71,9 +72,11 @@ def _read(path: Path, kind: str) -> pa.Table:
                               f"unknown {sorted(unknown)[:6]}")
     types = {"exchange": pa.string(), "symbol": pa.string(), "timestamp": pa.int64(), "local_timestamp": pa.int64(),
              "side": pa.string(), "id": pa.string(), "is_snapshot": pa.bool_(), "funding_timestamp": pa.int64()}
+    types.update(dict.fromkeys(dictionary, pa.dictionary(pa.int32(), pa.string())))
     try:
         return pacsv.read_csv(io.BytesIO(data), convert_options=pacsv.ConvertOptions(
-            column_types={c: types.get(c, pa.float64()) for c in header}, strings_can_be_null=False))
+            column_types={c: types.get(c, pa.float64()) for c in header}, strings_can_be_null=False)
+        ).unify_dictionaries()
     except pa.ArrowInvalid as e:
         raise DataFormatError(f"{path}: not a readable Tardis.dev {kind} CSV ({e})") from None
 
@@ -145,16 +148,19 @@ def read_derivative_ticker(path: Path) -> dict[str, pa.Table]:
 def rebuild_incremental_book(path: Path, levels: int) -> tuple[pa.Table, list[tuple[int, str, str]], dict]:
     """(book rows, rows that could not be applied as (ts ms, symbol, reason), counters) from an
     ``incremental_book_L2`` file: one book state per update of each symbol (see the module's rules)."""
-    t = _read(path, "incremental_book_l2")
+    t = _read(path, "incremental_book_l2", dictionary=("symbol", "side"))
     ts = t["timestamp"].to_numpy()
     local = t["local_timestamp"].to_numpy()
     snap = t["is_snapshot"].to_numpy(zero_copy_only=False)
-    is_bid = pc.equal(t["side"], "bid").to_numpy(zero_copy_only=False)
+    sides = t["side"].combine_chunks()
+    side_of = np.array([{"bid": 0, "ask": 1}.get(v, 2) for v in sides.dictionary.to_pylist()] or [2], np.int8)
+    side = side_of[sides.indices.to_numpy()]
+    is_bid, bad_side = side == 0, side == 2
     price, amount = t["price"].to_numpy(), t["amount"].to_numpy()
-    bad_side = ~is_bid & ~pc.equal(t["side"], "ask").to_numpy(zero_copy_only=False)
     tables, dropped, counters = [], [], {"updates": 0, "resyncs": 0}
-    codes = pc.dictionary_encode(t["symbol"]).combine_chunks()
-    names, code = codes.dictionary.to_pylist(), codes.indices.to_numpy()
+    codes = t["symbol"].combine_chunks()
+    names = codes.dictionary.to_pylist()
+    code = codes.indices.to_numpy().astype(np.int16 if len(names) < 2**15 else np.int32)  # int16: a radix sort
     # each symbol's rows, in file order (a file of one symbol, as Tardis names most, needs no sort)
     order = np.argsort(code, kind="stable") if len(names) > 1 else np.arange(code.size)
     bounds = np.searchsorted(code[order], np.arange(len(names) + 1))
