@@ -106,6 +106,21 @@ def test_cancels_of_unknown_orders_are_quarantined_and_counted(shared_data, tmp_
     assert {(sym, why) for _, sym, why in dropped} == {("ESM4", databento.UNKNOWN_ORDER)}
 
 
+def test_an_order_added_without_a_side_is_quarantined(shared_data, tmp_path):
+    """One resting order's Add rewritten with side N (none) in the real file: that record is quarantined
+    with its reason, and the other records are read as before."""
+    metadata, *records = _decoded(shared_data / MBO)
+    cancelled = {r.order_id for r in records if r.action in ("C", "M")}
+    target = next(i for i, r in enumerate(records) if r.action == "A" and r.order_id not in cancelled)
+    raw = [bytearray(bytes(r)) for r in records]
+    raw[target][39] = ord("N")  # the side byte of an MBO record (databento.MBO_RECORD)
+    path = tmp_path / "glbx-mdp3-20240508.mbo.dbn"
+    path.write_bytes(metadata.encode() + b"".join(raw))
+    tables, dropped = databento.read_dbn(path)
+    assert [(ms, why) for ms, _, why in dropped] == [(records[target].ts_event // 1_000_000, "order without a side")]
+    assert tables["book"].num_rows == databento.read_dbn(shared_data / MBO)[0]["book"].num_rows
+
+
 def test_a_truncated_file_or_a_schema_not_read_is_one_line_naming_it(shared_data, tmp_path):
     raw = (shared_data / MBO).read_bytes()
     cut = tmp_path / "cut.mbo.dbn.zst"
