@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import ray
 
 from tickray import lake
-from tickray.errors import failure_line
+from tickray.errors import ConfigError, failure_line
 from tickray.features.definitions import FEATURE_NAMES, FEATURE_SET_VERSION, LOOKBACK, compute_features
 from tickray.features.grid import BOOK_GAP_S, LEVEL_FIELDS, NS, grid_from_events
 from tickray.features.indicators import BAR_FEATURE_NAMES, BAR_FEATURE_SET, bar_features
@@ -153,8 +153,8 @@ def _compute_and_write(batch: dict, root: str, stage: str, dataset: str, gaps: d
     try:
         if dataset == "features":
             t = features_for_partition(Path(root), item["date"], item["symbol"], **gaps)
-            unsynced = t.num_rows - pc.sum(t["book_synced"]).as_py() if t.num_rows else 0
-            sessions = pc.sum(t["new_session"]).as_py() or 0 if t.num_rows else 0
+            unsynced = t.num_rows - (pc.sum(t["book_synced"]).as_py() or 0)  # the sum of no rows is null
+            sessions = pc.sum(t["new_session"]).as_py() or 0
             sources = _sources(Path(root), ("trades", "book"), item["symbol"],
                                [_day(item["date"], d) for d in (-1, 0, 1)])  # the days partition_events reads
         else:
@@ -165,7 +165,8 @@ def _compute_and_write(batch: dict, root: str, stage: str, dataset: str, gaps: d
         for f in (Path(stage) / dataset).rglob(f"part-{name}.parquet"):
             f.unlink()
         rows, error, trace = 0, failure_line(e), traceback.format_exc()
-    return {"rows": np.array([rows]), "unsynced": np.array([unsynced]), "sessions": np.array([sessions]),"node": np.array([ray.get_runtime_context().get_node_id()], dtype=object),
+    return {"rows": np.array([rows]), "unsynced": np.array([unsynced]), "sessions": np.array([sessions]),
+            "node": np.array([ray.get_runtime_context().get_node_id()], dtype=object),
             "unit": np.array([f"{dataset} {unit}"], dtype=object), "error": np.array([error], dtype=object),
             "trace": np.array([trace], dtype=object)}
 
@@ -217,7 +218,7 @@ def build_features(lake_root: Path, book_gap_s: float = BOOK_GAP_S, trade_gap_s:
     """Tick features for every partition with trades and book, bar features for every symbol with bars.
     ``book_gap_s`` and ``trade_gap_s`` bound the silences that end a session (``features.grid``)."""
     if book_gap_s <= 0 or (trade_gap_s is not None and trade_gap_s <= 0):
-        raise ValueError(f"the book gap ({book_gap_s}) and trade gap ({trade_gap_s}) must be > 0 seconds")
+        raise ConfigError(f"the book gap ({book_gap_s}) and trade gap ({trade_gap_s}) must be > 0 seconds")
     gaps = {"book_gap_s": book_gap_s, "trade_gap_s": trade_gap_s}
     t0 = time.perf_counter()
     lake_root = Path(lake_root)
