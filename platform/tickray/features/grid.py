@@ -114,10 +114,9 @@ def grid_from_events(trades: pa.Table, book: pa.Table, book_gap_s: float = BOOK_
     grid["asof_qty"] = per_second(np.where(matched, qty, 0.0))
     grid["asof_cost_bps"] = per_second(np.where(matched, _cost_bps(price, qty, np.where(matched, mid, 1.0)), 0.0))
     after_gap = np.zeros(n, bool)
-    if trade_gap_s is not None and tts.size:
-        t = tts[tts >= s0 * NS]
-        first = np.concatenate([[False], np.diff(t) > trade_gap_s * NS])
-        after_gap[t[first] // NS - s0] = True
+    if trade_gap_s is not None and tsec.size:
+        first = np.concatenate([[False], np.diff(tts[keep]) > trade_gap_s * NS])
+        after_gap[tsec[first]] = True
     grid["book_synced"] = synced.astype(np.float64)
     grid["new_session"] = _session_starts(synced, after_gap).astype(np.float64)
     return grid
