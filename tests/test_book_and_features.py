@@ -106,6 +106,28 @@ def test_stale_diffs_before_the_snapshot_are_dropped():
     assert sync.book.bids[10.0] == 2.0
 
 
+def test_a_snapshot_older_than_the_synced_book_leaves_it_as_it_is():
+    sync = BookSync("X")
+    sync.on_snapshot(100, [("10", "1")], [("11", "1")])
+    assert sync.on_update(DepthUpdate(99, 110, 90, [("10", "2")], []))
+    sync.on_snapshot(105, [("10", "7")], [("11", "7")])  # taken before diff 110, arriving after it
+    assert sync.counters.old_snapshots == 1 and sync.book.bids == {10.0: 2.0}
+    assert sync.on_update(DepthUpdate(111, 115, 110, [("9", "1")], [])) and sync.counters.gaps == 0
+
+
+def test_a_book_exported_and_restored_goes_on_as_if_never_stopped():
+    sync = BookSync("X")
+    sync.on_snapshot(100, [("10", "1"), ("9", "2")], [("11", "1")])
+    sync.on_update(DepthUpdate(99, 110, 90, [("10", "2")], []))
+    sync.on_update(DepthUpdate(120, 130, 115, [("9", "5")], []))  # a gap: waits for a snapshot
+    state = orjson.loads(orjson.dumps(sync.export()))
+    later = BookSync("X")
+    later.restore(state)
+    assert not later.synced and later.book.bids == {10.0: 2.0, 9.0: 2.0} and later.book.last_update_id == 110
+    later.on_snapshot(125, [("10", "3")], [("11", "1")])  # the diff waiting since before the export is replayed
+    assert later.synced and later.book.bids == {10.0: 3.0, 9.0: 5.0} and later.book.last_update_id == 130
+
+
 def test_spot_rule_is_u_plus_one():
     sync = BookSync("X", spot=True)
     sync.on_snapshot(10, [("10", "1")], [("11", "1")])

@@ -1,6 +1,7 @@
 """Ray Data ingest into the lake: validation with quarantine, idempotence, unreadable inputs."""
 
 import itertools
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -293,3 +294,59 @@ def test_mark_prices_and_forced_orders_in_a_capture_land_in_funding_and_liquidat
     for ds in ("trades", "book"):
         assert lake.read_partition(tmp_path / "lake2", ds, "2024-07-18", "BTCUSDT").equals(
             lake.read_partition(tmp_path / "lake1", ds, "2024-07-18", "BTCUSDT"))
+
+
+def _lake_rows(root: Path, dataset: str) -> pa.Table:
+    return pa.concat_tables(lake.read_partition(root, dataset, d, s) for d, s in sorted(lake.partitions(root, dataset)))
+
+
+def _as_in_lake(t: pa.Table, like: pa.Table) -> pa.Table:
+    """``t`` sorted by time (stable: rows of equal time keep their order), in ``like``'s columns."""
+    return t.sort_by([("ts", "ascending")]).select(like.column_names)
+
+
+def test_capture_days_rebuilt_a_task_each_equal_one_sequential_rebuild(ray_cluster, shared_data, tmp_path):
+    """A task per capture day, each day's books going on from the book the day before ended with, lands the
+    rows one read of the whole session gives, row for row: on the real COIN-M session across midnight
+    (its second day has no snapshot of its own) and on a generated three-day capture with a gap planted on
+    day two. Each (book, day) has its gap report, and a day ingested on its own later goes on from the
+    book the lake stored for the day before."""
+    from tickray.lake import book_days
+    from tickray.sim.synth import capture_days
+    from tickray.sources.binance import read_ws_capture
+
+    ws = shared_data / "binance" / "ws"
+    coinm = [ws / "cm_ethusd_perp_20240808.gz", ws / "cm_ethusd_perp_20240809.gz"]
+    generated = capture_days(tmp_path / "gen", "ETHUSDT", 3, seed=5, step_s=30, trades_per_day=3000, gap_day=1)
+    reports = {}
+    for files in (coinm, generated):
+        root = tmp_path / files[0].name / "lake"
+        rep = ingest(files, root)
+        assert not rep.failed and rep.waves == len(files)  # each day waited for the day before
+        whole = read_ws_capture(files)  # the sequential rebuild: one read, the books carried in memory
+        for dataset, expected in (("book", whole.book.book), ("trades", whole.trades)):
+            got = _lake_rows(root, dataset)
+            assert got.num_rows > 1000 and got.equals(_as_in_lake(expected, got)), dataset
+        assert rep.quarantined["book"] == Counter(why for *_, why in whole.book.dropped)
+        reports[files[0].name] = {r["day"]: r for r in rep.books}
+        assert book_days.reports(root) == rep.books
+
+    cm = reports["cm_ethusd_perp_20240808.gz"]
+    assert cm["2024-08-08"]["start"] == "nothing (its first diffs waited for a snapshot)"
+    assert cm["2024-08-09"]["start"] == "the day before's book"
+    assert cm["2024-08-09"]["first_update_id"] > cm["2024-08-08"]["last_update_id"]
+    assert [(r["gaps"], r["resyncs"]) for r in cm.values()] == [(0, 0), (0, 0)]
+    gen = reports["usdm_ethusdt_20240101.gz"]
+    assert [r["start"] for r in gen.values()] == ["its own snapshot", "the day before's book", "the day before's book"]
+    assert [(r["gaps"], r["resyncs"]) for r in gen.values()] == [(0, 0), (1, 1), (0, 0)]
+    # the lost diff shows at the next one, 30 s later; the snapshot comes 14 diffs after that (receive clock)
+    assert [r["unsynced_s"] for r in gen.values()] == [0.0, pytest.approx(14 * 30, abs=0.1), 0.0]
+
+    # The COIN-M days ingested one at a time: the second goes on from the book the first stored.
+    root = tmp_path / "one_by_one"
+    ingest(coinm[:1], root)
+    later = ingest(coinm[1:], root)
+    assert later.books[0]["start"] == "the day before's book" and later.books[0]["gaps"] == 0
+    both = tmp_path / "cm_ethusd_perp_20240808.gz" / "lake"
+    for dataset in ("book", "trades"):
+        assert _lake_rows(root, dataset).equals(_lake_rows(both, dataset)), dataset

@@ -28,7 +28,7 @@ def cmd_ingest(args, settings) -> int:
 
     connect_ray(settings)
     rep = ingest([Path(p) for p in args.inputs], Path(args.lake or settings.lake_path), levels=args.levels)
-    print("\n".join(rep.lines()))
+    print("\n".join(rep.lines() + (rep.book_lines() if args.report else [])))
     print(f"done in {rep.seconds:.1f}s")
     return PARTIAL_EXIT if rep.failed else 0
 
@@ -61,6 +61,9 @@ def register(sub) -> None:
     s.add_argument("inputs", nargs="+", help="files or folders (aggTrades, klines, bookDepth, WS captures)")
     s.add_argument("--lake", help="lake root (default: settings lake_root)")
     s.add_argument("--levels", type=int, default=10, help="book levels kept per side")
+    s.add_argument("--report", action="store_true",
+                   help="print each (book, day)'s gap report: where its book started from, update ids, diffs "
+                        "applied, gaps, resyncs, seconds unsynced, rows quarantined (also kept in <lake>/_books/)")
     s.set_defaults(fn=cmd_ingest)
 
     s = sub.add_parser("features", help="compute features and labels for every lake partition with Ray Data")

@@ -27,7 +27,7 @@ import ray
 
 from tickray import lake
 from tickray.errors import DataFormatError, failure_line
-from tickray.lake import validate
+from tickray.lake import book_days, validate
 from tickray.lake.schema import TS, bar_minutes
 from tickray.ops.runtime import one_stage_execution
 from tickray.sources import binance, databento, formats, generic, lake_parquet, ohlcv, parquet_rows
@@ -71,25 +71,38 @@ def _kind(f: Path) -> str | None:
     return fmt.kind if fmt else None
 
 
-def capture_sessions(files: list[Path]) -> list[list[Path]]:
-    """Group daily capture files (``usdm_btcusdt_20240718.gz``, ``…_20240719.gz``) of one stream on
-    consecutive days into recording sessions, read as one so the order book carries across midnight."""
+def capture_days(files: list[Path]) -> list[Input]:
+    """One input per daily capture file (``usdm_btcusdt_20240718.gz``, ``…_20240719.gz``). A day whose
+    first book message is not a snapshot of its own goes on from the book the day before ended with:
+    ``after`` names that day's file when it is ingested in the same run (its task then waits for it),
+    and the day before hands its unapplied diffs on (``carry``). The other days are independent."""
     by_stream: dict[tuple[Path, str], list[tuple[dt.date, Path]]] = {}
     for f in files:
         m = binance.CAPTURE_NAME.match(f.name)
-        if m is None:
-            by_stream[(f, "")] = [(dt.date.min, f)]
-            continue
-        by_stream.setdefault((f.parent, f"{m['market']}_{m['symbol']}"), []).append((dt.datetime.strptime(m["day"], "%Y%m%d").date(), f))
-    sessions: list[list[Path]] = []
+        key = (f.parent, f"{m['market']}_{m['symbol']}") if m else (f, "")
+        by_stream.setdefault(key, []).append((_capture_day(f) or dt.date.min, f))
+    found: list[Input] = []
+    datasets = formats.BY_KIND["ws_capture"].datasets
     for days in by_stream.values():
         days.sort()
+        after: list[str] = []
         for i, (day, f) in enumerate(days):
-            if i and (day - days[i - 1][0]).days == 1:
-                sessions[-1].append(f)
-            else:
-                sessions.append([f])
-    return sorted(sessions)
+            chained = bool(i) and (day - days[i - 1][0]).days == 1 and not binance.opens_with_snapshot(f)
+            after.append(str(days[i - 1][1]) if chained else "")
+        for i, (_, f) in enumerate(days):
+            carry = i + 1 < len(days) and after[i + 1] != ""
+            found.append(Input("ws_capture", (str(f),), datasets, after=after[i], carry=carry))
+    return found
+
+
+def _capture_day(f: Path) -> dt.date | None:
+    m = binance.CAPTURE_NAME.match(f.name)
+    return dt.datetime.strptime(m["day"], "%Y%m%d").date() if m else None
+
+
+def _capture_venue(f: Path) -> str:
+    m = binance.CAPTURE_NAME.match(f.name)
+    return f"binance-{m['market']}" if m else "binance"
 
 
 @dataclass(frozen=True)
@@ -100,6 +113,8 @@ class Input:
     datasets: tuple[str, ...]
     schema: str = ""  # the .tickschema.yaml mapping a generic file
     shard: tuple[int, int] | None = None  # [start, stop) rows of a Parquet file, bytes of a CSV
+    after: str = ""  # a capture day: the file of the day before, whose books it goes on from
+    carry: bool = False  # a capture day: the next day goes on from its books
 
     @property
     def name(self) -> str:
@@ -191,15 +206,15 @@ def discover(inputs: list[Path], levels: int = 10, shard_bytes: int = SHARD_BYTE
         else:
             shards = binance.byte_range_shards(f, shard_bytes) if fmt.byte_shards else [None]
             found += [Input(fmt.kind, (str(f),), fmt.datasets, shard=shard) for shard in shards]
-    found += [Input("ws_capture", tuple(str(f) for f in session), formats.BY_KIND["ws_capture"].datasets)
-              for session in capture_sessions(captures)]
-    return found, skipped, failed
+    return found + capture_days(captures), skipped, failed
 
 
-def read_input(item: Input, levels: int = 10, notes: list[str] | None = None) -> Rows:
+def read_input(item: Input, levels: int = 10, notes: list[str] | None = None,
+               unit: formats.Unit | None = None) -> Rows:
     """Read an input once, into the rows of every dataset it feeds, and for each the events that could
     not become rows: (ts ms, symbol, reason). What a reader of the lake should know about the input is
-    added to ``notes``."""
+    added to ``notes``; a book source's end states and gap reports are left in ``unit``, whose ``start``
+    and ``carry`` it is read with."""
     path = Path(item.paths[0])
     if item.kind == "generic":
         tables = generic.read_generic(path, generic.load_schema(Path(item.schema)), levels)
@@ -210,7 +225,8 @@ def read_input(item: Input, levels: int = 10, notes: list[str] | None = None) ->
     fmt = formats.BY_KIND.get(item.kind)
     if fmt is None or fmt.read is None:
         raise DataFormatError(f"{path}: unknown file kind {item.kind!r}")
-    unit = formats.Unit([Path(p) for p in item.paths], levels, item.shard)
+    unit = unit or formats.Unit([], carry=item.carry)
+    unit.paths, unit.levels, unit.shard = [Path(p) for p in item.paths], levels, item.shard
     rows = fmt.read(unit)
     if notes is not None:
         notes += unit.notes
@@ -225,12 +241,13 @@ def _dropped_rows(dropped: list, schema: pa.Schema) -> pa.Table:
     return pa.table({f.name: cols.get(f.name, pa.nulls(n, f.type)) for f in schema}, schema=schema)
 
 
-def _ingest_one(item: Input, levels: int, stage: Path, name: str, notes: list[str]) -> list[tuple[str, str, int]]:
+def _ingest_one(item: Input, levels: int, stage: Path, name: str, notes: list[str],
+                unit: formats.Unit | None = None) -> list[tuple[str, str, int]]:
     """Read one input, validate its rows and write them (good ones into the staged datasets, bad ones into
     the staged quarantine); return (dataset, reason or "", rows)."""
     counts: list[tuple[str, str, int]] = []
     sources = [str(Path(p).resolve()) for p in item.paths]
-    for dataset, (t, dropped) in read_input(item, levels, notes).items():
+    for dataset, (t, dropped) in read_input(item, levels, notes, unit).items():
         reason = validator(dataset)(t)
         if dropped:
             t = pa.concat_tables([t, _dropped_rows(dropped, t.schema)])
@@ -250,32 +267,87 @@ def _ingest_one(item: Input, levels: int, stage: Path, name: str, notes: list[st
     return counts
 
 
-def _ingest_inputs(batch: dict, levels: int, stage: str) -> dict:
-    """Ray Data map function: ingest one input in this task, so no dataset ever passes through the object
-    store or the driver; return only counts: (input, dataset, reason or "", rows), the node that ran the
-    task (a row with no dataset when the input fed nothing, so that every task is seen), the input's notes
+COUNT_COLUMNS = ("input", "dataset", "reason", "rows", "error", "trace", "note")
+
+
+def _ingest_item(item: Input, levels: int, stage: Path, unit: formats.Unit | None = None) -> list[tuple]:
+    """Ingest one input into the stage; return its count rows (COUNT_COLUMNS): (input, dataset, reason or
+    "", rows), a row with no dataset when the input fed nothing (so that every input is seen), its notes
     (a row each), and for an input that failed its one-line error and traceback (whatever it had staged
     is removed: it lands whole or not at all)."""
-    rows: list[tuple[str, str, str, int, str, str, str]] = []
+    name = hashlib.sha1(item.name.encode()).hexdigest()[:16]
+    notes: list[str] = []
+    try:
+        counts = _ingest_one(item, levels, stage, name, notes, unit) or [("", "", 0)]
+    except Exception as e:  # noqa: BLE001 (one bad input is one failure, never the whole run's)
+        for f in stage.rglob(f"part-{name}.parquet"):
+            f.unlink()
+        return [(item.name, "", "", 0, failure_line(e), traceback.format_exc(), "")]
+    return [(item.name, *c, "", "", "") for c in counts] + [(item.name, "", "", 0, "", "", note) for note in notes]
+
+
+def _count_table(rows: list[tuple]) -> dict:
+    node = ray.get_runtime_context().get_node_id()
+    out = {c: np.array([r[i] for r in rows], dtype=np.int64 if c == "rows" else object)
+           for i, c in enumerate(COUNT_COLUMNS)}
+    return out | {"node": np.array([node] * len(rows), dtype=object)}
+
+
+def _ingest_inputs(batch: dict, levels: int, stage: str) -> dict:
+    """Ray Data map function: ingest one input in this task, so no dataset ever passes through the object
+    store or the driver; return only its count rows and the node that ran the task."""
+    rows: list[tuple] = []
     for kind, paths, datasets, schema, start, stop in zip(batch["kind"], batch["paths"], batch["datasets"],
                                                           batch["schema"], batch["shard_start"], batch["shard_stop"]):
         item = Input(str(kind), tuple(paths), tuple(datasets), str(schema),
                      None if start < 0 else (int(start), int(stop)))
-        name = hashlib.sha1(item.name.encode()).hexdigest()[:16]
-        notes: list[str] = []
-        try:
-            counts = _ingest_one(item, levels, Path(stage), name, notes) or [("", "", 0)]
-            rows += [(item.name, *c, "", "", "") for c in counts]
-            rows += [(item.name, "", "", 0, "", "", note) for note in notes]
-        except Exception as e:  # noqa: BLE001 (one bad input is one failure, never the whole run's)
-            for f in Path(stage).rglob(f"part-{name}.parquet"):
-                f.unlink()
-            rows.append((item.name, "", "", 0, failure_line(e), traceback.format_exc(), ""))
-    node = ray.get_runtime_context().get_node_id()
-    columns = ("input", "dataset", "reason", "rows", "error", "trace", "note")
-    out = {c: np.array([r[i] for r in rows], dtype=np.int64 if c == "rows" else object)
-           for i, c in enumerate(columns)}
-    return out | {"node": np.array([node] * len(rows), dtype=object)}
+        rows += _ingest_item(item, levels, Path(stage))
+    return _count_table(rows)
+
+
+@ray.remote
+def _ingest_capture_day(item: Input, levels: int, stage: str, before: dict | None) -> tuple[list[dict], dict | None]:
+    """A Ray task for one capture day: its books start from ``before`` (the day before's, handed on by
+    that day's task, which Ray runs first; or stored by an earlier ingest), and it stages each book's end
+    state and gap report beside its rows. Returns its count rows and its end states (None if it failed)."""
+    path = Path(item.paths[0])
+    unit = formats.Unit([], start=before, carry=item.carry)
+    rows = _ingest_item(item, levels, Path(stage), unit)
+    if item.after and before is None:
+        note = f"the day before ({Path(item.after).name}) did not land: its books start without it"
+        rows.append((item.name, "", "", 0, "", "", note))
+    if any(r[4] for r in rows):
+        return _rows_as_dicts(_count_table(rows)), None
+    day = _capture_day(path) or dt.date.min
+    for symbol, report in unit.reports.items():
+        book_days.write_day(Path(stage), _capture_venue(path), symbol, day, unit.books[symbol],
+                            report | {"file": str(path)})
+    return _rows_as_dicts(_count_table(rows)), unit.books
+
+
+def _rows_as_dicts(table: dict) -> list[dict]:
+    return [dict(zip(table, values)) for values in zip(*table.values())]
+
+
+def _run_capture_days(days: list[Input], levels: int, stage: Path, lake_root: Path) -> tuple[list, int]:
+    """Submit every capture day as a task at once: a day that goes on from the day before waits for that
+    day's task by taking its end states as an argument (Ray orders them), the others run in parallel. A
+    first day that needs a day before not in this run starts from the books an earlier ingest stored.
+    Returns the result references and the number of waves (the longest chain)."""
+    books: dict[str, ray.ObjectRef] = {}
+    refs, wave = [], {}
+    for item in days:  # the days of a stream in date order
+        path = Path(item.paths[0])
+        if item.after:
+            before, wave[item.name] = books[item.after], wave[item.after] + 1
+        else:
+            day, symbol = _capture_day(path), binance.symbol_from_filename(path)
+            stored = None if day is None or binance.opens_with_snapshot(path) else book_days.read_state(
+                lake_root, _capture_venue(path), symbol, day - dt.timedelta(days=1))
+            before, wave[item.name] = (None if stored is None else {symbol: stored}), 1
+        counts, books[str(path)] = _ingest_capture_day.options(num_returns=2).remote(item, levels, str(stage), before)
+        refs.append(counts)
+    return refs, max(wave.values(), default=0)
 
 
 @dataclass
@@ -292,6 +364,20 @@ class IngestReport:
     seconds: float = 0.0
     tasks: int = 0
     nodes: set[str] = field(default_factory=set)  # where the tasks whose results were kept ran
+    books: list[dict] = field(default_factory=list)  # the gap report of each (book, day) rebuilt day by day
+    waves: int = 0  # the longest chain of days, each going on from the day before's books
+
+    def book_lines(self) -> list[str]:
+        """A line per (book, day): where its book started from, the update ids it saw, diffs applied,
+        gaps, resyncs, seconds unsynced and rows quarantined by reason."""
+        out = []
+        for r in self.books:
+            q = ", ".join(f"{why}: {n:,}" for why, n in sorted(r["quarantined"].items())) or "none"
+            ids = f"{r['first_update_id']}..{r['last_update_id']}" if r["first_update_id"] is not None else "none"
+            out.append(f"book {r['venue']} {r['symbol']} {r['day']}: from {r['start']}; update ids {ids}; "
+                       f"{r['applied']:,} diffs applied, {r['gaps']} gaps, {r['resyncs']} resyncs, "
+                       f"{r['unsynced_s']:,} s unsynced; quarantined {q}")
+        return out
 
     def lines(self) -> list[str]:
         out = [f"failed: {f.input}: {f.reason}" for f in self.failed]
@@ -305,6 +391,11 @@ class IngestReport:
             qs = ", ".join(f"{r}: {n}" for r, n in q.most_common()) or "none"
             out.append(f"{ds}: {self.rows[ds]:,} rows from {self.files[ds]} files into "
                        f"{len(self.partitions[ds])} partitions; quarantined {sum(q.values()):,} ({qs})")
+        if self.books:
+            gaps, resyncs = sum(r["gaps"] for r in self.books), sum(r["resyncs"] for r in self.books)
+            unsynced = sum(r["unsynced_s"] for r in self.books)
+            out.append(f"books: {len(self.books)} (book, day)s rebuilt a task per day in {self.waves} wave(s); "
+                       f"{gaps} gaps, {resyncs} resyncs, {unsynced:,.1f} s unsynced (--report: per day)")
         if self.nodes:
             out.append(f"{self.tasks} tasks on {len(self.nodes)} node(s)")
         out += [f"skipped: {entry}" for entry in self.skipped]  # every one, with its reason: none is cut
@@ -325,15 +416,21 @@ def ingest(inputs: list[Path], lake_root: Path, levels: int = 10, shard_bytes: i
         return report
     stage = lake.staging_dir(lake_root)
     try:
-        # One block, one task per input (a file or a capture session): a task never packs several, and
+        days = [i for i in found if i.kind == "ws_capture"]
+        rest = [i for i in found if i.kind != "ws_capture"]
+        day_refs, report.waves = _run_capture_days(days, levels, stage, lake_root) if days else ([], 0)
+        # One block, one task per input (a file or a shard of one): a task never packs several, and
         # each input is read once even when it feeds two datasets.
         items = [{"kind": i.kind, "paths": list(i.paths), "datasets": list(i.datasets), "schema": i.schema,
                   "shard_start": i.shard[0] if i.shard else -1, "shard_stop": i.shard[1] if i.shard else -1}
-                 for i in found]
-        with one_stage_execution():
-            counts = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-                _ingest_inputs, batch_size=1, fn_kwargs={"levels": levels, "stage": str(stage)}).take_all()
-        report.tasks, report.nodes = len(items), {c["node"] for c in counts}
+                 for i in rest]
+        counts = []
+        if items:
+            with one_stage_execution():
+                counts = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+                    _ingest_inputs, batch_size=1, fn_kwargs={"levels": levels, "stage": str(stage)}).take_all()
+        counts += [c for part in ray.get(day_refs) for c in part]
+        report.tasks, report.nodes = len(found), {c["node"] for c in counts}
         failed_inputs = {c["input"] for c in counts if c["error"]}
         report.failed += [Failure(c["input"], c["error"], c["trace"]) for c in counts if c["error"]]
         report.inputs_ok = len(found) - len(failed_inputs)
@@ -342,6 +439,7 @@ def ingest(inputs: list[Path], lake_root: Path, levels: int = 10, shard_bytes: i
         wrote = {(c["input"], c["dataset"]) for c in counts if c["dataset"] and int(c["rows"])}
         bars = sorted({c["dataset"] for c in counts if bar_minutes(c["dataset"] or "")} - set(DATASETS),
                       key=bar_minutes)
+        read = {str(Path(p).resolve()) for i in found if i.name not in failed_inputs for p in i.paths}
         for dataset in [*DATASETS, *bars]:
             fed = [i for i in found if (dataset in i.datasets or (i.name, dataset) in wrote)
                    and i.name not in failed_inputs]
@@ -354,8 +452,10 @@ def ingest(inputs: list[Path], lake_root: Path, levels: int = 10, shard_bytes: i
             for c in rows:
                 if c["reason"]:
                     report.quarantined[dataset][c["reason"]] += int(c["rows"])
-            lake.commit(stage / lake.QUARANTINE / dataset, lake_root / lake.QUARANTINE / dataset)
-            report.partitions[dataset] = lake.commit(stage / dataset, lake_root / dataset)
+            lake.commit(stage / lake.QUARANTINE / dataset, lake_root / lake.QUARANTINE / dataset, read)
+            report.partitions[dataset] = lake.commit(stage / dataset, lake_root / dataset, read)
+        report.books = book_days.reports(stage)
+        book_days.commit(stage, lake_root)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     _write_failure_log(report, lake_root)

@@ -113,9 +113,14 @@ def append_partitions(t: pa.Table, root: Path, dataset: str, name: str,
     return written
 
 
-def commit(staged_dataset: Path, final_dataset: Path) -> list[str]:
+def commit(staged_dataset: Path, final_dataset: Path, inputs: set[str] | None = None) -> list[str]:
     """Swap every staged ``date=/symbol=`` partition into place; return the partitions committed. A day the
-    lake does not hold yet moves in whole, in one rename."""
+    lake does not hold yet moves in whole, in one rename.
+
+    With ``inputs`` (the files an ingest read), a partition the lake holds keeps the files other inputs
+    wrote there (a capture day's first rows fall on the date before, whose own file landed earlier) and
+    loses those that only these inputs wrote, now replaced. Without, each partition is replaced whole
+    (a derived dataset, recomputed from all it is made of)."""
     staged = _partition_dirs(staged_dataset)
     moved = set()
     for day in sorted({p.parent for p in staged}):
@@ -129,6 +134,14 @@ def commit(staged_dataset: Path, final_dataset: Path) -> list[str]:
     for part in (p for p in staged if p.parent not in moved):
         target = final_dataset / part.relative_to(staged_dataset)
         target.parent.mkdir(parents=True, exist_ok=True)
+        if inputs is not None and target.exists():
+            new = {f.name for f in part.glob("*.parquet")}
+            for f in sorted(part.glob("*.parquet")):  # the new files first: a reader never misses rows
+                os.replace(f, target / f.name)
+            for f in target.glob("*.parquet"):
+                if f.name not in new and set(file_sources(f)) <= inputs:
+                    f.unlink()
+            continue
         old = None
         if target.exists():
             old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
@@ -156,10 +169,14 @@ def partition_sources(root: Path, dataset: str, date: str, symbol: str) -> list[
     recorded them names none)."""
     out: set[str] = set()
     for f in (Path(root) / dataset / f"date={date}" / f"symbol={symbol}").glob("*.parquet"):
-        meta = pq.read_schema(f).metadata or {}
-        if SOURCES_KEY in meta:
-            out.update(json.loads(meta[SOURCES_KEY]))
+        out.update(file_sources(f))
     return sorted(out)
+
+
+def file_sources(f: Path) -> list[str]:
+    """The inputs one part file's rows came from, from its footer (none for a file written before)."""
+    meta = pq.read_schema(f).metadata or {}
+    return json.loads(meta[SOURCES_KEY]) if SOURCES_KEY in meta else []
 
 
 def read_partition(root: Path, dataset: str, date: str, symbol: str, sort_by: str = "ts",

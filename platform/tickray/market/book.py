@@ -43,6 +43,7 @@ class BookCounters:
     gaps: int = 0
     resyncs: int = 0
     duplicates: int = 0  # diffs already applied (u at or below the book's), delivered again
+    old_snapshots: int = 0  # snapshots older than the synced book they reached: not installed
     contradicted: int = 0  # the venue's bookTicker disagreed with the book: rebuilt like after a gap
 
 
@@ -183,7 +184,12 @@ class BookSync:
         self.on_snapshot(int(snap["lastUpdateId"]), snap["bids"], snap["asks"], self.snapshot_time_ms(snap))
 
     def on_snapshot(self, last_update_id: int, bids: Levels, asks: Levels, ts_ms: int = 0) -> None:
-        """Install a snapshot (taken at ``ts_ms``) and replay the buffered diffs onto it."""
+        """Install a snapshot (taken at ``ts_ms``) and replay the buffered diffs onto it. A synced book
+        already past the snapshot keeps its state: installing it would take the book back in time and break
+        the chain with the next diff."""
+        if self.synced and last_update_id < (self.book.last_update_id or 0):
+            self.counters.old_snapshots += 1
+            return
         if not self.synced and self.book.last_update_id is not None:
             self.counters.resyncs += 1  # a new snapshot after a gap (periodic ones while in sync are not)
         self.book.reset(last_update_id, bids, asks)
@@ -200,6 +206,22 @@ class BookSync:
                 self._buffer.append(up)
                 continue
             self.on_update(up)
+
+    def export(self) -> dict:
+        """The whole state a later input continues from (full depth, the diffs waiting for a snapshot), as
+        plain JSON-able values: see :meth:`restore`."""
+        return {"symbol": self.symbol, "spot": self.spot, "synced": self.synced,
+                "last_update_id": self.book.last_update_id, "last_seen_ms": self.last_seen_ms,
+                "first_after_snapshot": self._first_after_snapshot,
+                "bids": list(self.book.bids.items()), "asks": list(self.book.asks.items()),
+                "pending": [[up.U, up.u, up.pu, up.bids, up.asks, up.ts_ms] for up in self._buffer]}
+
+    def restore(self, state: dict) -> None:
+        """Continue from an exported state, as if its diffs had been read just before this input's."""
+        self.book.reset(state["last_update_id"], state["bids"], state["asks"])
+        self.synced, self.last_seen_ms = state["synced"], state["last_seen_ms"]
+        self._first_after_snapshot = state["first_after_snapshot"]
+        self._buffer = [DepthUpdate(*up) for up in state["pending"]]
 
     def _apply(self, up: DepthUpdate) -> bool:
         lid = self.book.last_update_id

@@ -476,24 +476,32 @@ def _capture_messages(book: BookSimulator, ev: DepthEvent, fmt: _Formatter,
     return [(recv, orjson.dumps(depth)), (recv + 7_000, orjson.dumps(ticker))]
 
 
+def _agg_trade_messages(m: DayMarket, sel: np.ndarray, rng: np.random.Generator) -> list[tuple[int, bytes]]:
+    """@aggTrade messages for the trades ``sel`` picks, stamped with their receive times."""
+    s = m.spec
+    sym, low = s.symbol, s.symbol.lower()
+    t_ms, price, qty = m.t_ms[sel], m.price_tick[sel] * s.tick, m.qty[sel]
+    maker, a, f, last = m.is_buyer_maker[sel], m.agg_id[sel], m.first_id[sel], m.last_id[sel]
+    # One connection delivers a stream in order: receive times are monotone within the stream.
+    recv = np.maximum.accumulate((t_ms + 2) * 1_000_000 + rng.integers(1_000_000, 6_000_000, t_ms.size))
+    out: list[tuple[int, bytes]] = []
+    for i in range(t_ms.size):
+        msg = {"stream": f"{low}@aggTrade", "data": {
+            "e": "aggTrade", "E": int(t_ms[i]) + 2, "a": int(a[i]), "s": sym, "p": _fmt(price[i], s.price_decimals),
+            "q": _fmt(qty[i], s.qty_decimals), "f": int(f[i]), "l": int(last[i]), "T": int(t_ms[i]),
+            "m": bool(maker[i])}}
+        out.append((int(recv[i]), orjson.dumps(msg)))
+    return out
+
+
 def _trade_messages(m: DayMarket, cap_start: int, rng: np.random.Generator) -> list[tuple[int, bytes]]:
     """@aggTrade for every trade in the capture window and @kline_1m updates once a second."""
     s = m.spec
     sym, low = s.symbol, s.symbol.lower()
     pdec, qdec = s.price_decimals, s.qty_decimals
     sel = m.t_ms >= m.day_start_ms + cap_start * 1000
-    out: list[tuple[int, bytes]] = []
-    t_ms, price, qty = m.t_ms[sel], m.price_tick[sel] * s.tick, m.qty[sel]
-    maker, a, f, last = m.is_buyer_maker[sel], m.agg_id[sel], m.first_id[sel], m.last_id[sel]
-    # One connection delivers a stream in order: receive times are monotone within the stream.
-    recv = np.maximum.accumulate((t_ms + 2) * 1_000_000 + rng.integers(1_000_000, 6_000_000, t_ms.size))
-    for i in range(t_ms.size):
-        E = int(t_ms[i]) + 2
-        msg = {"stream": f"{low}@aggTrade", "data": {
-            "e": "aggTrade", "E": E, "a": int(a[i]), "s": sym, "p": _fmt(price[i], pdec),
-            "q": _fmt(qty[i], qdec), "f": int(f[i]), "l": int(last[i]), "T": int(t_ms[i]),
-            "m": bool(maker[i])}}
-        out.append((int(recv[i]), orjson.dumps(msg)))
+    out = _agg_trade_messages(m, sel, rng)
+    t_ms, price, qty, maker = m.t_ms[sel], m.price_tick[sel] * s.tick, m.qty[sel], m.is_buyer_maker[sel]
     k = klines_1m(m)
     first_min = cap_start // 60
     for mi in range(first_min, SECONDS_PER_DAY // 60):
@@ -517,3 +525,56 @@ def _trade_messages(m: DayMarket, cap_start: int, rng: np.random.Generator) -> l
                 "Q": _fmt((px * qx)[~maker[upto]].sum(), 4), "B": "0"}}}
             out.append((_recv_ns(E, rng), orjson.dumps(msg)))
     return out
+
+
+def capture_days(out: Path, symbol: str, days: int, seed: int, start: date = date(2024, 1, 1), step_s: int = 4,
+                 trades_per_day: int = 20_000, levels: int = 20, daily_snapshot: bool = False,
+                 gap_day: int | None = None) -> list[Path]:
+    """A recording session of one symbol in ``days`` daily capture files (``usdm_<symbol>_<YYYYMMDD>.gz``,
+    hftbacktest's format: @depth, @bookTicker and @aggTrade), its book walked every ``step_s`` seconds
+    without a break across midnight.
+
+    The first day opens with a REST snapshot; with ``daily_snapshot`` every day does (a collector that
+    snapshots as it opens each day's file), so each day can be rebuilt without the day before. On day
+    ``gap_day`` (0-based) one diff at noon is lost and a snapshot arrives a minute later: a gap and its
+    resync."""
+    spec = spec_for(symbol)
+    rng = np.random.default_rng(seed)
+    fmt = _Formatter(spec)
+    update_id, price0 = 4_000_000_000_000, spec.price0
+    bids: dict[int, int] = {}
+    asks: dict[int, int] = {}
+    paths = []
+    for d in range(days):
+        day = start + timedelta(days=d)
+        day_ms = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
+        m = simulate_day(SymbolSpec(**{**spec.__dict__, "price0": price0}), day_ms, trades_per_day, rng,
+                         id_base=1_000_000_000 + d * 10**8)
+        price0 = float(m.bid_tick[-1] * spec.tick)
+        book = BookSimulator(m, levels, rng, update_id)
+        book.bids, book.asks = bids, asks  # the book goes on from yesterday's
+        lines: list[tuple[int, bytes]] = []
+        steps = range(0, SECONDS_PER_DAY, step_s)
+        lost = len(steps) // 2 if d == gap_day else -1
+        for i, t in enumerate(steps):
+            ev = book.step(t)
+            msgs = _capture_messages(book, ev, fmt, rng)
+            if i == lost:
+                msgs = msgs[1:]  # the diff never arrived
+            lines += msgs
+            if (i == 0 and (d == 0 or daily_snapshot)) or i == lost + 15:
+                snap = {"lastUpdateId": ev.u, "E": ev.E, "T": ev.E - 1,
+                        "bids": fmt.levels(sorted(book.bids.items(), reverse=True)),
+                        "asks": fmt.levels(sorted(book.asks.items()))}
+                # the day's opening snapshot is written first; the resync's arrives after its diff
+                recv = msgs[0][0] - 1 if i == 0 else msgs[-1][0] + 1
+                lines.append((recv, orjson.dumps(snap)))
+        update_id, bids, asks = book.last_u, book.bids, book.asks
+        lines += _agg_trade_messages(m, np.ones(m.t_ms.size, dtype=bool), rng)
+        lines.sort(key=lambda x: x[0])
+        path = Path(out) / f"usdm_{spec.symbol.lower()}_{day.strftime('%Y%m%d')}.gz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with gzip.GzipFile(path, "wb", compresslevel=5, mtime=0) as f:
+            f.writelines(b"%d %s\n" % line for line in lines)
+        paths.append(path)
+    return paths

@@ -323,6 +323,8 @@ class CaptureRead:
     coinm: bool = False  # COIN-M: trade quantities are contracts, not coin
     funding: pa.Table = field(default_factory=FUNDING.empty_table)  # from @markPrice
     liquidations: pa.Table = field(default_factory=LIQUIDATION.empty_table)  # from @forceOrder
+    books: dict[str, dict] = field(default_factory=dict)  # symbol → its book as the read ended (BookSync.export)
+    reports: dict[str, dict] = field(default_factory=dict)  # symbol → its gap report (_SymbolRebuild.report)
 
     def notes(self) -> list[str]:
         """What a reader of the lake should know about this capture (the ingest report prints them)."""
@@ -338,12 +340,50 @@ class CaptureRead:
 
 
 class _SymbolRebuild:
-    def __init__(self, symbol: str, levels: int, spot: bool, dropped: list):
+    """One symbol's book and trades in a capture, and what its gap report says (see ``report``)."""
+
+    def __init__(self, symbol: str, levels: int, spot: bool, dropped: list, state: dict | None = None):
         self.out = TopNWriter(symbol, levels)
         self.sync = BookSync(symbol, spot=spot, on_change=lambda ts_ms: self.out.add(ts_ms * 1_000_000, self.sync.book),
                              on_drop=lambda up, why: dropped.append((up.ts_ms, symbol, why)),
                              on_unsync=lambda ts_ms: self.out.unknown(ts_ms * 1_000_000))
+        self.start = ""  # where the book started from: told by the state given, else by the first book message
+        if state is not None:
+            self.sync.restore(state)
+            self.start = "the day before's book" if state["synced"] else "the day before's unsynced book"
         self.trades: dict[str, list] = {"ts": [], "price": [], "qty": [], "side": [], "trade_id": []}
+        self.first_id: int | None = None
+        self.last_id: int | None = None
+        # time without a synced book between the first and the last book message, on the receive clock
+        self._synced = self.sync.synced
+        self._unsynced_from: int | None = None
+        self._unsynced_ms = 0
+        self._last_ms: int | None = None
+
+    def observe(self, recv_ms: int, first_id: int, last_id: int, snapshot: bool = False) -> None:
+        """After each book message (diff or ``snapshot``) received at ``recv_ms``."""
+        if self._last_ms is None and not self._synced:
+            self._unsynced_from = recv_ms
+        self.start = self.start or ("its own snapshot" if snapshot else "nothing (its first diffs waited for a snapshot)")
+        if self.sync.synced != self._synced:
+            self._synced = self.sync.synced
+            if self._synced:
+                self._unsynced_ms += recv_ms - self._unsynced_from
+            else:
+                self._unsynced_from = recv_ms
+        self._last_ms = recv_ms
+        if self.first_id is None:
+            self.first_id = first_id
+        self.last_id = last_id
+
+    def report(self, quarantined: Counter) -> dict:
+        """The gap report of this read: where the book started from, the update ids seen, diffs applied,
+        gaps, resyncs, seconds unsynced and the rows quarantined, by reason."""
+        open_ms = self._last_ms - self._unsynced_from if self._last_ms is not None and not self._synced else 0
+        c = self.sync.counters
+        return {"start": self.start or "no book message", "first_update_id": self.first_id, "last_update_id": self.last_id,
+                "applied": c.applied, "gaps": c.gaps, "resyncs": c.resyncs,
+                "unsynced_s": round((self._unsynced_ms + open_ms) / 1000, 3), "quarantined": dict(quarantined)}
 
     def trade_table(self) -> pa.Table:
         t = self.trades
@@ -354,8 +394,21 @@ class _SymbolRebuild:
         }, schema=TRADE)
 
 
+def opens_with_snapshot(path: Path) -> bool:
+    """Whether a capture's first book message is a REST snapshot: then its books need nothing from the day
+    before (a collector that snapshots as it opens each day's file). Reads only up to that message."""
+    with gzip.open(path) as f:
+        for line in f:
+            if b'"lastUpdateId"' in line:
+                return True
+            if b"depthUpdate" in line:
+                return False
+    return True  # no book at all: nothing to carry
+
+
 def read_ws_capture(path: Path | Sequence[Path], levels: int = 10, symbol: str | None = None,
-                    snapshots: Path | None = None) -> CaptureRead:
+                    snapshots: Path | None = None, start: dict[str, dict] | None = None,
+                    carry: bool = False) -> CaptureRead:
     """Trades and rebuilt books from a capture of combined-stream messages, one symbol (hftbacktest:
     its snapshot line is in the file) or many (cryptofeed: REST snapshots in the ``snapshots`` log,
     merged in by receive time). Diffs that find no book (before a snapshot, after a gap) are counted
@@ -363,6 +416,9 @@ def read_ws_capture(path: Path | Sequence[Path], levels: int = 10, symbol: str |
 
     A sequence of paths is one recording session split across files (a collector rotates its file at
     midnight UTC): the books carry over from file to file, so the next file needs no snapshot of its own.
+    The same holds across reads: ``start`` gives each symbol's book as the read before ended
+    (``CaptureRead.books``), and with ``carry`` the diffs still waiting for a snapshot at the end are
+    handed on in ``books`` (the next read applies them) instead of quarantined.
     """
     paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
     path = paths[0]
@@ -379,12 +435,15 @@ def read_ws_capture(path: Path | Sequence[Path], levels: int = 10, symbol: str |
     events: Iterator = ((t, None, m) for p in paths for t, m in iter_capture(p, bad, units))
     if snapshots is not None:
         events = heapq.merge(events, iter_rest_snapshots(snapshots), key=lambda e: e[0])
+    start = start or {}
 
     def state(sym: str) -> _SymbolRebuild:
         if sym not in books:
-            books[sym] = _SymbolRebuild(sym, levels, spot, dropped)
+            books[sym] = _SymbolRebuild(sym, levels, spot, dropped, start.get(sym))
         return books[sym]
 
+    for sym in start:  # a book carried in lives on (and is handed on) even on a day with no message for it
+        state(sym)
     last_recv = 0
 
     def flush_bad(at_ns: int) -> None:
@@ -399,7 +458,9 @@ def read_ws_capture(path: Path | Sequence[Path], levels: int = 10, symbol: str |
         last_recv = recv_ns
         if "lastUpdateId" in msg:
             # COIN-M's snapshot names its symbol; USD-M's and spot's do not (the file name does)
-            state(snap_symbol or msg.get("symbol") or default_symbol).sync.on_rest_snapshot(msg)
+            b = state(snap_symbol or msg.get("symbol") or default_symbol)
+            b.sync.on_rest_snapshot(msg)
+            b.observe(recv_ns // 1_000_000, int(msg["lastUpdateId"]), int(msg["lastUpdateId"]), snapshot=True)
             streams["snapshot"] += 1
             continue
         data = msg.get("data", msg)
@@ -409,7 +470,10 @@ def read_ws_capture(path: Path | Sequence[Path], levels: int = 10, symbol: str |
         streams[etype or "unknown"] += 1
         try:
             if etype == "depthUpdate":
-                state(data["s"].upper()).sync.on_update(DepthUpdate.from_message(data))
+                up = DepthUpdate.from_message(data)
+                b = state(data["s"].upper())
+                b.sync.on_update(up)
+                b.observe(recv_ns // 1_000_000, up.U, up.u)
             elif etype in ("aggTrade", "trade"):
                 # Parse every field before appending any: a bad message must not leave ragged columns.
                 row = {"ts": int(data["T"]) * 1_000_000, "price": float(data["p"]), "qty": float(data["q"]),
@@ -427,16 +491,21 @@ def read_ws_capture(path: Path | Sequence[Path], levels: int = 10, symbol: str |
                                orjson.dumps(msg).decode()))
     flush_bad(last_recv)
     ordered = [books[s] for s in sorted(books)]
-    leftover = [(up.ts_ms, b.sync.symbol, NO_BOOK) for b in ordered for up in b.sync.pending()]
+    leftover = [] if carry else [(up.ts_ms, b.sync.symbol, NO_BOOK) for b in ordered for up in b.sync.pending()]
     trades = pa.concat_tables([b.trade_table() for b in ordered]) if ordered else TRADE.empty_table()
     book = pa.concat_tables([b.out.table() for b in ordered]) if ordered else TopNWriter("", levels).table()
     rebuild = BookRebuild(book, *(sum(getattr(b.sync.counters, k) for b in ordered)
                                   for k in ("applied", "gaps", "resyncs", "stale_dropped")),
                           unsynced_dropped=len(leftover), dropped=dropped + leftover)
+    lost = Counter((sym, why) for _, sym, why in rebuild.dropped)
+    lost.update((sym, why) for _, sym, why, _ in quarantine)
+    reports = {b.sync.symbol: b.report(Counter({why: n for (sym, why), n in lost.items() if sym == b.sync.symbol}))
+               for b in ordered if b.first_id is not None or b.start}
     m = CAPTURE_NAME.match(name)
     coinm = (m is not None and m["market"] == "cm") or name.startswith("BINANCE_DELIVERY.")
     return CaptureRead(trades, rebuild, quarantine, streams, units, coinm,
-                       pa.Table.from_pylist(funding, FUNDING), pa.Table.from_pylist(liquidations, LIQUIDATION))
+                       pa.Table.from_pylist(funding, FUNDING), pa.Table.from_pylist(liquidations, LIQUIDATION),
+                       books={b.sync.symbol: b.sync.export() for b in ordered}, reports=reports)
 
 
 def _number_or_none(text) -> float | None:

@@ -26,11 +26,19 @@ Rows = dict[str, tuple[pa.Table, list]]  # dataset → (rows, events that could 
 class Unit:
     """What a reader is given: its files (one, or a capture session's days), the book depth to keep, the
     shard of a large file to read (None: all of it), and a list for what a reader of the lake should know
-    about the input (a unit told from the data, messages kept in no dataset)."""
+    about the input (a unit told from the data, messages kept in no dataset).
+
+    A book source read one day at a time is also given the books the day before ended with (``start``,
+    symbol → state) and whether a later day goes on from this one (``carry``), and leaves each symbol's
+    end state and gap report in ``books`` and ``reports``."""
     paths: list[Path]
     levels: int = 10
     shard: tuple[int, int] | None = None
     notes: list[str] = field(default_factory=list)
+    start: dict[str, dict] | None = None
+    carry: bool = False
+    books: dict[str, dict] = field(default_factory=dict)
+    reports: dict[str, dict] = field(default_factory=dict)
 
     @property
     def path(self) -> Path:
@@ -50,6 +58,7 @@ class Format:
 
 def _capture_rows(cap: binance.CaptureRead, unit: Unit) -> Rows:
     unit.notes += cap.notes()
+    unit.books, unit.reports = cap.books, cap.reports
     # unusable messages are counted once, with the trades
     rows = {"trades": (cap.trades, [(t // 1_000_000, sym, why) for t, sym, why, _ in cap.quarantine]),
             "book": (cap.book.book, cap.book.dropped)}
@@ -141,9 +150,9 @@ FORMATS: list[Format] = [
     Format("funding_rate", ("funding",), lambda n: "-fundingrate-" in n,
            lambda u: {"funding": (binance.read_funding_rates(u.path), [])}),
     Format("klines", (), lambda n: KLINE_NAME.search(n) is not None, _read_klines),
-    # daily captures of one stream, read as recording sessions (the book carries across midnight)
+    # daily captures of one stream, a task per day, each day's books going on from the day before's
     Format("ws_capture", ("trades", "book"), lambda n: n.endswith(".gz") and n.split("_")[0] in ("usdm", "spot", "cm"),
-           lambda u: _capture_rows(binance.read_ws_capture(u.paths, u.levels), u)),
+           lambda u: _capture_rows(binance.read_ws_capture(u.paths, u.levels, start=u.start, carry=u.carry), u)),
     Format("cryptofeed_ws", ("trades", "book"), lambda n: ".ws." in n and n.endswith((".txt", ".jsonl")),
            _read_cryptofeed),
     Format("cryptofeed_http", (), lambda n: ".http." in n and n.endswith(".txt")),  # read with its .ws. twin
