@@ -145,6 +145,13 @@ def test_every_real_file_ingests_with_its_quarantine_counted(ray_cluster, shared
     assert reasons["futures_mbp-1_2024-07-01T23-58_2024-07-02T00-02.csv"] == (
         "same data as futures_mbp-1_2024-07-01T23-58_2024-07-02T00-02.dbn.zst)")
     assert any(line.startswith("note: COIN-M: trade qty in contracts") for line in rep.lines())
+    # every book source leaves each (book, day)'s gap report (and end state) beside the lake
+    days = {(r["venue"], r["symbol"], r["day"]): r for r in rep.books}
+    assert days[("binance-usdm", "BTCUSDT", "2024-07-19")]["start"] == "the day before's book"
+    assert days[("GLBX.MDP3", "ESM4", "2024-05-08")]["applied"] == 185  # DBN MBO
+    assert days[("deribit", "BTC-PERPETUAL", "2020-04-01")]["start"] == "its own snapshot"  # Tardis
+    assert {r["venue"] for r in rep.books} >= {"binance-usdm", "binance-cm", "binance-spot"}  # cryptofeed's too
+    assert len(list((root / "_books").glob("*/*/*.state.json"))) == len(rep.books)
 
 
 def test_lake_parquet_round_trips_and_a_foreign_parquet_is_refused(ray_cluster, market, tmp_path):
@@ -305,7 +312,7 @@ def _as_in_lake(t: pa.Table, like: pa.Table) -> pa.Table:
     return t.sort_by([("ts", "ascending")]).select(like.column_names)
 
 
-def test_capture_days_rebuilt_a_task_each_equal_one_sequential_rebuild(ray_cluster, shared_data, tmp_path):
+def test_capture_days_rebuilt_a_task_each_equal_one_sequential_rebuild(ray_cluster, shared_data, tmp_path, capsys):
     """A task per capture day, each day's books going on from the book the day before ended with, lands the
     rows one read of the whole session gives, row for row: on the real COIN-M session across midnight
     (its second day has no snapshot of its own) and on a generated three-day capture with a gap planted on
@@ -334,7 +341,7 @@ def test_capture_days_rebuilt_a_task_each_equal_one_sequential_rebuild(ray_clust
     cm = reports["cm_ethusd_perp_20240808.gz"]
     assert cm["2024-08-08"]["start"] == "nothing (its first diffs waited for a snapshot)"
     assert cm["2024-08-09"]["start"] == "the day before's book"
-    assert cm["2024-08-09"]["first_update_id"] > cm["2024-08-08"]["last_update_id"]
+    assert cm["2024-08-09"]["first"] > cm["2024-08-08"]["last"]
     assert [(r["gaps"], r["resyncs"]) for r in cm.values()] == [(0, 0), (0, 0)]
     gen = reports["usdm_ethusdt_20240101.gz"]
     assert [r["start"] for r in gen.values()] == ["its own snapshot", "the day before's book", "the day before's book"]
@@ -350,3 +357,20 @@ def test_capture_days_rebuilt_a_task_each_equal_one_sequential_rebuild(ray_clust
     both = tmp_path / "cm_ethusd_perp_20240808.gz" / "lake"
     for dataset in ("book", "trades"):
         assert _lake_rows(root, dataset).equals(_lake_rows(both, dataset)), dataset
+
+    # The first day cut off in transfer: it fails alone, and the second lands without its book, saying so.
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / coinm[0].name).write_bytes(coinm[0].read_bytes()[: coinm[0].stat().st_size // 3])
+    (cut / coinm[1].name).write_bytes(coinm[1].read_bytes())
+    rep = ingest([cut], tmp_path / "cut_lake")
+    assert [Path(f.input).name for f in rep.failed] == [coinm[0].name] and rep.inputs_ok == 1
+    assert [n for _, n in rep.notes if "did not land" in n] == [
+        f"the day before ({coinm[0].name}) did not land: its books start without it"]
+    assert rep.books[0]["start"] == "nothing (its first diffs waited for a snapshot)" and rep.rows["book"] == 0
+
+    from tickray.cli.ops import _book_days_status  # what `tickray status` says of the lake's book days
+
+    _book_days_status(tmp_path / "usdm_ethusdt_20240101.gz" / "lake")
+    assert capsys.readouterr().out.strip() == ("lake   books binance-usdm: 1 symbols, 3 (book, day)s, 2024-01-01 to "
+                                               f"2024-01-03; 1 gaps, 1 resyncs, {gen['2024-01-02']['unsynced_s']:.1f} s unsynced")

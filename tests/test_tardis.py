@@ -50,10 +50,10 @@ def test_the_real_samples_read_as_tardis_documents_them(shared_data):
             assert got[f"bid_px_{i + 1}"] == float(w[f"bids[{i}].price"])
             assert got[f"ask_sz_{i + 1}"] == float(w[f"asks[{i}].amount"])
         assert got["bid_px_6"] is None  # a 5-level file leaves deeper levels empty
-    deribit, dropped, counters = tardis.rebuild_incremental_book(
+    deribit, dropped, days = tardis.rebuild_incremental_book(
         shared_data / "tardis" / "deribit_incremental_book_L2_BTC-PERPETUAL.csv", levels=10)
     # 15 snapshot rows with one receive time: one book state, asks only (the sample stops there)
-    assert deribit.num_rows == 1 and dropped == [] and counters == {"updates": 1, "resyncs": 0}
+    assert deribit.num_rows == 1 and dropped == [] and [(d.report["applied"], d.report["resyncs"]) for d in days] == [(1, 0)]
     row = deribit.to_pylist()[0]
     assert row["ask_px_1"] == 6421.5 and row["ask_sz_1"] == 18640 and row["bid_px_1"] is None
 
@@ -82,7 +82,7 @@ def test_incremental_book_follows_the_documented_rules(tmp_path):
     ]
     _write(tmp_path / "deribit_incremental_book_L2_2020-04-01_MIX.csv.gz", L2_HEAD,
            [f"deribit,{s},{t},{lt},{snap},{side},{p},{a}" for s, t, lt, snap, side, p, a in rows], gz=True)
-    book, dropped, counters = tardis.rebuild_incremental_book(
+    book, dropped, days = tardis.rebuild_incremental_book(
         tmp_path / "deribit_incremental_book_L2_2020-04-01_MIX.csv.gz", levels=3)
 
     # the reference: a dict book per symbol, a state at the end of every receive time
@@ -113,7 +113,15 @@ def test_incremental_book_follows_the_documented_rules(tmp_path):
                                  for s, t, b, a in want)
     x_states = [g for g in got if g[0] == "X"]
     assert x_states[-2][2:] == ([(8.0, 1.0)], [(12.0, 2.0)])  # the reset kept none of the old levels
-    assert counters == {"updates": len(want) - 1, "resyncs": 1}
+    assert sum(d.report["applied"] for d in days) == len(want) - 1 and sum(d.report["resyncs"] for d in days) == 1
+    # each symbol's day ends with the whole book the reference holds, best first
+    for d in days:
+        bids, asks = books[d.symbol]
+        assert d.state["bids"] == sorted(([float(p), float(q)] for p, q in bids.items()), reverse=True)
+        assert d.state["asks"] == sorted([float(p), float(q)] for p, q in asks.items())
+        assert (d.venue, d.day) == ("deribit", "1970-01-01")
+    assert {d.symbol: d.report["start"] for d in days} == {
+        "X": "nothing (its first rows waited for a snapshot)", "Y": "its own snapshot"}
     assert sorted(dropped) == sorted([(0, "X", tardis.TIME_BACKWARDS), (0, "X", tardis.BEFORE_SNAPSHOT),
                                       (0, "X", "side is neither bid nor ask")])
 
@@ -209,9 +217,9 @@ def test_a_binance_capture_converted_to_tardis_gives_the_same_book(shared_data, 
     text, resets = _tardis_from_capture(gzip.decompress(capture.read_bytes()).splitlines())
     path = tmp_path / "binance-futures_incremental_book_L2_2024-07-18_BTCUSDT.csv"
     path.write_text(text)
-    ours, dropped, counters = tardis.rebuild_incremental_book(path, levels=10)
+    ours, dropped, (day,) = tardis.rebuild_incremental_book(path, levels=10)
     theirs = read_ws_capture(capture, levels=10).book.book
-    assert dropped == [] and counters["resyncs"] == resets
+    assert dropped == [] and day.report["resyncs"] == resets and day.venue == "binance-usdm"
 
     def per_second(book) -> dict:
         """The book at the end of every second with a state (the last row in it)."""

@@ -47,13 +47,15 @@ def cmd_status(args, settings) -> None:
     print(f"mlflow {settings.tracking_uri}")
     root = settings.lake_path
     bars = list(lake.bar_datasets(root).values()) or ["bars_1m"]
-    datasets = ("trades", "book", *bars, "open_interest", "funding", "liquidations", "features", "bar_features")
+    datasets = ("trades", "book", *bars, "open_interest", "funding", "liquidations", "instruments", "settlements",
+                "features", "bar_features")
     for ds in datasets:
         parts = lake.partitions(root, ds) if (root / ds).exists() else []
         if parts:  # coverage: which symbols, which days
             days = sorted({d for d, _ in parts})
             print(f"lake   {ds}: {lake.dataset_rows(root, ds):,} rows in {len(parts)} partitions, "
                   f"{len({s for _, s in parts})} symbols, {days[0]} to {days[-1]}")
+    _book_days_status(root)
     print(f"lake   root {root}")
     _registry_status(settings)
     if settings.ray_address or stack.ray_head_address(settings):
@@ -62,6 +64,20 @@ def cmd_status(args, settings) -> None:
         dashboard = connect_ray(settings)
         _cluster_status(dashboard)
         _stream_status()
+
+
+def _book_days_status(root) -> None:
+    """Per venue, the books' days rebuilt (tickray.lake.book_days): symbols, days, gaps, resyncs, unsynced."""
+    from tickray.lake import book_days
+
+    by_venue: dict[str, list[dict]] = {}
+    for r in book_days.reports(root):
+        by_venue.setdefault(r["venue"], []).append(r)
+    for venue, rs in by_venue.items():
+        days = sorted({r["day"] for r in rs})
+        print(f"lake   books {venue}: {len({r['symbol'] for r in rs})} symbols, {len(rs)} (book, day)s, {days[0]} to "
+              f"{days[-1]}; {sum(r['gaps'] for r in rs)} gaps, {sum(r['resyncs'] for r in rs)} resyncs, "
+              f"{sum(r['unsynced_s'] for r in rs):,.1f} s unsynced")
 
 
 def _registry_status(settings) -> None:

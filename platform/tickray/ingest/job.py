@@ -40,7 +40,8 @@ SHARD_BYTES = 64 * 2**20
 # lake dataset → its row validator (bars of every length: `validator`)
 DATASETS = {"trades": validate.check_trades, "book": validate.check_book, "bars_1m": validate.check_bars,
             "open_interest": validate.check_open_interest, "funding": validate.check_funding,
-            "liquidations": validate.check_liquidations}
+            "liquidations": validate.check_liquidations, "instruments": validate.check_instruments,
+            "settlements": validate.check_settlements}
 
 
 def validator(dataset: str):
@@ -80,7 +81,7 @@ def capture_days(files: list[Path]) -> list[Input]:
     for f in files:
         m = binance.CAPTURE_NAME.match(f.name)
         key = (f.parent, f"{m['market']}_{m['symbol']}") if m else (f, "")
-        by_stream.setdefault(key, []).append((_capture_day(f) or dt.date.min, f))
+        by_stream.setdefault(key, []).append((binance.capture_day(f) or dt.date.min, f))
     found: list[Input] = []
     datasets = formats.BY_KIND["ws_capture"].datasets
     for days in by_stream.values():
@@ -93,16 +94,6 @@ def capture_days(files: list[Path]) -> list[Input]:
             carry = i + 1 < len(days) and after[i + 1] != ""
             found.append(Input("ws_capture", (str(f),), datasets, after=after[i], carry=carry))
     return found
-
-
-def _capture_day(f: Path) -> dt.date | None:
-    m = binance.CAPTURE_NAME.match(f.name)
-    return dt.datetime.strptime(m["day"], "%Y%m%d").date() if m else None
-
-
-def _capture_venue(f: Path) -> str:
-    m = binance.CAPTURE_NAME.match(f.name)
-    return f"binance-{m['market']}" if m else "binance"
 
 
 @dataclass(frozen=True)
@@ -225,7 +216,7 @@ def read_input(item: Input, levels: int = 10, notes: list[str] | None = None,
     fmt = formats.BY_KIND.get(item.kind)
     if fmt is None or fmt.read is None:
         raise DataFormatError(f"{path}: unknown file kind {item.kind!r}")
-    unit = unit or formats.Unit([], carry=item.carry)
+    unit = unit or formats.Unit([])
     unit.paths, unit.levels, unit.shard = [Path(p) for p in item.paths], levels, item.shard
     rows = fmt.read(unit)
     if notes is not None:
@@ -277,11 +268,16 @@ def _ingest_item(item: Input, levels: int, stage: Path, unit: formats.Unit | Non
     is removed: it lands whole or not at all)."""
     name = hashlib.sha1(item.name.encode()).hexdigest()[:16]
     notes: list[str] = []
+    unit = unit or formats.Unit([])
     try:
         counts = _ingest_one(item, levels, stage, name, notes, unit) or [("", "", 0)]
+        for d in unit.days:  # a book source's (book, day)s: end state and gap report, beside the rows
+            book_days.write_day(stage, d.venue, d.symbol, d.day, d.state, d.report | {"file": item.name})
     except Exception as e:  # noqa: BLE001 (one bad input is one failure, never the whole run's)
         for f in stage.rglob(f"part-{name}.parquet"):
             f.unlink()
+        for d in unit.days:
+            book_days.remove_day(stage, d.venue, d.symbol, d.day)
         return [(item.name, "", "", 0, failure_line(e), traceback.format_exc(), "")]
     return [(item.name, *c, "", "", "") for c in counts] + [(item.name, "", "", 0, "", "", note) for note in notes]
 
@@ -307,22 +303,15 @@ def _ingest_inputs(batch: dict, levels: int, stage: str) -> dict:
 
 @ray.remote
 def _ingest_capture_day(item: Input, levels: int, stage: str, before: dict | None) -> tuple[list[dict], dict | None]:
-    """A Ray task for one capture day: its books start from ``before`` (the day before's, handed on by
-    that day's task, which Ray runs first; or stored by an earlier ingest), and it stages each book's end
-    state and gap report beside its rows. Returns its count rows and its end states (None if it failed)."""
-    path = Path(item.paths[0])
+    """A Ray task for one capture day, its books starting from ``before`` (the day before's, handed on by
+    that day's task, which Ray runs first; or stored by an earlier ingest). Returns its count rows and its
+    books' end states (None if it failed)."""
     unit = formats.Unit([], start=before, carry=item.carry)
     rows = _ingest_item(item, levels, Path(stage), unit)
     if item.after and before is None:
         note = f"the day before ({Path(item.after).name}) did not land: its books start without it"
         rows.append((item.name, "", "", 0, "", "", note))
-    if any(r[4] for r in rows):
-        return _rows_as_dicts(_count_table(rows)), None
-    day = _capture_day(path) or dt.date.min
-    for symbol, report in unit.reports.items():
-        book_days.write_day(Path(stage), _capture_venue(path), symbol, day, unit.books[symbol],
-                            report | {"file": str(path)})
-    return _rows_as_dicts(_count_table(rows)), unit.books
+    return _rows_as_dicts(_count_table(rows)), None if any(r[4] for r in rows) else unit.books
 
 
 def _rows_as_dicts(table: dict) -> list[dict]:
@@ -341,9 +330,9 @@ def _run_capture_days(days: list[Input], levels: int, stage: Path, lake_root: Pa
         if item.after:
             before, wave[item.name] = books[item.after], wave[item.after] + 1
         else:
-            day, symbol = _capture_day(path), binance.symbol_from_filename(path)
+            day, symbol = binance.capture_day(path), binance.symbol_from_filename(path)
             stored = None if day is None or binance.opens_with_snapshot(path) else book_days.read_state(
-                lake_root, _capture_venue(path), symbol, day - dt.timedelta(days=1))
+                lake_root, binance.capture_venue(path), symbol, day - dt.timedelta(days=1))
             before, wave[item.name] = (None if stored is None else {symbol: stored}), 1
         counts, books[str(path)] = _ingest_capture_day.options(num_returns=2).remote(item, levels, str(stage), before)
         refs.append(counts)
@@ -368,14 +357,15 @@ class IngestReport:
     waves: int = 0  # the longest chain of days, each going on from the day before's books
 
     def book_lines(self) -> list[str]:
-        """A line per (book, day): where its book started from, the update ids it saw, diffs applied,
-        gaps, resyncs, seconds unsynced and rows quarantined by reason."""
+        """A line per (book, day): where its book started from, the update ids (or sequence numbers, or
+        receive times) it saw, updates applied, gaps, resyncs, seconds unsynced and rows quarantined by
+        reason."""
         out = []
         for r in self.books:
             q = ", ".join(f"{why}: {n:,}" for why, n in sorted(r["quarantined"].items())) or "none"
-            ids = f"{r['first_update_id']}..{r['last_update_id']}" if r["first_update_id"] is not None else "none"
-            out.append(f"book {r['venue']} {r['symbol']} {r['day']}: from {r['start']}; update ids {ids}; "
-                       f"{r['applied']:,} diffs applied, {r['gaps']} gaps, {r['resyncs']} resyncs, "
+            seen = f"{r['first']}..{r['last']}" if r["first"] is not None else "none"
+            out.append(f"book {r['venue']} {r['symbol']} {r['day']}: from {r['start']}; {r['sequence']}s {seen}; "
+                       f"{r['applied']:,} updates applied, {r['gaps']} gaps, {r['resyncs']} resyncs, "
                        f"{r['unsynced_s']:,} s unsynced; quarantined {q}")
         return out
 

@@ -18,15 +18,20 @@ import orjson
 BOOKS = "_books"
 
 
-def _path(root: Path, venue: str, symbol: str, day: dt.date, what: str) -> Path:
-    return Path(root) / BOOKS / venue / symbol / f"{day.isoformat()}.{what}.json"
+def _path(root: Path, venue: str, symbol: str, day: dt.date | str, what: str) -> Path:
+    return Path(root) / BOOKS / venue / symbol / f"{day if isinstance(day, str) else day.isoformat()}.{what}.json"
 
 
-def write_day(root: Path, venue: str, symbol: str, day: dt.date, state: dict, report: dict) -> None:
+def write_day(root: Path, venue: str, symbol: str, day: dt.date | str, state: dict, report: dict) -> None:
     for what, doc in (("state", state), ("report", report)):
         p = _path(root, venue, symbol, day, what)
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(orjson.dumps(doc))
+        p.write_bytes(orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY))
+
+
+def remove_day(root: Path, venue: str, symbol: str, day: dt.date | str) -> None:
+    for what in ("state", "report"):
+        _path(root, venue, symbol, day, what).unlink(missing_ok=True)
 
 
 def read_state(root: Path, venue: str, symbol: str, day: dt.date) -> dict | None:

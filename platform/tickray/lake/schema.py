@@ -66,6 +66,22 @@ LIQUIDATION = pa.schema([
 ])
 
 
+# What an exchange says an instrument is (Databento's ``definition`` records): ``symbol`` is tickray's name
+# (an option's ``<root>-<YYYYMMDD>-<strike>-<C|P>``, as the generic CSV reader names them; else the raw
+# symbol), ``raw_symbol`` the venue's. ``ts`` is when the definition was received; each fields null where
+# the venue gives none.
+INSTRUMENT = pa.schema([
+    ("ts", TS), ("symbol", pa.string()), ("raw_symbol", pa.string()), ("instrument_id", pa.int64()),
+    ("instrument_class", pa.string()),  # future, call, put, stock, future_spread, ...
+    ("tick_size", pa.float64()), ("multiplier", pa.float64()), ("expiration", TS), ("strike", pa.float64()),
+    ("right", pa.string()),  # C or P for an option
+    ("underlying", pa.string()), ("currency", pa.string()), ("exchange", pa.string()),
+])
+
+# The exchange's settlement prices (Databento ``statistics``), preliminary and final alike, as published.
+SETTLEMENT = pa.schema([("ts", TS), ("symbol", pa.string()), ("price", pa.float64())])
+
+
 def book_schema(levels: int) -> pa.Schema:
     """Top-N book: price and size per level and side, plus the order count where the venue gives it
     (CME, LOBSTER-style feeds; null for Binance). One schema for every venue, so one lake dataset."""

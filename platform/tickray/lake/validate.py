@@ -96,3 +96,16 @@ def check_liquidations(t: pa.Table) -> pa.Array:
         ("non-positive price", _le0(t["price"])),
         ("non-positive size", _le0(t["qty"])),
     ])
+
+
+def check_instruments(t: pa.Table) -> pa.Array:
+    return _first_reason(t, [
+        ("null field", _null(t, ["ts", "symbol", "raw_symbol"])),
+        ("non-positive tick size", _le0(t["tick_size"])),
+    ])
+
+
+def check_settlements(t: pa.Table) -> pa.Array:
+    return _first_reason(t, [
+        ("null field", _null(t, ["ts", "symbol", "price"])),
+    ])

@@ -6,6 +6,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Venues as tickray names them (``binance-usdm``, ``binance-cm``, ``binance-spot``, ...), from the names
+# vendors give the same feeds: Tardis.dev's exchanges, cryptofeed's (upper case), hftbacktest's markets.
+VENUE_ALIASES = {"binance-futures": "binance-usdm", "binance-delivery": "binance-cm", "binance": "binance-spot"}
+
+
+def venue_name(vendor_name: str) -> str:
+    """tickray's name for a vendor's name of a venue; a venue tickray has no name for is kept as given."""
+    name = vendor_name.lower().replace("_", "-")
+    return VENUE_ALIASES.get(name, name)
+
 
 @dataclass(frozen=True)
 class StreamMarket:

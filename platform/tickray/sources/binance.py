@@ -6,11 +6,13 @@ each with a reason, so the caller can quarantine it. Only an unreadable file rai
 
 from __future__ import annotations
 
+import datetime as dt
 import gzip
 import heapq
 import io
 import re
 import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +28,7 @@ from pyarrow import csv as pacsv
 from tickray.errors import DataFormatError
 from tickray.lake.schema import BAR, FUNDING, LIQUIDATION, TRADE, TS, conform_book
 from tickray.market.book import BookSync, DepthUpdate
+from tickray.market.venues import venue_name
 from tickray.sources.book_rows import TopNWriter
 
 AGG_TRADE_COLUMNS = ["agg_trade_id", "price", "qty", "first_trade_id", "last_trade_id", "time",
@@ -205,6 +208,8 @@ class BookRebuild:
     stale_dropped: int = 0
     unsynced_dropped: int = 0
     dropped: list[tuple[int, str, str]] = field(default_factory=list)  # (ts ms, symbol, reason)
+    state: dict | None = None  # one book's end state (BookSync.export), where the rebuild was of one
+    report: dict | None = None  # and its gap report (see _SymbolRebuild.report)
 
 
 def rebuild_book_depth(path: Path, levels: int = 10) -> BookRebuild:
@@ -219,11 +224,9 @@ def rebuild_book_depth(path: Path, levels: int = 10) -> BookRebuild:
     kind = t["update_type"].to_pylist()
     price = pc.cast(t["price"], pa.string()).to_pylist()
     qty = pc.cast(t["qty"], pa.string()).to_pylist()
-    out = TopNWriter(symbol, levels)
     dropped: list[tuple[int, str, str]] = []
-    sync = BookSync(symbol, on_change=lambda ts_ms: out.add(ts_ms * 1_000_000, sync.book),
-                    on_drop=lambda up, why: dropped.append((up.ts_ms, symbol, why)),
-                    on_unsync=lambda ts_ms: out.unknown(ts_ms * 1_000_000))
+    r = _SymbolRebuild(symbol, levels, False, dropped)
+    sync = r.sync
     # Rows of one event share (timestamp, last_update_id, update_type).
     n = t.num_rows
     bounds = np.flatnonzero((np.diff(last) != 0) | (np.diff(ts) != 0)) + 1
@@ -234,12 +237,16 @@ def rebuild_book_depth(path: Path, levels: int = 10) -> BookRebuild:
         asks = [(price[i], qty[i]) for i in range(s, e) if side[i] == "a"]
         if kind[s] == "snap":
             sync.on_snapshot(int(last[s]), bids, asks, int(ts[s]))
+            r.observe(int(ts[s]), int(last[s]), int(last[s]), snapshot=True)
             continue
         sync.on_update(DepthUpdate(int(first[s]), int(last[s]), int(pu[s]), bids, asks, int(ts[s])))
+        r.observe(int(ts[s]), int(first[s]), int(last[s]))
     leftover = [(up.ts_ms, symbol, NO_BOOK) for up in sync.pending()]
     c = sync.counters
-    return BookRebuild(out.table(), c.applied, c.gaps, c.resyncs, c.stale_dropped, len(leftover),
-                       dropped + leftover)
+    day = re.search(r"\d{4}-\d{2}-\d{2}", path.name)
+    report = r.report(Counter(why for *_, why in dropped + leftover), day[0] if day else "")
+    return BookRebuild(r.out.table(), c.applied, c.gaps, c.resyncs, c.stale_dropped, len(leftover),
+                       dropped + leftover, state=sync.export(), report=report)
 
 
 # ------------------------------------------------------------------------------ WebSocket captures
@@ -325,6 +332,7 @@ class CaptureRead:
     liquidations: pa.Table = field(default_factory=LIQUIDATION.empty_table)  # from @forceOrder
     books: dict[str, dict] = field(default_factory=dict)  # symbol → its book as the read ended (BookSync.export)
     reports: dict[str, dict] = field(default_factory=dict)  # symbol → its gap report (_SymbolRebuild.report)
+    venue: str = "binance"  # the feed, for the (venue, symbol, day) keys of the books' days
 
     def notes(self) -> list[str]:
         """What a reader of the lake should know about this capture (the ingest report prints them)."""
@@ -358,6 +366,7 @@ class _SymbolRebuild:
         self._synced = self.sync.synced
         self._unsynced_from: int | None = None
         self._unsynced_ms = 0
+        self._first_ms: int | None = None
         self._last_ms: int | None = None
 
     def observe(self, recv_ms: int, first_id: int, last_id: int, snapshot: bool = False) -> None:
@@ -373,15 +382,19 @@ class _SymbolRebuild:
                 self._unsynced_from = recv_ms
         self._last_ms = recv_ms
         if self.first_id is None:
-            self.first_id = first_id
+            self.first_id, self._first_ms = first_id, recv_ms
         self.last_id = last_id
 
-    def report(self, quarantined: Counter) -> dict:
-        """The gap report of this read: where the book started from, the update ids seen, diffs applied,
-        gaps, resyncs, seconds unsynced and the rows quarantined, by reason."""
+    def report(self, quarantined: Counter, day: str = "") -> dict:
+        """The gap report of this read: its day (``day``, else its first book message's), where the book
+        started from, the update ids seen, diffs applied, gaps, resyncs, seconds unsynced and the rows
+        quarantined, by reason."""
         open_ms = self._last_ms - self._unsynced_from if self._last_ms is not None and not self._synced else 0
         c = self.sync.counters
-        return {"start": self.start or "no book message", "first_update_id": self.first_id, "last_update_id": self.last_id,
+        first = self._first_ms if self._first_ms is not None else 0
+        return {"day": day or str(np.datetime64(first, "ms").astype("datetime64[D]")),
+                "start": self.start or "no book message", "sequence": "update id", "first": self.first_id,
+                "last": self.last_id,
                 "applied": c.applied, "gaps": c.gaps, "resyncs": c.resyncs,
                 "unsynced_s": round((self._unsynced_ms + open_ms) / 1000, 3), "quarantined": dict(quarantined)}
 
@@ -397,12 +410,15 @@ class _SymbolRebuild:
 def opens_with_snapshot(path: Path) -> bool:
     """Whether a capture's first book message is a REST snapshot: then its books need nothing from the day
     before (a collector that snapshots as it opens each day's file). Reads only up to that message."""
-    with gzip.open(path) as f:
-        for line in f:
-            if b'"lastUpdateId"' in line:
-                return True
-            if b"depthUpdate" in line:
-                return False
+    try:
+        with gzip.open(path) as f:
+            for line in f:
+                if b'"lastUpdateId"' in line:
+                    return True
+                if b"depthUpdate" in line:
+                    return False
+    except (OSError, EOFError, zlib.error):
+        return False  # read in full, it fails in its own task, with its own error
     return True  # no book at all: nothing to carry
 
 
@@ -499,13 +515,29 @@ def read_ws_capture(path: Path | Sequence[Path], levels: int = 10, symbol: str |
                           unsynced_dropped=len(leftover), dropped=dropped + leftover)
     lost = Counter((sym, why) for _, sym, why in rebuild.dropped)
     lost.update((sym, why) for _, sym, why, _ in quarantine)
-    reports = {b.sync.symbol: b.report(Counter({why: n for (sym, why), n in lost.items() if sym == b.sync.symbol}))
-               for b in ordered if b.first_id is not None or b.start}
     m = CAPTURE_NAME.match(name)
+    day = capture_day(path)
+    reports = {b.sync.symbol: b.report(Counter({why: n for (sym, why), n in lost.items() if sym == b.sync.symbol}),
+                                       day.isoformat() if day else "")
+               for b in ordered if b.first_id is not None or b.start}
     coinm = (m is not None and m["market"] == "cm") or name.startswith("BINANCE_DELIVERY.")
     return CaptureRead(trades, rebuild, quarantine, streams, units, coinm,
                        pa.Table.from_pylist(funding, FUNDING), pa.Table.from_pylist(liquidations, LIQUIDATION),
-                       books={b.sync.symbol: b.sync.export() for b in ordered}, reports=reports)
+                       books={b.sync.symbol: b.sync.export() for b in ordered}, reports=reports,
+                       venue=capture_venue(path))
+
+
+def capture_day(path: Path) -> dt.date | None:
+    """The day a daily capture file holds, from its name (``usdm_btcusdt_20240718.gz``); None for others."""
+    m = CAPTURE_NAME.match(Path(path).name)
+    return dt.datetime.strptime(m["day"], "%Y%m%d").date() if m else None
+
+
+def capture_venue(path: Path) -> str:
+    """The venue a capture recorded: ``binance-usdm`` from hftbacktest's ``usdm_…`` and from cryptofeed's
+    ``BINANCE_FUTURES.ws…`` alike."""
+    m = CAPTURE_NAME.match(Path(path).name)
+    return venue_name(f"binance-{m['market']}" if m else Path(path).name.split(".")[0])
 
 
 def _number_or_none(text) -> float | None:

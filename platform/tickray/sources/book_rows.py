@@ -6,6 +6,8 @@ the states before it must not be carried past it. The next state is the resynced
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pyarrow as pa
 
@@ -48,3 +50,21 @@ def book_table(symbol: str, ts_ns: np.ndarray, m: np.ndarray, levels: int) -> pa
     cols["ts"] = pa.array(ts_ns).cast(TS)
     cols["symbol"] = pa.array([symbol] * n, pa.string())
     return conform_book(cols, n, k)
+
+
+@dataclass(frozen=True)
+class BookDay:
+    """One book's day as a source rebuilt it: the state it ended with (full depth) and its gap report
+    (where the book started from, first and last update id or sequence, updates applied, gaps, resyncs,
+    seconds unsynced, rows quarantined by reason). The day is the file's, else its first row's."""
+    venue: str
+    symbol: str
+    day: str
+    state: dict
+    report: dict
+
+
+def book_days(venue: str, reports: dict[str, dict], states: dict[str, dict]) -> list[BookDay]:
+    """BookDays from a reader's reports and end states by symbol (each report naming its ``day``)."""
+    return [BookDay(venue, sym, r["day"], states[sym], {k: v for k, v in r.items() if k != "day"})
+            for sym, r in reports.items()]

@@ -14,12 +14,19 @@ name an ``instrument_id``, which the file's metadata maps to the raw symbol for 
   quarantined, never a crash. Trades are the Trade records. The book runs compiled (numba) over the
   records read into arrays at once.
 - ``mbp-1``, ``tbbo``, ``mbp-10``: book rows with order counts, and trades; ``trades``: trades;
-  ``ohlcv-1m``: 1-minute bars. Other schemas are refused, naming the file and the schema.
+  ``ohlcv-1m``, ``-1h``, ``-1d``: bars of that length (``bars_1m``, ``bars_1h``, ``bars_1d``); ``ohlcv-1s``
+  summed up to 1-minute bars.
+- ``definition``: the ``instruments`` dataset (tick size, multiplier, expiration, strike, call or put,
+  underlying), an option named ``<root>-<YYYYMMDD>-<strike>-<C|P>`` as the generic CSV reader names them.
+- ``statistics``: open interest into ``open_interest``, settlement prices into ``settlements``; a
+  statistic the venue deletes is quarantined with the reason, other statistics are kept in no dataset.
+
+Other schemas are refused, naming the file and the schema.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import databento_dbn as dbn
@@ -30,15 +37,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tickray.errors import DataFormatError
-from tickray.lake.schema import BAR, TRADE, TS, conform_book
+from tickray.lake.schema import BAR, INSTRUMENT, OPEN_INTEREST, SETTLEMENT, TRADE, TS, conform_book
+from tickray.sources.book_rows import BookDay
 from tickray.sources.cme import read_csv
 
-SCALE = 1e-9  # DBN prices: fixed-point integers of 1e-9 (dbn.FIXED_PRICE_SCALE)
+# DBN prices are integers of 1e-9 (dbn.FIXED_PRICE_SCALE): divided by this, never multiplied by 1e-9, which
+# is inexact (4033.5 would read 4033.5000000000005)
+PRICE_UNITS = 1e9
 CHUNK = 1 << 22  # compressed bytes handed to the decoder at a time
 UNKNOWN_ORDER = "cancel or modify of an order not in the book"
 TRADE_ACTIONS = ("T",)
 BOOK_SCHEMAS = {"mbp-1": 1, "tbbo": 1, "mbp-10": 10}
-SCHEMAS = ("mbo", "trades", "ohlcv-1m", *BOOK_SCHEMAS)
+# Bars come in at their own length (ohlcv-1s is summed up to 1m: the lake keeps no bars under a minute).
+OHLCV_DATASETS = {"ohlcv-1s": "bars_1m", "ohlcv-1m": "bars_1m", "ohlcv-1h": "bars_1h", "ohlcv-1d": "bars_1d"}
+SCHEMAS = ("mbo", "trades", *OHLCV_DATASETS, *BOOK_SCHEMAS, "definition", "statistics")
 MBP1_COLUMNS = {"ts_recv_ns", "ts_event_ns", "symbol", "action", "side", "price", "size", "sequence",
                 "bid_px_00", "ask_px_00", "bid_sz_00", "ask_sz_00", "bid_ct_00", "ask_ct_00"}
 
@@ -81,8 +93,9 @@ def is_dbn(name: str) -> bool:
     return name.endswith((".dbn", ".dbn.zst"))
 
 
-DATASETS = {"mbo": ("trades", "book"), "trades": ("trades",), "ohlcv-1m": ("bars_1m",),
-            **dict.fromkeys(BOOK_SCHEMAS, ("trades", "book"))}
+DATASETS = {"mbo": ("trades", "book"), "trades": ("trades",), **{k: (v,) for k, v in OHLCV_DATASETS.items()},
+            **dict.fromkeys(BOOK_SCHEMAS, ("trades", "book")), "definition": ("instruments",),
+            "statistics": ("open_interest", "settlements")}
 
 
 def _metadata_and_records(path: Path):
@@ -140,7 +153,7 @@ class Symbols:
 
 
 def _px(v: int) -> float:
-    return float("nan") if v == dbn.UNDEF_PRICE else v * SCALE
+    return float("nan") if v == dbn.UNDEF_PRICE else v / PRICE_UNITS
 
 
 def _side(c: str) -> int | None:
@@ -152,7 +165,7 @@ class _Trades:
         self.rows: list[tuple] = []
 
     def add(self, ts: int, symbol: str, r) -> None:
-        self.rows.append((ts, symbol, r.price * SCALE, float(r.size), _side(r.side), r.sequence))
+        self.rows.append((ts, symbol, r.price / PRICE_UNITS, float(r.size), _side(r.side), r.sequence))
 
     def table(self) -> pa.Table:
         ts, sym, px, qty, side, seq = zip(*self.rows) if self.rows else ((),) * 6
@@ -186,14 +199,21 @@ class _BookRows:
         return conform_book(cols, n, k)
 
 
-def read_dbn(path: Path, levels: int = 10) -> tuple[dict[str, pa.Table], list[tuple[int, str, str]]]:
-    """{dataset: rows} of a DBN file, and the records that could not become rows (ts ms, symbol, why)."""
+def read_dbn(path: Path, levels: int = 10, days: list[BookDay] | None = None
+             ) -> dict[str, tuple[pa.Table, list[tuple[int, str, str]]]]:
+    """{dataset: (rows, the records that could not become rows as (ts ms, symbol, why))} of a DBN file; an
+    MBO file's books, each with its end state and gap report, are added to ``days``."""
     metadata, schema, records = _metadata_and_records(path)
     symbols = Symbols(metadata)
     if schema == "mbo":
-        return _read_mbo(records, symbols, levels)
-    if schema == "ohlcv-1m":
-        return {"bars_1m": _read_ohlcv(records, symbols)}, []
+        return _read_mbo(records, symbols, levels, days if days is not None else [], str(metadata.dataset))
+    if schema in OHLCV_DATASETS:
+        bars = _read_ohlcv(records, symbols)
+        return {OHLCV_DATASETS[schema]: (_seconds_to_minutes(bars) if schema == "ohlcv-1s" else bars, [])}
+    if schema == "definition":
+        return {"instruments": (_read_definitions(records), [])}
+    if schema == "statistics":
+        return _read_statistics(records, symbols)
     trades, book = _Trades(), _BookRows(levels)
     depth = BOOK_SCHEMAS.get(schema, 0)
     for r in records:
@@ -206,10 +226,10 @@ def read_dbn(path: Path, levels: int = 10) -> tuple[dict[str, pa.Table], list[tu
             pairs = [r.levels[i] for i in range(depth)]
             book.add(r.ts_event, sym, [(_px(p.bid_px), float(p.bid_sz), p.bid_ct) for p in pairs],
                      [(_px(p.ask_px), float(p.ask_sz), p.ask_ct) for p in pairs])
-    out = {"trades": trades.table()}
+    out = {"trades": (trades.table(), [])}
     if depth:
-        out["book"] = book.table()
-    return out, []
+        out["book"] = (book.table(), [])
+    return out
 
 
 # An MBO record as databento-dbn holds it in memory (``bytes(record)``): read into arrays at once, so the
@@ -221,7 +241,8 @@ MBO_RECORD = np.dtype([("length", "u1"), ("rtype", "u1"), ("publisher_id", "<u2"
 MBO_DROPS = (UNKNOWN_ORDER, "order without a side")
 
 
-def _read_mbo(records, symbols: Symbols, levels: int) -> tuple[dict[str, pa.Table], list]:
+def _read_mbo(records, symbols: Symbols, levels: int, days: list[BookDay], venue: str
+              ) -> dict[str, tuple[pa.Table, list]]:
     if MBO_RECORD.itemsize != dbn.MBOMsg.size_hint:
         raise DataFormatError(f"databento-dbn's MBO record is {dbn.MBOMsg.size_hint} bytes, not "
                               f"{MBO_RECORD.itemsize}: this reader does not know its layout")
@@ -229,7 +250,7 @@ def _read_mbo(records, symbols: Symbols, levels: int) -> tuple[dict[str, pa.Tabl
     iids, inst = np.unique(m["instrument_id"], return_inverse=True)
     action, side = m["action"].view(np.uint8), m["side"].view(np.uint8)
     ts_event, ts_recv = m["ts_event"].astype(np.int64), m["ts_recv"].astype(np.int64)
-    state_rec, lv, ct, drop_rec, drop_code = _replay_mbo(
+    state_rec, lv, ct, drop_rec, drop_code, end = _replay_mbo(
         inst.astype(np.int64), iids.size, action, side, m["order_id"].astype(np.int64), m["price"],
         m["size"].astype(np.int64), m["flags"], levels)
     snap = (m["flags"][state_rec] & dbn.F_SNAPSHOT) > 0
@@ -254,13 +275,49 @@ def _read_mbo(records, symbols: Symbols, levels: int) -> tuple[dict[str, pa.Tabl
     tside = m["side"][trade]
     trades = pa.table({"ts": pa.array(ts_event[trade]).cast(TS),
                        "symbol": pa.array(names(trade, ts_event[trade]), pa.string()),
-                       "price": pa.array(m["price"][trade] * SCALE), "qty": pa.array(m["size"][trade].astype(np.float64)),
+                       "price": pa.array(m["price"][trade] / PRICE_UNITS), "qty": pa.array(m["size"][trade].astype(np.float64)),
                        "side": pa.array(np.where(tside == b"B", 1, -1).astype(np.int8), mask=(tside != b"B") & (tside != b"A")),
                        "trade_id": pa.array(_fill_ids(m["sequence"][trade].astype(np.int64)))}, schema=TRADE)
     drop_names = names(drop_rec, ts_event[drop_rec])
     dropped = [(int(ts_event[r]) // 1_000_000, drop_names[k], MBO_DROPS[c]) for k, (r, c) in
                enumerate(zip(drop_rec.tolist(), drop_code.tolist()))]
-    return {"trades": trades, "book": book}, dropped
+    days += _mbo_days(m, inst, iids.size, end, state_rec, drop_rec, drop_code, names, venue)
+    return {"trades": (trades, []), "book": (book, dropped)}
+
+
+def _mbo_days(m: np.ndarray, inst: np.ndarray, n_inst: int, end: tuple, state_rec: np.ndarray,
+              drop_rec: np.ndarray, drop_code: np.ndarray, names, venue: str) -> list[BookDay]:
+    """Each instrument's book as the file ended (its price levels, full depth, with order counts) and its
+    gap report: the venue's sequence numbers seen, events applied, Clears after the first record counted
+    as resyncs, records quarantined by reason. A book that does not open with Databento's snapshot is never
+    known whole: unsynced from its first record to its last. DBN numbers messages per channel, not per
+    instrument, so gaps are not counted here."""
+    keys, sizes, counts, used = end
+    first = np.unique(inst, return_index=True)[1]
+    last = inst.size - 1 - np.unique(inst[::-1], return_index=True)[1]
+    applied = np.bincount(inst[state_rec], minlength=n_inst)
+    clears = np.bincount(inst[m["action"] == b"R"], minlength=n_inst)
+    t0, t1 = m["ts_recv"][first].astype(np.int64), m["ts_recv"][last].astype(np.int64)  # a snapshot's ts_event is old
+    symbols = names(first, t0)
+    out = []
+    for g in range(n_inst):
+        own = bool(m["flags"][first[g]] & dbn.F_SNAPSHOT)
+        lost = Counter(MBO_DROPS[c] for c in drop_code[inst[drop_rec] == g].tolist())
+        book = {}
+        for s, side in ((0, "bids"), (1, "asks")):
+            b = 2 * g + s
+            k = keys[b, :used[b]][::-1]
+            book[side] = [[float(p if s == 0 else -p) / PRICE_UNITS, int(q), int(c)]
+                          for p, q, c in zip(k, sizes[b, :used[b]][::-1], counts[b, :used[b]][::-1])]
+        report = {"start": "its own snapshot" if own else "nothing (its book is never known whole)",
+                  "sequence": "sequence", "first": int(m["sequence"][first[g]]), "last": int(m["sequence"][last[g]]),
+                  "applied": int(applied[g]), "gaps": 0,
+                  "resyncs": int(clears[g]) - int(m["action"][first[g]] == b"R"),
+                  "unsynced_s": 0.0 if own else round((t1[g] - t0[g]) / 1e9, 3), "quarantined": dict(lost)}
+        state = {"symbol": symbols[g], "synced": own, **book}
+        out.append(BookDay(venue, symbols[g], str(np.datetime64(int(t0[g]), "ns").astype("datetime64[D]")),
+                           state, report))
+    return out
 
 
 _B, _A, _ADD, _CANCEL, _MODIFY, _CLEAR = ord("B"), ord("A"), ord("A"), ord("C"), ord("M"), ord("R")
@@ -294,8 +351,9 @@ def _level(keys, sizes, counts, used, b, key, size, count):
 def _replay_mbo(inst, n_inst, action, side, order_id, price, size, flags, levels):
     """The MBO book of every instrument (see the module's rules) replayed over the records: per state (a
     record with F_LAST) its record, the top ``levels`` per side (a row per field: bid prices, bid sizes,
-    ask prices, ask sizes, best first, NaN-padded) and order counts (bids then asks, -1 where none); and
-    the records that could not be applied with their MBO_DROPS index."""
+    ask prices, ask sizes, best first, NaN-padded) and order counts (bids then asks, -1 where none); the
+    records that could not be applied with their MBO_DROPS index; and the levels at the end (keys, sizes,
+    counts and how many are used, per book side)."""
     n = inst.size
     cap = 64
     keys = np.empty((2 * n_inst, cap), np.int64)  # book side b = 2 * instrument + (0 bids, 1 asks)
@@ -352,11 +410,11 @@ def _replay_mbo(inst, n_inst, action, side, order_id, price, size, flags, levels
                 b = 2 * g + s
                 for j in range(min(levels, used[b])):
                     key = keys[b, used[b] - 1 - j]
-                    lv[2 * s * levels + j, m] = (key if s == 0 else -key) * 1e-9
+                    lv[2 * s * levels + j, m] = (key if s == 0 else -key) / 1e9
                     lv[(2 * s + 1) * levels + j, m] = sizes[b, used[b] - 1 - j]
                     ct[s * levels + j, m] = counts[b, used[b] - 1 - j]
             m += 1
-    return state_rec, lv, ct, drop_rec[:d], drop_code[:d]
+    return state_rec, lv, ct, drop_rec[:d], drop_code[:d], (keys, sizes, counts, used)
 
 
 @numba.njit(cache=True)
@@ -366,9 +424,85 @@ def _wider(a):
     return out
 
 
+def _seconds_to_minutes(bars: pa.Table) -> pa.Table:
+    """1-second bars summed up to the minute: first open, highest high, lowest low, last close, volume
+    summed (Databento writes a second only when it traded, so the minutes are whole)."""
+    minute = pc.cast(bars["ts"], pa.int64()).to_numpy() // 60_000_000_000 * 60_000_000_000
+    sym = bars["symbol"].to_numpy(zero_copy_only=False)
+    order = np.lexsort((pc.cast(bars["ts"], pa.int64()).to_numpy(), minute, sym))
+    b = bars.take(order)
+    minute, sym = minute[order], sym[order]
+    starts = np.flatnonzero(np.r_[True, (minute[1:] != minute[:-1]) | (sym[1:] != sym[:-1])])
+    ends = np.r_[starts[1:], len(minute)] - 1
+    col = {c: b[c].to_numpy() for c in ("open", "high", "low", "close", "volume")}
+    cols = {"ts": pa.array(minute[starts]).cast(TS), "symbol": pa.array(sym[starts], pa.string()),
+            "open": col["open"][starts], "high": np.maximum.reduceat(col["high"], starts) if starts.size else col["high"],
+            "low": np.minimum.reduceat(col["low"], starts) if starts.size else col["low"],
+            "close": col["close"][ends], "volume": np.add.reduceat(col["volume"], starts) if starts.size else col["volume"]}
+    n = starts.size
+    return pa.table({f.name: cols.get(f.name, pa.nulls(n, f.type)) for f in BAR}, schema=BAR)
+
+
+def _table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    """Rows of plain values (times as ns since the epoch) as a table of ``schema``."""
+    return pa.table({f.name: pa.array([r[f.name] for r in rows], pa.int64() if f.type == TS else f.type).cast(f.type)
+                     for f in schema}, schema=schema)
+
+
+def _undef(v: int, scale: float = PRICE_UNITS) -> float | None:
+    return None if v == dbn.UNDEF_PRICE else v / scale
+
+
+def _read_definitions(records) -> pa.Table:
+    """Instrument definitions: an option is named ``<root>-<YYYYMMDD>-<strike>-<C|P>`` as the generic CSV
+    reader names options (the root is its ``asset``), anything else by its raw symbol."""
+    rows = []
+    for r in records:
+        if not isinstance(r, dbn.InstrumentDefMsg):
+            continue
+        cls = r.instrument_class
+        right = {dbn.InstrumentClass.CALL: "C", dbn.InstrumentClass.PUT: "P"}.get(cls)
+        expiry = None if r.expiration == dbn.UNDEF_TIMESTAMP else r.expiration
+        strike = _undef(r.strike_price)
+        symbol = r.raw_symbol
+        if right and expiry is not None and strike is not None:
+            day = np.datetime64(expiry, "ns").astype("datetime64[D]").astype(str).replace("-", "")
+            symbol = f"{r.asset.upper()}-{day}-{strike:g}-{right}"
+        multiplier = _undef(r.unit_of_measure_qty)
+        rows.append({"ts": r.ts_recv, "symbol": symbol, "raw_symbol": r.raw_symbol, "instrument_id": r.instrument_id,
+                     "instrument_class": cls.name.lower(), "tick_size": _undef(r.min_price_increment),
+                     "multiplier": multiplier, "expiration": expiry, "strike": strike, "right": right,
+                     "underlying": r.underlying or None, "currency": r.currency or None,
+                     "exchange": r.exchange or None})
+    return _table(rows, INSTRUMENT)
+
+
+def _read_statistics(records, symbols: Symbols) -> dict[str, tuple[pa.Table, list]]:
+    """Open interest (``OPEN_INTEREST``, its quantity) and settlement prices (``SETTLEMENT_PRICE``), at the
+    time the venue sent them; a statistic the venue deletes is quarantined with the reason. Other
+    statistics (session high and low, cleared volume, ...) are kept in no dataset."""
+    oi, settle, dropped = [], [], []
+    for r in records:
+        if not isinstance(r, dbn.StatMsg) or r.stat_type not in (dbn.StatType.OPEN_INTEREST,
+                                                                  dbn.StatType.SETTLEMENT_PRICE):
+            continue
+        sym = symbols(r.instrument_id, r.ts_event)
+        if r.update_action == dbn.StatUpdateAction.DELETE:
+            dropped.append((r.ts_event // 1_000_000, sym, f"{r.stat_type.name.lower()} deleted by the venue"))
+        elif r.stat_type == dbn.StatType.OPEN_INTEREST:
+            oi.append({"ts": r.ts_event, "symbol": sym, "open_interest": float(r.quantity)})
+        else:
+            settle.append({"ts": r.ts_event, "symbol": sym, "price": _undef(r.price)})
+    out = {}
+    for name, rows, schema, stat in (("open_interest", oi, OPEN_INTEREST, "open_interest"),
+                                     ("settlements", settle, SETTLEMENT, "settlement_price")):
+        out[name] = (_table(rows, schema), [d for d in dropped if d[2].startswith(stat)])
+    return out
+
+
 def _read_ohlcv(records, symbols: Symbols) -> pa.Table:
-    rows = [(r.ts_event, symbols(r.instrument_id, r.ts_event), r.open * SCALE, r.high * SCALE, r.low * SCALE,
-             r.close * SCALE, float(r.volume)) for r in records if hasattr(r, "open")]
+    rows = [(r.ts_event, symbols(r.instrument_id, r.ts_event), r.open / PRICE_UNITS, r.high / PRICE_UNITS,
+             r.low / PRICE_UNITS, r.close / PRICE_UNITS, float(r.volume)) for r in records if hasattr(r, "open")]
     ts, sym, o, h, lo, c, v = zip(*rows) if rows else ((),) * 7
     n = len(rows)
     cols = {"ts": pa.array(np.array(ts, np.int64)).cast(TS), "symbol": pa.array(sym, pa.string()),

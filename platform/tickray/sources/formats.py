@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from tickray.errors import DataFormatError
 from tickray.sources import binance, cme, databento, lobster, ohlcv, tardis
+from tickray.sources.book_rows import BookDay, book_days
 
 Rows = dict[str, tuple[pa.Table, list]]  # dataset → (rows, events that could not become rows: (ts ms, symbol, why))
 
@@ -28,9 +29,10 @@ class Unit:
     shard of a large file to read (None: all of it), and a list for what a reader of the lake should know
     about the input (a unit told from the data, messages kept in no dataset).
 
-    A book source read one day at a time is also given the books the day before ended with (``start``,
-    symbol → state) and whether a later day goes on from this one (``carry``), and leaves each symbol's
-    end state and gap report in ``books`` and ``reports``."""
+    A book source leaves in ``days`` each (venue, symbol, day)'s end state and gap report (BookDay). A
+    capture, read a day at a time, is also given the books the day before ended with (``start``, symbol
+    → state) and whether a later day goes on from this one (``carry``), and leaves its end states by
+    symbol in ``books``."""
     paths: list[Path]
     levels: int = 10
     shard: tuple[int, int] | None = None
@@ -38,7 +40,7 @@ class Unit:
     start: dict[str, dict] | None = None
     carry: bool = False
     books: dict[str, dict] = field(default_factory=dict)
-    reports: dict[str, dict] = field(default_factory=dict)
+    days: list[BookDay] = field(default_factory=list)
 
     @property
     def path(self) -> Path:
@@ -58,7 +60,8 @@ class Format:
 
 def _capture_rows(cap: binance.CaptureRead, unit: Unit) -> Rows:
     unit.notes += cap.notes()
-    unit.books, unit.reports = cap.books, cap.reports
+    unit.books = cap.books
+    unit.days += book_days(cap.venue, cap.reports, cap.books)
     # unusable messages are counted once, with the trades
     rows = {"trades": (cap.trades, [(t // 1_000_000, sym, why) for t, sym, why, _ in cap.quarantine]),
             "book": (cap.book.book, cap.book.dropped)}
@@ -106,17 +109,20 @@ def _read_mbp1_csv(u: Unit) -> Rows:
 
 
 def _read_dbn(u: Unit) -> Rows:
-    tables, dropped = databento.read_dbn(u.path, u.levels)
-    return {ds: (t, dropped if ds == "book" else []) for ds, t in tables.items()}
+    return databento.read_dbn(u.path, u.levels, u.days)
 
 
 def _read_depth(u: Unit) -> Rows:
     rebuilt = binance.rebuild_book_depth(u.path, u.levels)
+    symbol = rebuilt.state["symbol"]
+    u.days += book_days("binance-cm" if "_" in symbol else "binance-usdm", {symbol: rebuilt.report},
+                        {symbol: rebuilt.state})  # COIN-M symbols hold an underscore
     return {"book": (rebuilt.book, rebuilt.dropped)}
 
 
 def _read_tardis_book(u: Unit) -> Rows:
-    book, dropped, _ = tardis.rebuild_incremental_book(u.path, u.levels)
+    book, dropped, days = tardis.rebuild_incremental_book(u.path, u.levels)
+    u.days += days
     return {"book": (book, dropped)}
 
 

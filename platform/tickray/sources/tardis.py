@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+from collections import Counter
 from pathlib import Path
 
 import numba
@@ -35,8 +36,9 @@ from pyarrow import csv as pacsv
 
 from tickray.errors import DataFormatError
 from tickray.lake.schema import FUNDING, LIQUIDATION, OPEN_INTEREST, TRADE, TS, conform_book
+from tickray.market.venues import venue_name
 from tickray.sources.binance import read_bytes
-from tickray.sources.book_rows import book_table
+from tickray.sources.book_rows import BookDay, book_table
 
 NAME = re.compile(r"^(?P<exchange>[a-z0-9-]+)_(?P<type>incremental_book_l2|book_snapshot_\d+|trades|quotes|"
                   r"derivative_ticker|liquidations)_.+\.csv(\.gz)?$")
@@ -145,9 +147,13 @@ def read_derivative_ticker(path: Path) -> dict[str, pa.Table]:
     }
 
 
-def rebuild_incremental_book(path: Path, levels: int) -> tuple[pa.Table, list[tuple[int, str, str]], dict]:
-    """(book rows, rows that could not be applied as (ts ms, symbol, reason), counters) from an
-    ``incremental_book_L2`` file: one book state per update of each symbol (see the module's rules)."""
+def rebuild_incremental_book(path: Path, levels: int) -> tuple[pa.Table, list[tuple[int, str, str]], list[BookDay]]:
+    """(book rows, rows that could not be applied as (ts ms, symbol, reason), each symbol's BookDay) from an
+    ``incremental_book_L2`` file: one book state per update of each symbol (see the module's rules).
+
+    Tardis.dev gives no update ids: a symbol's gap report counts its snapshots after the first as resyncs
+    and reads its receive times (µs) as its sequence; it is unsynced from its first row to its first
+    snapshot, and its day is that of its first row."""
     t = _read(path, "incremental_book_l2", dictionary=("symbol", "side"))
     ts = t["timestamp"].to_numpy()
     local = t["local_timestamp"].to_numpy()
@@ -157,7 +163,7 @@ def rebuild_incremental_book(path: Path, levels: int) -> tuple[pa.Table, list[tu
     side = side_of[sides.indices.to_numpy()]
     is_bid, bad_side = side == 0, side == 2
     price, amount = t["price"].to_numpy(), t["amount"].to_numpy()
-    tables, dropped, counters = [], [], {"updates": 0, "resyncs": 0}
+    tables, dropped, days = [], [], []
     codes = t["symbol"].combine_chunks()
     names = codes.dictionary.to_pylist()
     code = codes.indices.to_numpy().astype(np.int16 if len(names) < 2**15 else np.int32)  # int16: a radix sort
@@ -166,15 +172,32 @@ def rebuild_incremental_book(path: Path, levels: int) -> tuple[pa.Table, list[tu
     bounds = np.searchsorted(code[order], np.arange(len(names) + 1))
     for j in sorted(range(len(names)), key=lambda j: order[bounds[j]]):  # symbols as they first appear
         rows = order[bounds[j]:bounds[j + 1]]
-        out_ts, out_lv, drop_rows, drop_codes, updates, resyncs = _replay_l2(
+        out_ts, out_lv, drop_rows, drop_codes, updates, resyncs, end = _replay_l2(
             rows, ts, local, snap, is_bid, bad_side, price, amount, levels)
         tables.append(book_table(names[j], out_ts, out_lv.T, levels))
-        dropped += [(int(ts[i]) // 1000, names[j], DROP_REASONS[c]) for i, c in zip(drop_rows, drop_codes)]
-        counters["updates"] += updates
-        counters["resyncs"] += resyncs
+        lost = [(int(ts[i]) // 1000, names[j], DROP_REASONS[c]) for i, c in zip(drop_rows, drop_codes)]
+        dropped += lost
+        days.append(_book_day(t["exchange"][int(rows[0])].as_py(), names[j], rows, ts, local, snap, updates,
+                              resyncs, end, lost))
     book = pa.concat_tables(tables) if tables else book_table("", np.zeros(0, np.int64), np.zeros((0, 4 * levels)),
                                                               levels)
-    return book, dropped, counters
+    return book, dropped, days
+
+
+def _book_day(exchange: str, symbol: str, rows: np.ndarray, ts, local, snap, updates: int, resyncs: int,
+              end: tuple, lost: list) -> BookDay:
+    first_snap = rows[snap[rows]][:1]
+    unsynced_us = (local[first_snap[0]] if first_snap.size else local[rows[-1]]) - local[rows[0]]
+    bid_keys, bid_sizes, ask_keys, ask_sizes = end
+    state = {"symbol": symbol, "synced": bool(first_snap.size), "last_local_us": int(local[rows[-1]]),
+             "bids": [[float(p), float(q)] for p, q in zip(bid_keys[::-1], bid_sizes[::-1])],
+             "asks": [[float(-p), float(q)] for p, q in zip(ask_keys[::-1], ask_sizes[::-1])]}
+    report = {"start": "its own snapshot" if snap[rows[0]] else "nothing (its first rows waited for a snapshot)",
+              "sequence": "receive time (µs)", "first": int(local[rows[0]]), "last": int(local[rows[-1]]),
+              "applied": updates, "gaps": 0, "resyncs": resyncs, "unsynced_s": round(float(unsynced_us) / 1e6, 3),
+              "quarantined": dict(Counter(why for *_, why in lost))}
+    day = str(np.datetime64(int(ts[rows[0]]), "us").astype("datetime64[D]"))
+    return BookDay(venue_name(exchange), symbol, day, state, report)
 
 
 DROP_REASONS = (TIME_BACKWARDS, "side is neither bid nor ask", BEFORE_SNAPSHOT)
@@ -238,7 +261,8 @@ def _set_level(px, sz, n, key, amount):
 def _replay_l2(rows, ts, local, snap, is_bid, bad_side, price, amount, levels):
     """One symbol's rows (indices in file order) replayed by the module's rules: the states after every
     update (ts ns; per field a row: bid prices, bid sizes, ask prices, ask sizes, best first, NaN-padded), a
-    state without levels just before each reset, and the rows not applied with their DROP_REASONS index."""
+    state without levels just before each reset, the rows not applied with their DROP_REASONS index, the
+    counts of updates and resets, and the book at the end (each side's keys and sizes, best last)."""
     action, states = _row_actions(rows, local, snap, bad_side)
     n = rows.size
     out_ts = np.empty(states, np.int64)
@@ -271,7 +295,8 @@ def _replay_l2(rows, ts, local, snap, is_bid, bad_side, price, amount, levels):
             m += 1
             updates += 1
     dropped = np.flatnonzero(action >= 0)
-    return out_ts, out_lv, rows[dropped], action[dropped], updates, resyncs
+    end = (keys[0][:used[0]].copy(), sizes[0][:used[0]].copy(), keys[1][:used[1]].copy(), sizes[1][:used[1]].copy())
+    return out_ts, out_lv, rows[dropped], action[dropped], updates, resyncs, end
 
 
 @numba.njit(cache=True)
