@@ -168,9 +168,16 @@ def tickray_cli(*args: str, env: dict[str, str], timeout: float = 180, cwd: Path
 def ray_head(tmp_path):
     """A Ray head started like `tickray up` (its own ports, Redis and state under tmp_path/"state"), for
     what needs a job server; yields the environment that reaches it, and stops it with `tickray down`."""
-    env = {**os.environ, **stack_env(tmp_path / "state", TICKRAY_RAY_NUM_CPUS="2")}
-    # started outside the repo, as on a cluster: a job sees the project only through --working-dir
-    up = tickray_cli("up", env=env, cwd=tmp_path)
+    for _ in range(3):
+        env = {**os.environ, **stack_env(tmp_path / "state", TICKRAY_RAY_NUM_CPUS="2")}
+        # started outside the repo, as on a cluster: a job sees the project only through --working-dir
+        up = tickray_cli("up", env=env, cwd=tmp_path)
+        log = tmp_path / "state" / "ray-head.log"
+        # A port found free may be taken before the head binds it (the other worker's Ray picks ports too):
+        # then the head is started again on other free ports, as a user would pick other ones.
+        if up.returncode == 0 or "Address already in use" not in (log.read_text() if log.exists() else ""):
+            break
+        tickray_cli("down", env=env, timeout=120, cwd=tmp_path)
     try:
         assert up.returncode == 0, up.stderr
         yield env

@@ -163,6 +163,10 @@ def test_models_are_registered_with_lineage_and_nested_runs(trained, mlflow_stor
     assert {"xgboost-fold0", "lstm-fold2", "transformer-fold1", "xgboost", "prior", "logistic", "ensemble"} <= names
     lstm = next(r for r in children if r.info.run_name == "lstm")
     assert len(client.get_metric_history(lstm.info.run_id, "valid_loss")) >= 1  # per-epoch
+    # one worker asked for and rows that fit it: each final fit ran in one Ray task, and its run says so
+    fitted = {r.info.run_name: r.data.params.get("fitted") for r in children}
+    assert (fitted["xgboost"], fitted["lstm"], fitted["transformer"]) == (
+        "in one Ray task (1 thread(s))", "in one Ray task", "in one Ray task")
     assert (pytest.approx(trained.auc("ensemble", 10))
             == client.get_run(trained.run_id).data.metrics["ensemble_test_auc_10s"])
 
@@ -399,3 +403,55 @@ def test_the_shock_detectors_numpy_scorer_equals_sklearns(max_features):
     forest = IsolationForest(n_estimators=50, max_features=max_features, random_state=0).fit(fit)
     probe = np.vstack([rng.normal(size=(500, 12)), rng.normal(scale=6, size=(500, 12)), fit[:5]])
     np.testing.assert_allclose(ForestScorer(forest).score_samples(probe), forest.score_samples(probe), atol=1e-12)
+
+
+def test_xgboost_fits_in_one_task_as_on_ray_train(ray_cluster, tmp_path, monkeypatch):
+    """The final XGBoost fit in one Ray task (``distributed: never``, and ``auto`` when the rows fit a
+    worker) makes the same boosters as Ray Train's XGBoostTrainer with one worker (``always``) on the
+    same rows and seed: xgboost's hist method is deterministic for the same rows, order and threads."""
+    from tickray.training import boosting
+    from tickray.training.config import XGBoostConfig
+
+    rng = np.random.default_rng(3)
+    n, f = 4000, 6
+    x = rng.normal(size=(n, f)).astype(np.float32)
+    y = (rng.random(n) < 1 / (1 + np.exp(-x[:, 0] + x[:, 1] * x[:, 2]))).astype(np.float32)[:, None]
+    rows = Rows(x, y, np.zeros_like(y, dtype=float), np.arange(n, dtype=np.int64) * NS, np.array(["X"] * n, object),
+                np.ones(n, bool), [f"f{i}" for i in range(f)], [10], 1)
+    train, valid = np.arange(3000), np.arange(3000, n)
+    fits = {}
+    for mode in ("never", "always", "auto"):
+        cfg = XGBoostConfig(distributed=mode, num_boost_round=40, early_stopping_rounds=10)
+        model, history, where = boosting.train_xgboost(rows, train, valid, cfg, 7, tmp_path, f"fit-{mode}")
+        fits[mode] = (model, history, where)
+        assert (tmp_path / f"fit-{mode}").is_dir()  # checkpointed either way
+    assert [w for *_, w in fits.values()] == ["in one Ray task (1 thread(s))", "on Ray Train (1 worker(s))",
+                                              "in one Ray task (1 thread(s))"]
+    (one, h1, _), (train_, h2, _) = fits["never"], fits["always"]
+    assert [b.save_raw("json") for b in one.boosters] == [b.save_raw("json") for b in train_.boosters]
+    assert h1 == h2 and np.array_equal(one.predict(x, valid), train_.predict(x, valid))
+    # a training set too large for a worker's memory goes to Ray Train
+    monkeypatch.setattr(boosting, "XGB_MEMORY_FACTOR", 10**12)
+    assert boosting.fit_path(XGBoostConfig(), x, train) == "ray train"
+
+
+def test_a_sequence_model_fits_in_one_task_or_on_ray_train_as_asked(ray_cluster, tmp_path):
+    """``distributed: auto`` with one worker fits in one Ray task; ``always`` on TorchTrainer. Both keep the
+    best epoch, its history and a checkpoint, and predict every complete window."""
+    from tickray.training.config import SequenceConfig
+    from tickray.training.trainers import fit_sequence_where_cheapest
+
+    rng = np.random.default_rng(5)
+    n = 1500
+    x = rng.normal(size=(n, 3)).astype(np.float32)
+    y = (rng.random(n) < 1 / (1 + np.exp(-2 * x[:, 0]))).astype(np.float32)[:, None]
+    ts, sym = np.arange(n, dtype=np.int64) * NS, np.array(["X"] * n, object)
+    rows = Rows(x, y, np.zeros_like(y, dtype=float), ts, sym, complete_windows(x, ts, sym, 5), ["a", "b", "c"], [10], 5)
+    train, valid = np.arange(5, 1200), np.arange(1200, n)
+    for mode, where in (("auto", "in one Ray task"), ("always", "on Ray Train (1 worker(s))")):
+        cfg = SequenceConfig(distributed=mode, window=5, hidden=8, heads=2, epochs=2, batch_size=128)
+        model, history, said = fit_sequence_where_cheapest("lstm", rows, train, valid, cfg, 7, tmp_path, f"lstm-{mode}")
+        assert said == where and [h["epoch"] for h in history] == [1, 2]
+        assert list((tmp_path / f"lstm-{mode}").rglob("model.pt"))
+        p = model.predict(x, valid)
+        assert p.shape == (valid.size, 1) and np.isfinite(p).all() and ((p > 0) & (p < 1)).all()

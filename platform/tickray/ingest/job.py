@@ -353,7 +353,7 @@ class IngestReport:
     seconds: float = 0.0
     tasks: int = 0
     nodes: set[str] = field(default_factory=set)  # where the tasks whose results were kept ran
-    books: list[dict] = field(default_factory=list)  # the gap report of each (book, day) rebuilt day by day
+    books: list[dict] = field(default_factory=list)  # the gap report of each (book, day) a book source rebuilt
     waves: int = 0  # the longest chain of days, each going on from the day before's books
 
     def book_lines(self) -> list[str]:
@@ -384,8 +384,9 @@ class IngestReport:
         if self.books:
             gaps, resyncs = sum(r["gaps"] for r in self.books), sum(r["resyncs"] for r in self.books)
             unsynced = sum(r["unsynced_s"] for r in self.books)
-            out.append(f"books: {len(self.books)} (book, day)s rebuilt a task per day in {self.waves} wave(s); "
-                       f"{gaps} gaps, {resyncs} resyncs, {unsynced:,.1f} s unsynced (--report: per day)")
+            waves = f", capture days a task each in {self.waves} wave(s)" if self.waves else ""
+            out.append(f"books: {len(self.books)} (book, day)s rebuilt{waves}; {gaps} gaps, {resyncs} resyncs, "
+                       f"{unsynced:,.1f} s unsynced (--report: per day)")
         if self.nodes:
             out.append(f"{self.tasks} tasks on {len(self.nodes)} node(s)")
         out += [f"skipped: {entry}" for entry in self.skipped]  # every one, with its reason: none is cut

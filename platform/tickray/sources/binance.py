@@ -523,8 +523,14 @@ def read_ws_capture(path: Path | Sequence[Path], levels: int = 10, symbol: str |
     coinm = (m is not None and m["market"] == "cm") or name.startswith("BINANCE_DELIVERY.")
     return CaptureRead(trades, rebuild, quarantine, streams, units, coinm,
                        pa.Table.from_pylist(funding, FUNDING), pa.Table.from_pylist(liquidations, LIQUIDATION),
-                       books={b.sync.symbol: b.sync.export() for b in ordered}, reports=reports,
+                       books={b.sync.symbol: _handed_on(b.sync.export(), carry) for b in ordered}, reports=reports,
                        venue=capture_venue(path))
+
+
+def _handed_on(state: dict, carry: bool) -> dict:
+    """A book's end state as the next read gets it: without the diffs waiting for a snapshot unless they
+    were handed on (``carry``): otherwise they are quarantined here, and must not be counted twice."""
+    return state if carry else state | {"pending": []}
 
 
 def capture_day(path: Path) -> dt.date | None:

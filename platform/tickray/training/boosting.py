@@ -1,5 +1,6 @@
-"""XGBoost: one booster per horizon, fitted in one process (a fold task, a Tune trial) or by the workers
-of an ``XGBoostTrainer`` together (xgboost's collective sums their histograms).
+"""XGBoost: one booster per horizon, fitted in one process (a fold task, a Tune trial, a final fit whose
+rows fit one worker) or by the workers of an ``XGBoostTrainer`` together (xgboost's collective sums their
+histograms).
 
 Nothing here imports torch. A Ray Train worker imports this module to unpickle its training function,
 and torch made that step 3.1 s of a 13 s start on 2 cores.
@@ -107,7 +108,7 @@ def _train_worker(config: dict) -> None:
     x, y = ray.get(config["x"]), ray.get(config["y"])  # shared memory on this node, no copy
     # Each worker builds its DMatrix from its own share of the rows; xgboost's collective sums the
     # histograms (and the validation metrics) across workers. A share is drawn at random (see
-    # train_xgboost); sorted, it is read from x in order, 0.8 s sooner on 400k rows than gathered at random.
+    # _train_on_ray_train); sorted, it is read from x in order, 0.8 s sooner on 400k rows than gathered at random.
     train = np.sort(np.array_split(config["train"], world)[rank])
     valid = np.array_split(config["valid"], world)[rank]
     cfg = XGBoostConfig.model_validate(config["cfg"])
@@ -124,8 +125,58 @@ def _train_worker(config: dict) -> None:
         ray.train.report(metrics)
 
 
+# What an xgboost fit holds in memory, in multiples of its training rows' bytes: the DMatrix's copy, its
+# quantised index and the gradient buffers (generous: a fit that would not fit must not be tried).
+XGB_MEMORY_FACTOR = 4
+
+
+def _largest_node() -> tuple[float, float]:
+    """(memory bytes, CPUs) of the cluster's largest node."""
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    return max(n.get("memory", 0.0) for n in nodes), max(n.get("CPU", 0.0) for n in nodes)
+
+
+def fit_path(cfg: XGBoostConfig, x: np.ndarray, train: np.ndarray) -> str:
+    """Where the final fit runs: ``one task`` (plain xgboost.train in one Ray task) or ``ray train``
+    (XGBoostTrainer's workers). ``auto`` takes one task when the training rows fit half the largest
+    node's memory, as most training sets do: Ray Train's start and stop cost 9-10 s on 2 cores."""
+    if cfg.distributed != "auto":
+        return "ray train" if cfg.distributed == "always" else "one task"
+    need = x.itemsize * x.shape[1] * train.size * XGB_MEMORY_FACTOR
+    return "one task" if need <= _largest_node()[0] / 2 else "ray train"
+
+
+@ray.remote
+def _fit_in_task(x: np.ndarray, y: np.ndarray, train: np.ndarray, valid: np.ndarray, cfg: dict, seed: int,
+                 threads: int) -> tuple[list[bytes], list[dict]]:
+    """The final fit in this task: the same rows in the same order as one Ray Train worker reads them."""
+    model, histories = fit_xgboost(x, y, np.sort(train), valid, XGBoostConfig.model_validate(cfg), seed, threads,
+                                   local_device())
+    return [bytes(b.save_raw("json")) for b in model.boosters], histories
+
+
 def train_xgboost(rows: Rows, train: np.ndarray, valid: np.ndarray, cfg: XGBoostConfig, seed: int,
-                  storage_path: Path, name: str) -> tuple[XGBModel, list[dict]]:
+                  storage_path: Path, name: str) -> tuple[XGBModel, list[dict], str]:
+    """The final fit where it is cheapest (``fit_path``), and the path it took, in words. Either way its
+    boosters and history are checkpointed under ``storage_path/name``."""
+    if fit_path(cfg, rows.x, train) == "ray train":
+        model, histories = _train_on_ray_train(rows, train, valid, cfg, seed, storage_path, name)
+        return model, histories, f"on Ray Train ({cfg.num_workers} worker(s))"
+    # the threads the workers would have had, on one node; a GPU if they would have had one each
+    threads = int(min(cfg.num_workers * cfg.resources.threads, _largest_node()[1]))
+    raw, histories = ray.get(_fit_in_task.options(num_cpus=threads, num_gpus=min(cfg.resources.gpu, 1)).remote(
+        rows.x, rows.y, train, valid, cfg.model_dump(), seed, threads))
+    boosters = [xgboost.Booster(model_file=bytearray(b)) for b in raw]
+    ckpt = Path(storage_path) / name / "checkpoint"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    for i, b in enumerate(boosters):
+        b.save_model(str(ckpt / f"booster_{i}.json"))
+    (ckpt / "history.json").write_text(json.dumps(histories))
+    return XGBModel(boosters), histories, f"in one Ray task ({threads} thread(s))"
+
+
+def _train_on_ray_train(rows: Rows, train: np.ndarray, valid: np.ndarray, cfg: XGBoostConfig, seed: int,
+                        storage_path: Path, name: str) -> tuple[XGBModel, list[dict]]:
     """The final fit on Ray Train: ``cfg.num_workers`` workers share the feature matrix through the object
     store (one copy per node) and each takes a share of the training rows: no DataFrame round trip, which
     cost 7 s of 42 on a million rows here."""

@@ -37,6 +37,9 @@ class Resources(StrictModel):
 class XGBoostConfig(StrictModel):
     num_workers: int = Field(1, ge=1)
     resources: Resources = Field(default_factory=Resources)
+    # The final fit: in one Ray task with plain xgboost.train ("never"), on Ray Train's XGBoostTrainer with
+    # num_workers workers ("always"), or the first when the training set fits one worker's memory ("auto").
+    distributed: Literal["auto", "always", "never"] = "auto"
     num_boost_round: int = Field(300, ge=1)
     early_stopping_rounds: int = Field(30, ge=1)
     params: dict[str, Any] = Field(default_factory=lambda: {
@@ -46,6 +49,9 @@ class XGBoostConfig(StrictModel):
 class SequenceConfig(StrictModel):
     num_workers: int = Field(1, ge=1)
     resources: Resources = Field(default_factory=Resources)
+    # The final fit: in one Ray task ("never"), on Ray Train's TorchTrainer with num_workers workers
+    # ("always"), or the first when one worker is asked for, since DDP then has nothing to share ("auto").
+    distributed: Literal["auto", "always", "never"] = "auto"
     window: int = Field(30, ge=2)  # seconds of feature rows per example
     hidden: int = Field(32, ge=4)  # LSTM hidden size / Transformer model width
     layers: int = Field(1, ge=1)

@@ -115,10 +115,11 @@ def _sample_frame(rows: Rows, idx: np.ndarray, window: int) -> pd.DataFrame:
 
 
 def _final_fit(family: str, cfg, rows: Rows, fit: np.ndarray, stop: np.ndarray, seed: int, storage: Path):
+    """The final fit of a base model, its history and where it ran, in words."""
     name = f"{family}-{int(time.time())}"
     if family == "xgboost":
         return boosting.train_xgboost(rows, fit, stop, cfg, seed, storage, name)
-    return trainers.train_sequence(family, rows, fit, stop, cfg, seed, storage, name)
+    return trainers.fit_sequence_where_cheapest(family, rows, fit, stop, cfg, seed, storage, name)
 
 
 def _log_history(family: str, history) -> None:
@@ -229,11 +230,11 @@ def run_training(cfg: TrainConfig, lake_root: Path, tracking_uri: str, artifact_
 
     # 3. final base models on Ray Train, baselines in this process
     dev_fit, dev_stop = inner_split(rows.ts, thin(rows, win.dev, every), gap)
-    bases, histories = {}, {}
+    bases, histories, fitted = {}, {}, {}
     for fam, mcfg in families.items():
         t = time.perf_counter()
-        bases[fam], histories[fam] = _final_fit(fam, mcfg, rows, dev_fit, dev_stop, seed, storage)
-        say(f"{fam}: fitted on Ray Train ({mcfg.num_workers} worker(s)) in {time.perf_counter() - t:.0f}s")
+        bases[fam], histories[fam], fitted[fam] = _final_fit(fam, mcfg, rows, dev_fit, dev_stop, seed, storage)
+        say(f"{fam}: fitted {fitted[fam]} in {time.perf_counter() - t:.0f}s")
     dev_all = thin(rows, win.dev, every)
     baselines = {"prior": fit_prior(rows.y, dev_all), "logistic": fit_logistic(rows.x, rows.y, dev_all)}
 
@@ -258,7 +259,7 @@ def run_training(cfg: TrainConfig, lake_root: Path, tracking_uri: str, artifact_
     report = TrainReport(cfg.name, "", rows.horizons,
                          {"development": win.dev.size, "calibration": win.calibration.size, "test": test.size},
                          scores, test=frame)
-    _log_to_mlflow(report, cfg, rows, win, fold_preds, oof_idx, bases, baselines, ens, histories,
+    _log_to_mlflow(report, cfg, rows, win, fold_preds, oof_idx, bases, baselines, ens, histories, fitted,
                    tracking_uri, artifact_root, register)
     report.seconds = time.perf_counter() - t0
     return report
@@ -266,7 +267,7 @@ def run_training(cfg: TrainConfig, lake_root: Path, tracking_uri: str, artifact_
 
 def _log_to_mlflow(report: TrainReport, cfg: TrainConfig, rows: Rows, win: Windows, fold_preds: dict,
                    oof_idx: np.ndarray, bases: dict, baselines: dict, ens: Ensemble, histories: dict,
-                   tracking_uri: str, artifact_root: str, register: bool) -> None:
+                   fitted: dict[str, str], tracking_uri: str, artifact_root: str, register: bool) -> None:
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
     exp = registry.experiment_id(client, cfg.name, artifact_root)
@@ -292,6 +293,8 @@ def _log_to_mlflow(report: TrainReport, cfg: TrainConfig, rows: Rows, win: Windo
         for name, model in {**bases, **baselines, "ensemble": ens}.items():
             with mlflow.start_run(experiment_id=exp, run_name=name, nested=True):
                 mlflow.log_param("family", name)
+                if name in fitted:
+                    mlflow.log_param("fitted", fitted[name])  # in one Ray task, or on Ray Train
                 _log_scores(report.scores[name])
                 if name in histories:
                     _log_history(name, histories[name])

@@ -1,5 +1,7 @@
-"""The sequence models' final fit on Ray Train with ``TorchTrainer`` (XGBoost's is in
-:mod:`tickray.training.boosting`), as many workers as the config asks for, on GPUs when it asks for them.
+"""The sequence models' final fit: in one Ray task when one worker is asked for (``distributed: auto``;
+DDP would have nothing to share, and Ray Train's start and stop cost 10 s on 2 cores), else on Ray Train
+with ``TorchTrainer``, as many workers as the config asks for, on GPUs when it asks for them (XGBoost's
+is in :mod:`tickray.training.boosting`).
 
 The workers share the feature matrix through the object store (one copy per node). Each gets a Ray Data
 shard of the window-end indices and gathers windows batch by batch; DDP keeps their weights equal.
@@ -20,10 +22,11 @@ import torch
 from ray.train import CheckpointConfig
 from ray.train.torch import TorchTrainer
 
+from tickray.ops.runtime import local_device
 from tickray.research.rows import Rows
 from tickray.training.boosting import run_config, scaling
 from tickray.training.config import SequenceConfig
-from tickray.training.models import SequenceModel, build_net, train_net, unwrapped
+from tickray.training.models import SequenceModel, build_net, fit_sequence, train_net, unwrapped
 
 
 def _torch_worker(config: dict) -> None:
@@ -78,3 +81,25 @@ def train_sequence(family: str, rows: Rows, train: np.ndarray, valid: np.ndarray
     with result.checkpoint.as_directory() as d:  # the latest: its history has every epoch
         history = json.loads((Path(d) / "history.json").read_text())
     return SequenceModel(family, net.eval(), cfg.window), history
+
+
+@ray.remote
+def _fit_in_task(family: str, x: np.ndarray, y: np.ndarray, train: np.ndarray, valid: np.ndarray, cfg: dict,
+                 seed: int) -> tuple[SequenceModel, list[dict]]:
+    return fit_sequence(family, x, y, train, valid, SequenceConfig.model_validate(cfg), seed, local_device())
+
+
+def fit_sequence_where_cheapest(family: str, rows: Rows, train: np.ndarray, valid: np.ndarray, cfg: SequenceConfig,
+                                seed: int, storage_path: Path, name: str) -> tuple[SequenceModel, list[dict], str]:
+    """The final fit in one Ray task or on Ray Train (see the module), and where it ran, in words. Either
+    way the best network and the history are checkpointed under ``storage_path/name``."""
+    if cfg.distributed == "always" or (cfg.distributed == "auto" and cfg.num_workers > 1):
+        model, history = train_sequence(family, rows, train, valid, cfg, seed, storage_path, name)
+        return model, history, f"on Ray Train ({cfg.num_workers} worker(s))"
+    task = _fit_in_task.options(num_cpus=cfg.resources.cpu, num_gpus=cfg.resources.gpu)
+    model, history = ray.get(task.remote(family, rows.x, rows.y, train, valid, cfg.model_dump(), seed))
+    ckpt = Path(storage_path) / name / "checkpoint"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    torch.save(model.net.state_dict(), ckpt / "model.pt")
+    (ckpt / "history.json").write_text(json.dumps(history))
+    return model, history, "in one Ray task"
