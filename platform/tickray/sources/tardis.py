@@ -64,8 +64,12 @@ def data_type(path: Path) -> str | None:
 def _read(path: Path, kind: str, dictionary: tuple[str, ...] = ()) -> pa.Table:
     """The file's columns, checked against the data type's documented ones (book snapshots: by depth);
     the ``dictionary`` ones dictionary-encoded as they are read, one dictionary for the whole table."""
-    data = read_bytes(path)
-    header = data[: data.find(b"\n")].decode(errors="replace").strip().split(",")
+    # a plain file is parsed where it lies (pyarrow reads it in parallel, without a copy); .gz decompressed first
+    data = read_bytes(path) if path.suffix == ".gz" else None
+    if data is None:
+        with open(path, "rb") as f:
+            first = f.readline()
+    header = (data[: data.find(b"\n")] if data is not None else first).decode(errors="replace").strip().split(",")
     expected = COLUMNS.get(kind) or HEAD + [f"{side}[{i}].{what}" for i in range(int(kind.rsplit("_", 1)[1]))
                                            for side in ("asks", "bids") for what in ("price", "amount")]
     missing, unknown = set(expected) - set(header), set(header) - set(expected)
@@ -76,7 +80,7 @@ def _read(path: Path, kind: str, dictionary: tuple[str, ...] = ()) -> pa.Table:
              "side": pa.string(), "id": pa.string(), "is_snapshot": pa.bool_(), "funding_timestamp": pa.int64()}
     types.update(dict.fromkeys(dictionary, pa.dictionary(pa.int32(), pa.string())))
     try:
-        return pacsv.read_csv(io.BytesIO(data), convert_options=pacsv.ConvertOptions(
+        return pacsv.read_csv(io.BytesIO(data) if data is not None else str(path), convert_options=pacsv.ConvertOptions(
             column_types={c: types.get(c, pa.float64()) for c in header}, strings_can_be_null=False)
         ).unify_dictionaries()
     except pa.ArrowInvalid as e:
@@ -154,7 +158,7 @@ def rebuild_incremental_book(path: Path, levels: int) -> tuple[pa.Table, list[tu
     Tardis.dev gives no update ids: a symbol's gap report counts its snapshots after the first as resyncs
     and reads its receive times (µs) as its sequence; it is unsynced from its first row to its first
     snapshot, and its day is that of its first row."""
-    t = _read(path, "incremental_book_l2", dictionary=("symbol", "side"))
+    t = _read(path, "incremental_book_l2", dictionary=("exchange", "symbol", "side"))
     ts = t["timestamp"].to_numpy()
     local = t["local_timestamp"].to_numpy()
     snap = t["is_snapshot"].to_numpy(zero_copy_only=False)
