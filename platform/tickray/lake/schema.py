@@ -68,7 +68,7 @@ LIQUIDATION = pa.schema([
 
 # What an exchange says an instrument is (Databento's ``definition`` records): ``symbol`` is tickray's name
 # (an option's ``<root>-<YYYYMMDD>-<strike>-<C|P>``, as the generic CSV reader names them; else the raw
-# symbol), ``raw_symbol`` the venue's. ``ts`` is when the definition was received; each fields null where
+# symbol), ``raw_symbol`` the venue's. ``ts`` is when the definition was received; each field null where
 # the venue gives none.
 INSTRUMENT = pa.schema([
     ("ts", TS), ("symbol", pa.string()), ("raw_symbol", pa.string()), ("instrument_id", pa.int64()),

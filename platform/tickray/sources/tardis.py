@@ -65,11 +65,13 @@ def _read(path: Path, kind: str, dictionary: tuple[str, ...] = ()) -> pa.Table:
     """The file's columns, checked against the data type's documented ones (book snapshots: by depth);
     the ``dictionary`` ones dictionary-encoded as they are read, one dictionary for the whole table."""
     # a plain file is parsed where it lies (pyarrow reads it in parallel, without a copy); .gz decompressed first
-    data = read_bytes(path) if path.suffix == ".gz" else None
-    if data is None:
+    if path.suffix == ".gz":
+        data = read_bytes(path)
+        head, source = data[: data.find(b"\n")], io.BytesIO(data)
+    else:
         with open(path, "rb") as f:
-            first = f.readline()
-    header = (data[: data.find(b"\n")] if data is not None else first).decode(errors="replace").strip().split(",")
+            head, source = f.readline(), str(path)
+    header = head.decode(errors="replace").strip().split(",")
     expected = COLUMNS.get(kind) or HEAD + [f"{side}[{i}].{what}" for i in range(int(kind.rsplit("_", 1)[1]))
                                            for side in ("asks", "bids") for what in ("price", "amount")]
     missing, unknown = set(expected) - set(header), set(header) - set(expected)
@@ -80,7 +82,7 @@ def _read(path: Path, kind: str, dictionary: tuple[str, ...] = ()) -> pa.Table:
              "side": pa.string(), "id": pa.string(), "is_snapshot": pa.bool_(), "funding_timestamp": pa.int64()}
     types.update(dict.fromkeys(dictionary, pa.dictionary(pa.int32(), pa.string())))
     try:
-        return pacsv.read_csv(io.BytesIO(data) if data is not None else str(path), convert_options=pacsv.ConvertOptions(
+        return pacsv.read_csv(source, convert_options=pacsv.ConvertOptions(
             column_types={c: types.get(c, pa.float64()) for c in header}, strings_can_be_null=False)
         ).unify_dictionaries()
     except pa.ArrowInvalid as e:
