@@ -306,9 +306,9 @@ def _mbo_days(m: np.ndarray, inst: np.ndarray, n_inst: int, end: tuple, state_re
         book = {}
         for s, side in ((0, "bids"), (1, "asks")):
             b = 2 * g + s
-            k = keys[b, :used[b]][::-1]
-            book[side] = [[float(p if s == 0 else -p) / PRICE_UNITS, int(q), int(c)]
-                          for p, q, c in zip(k, sizes[b, :used[b]][::-1], counts[b, :used[b]][::-1])]
+            px = (keys[b, :used[b]][::-1] if s == 0 else -keys[b, :used[b]][::-1]) / PRICE_UNITS
+            book[side] = [list(lv) for lv in zip(px.tolist(), sizes[b, :used[b]][::-1].tolist(),
+                                                 counts[b, :used[b]][::-1].tolist())]
         report = {"start": "its own snapshot" if own else "nothing (its book is never known whole)",
                   "sequence": "sequence", "first": int(m["sequence"][first[g]]), "last": int(m["sequence"][last[g]]),
                   "applied": int(applied[g]), "gaps": 0,

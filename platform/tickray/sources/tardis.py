@@ -161,14 +161,15 @@ def rebuild_incremental_book(path: Path, levels: int) -> tuple[pa.Table, list[tu
     and reads its receive times (µs) as its sequence; it is unsynced from its first row to its first
     snapshot, and its day is that of its first row."""
     t = _read(path, "incremental_book_l2", dictionary=("exchange", "symbol", "side"))
-    ts = t["timestamp"].to_numpy()
-    local = t["local_timestamp"].to_numpy()
+    # writable arrays whatever the file's size (one Arrow chunk converts read-only, several to a copy): the
+    # kernels are then compiled for one type only, the one compile_kernels caches
+    ts, local, price, amount = (np.require(t[c].to_numpy(), requirements="W")
+                                for c in ("timestamp", "local_timestamp", "price", "amount"))
     snap = t["is_snapshot"].to_numpy(zero_copy_only=False)
     sides = t["side"].combine_chunks()
     side_of = np.array([{"bid": 0, "ask": 1}.get(v, 2) for v in sides.dictionary.to_pylist()] or [2], np.int8)
     side = side_of[sides.indices.to_numpy()]
     is_bid, bad_side = side == 0, side == 2
-    price, amount = t["price"].to_numpy(), t["amount"].to_numpy()
     tables, dropped, days = [], [], []
     codes = t["symbol"].combine_chunks()
     names = codes.dictionary.to_pylist()
