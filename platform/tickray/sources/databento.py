@@ -427,20 +427,20 @@ def _wider(a):
 def _seconds_to_minutes(bars: pa.Table) -> pa.Table:
     """1-second bars summed up to the minute: first open, highest high, lowest low, last close, volume
     summed (Databento writes a second only when it traded, so the minutes are whole)."""
-    minute = pc.cast(bars["ts"], pa.int64()).to_numpy() // 60_000_000_000 * 60_000_000_000
-    sym = bars["symbol"].to_numpy(zero_copy_only=False)
-    order = np.lexsort((pc.cast(bars["ts"], pa.int64()).to_numpy(), minute, sym))
-    b = bars.take(order)
+    if bars.num_rows == 0:
+        return bars
+    ts = pc.cast(bars["ts"], pa.int64()).to_numpy()
+    minute, sym = ts // 60_000_000_000 * 60_000_000_000, bars["symbol"].to_numpy(zero_copy_only=False)
+    order = np.lexsort((ts, minute, sym))
     minute, sym = minute[order], sym[order]
+    col = {c: bars[c].to_numpy()[order] for c in ("open", "high", "low", "close", "volume")}
     starts = np.flatnonzero(np.r_[True, (minute[1:] != minute[:-1]) | (sym[1:] != sym[:-1])])
     ends = np.r_[starts[1:], len(minute)] - 1
-    col = {c: b[c].to_numpy() for c in ("open", "high", "low", "close", "volume")}
     cols = {"ts": pa.array(minute[starts]).cast(TS), "symbol": pa.array(sym[starts], pa.string()),
-            "open": col["open"][starts], "high": np.maximum.reduceat(col["high"], starts) if starts.size else col["high"],
-            "low": np.minimum.reduceat(col["low"], starts) if starts.size else col["low"],
-            "close": col["close"][ends], "volume": np.add.reduceat(col["volume"], starts) if starts.size else col["volume"]}
-    n = starts.size
-    return pa.table({f.name: cols.get(f.name, pa.nulls(n, f.type)) for f in BAR}, schema=BAR)
+            "open": col["open"][starts], "high": np.maximum.reduceat(col["high"], starts),
+            "low": np.minimum.reduceat(col["low"], starts), "close": col["close"][ends],
+            "volume": np.add.reduceat(col["volume"], starts)}
+    return pa.table({f.name: cols.get(f.name, pa.nulls(starts.size, f.type)) for f in BAR}, schema=BAR)
 
 
 def _table(rows: list[dict], schema: pa.Schema) -> pa.Table:
@@ -449,8 +449,9 @@ def _table(rows: list[dict], schema: pa.Schema) -> pa.Table:
                      for f in schema}, schema=schema)
 
 
-def _undef(v: int, scale: float = PRICE_UNITS) -> float | None:
-    return None if v == dbn.UNDEF_PRICE else v / scale
+def _undef(v: int) -> float | None:
+    """A fixed-point DBN value (a price, a tick size, a multiplier), None where the venue gives none."""
+    return None if v == dbn.UNDEF_PRICE else v / PRICE_UNITS
 
 
 def _read_definitions(records) -> pa.Table:
@@ -468,10 +469,9 @@ def _read_definitions(records) -> pa.Table:
         if right and expiry is not None and strike is not None:
             day = np.datetime64(expiry, "ns").astype("datetime64[D]").astype(str).replace("-", "")
             symbol = f"{r.asset.upper()}-{day}-{strike:g}-{right}"
-        multiplier = _undef(r.unit_of_measure_qty)
         rows.append({"ts": r.ts_recv, "symbol": symbol, "raw_symbol": r.raw_symbol, "instrument_id": r.instrument_id,
                      "instrument_class": cls.name.lower(), "tick_size": _undef(r.min_price_increment),
-                     "multiplier": multiplier, "expiration": expiry, "strike": strike, "right": right,
+                     "multiplier": _undef(r.unit_of_measure_qty), "expiration": expiry, "strike": strike, "right": right,
                      "underlying": r.underlying or None, "currency": r.currency or None,
                      "exchange": r.exchange or None})
     return _table(rows, INSTRUMENT)
