@@ -136,14 +136,15 @@ def _largest_node() -> tuple[float, float]:
     return max(n.get("memory", 0.0) for n in nodes), max(n.get("CPU", 0.0) for n in nodes)
 
 
-def fit_path(cfg: XGBoostConfig, x: np.ndarray, train: np.ndarray) -> str:
+def fit_path(cfg: XGBoostConfig, x: np.ndarray, train: np.ndarray, node_memory: float | None = None) -> str:
     """Where the final fit runs: ``one task`` (plain xgboost.train in one Ray task) or ``ray train``
     (XGBoostTrainer's workers). ``auto`` takes one task when the training rows fit half the largest
-    node's memory, as most training sets do: Ray Train's start and stop cost 9-10 s on 2 cores."""
+    node's memory (``node_memory``, else asked of the cluster), as most training sets do: Ray Train's start
+    and stop cost 9-10 s on 2 cores."""
     if cfg.distributed != "auto":
         return "ray train" if cfg.distributed == "always" else "one task"
     need = x.itemsize * x.shape[1] * train.size * XGB_MEMORY_FACTOR
-    return "one task" if need <= _largest_node()[0] / 2 else "ray train"
+    return "one task" if need <= (node_memory or _largest_node()[0]) / 2 else "ray train"
 
 
 @ray.remote
@@ -159,11 +160,12 @@ def train_xgboost(rows: Rows, train: np.ndarray, valid: np.ndarray, cfg: XGBoost
                   storage_path: Path, name: str) -> tuple[XGBModel, list[dict], str]:
     """The final fit where it is cheapest (``fit_path``), and the path it took, in words. Either way its
     boosters and history are checkpointed under ``storage_path/name``."""
-    if fit_path(cfg, rows.x, train) == "ray train":
+    node_memory, node_cpus = _largest_node()
+    if fit_path(cfg, rows.x, train, node_memory) == "ray train":
         model, histories = _train_on_ray_train(rows, train, valid, cfg, seed, storage_path, name)
         return model, histories, f"on Ray Train ({cfg.num_workers} worker(s))"
     # the threads the workers would have had, on one node; a GPU if they would have had one each
-    threads = int(min(cfg.num_workers * cfg.resources.threads, _largest_node()[1]))
+    threads = int(min(cfg.num_workers * cfg.resources.threads, node_cpus))
     raw, histories = ray.get(_fit_in_task.options(num_cpus=threads, num_gpus=min(cfg.resources.gpu, 1)).remote(
         rows.x, rows.y, train, valid, cfg.model_dump(), seed, threads))
     boosters = [xgboost.Booster(model_file=bytearray(b)) for b in raw]
