@@ -6,8 +6,9 @@ A thin actor over its parts, each with one job: the connection and its subscript
 and the cold path to the lake (:mod:`~tickray.stream.durable`), and metrics
 (:mod:`~tickray.stream.telemetry`). What it keeps in Redis is named in :mod:`~tickray.stream.keys`.
 
-Per message: parse (orjson) → validate (:mod:`~tickray.stream.messages`) → order book / grid / live bars /
-market state (:class:`SymbolPipeline`) → features published. Nothing valid is lost: a gap in the depth
+Per message (:mod:`~tickray.stream.dispatch`): decode once into a typed event and check it
+(:mod:`~tickray.stream.messages`) → order book / grid / live bars / market state (:class:`SymbolPipeline`) →
+features published. Nothing valid is lost: a gap in the depth
 sequence resyncs the book from a REST snapshot, and a gap in trade ids (a reconnect, a corrupt or
 reordered message) is filled from the venue's REST trades before the trade that revealed it. Invalid
 messages go to the Redis stream ``tickray:quarantine`` with a reason and are counted; they never stop
@@ -17,32 +18,26 @@ the actor.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
-from collections import Counter
-from collections.abc import Coroutine
 from dataclasses import asdict
 
 import httpx
 import numpy as np
-import orjson
 import ray
 import redis.asyncio as aioredis
 
 from tickray.errors import ConfigError
 from tickray.market.venues import BINANCE_STREAM_MARKETS
 from tickray.stream.cold import ColdBuffer
-from tickray.stream.connection import RECONNECTED, Connection
+from tickray.stream.connection import Connection
 from tickray.stream.context import ConnectorContext, ConnectorOptions
+from tickray.stream.dispatch import Dispatcher
 from tickray.stream.durable import Durability
-from tickray.stream.keys import QUARANTINE_MAXLEN, QUARANTINE_STREAM
-from tickray.stream.messages import DEFAULT_STREAMS, KNOWN_EVENTS, event_type, stream_names, validate
+from tickray.stream.messages import DEFAULT_STREAMS, stream_names
 from tickray.stream.pipeline import SymbolPipeline
 from tickray.stream.publish import Publisher
 from tickray.stream.telemetry import StreamMetrics, log_event
 from tickray.stream.venue_rest import VenueRest
-
-log = logging.getLogger("tickray.stream")
 
 
 @ray.remote(num_cpus=0)
@@ -56,13 +51,12 @@ class StreamIngestActor:
         self.max_streams, self.redis_url = market.max_streams, redis_url
         self.ctx = ConnectorContext(opt, ws_url.rstrip("/"), rest_url.rstrip("/"), market.rest_prefix)
         self._add_streams([n for s in symbols for n in stream_names(s, tuple(streams))])
-        self.quarantined: Counter = Counter()
         self.connection = Connection(self.ctx)
         self.publisher = Publisher(self.ctx)
         self.rest = VenueRest(self.ctx, self.publisher)
         self.durability = Durability(self.ctx, self.publisher, self.rest)
+        self.dispatcher = Dispatcher(self.ctx, self.connection, self.publisher, self.rest, self.durability)
         self._tasks: list[asyncio.Task] = []
-        self._last_message_at = 0.0
         if opt.autostart:  # Ray runs an async actor's __init__ on its event loop
             asyncio.get_running_loop().create_task(self.start())
 
@@ -89,11 +83,10 @@ class StreamIngestActor:
             ctx.redis = aioredis.from_url(self.redis_url, socket_timeout=10, socket_connect_timeout=5)
             ctx.http = httpx.AsyncClient(base_url=ctx.rest_url, timeout=10)
             ctx.metrics = StreamMetrics()
-            self.connection.queue = asyncio.Queue(maxsize=ctx.opt.buffer)
             await self.durability.find_checkpoints()
             loop = asyncio.get_running_loop()
             self._tasks = [loop.create_task(c) for c in (
-                self.connection.read(), self._process(), self._flush_metrics(), self.durability.flush_loop(),
+                self.connection.read(), self.dispatcher.run(), self._flush_metrics(), self.durability.flush_loop(),
                 self.rest.clock_loop())]
 
     async def stop(self) -> None:
@@ -129,7 +122,7 @@ class StreamIngestActor:
         ctx, pub = self.ctx, self.publisher
         lat = np.array(pub.latency) if pub.latency else np.array([np.nan])
         return {
-            "messages": dict(ctx.counts), "quarantined": dict(self.quarantined),
+            "messages": dict(ctx.counts), "quarantined": dict(self.dispatcher.quarantined),
             "features_published": {s: pub.last_features.get(s, {}).get("n", 0) for s in ctx.pipes},
             "book": {s: asdict(p.sync.counters) for s, p in ctx.pipes.items()},
             "book_check": {s: asdict(p.sync.check.counters) for s, p in ctx.pipes.items()},
@@ -137,10 +130,10 @@ class StreamIngestActor:
             "trades": {s: p.state.trades_total for s, p in ctx.pipes.items()},
             "pipeline_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))},
             "resume": dict(self.durability.resume), "lag_ms": dict(pub.lag), "clock": pub.clock.describe(),
-            "queued": self.connection.queue.qsize() if self._tasks else 0,
+            "queued": self.connection.queued(),
             "connected": self.connection.ws is not None, "streams": list(ctx.streams),
             "durable": dict(self.durability.durable), "incarnation": self.durability.incarnation,
-            "last_message_at": self._last_message_at,
+            "last_message_at": self.dispatcher.last_message_at,
             "cpu_s": time.process_time(),  # this actor's process: with last_message_at, how busy it is
         }
 
@@ -163,116 +156,6 @@ class StreamIngestActor:
             await asyncio.sleep(1.0)
             samples, pub.samples = pub.samples[-1000:], []
             self.ctx.metrics.flush(samples, pub.lag)
-
-    # ---- per message ---------------------------------------------------------------------------
-
-    async def _process(self) -> None:
-        queue = self.connection.queue
-        while True:
-            raw, t0, recv_ns = await queue.get()
-            try:
-                if raw == RECONNECTED:
-                    await self._after_reconnect()
-                else:
-                    io = self._on_raw(raw, t0, recv_ns)
-                    if io is not None:
-                        await io
-                if self.publisher.due(queue.empty()):
-                    await self.publisher.send()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # a bug must not take the connection down: quarantine and carry on
-                log.exception("stream pipeline error")
-                await self._quarantine(raw, f"internal error ({type(e).__name__}: {e})")
-
-    async def _after_reconnect(self) -> None:
-        """Diffs and trades were missed while away: trades are fetched from REST, then every book resyncs
-        (in that order, so the trades land in the grid seconds they belong to before the book moves on)."""
-        pipes = self.ctx.pipes.values()
-        for pipe in pipes:
-            if pipe.sync.synced:
-                pipe.sync.synced = False
-                pipe.sync.counters.gaps += 1
-        await asyncio.gather(*(self.rest.backfill(pipe, pipe.resume_from_trade(), None)
-                               for pipe in pipes if pipe.last_trade_id >= 0))
-        for pipe in pipes:
-            if any(n.startswith(f"{pipe.symbol.lower()}@depth") for n in self.ctx.streams):
-                self.rest.request_snapshot(pipe.symbol)
-
-    def _on_raw(self, raw: str | bytes, t0: int, recv_ns: int) -> Coroutine | None:
-        """Parse, validate and apply one message; returns the Redis or REST work it leaves, if any (most
-        leave none: no coroutine per message)."""
-        self.ctx.counts["received"] += 1
-        self._last_message_at = time.time()
-        try:
-            msg = orjson.loads(raw)
-        except orjson.JSONDecodeError as e:
-            return self._quarantine(raw, f"unparsable JSON ({e})")
-        if not isinstance(msg, dict):
-            return self._quarantine(raw, "unknown message: not a JSON object")
-        if "data" not in msg:
-            if self.connection.answered(msg):  # the venue's answer to SUBSCRIBE and friends
-                return None
-            return self._quarantine(raw, "unknown message: neither stream data nor a request's answer")
-        data, stream = msg["data"], str(msg.get("stream", ""))
-        e = event_type(data) if isinstance(data, dict) else None
-        if e not in KNOWN_EVENTS:
-            return self._quarantine(raw, f"unknown event type {e!r} on stream {stream!r}")
-        symbol = str(data.get("s", "")).upper()
-        if stream.split("@", 1)[0].upper() != symbol:
-            return self._quarantine(raw, f"symbol mismatch: stream {stream!r} carries {symbol or 'no symbol'}")
-        pipe = self.ctx.pipes.get(symbol)
-        if pipe is None:
-            return self._quarantine(raw, f"unknown symbol {symbol}: not subscribed")
-        if pipe.cold:
-            pipe.cold.on_raw(recv_ns, stream, raw if isinstance(raw, str) else raw.decode())
-        reason = validate(data, e) or pipe.out_of_order(e, data)
-        if reason:
-            return self._quarantine(raw, reason, symbol)
-        if symbol in self.durability.pending and self.durability.judge(pipe, data):
-            return self.durability.resume_then(pipe, lambda: self._on_data(raw, data, e, pipe, t0))
-        return self._on_data(raw, data, e, pipe, t0)
-
-    def _on_data(self, raw, data: dict, e: str, pipe: SymbolPipeline, t0: int) -> Coroutine | None:
-        """A valid message of a symbol's pipeline, applied."""
-        ctx, symbol, pending = self.ctx, pipe.symbol, self.ctx.metrics.pending
-        self.durability.saw(symbol, data)
-        ctx.counts[e] += 1
-        pending[("msg", symbol, e)] += 1
-        if e == "depthUpdate":
-            before = pipe.sync.counters.gaps
-            updates = pipe.on_depth(data)
-            if pipe.sync.counters.gaps > before:
-                pending[("event", "book gap")] += 1
-                log_event("book gap", symbol=symbol, u=data["u"], pu=data.get("pu"))
-            if pipe.sync.needs_snapshot:
-                self.rest.request_snapshot(symbol)
-            if updates:
-                self.publisher.add(pipe, updates, t0, data.get("E"))
-            return None
-        if e == "bookTicker" and not pipe.on_book_ticker(data):
-            pending[("event", "book contradicted")] += 1
-            log_event("book contradicted", symbol=symbol, **pipe.sync.check.last_mismatch)
-            self.rest.request_snapshot(symbol)
-        elif e in ("aggTrade", "trade"):
-            tid = pipe.trade_id(data)
-            if tid <= pipe.last_trade_id:
-                ctx.counts["duplicate trades"] += 1
-                pending[("event", "duplicate trade")] += 1
-                return self._quarantine(raw, "duplicate trade id", symbol, counted=False)
-            missing = pipe.missing_trades(data)
-            if missing:
-                return self.rest.backfill(pipe, missing.start, missing.stop, e, then=(data, t0))
-            self.publisher.apply_trade(pipe, data, t0)
-        return None
-
-    async def _quarantine(self, raw, reason: str, symbol: str = "", counted: bool = True) -> None:
-        if counted:
-            self.quarantined[reason] += 1
-        self.ctx.metrics.pending[("err", reason.split(" (")[0][:60])] += 1
-        raw_s = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
-        await self.ctx.redis.xadd(QUARANTINE_STREAM, {"reason": reason, "symbol": symbol, "raw": raw_s[:4096]},
-                                  maxlen=QUARANTINE_MAXLEN, approximate=True)
 
 
 def wait_for_messages(actor, count: int, timeout_s: float = 300.0, poll_s: float = 0.2) -> dict:

@@ -1,11 +1,17 @@
-"""The connection: one combined-stream WebSocket, held.
+"""The connection: one combined-stream WebSocket, held (picows: frames parsed in compiled code).
 
-A reader puts messages in a bounded queue: when processing falls behind, the queue fills and the reader
-stops reading, so the back-pressure reaches the socket instead of messages being lost. A watchdog ends a
+Frames are copied out of the socket's buffer into a bounded in-order buffer as they arrive; when
+processing falls behind and the buffer fills, reading from the socket pauses, so the back-pressure reaches
+the socket instead of messages being lost, and resumes once half of it is taken. A watchdog ends a
 connection that has been silent for ``read_timeout_s`` or has lived ``max_connection_s`` (the venue cuts
 at 24 h: reconnect before, on our terms); reconnects back off exponentially with jitter. Streams are
 added and removed at run time with the venue's SUBSCRIBE / UNSUBSCRIBE requests, and kept across
 reconnects (the next connection's URL carries them).
+
+Why a connection ended is counted as ``reconnect: <reason>``: ``ConnectionClosedOK`` (the venue closed it
+normally, 1000 or 1001), ``ConnectionClosedError`` (closed with another code, or dropped without a
+close), ``TimeoutError`` (silence), or the error that stopped a connect (``ConnectionRefusedError``,
+``WSInvalidStatusError``, ...).
 """
 
 from __future__ import annotations
@@ -13,25 +19,96 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import deque
 
 import orjson
-import websockets
+import picows
+from picows import WSCloseCode, WSMsgType
 
 from tickray.stream.context import ConnectorContext
 from tickray.stream.telemetry import log_event
 
-RECONNECTED = "reconnected"  # queued in order with the messages: what was missed while away is fetched
+RECONNECTED = object()  # put in order with the messages: what was missed while away is fetched
+MAX_MESSAGE = 64 * 1024 * 1024  # a message this large is no market data: the connection is dropped
+
+
+class _Listener(picows.WSListener):
+    """Hands each whole message (fragments joined) to the connection, with its receive times."""
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+        self._parts: list[bytes] | None = None
+
+    def on_ws_connected(self, transport: picows.WSTransport) -> None:
+        # before the first frame, which may come before ws_connect returns: a full buffer pauses this transport
+        self.conn.ws, self.conn.close_code, self.conn._paused = transport, None, False
+
+    def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
+        kind = frame.msg_type
+        if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
+            if frame.fin:
+                self.conn.put(frame.get_payload_as_bytes())
+            else:
+                self._parts = [frame.get_payload_as_bytes()]
+        elif kind is WSMsgType.CONTINUATION and self._parts is not None:
+            self._parts.append(frame.get_payload_as_bytes())
+            if frame.fin:
+                self.conn.put(b"".join(self._parts))
+                self._parts = None
+        elif kind is WSMsgType.CLOSE:
+            self.conn.close_code = frame.get_close_code()
+            transport.send_close(frame.get_close_code())
+            transport.disconnect()
 
 
 class Connection:
     def __init__(self, ctx: ConnectorContext):
         self.ctx = ctx
-        self.queue: asyncio.Queue | None = None  # (raw message, perf_counter_ns, receive time_ns)
-        self.ws = None
+        self.ws: picows.WSTransport | None = None
+        self.close_code: int | None = None  # the venue's close frame's code, on the current connection
+        self._buffer: deque = deque()  # (raw message, perf_counter_ns, receive time_ns) or RECONNECTED
+        self._more = asyncio.Event()  # set when the buffer has something
+        self._paused = False  # reading from the socket paused: the buffer is full
         self._requests: dict[int, asyncio.Future] = {}
         self._next_id = 1
         self._last_recv_ns = 0  # perf_counter_ns of the last message read (the watchdog's clock)
         self._ended_by: str | None = None  # why the watchdog ended the connection: "silent" or "planned"
+
+    # ---- the buffer between the socket and the pipeline -----------------------------------------
+
+    def put(self, raw: bytes) -> None:
+        self._last_recv_ns = t0 = time.perf_counter_ns()
+        self._buffer.append((raw, t0, time.time_ns()))
+        self._more.set()
+        if len(self._buffer) >= self.ctx.opt.buffer and not self._paused:
+            self._paused = True
+            self.ws.underlying_transport.pause_reading()
+
+    async def take(self) -> tuple:
+        """The next message in order (waits for one)."""
+        while not self._buffer:
+            self._more.clear()
+            await self._more.wait()
+        item = self._buffer.popleft()
+        if self._paused and len(self._buffer) <= self.ctx.opt.buffer // 2:
+            self._paused = False
+            if self.ws is not None:
+                self.ws.underlying_transport.resume_reading()
+        return item
+
+    def idle(self) -> bool:
+        """Nothing read is waiting to be processed."""
+        return not self._buffer
+
+    def queued(self) -> int:
+        return len(self._buffer)
+
+    @property
+    def paused(self) -> bool:
+        """Reading from the socket is paused: the buffer is full."""
+        return self._paused
+
+    # ---- requests on the connection -------------------------------------------------------------
 
     async def request(self, method: str, params: list) -> dict:
         """A request on the connection and the venue's answer (connected or not, the stream list is kept)."""
@@ -40,7 +117,7 @@ class Connection:
         rid, self._next_id = self._next_id, self._next_id + 1
         fut = asyncio.get_running_loop().create_future()
         self._requests[rid] = fut
-        await self.ws.send(orjson.dumps({"method": method, "params": params, "id": rid}).decode())
+        self.ws.send(WSMsgType.TEXT, orjson.dumps({"method": method, "params": params, "id": rid}))
         log_event(method.lower(), streams=params, id=rid)
         try:
             return await asyncio.wait_for(fut, 10)
@@ -55,66 +132,66 @@ class Connection:
         fut.set_result(msg)
         return True
 
+    # ---- holding the connection -----------------------------------------------------------------
+
     async def read(self) -> None:
         ctx = self.ctx
         opt = ctx.opt
         backoff, first = opt.backoff_s, True
         while not ctx.stopping:
             url = f"{ctx.ws_url}/stream?streams=" + "/".join(ctx.streams)
-            watch = None
+            watch = transport = None
             try:
-                async with websockets.connect(url, max_size=None, ping_interval=20, ping_timeout=20,
-                                              open_timeout=10, compression=None) as ws:
-                    self.ws = ws
-                    ctx.counts["connections"] += 1
-                    log_event("connected", url=url, streams=len(ctx.streams))
-                    if not first:
-                        await self.queue.put((RECONNECTED, 0, 0))  # in order with the messages before it
-                    first, backoff = False, opt.backoff_s
-                    self._last_recv_ns, self._ended_by = time.perf_counter_ns(), None
-                    watch = asyncio.get_running_loop().create_task(self._watch(ws))
-                    try:
-                        while not ctx.stopping:
-                            raw = await ws.recv()
-                            self._last_recv_ns = t0 = time.perf_counter_ns()
-                            await self.queue.put((raw, t0, time.time_ns()))  # waits while the buffer is full
-                    except websockets.ConnectionClosed:
-                        if self._ended_by == "silent":
-                            raise TimeoutError(f"no message for {opt.read_timeout_s:g} s") from None
-                        if self._ended_by == "planned":
-                            continue  # straight back, no backoff
-                        raise
+                transport, _ = await picows.ws_connect(
+                    lambda: _Listener(self), url, websocket_handshake_timeout=10, enable_auto_ping=True,
+                    auto_ping_idle_timeout=20, auto_ping_reply_timeout=20, max_frame_size=MAX_MESSAGE)
+                ctx.counts["connections"] += 1
+                log_event("connected", url=url, streams=len(ctx.streams))
+                if not first:
+                    self._buffer.append((RECONNECTED, 0, 0))  # in order with the messages before it
+                    self._more.set()
+                first, backoff = False, opt.backoff_s
+                self._last_recv_ns, self._ended_by = time.perf_counter_ns(), None
+                watch = asyncio.get_running_loop().create_task(self._watch(transport))
+                await transport.wait_disconnected()
+                if self._ended_by == "planned":
+                    continue  # straight back, no backoff
+                reason = ("TimeoutError" if self._ended_by == "silent" else "ConnectionClosedOK"
+                          if self.close_code in (WSCloseCode.OK, WSCloseCode.GOING_AWAY) else "ConnectionClosedError")
+                detail = f"close code {self.close_code}" if self.close_code is not None else "no close frame"
             except asyncio.CancelledError:
                 raise
-            except (OSError, TimeoutError, websockets.ConnectionClosed, websockets.InvalidHandshake) as e:
-                reason = type(e).__name__
-                ctx.counts[f"reconnect: {reason}"] += 1
-                ctx.metrics.pending[("event", f"reconnect {reason}")] += 1
-                log_event("disconnected", reason=reason, detail=str(e)[:200], retry_in_s=round(backoff, 3))
+            except Exception as e:  # noqa: BLE001  (OSError, TimeoutError, picows.WSError: whatever ended it, come back)
+                reason, detail = type(e).__name__, str(e)[:200]
             finally:
                 self.ws = None
                 if watch:
                     watch.cancel()
+                if transport is not None:
+                    transport.disconnect(graceful=False)
+            ctx.counts[f"reconnect: {reason}"] += 1
+            ctx.metrics.pending[("event", f"reconnect {reason}")] += 1
+            log_event("disconnected", reason=reason, detail=detail, retry_in_s=round(backoff, 3))
             await asyncio.sleep(backoff * (0.5 + random.random()))  # jitter: clients do not come back in step
             backoff = min(backoff * 2, opt.backoff_max_s)
 
-    async def _watch(self, ws) -> None:
+    async def _watch(self, transport: picows.WSTransport) -> None:
         """Ends a connection that has been silent for ``read_timeout_s`` or has lived ``max_connection_s``,
-        saying which in ``_ended_by``. A watchdog, not a timeout around every read: that cost a tenth of
-        the actor's time at full rate."""
+        saying which in ``_ended_by``."""
         opt = self.ctx.opt
         opened, tick = time.monotonic(), min(1.0, opt.read_timeout_s / 4)
         while True:
             await asyncio.sleep(tick)
-            if self.queue.full():  # reading is paused for a slow consumer: that is not the venue's silence
+            if self._paused:  # reading is paused for a slow consumer: that is not the venue's silence
                 self._last_recv_ns = time.perf_counter_ns()
             elif (time.perf_counter_ns() - self._last_recv_ns) / 1e9 >= opt.read_timeout_s:
                 self._ended_by = "silent"
-                ws.transport.abort()  # a stalled server would not answer a closing handshake either
+                transport.disconnect(graceful=False)  # a stalled server would not answer a closing handshake
                 return
             if time.monotonic() - opened >= opt.max_connection_s:
                 self.ctx.counts["planned reconnects"] += 1
                 log_event("planned reconnect", after_s=round(time.monotonic() - opened, 1))
                 self._ended_by = "planned"
-                await ws.close(1000, "planned reconnect")
+                transport.send_close(WSCloseCode.OK, b"planned reconnect")
+                transport.disconnect()
                 return

@@ -37,9 +37,8 @@ class Durability:
         self._unwritten: list[tuple[int, dict]] = []  # flushes the lake has not taken yet (retried)
         self._checkpointed: dict[str, int] = {}  # symbol → last trade id of its latest checkpoint
 
-    def saw(self, symbol: str, data: dict) -> None:
-        event_ms = data.get("E") or data.get("T")
-        if event_ms and event_ms > self._event_ms.get(symbol, 0):
+    def saw(self, symbol: str, event_ms: int) -> None:
+        if event_ms > self._event_ms.get(symbol, 0):
             self._event_ms[symbol] = event_ms
 
     # ---- resuming ------------------------------------------------------------------------------
@@ -76,14 +75,13 @@ class Durability:
         self.publisher.forget_published(sym)
         log_event("checkpoint refused", symbol=sym, reason=why)
 
-    def judge(self, pipe: SymbolPipeline, data: dict) -> bool:
+    def judge(self, pipe: SymbolPipeline, event_ms: int) -> bool:
         """Does the market continue this symbol's checkpoint? Its first message must be no older than the
         checkpoint's last event, nor later than the trades missed since could be fetched. Resumed: the
         pipeline goes on from the checkpoint (True: the trades since are to be fetched); refused: the
         pipeline starts fresh, said in one line."""
         opt, sym = self.ctx.opt, pipe.symbol
         ck, grid = self.pending.pop(sym)
-        event_ms = int(data.get("E") or data.get("T") or 0)
         was_ms = int(ck.get("event_ms") or 0)
         jump_s = (event_ms - was_ms) / 1e3
         why = None

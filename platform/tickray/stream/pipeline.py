@@ -17,6 +17,7 @@ from tickray.bars.live import LiveBars
 from tickray.features import BOOK_LEVELS, GRID_FIELDS, GridBuilder, OnlineFeatures
 from tickray.market.book import BookSync, DepthUpdate, TopOfBookCheck
 from tickray.stream.cold import ColdBuffer
+from tickray.stream.messages import EVENT_NAME, AggTrade, AnyEvent, BookTicker, Depth, Trade, as_event
 from tickray.stream.state import MarketState
 
 RESUMED = 2**63 - 1  # SymbolPipeline._carried_until_ns: resumed, no snapshot yet
@@ -79,15 +80,21 @@ class SymbolPipeline:
         self.sync.on_rest_snapshot(snap)
         return self._emit()
 
-    def on_depth(self, data: dict) -> list[FeatureUpdate]:
-        self.sync.on_update(DepthUpdate.from_message(data))
+    def on_depth(self, ev: Depth | dict) -> list[FeatureUpdate]:
+        """A valid @depth diff (its event, or its payload as the venue sent it)."""
+        if isinstance(ev, dict):
+            ev = as_event(ev, "depthUpdate")
+        self.sync.on_update(DepthUpdate(ev.U, ev.u, ev.pu, ev.b, ev.a, ev.T or ev.E))
         return self._emit()
 
-    def out_of_order(self, e: str, data: dict) -> str | None:
+    def out_of_order(self, ev: AnyEvent) -> str | None:
         """Why a message of a stream without ids goes back in time (bookTicker: by its update id), or None."""
-        if e not in ("bookTicker", "kline", "markPriceUpdate"):
+        if isinstance(ev, BookTicker):
+            e, mark = "bookTicker", ev.u
+        elif isinstance(ev, (Depth, AggTrade, Trade)):
             return None
-        mark = int(data["u"] if e == "bookTicker" else data.get("E", 0))
+        else:
+            e, mark = EVENT_NAME[type(ev)], ev.E
         last = self._marks.get(e, -1)
         if mark < last:
             return f"{e} going backwards ({mark} after {last})"
@@ -96,23 +103,21 @@ class SymbolPipeline:
         self._marks[e] = mark
         return None
 
-    def on_book_ticker(self, data: dict) -> bool:
+    def on_book_ticker(self, ev: BookTicker) -> bool:
         """The venue's best bid and ask at an update id; False when it contradicts the book."""
-        return self.sync.on_ticker(int(data["u"]), float(data["b"]), float(data["a"]))
+        return self.sync.on_ticker(ev.u, ev.b, ev.a)
 
-    @staticmethod
-    def trade_id(data: dict) -> int:
-        return int(data["a"] if "a" in data else data["t"])
-
-    def missing_trades(self, data: dict) -> range:
+    def missing_trades(self, ev: AggTrade | Trade) -> range:
         """The trade ids skipped before this one (ids rise by one within a stream): none before the first."""
-        return range(self.last_trade_id + 1, self.trade_id(data)) if self.last_trade_id >= 0 else range(0)
+        return range(self.last_trade_id + 1, ev.id) if self.last_trade_id >= 0 else range(0)
 
-    def on_trade(self, data: dict) -> list[FeatureUpdate]:
-        """A validated @aggTrade / @trade payload; returns the feature rows it closed. After
-        :meth:`resume_grid` a trade may be new to the grid only, or to everything but the grid."""
-        tid = self.trade_id(data)
-        ts, price, qty, side = int(data["T"]) * 1_000_000, float(data["p"]), float(data["q"]), -1 if data["m"] else 1
+    def on_trade(self, ev: AggTrade | Trade | dict) -> list[FeatureUpdate]:
+        """A valid @aggTrade / @trade (its event, or its payload as the venue sent it); returns the feature
+        rows it closed. After :meth:`resume_grid` a trade may be new to the grid only, or to everything but
+        the grid."""
+        if isinstance(ev, dict):
+            ev = as_event(ev)
+        tid, ts, price, qty, side = ev.id, ev.T * 1_000_000, ev.p, ev.q, -1 if ev.m else 1
         if tid > self.grid_trade_id:
             self.grid_trade_id = tid
             self._in_grid.append((ts, tid))

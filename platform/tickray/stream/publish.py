@@ -29,6 +29,7 @@ from tickray.stream.keys import (
     LIVE_BARS_KEY,
     STATE_KEY,
 )
+from tickray.stream.messages import AggTrade, Trade
 from tickray.stream.pipeline import FeatureUpdate, SymbolPipeline
 
 # In a burst, closed feature rows go to Redis together: after this many messages that closed some...
@@ -55,11 +56,11 @@ class Publisher:
             self._outbox_since = time.perf_counter_ns()
         self._outbox.append((pipe, updates, t0, event_ms))
 
-    def apply_trade(self, pipe: SymbolPipeline, data: dict, t0: int) -> None:
+    def apply_trade(self, pipe: SymbolPipeline, ev: AggTrade | Trade, t0: int) -> None:
         """A trade into its pipeline; what it closed to the outbox."""
-        updates = pipe.on_trade(data)
+        updates = pipe.on_trade(ev)
         if updates or pipe.closed_minutes:
-            self.add(pipe, updates, t0, data.get("E"))
+            self.add(pipe, updates, t0, ev.E)
 
     def due(self, nothing_queued: bool) -> bool:
         return bool(self._outbox) and (nothing_queued or len(self._outbox) >= OUTBOX_MAX

@@ -11,6 +11,7 @@ import time
 import httpx
 
 from tickray.stream.context import ConnectorContext
+from tickray.stream.messages import AggTrade, Trade
 from tickray.stream.pipeline import SymbolPipeline
 from tickray.stream.publish import Publisher
 from tickray.stream.telemetry import log_event
@@ -24,7 +25,7 @@ class VenueRest:
         self._snapshot_tasks: dict[str, asyncio.Task] = {}
 
     async def backfill(self, pipe: SymbolPipeline, start: int, stop: int | None, e: str | None = None,
-                       then: tuple[dict, int] | None = None) -> None:
+                       then: tuple[AggTrade | Trade, int] | None = None) -> None:
         """Trades ``start`` .. ``stop - 1`` (or up to the latest) from the venue's REST, applied in order;
         then the live trade ``then`` (payload, receive time) that showed them missing."""
         ctx = self.ctx
@@ -38,20 +39,19 @@ class VenueRest:
                 r = await ctx.http.get(f"{ctx.rest_prefix}/{path}",
                                        params={"symbol": pipe.symbol, "fromId": start, "limit": limit})
                 r.raise_for_status()
-                rows = r.json()
-            except (httpx.HTTPError, ValueError) as exc:
+                rows = [rest_trade(row, e, pipe.symbol) for row in r.json()]
+            except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
                 ctx.counts[f"backfill failed: {type(exc).__name__}"] += 1
                 log_event("backfill failed", symbol=pipe.symbol, from_id=start, detail=str(exc)[:200])
                 break
-            rows = [rest_trade(row, e, pipe.symbol) for row in rows]
-            rows = [d for d in rows if pipe.trade_id(d) >= start and (stop is None or pipe.trade_id(d) < stop)]
+            rows = [t for t in rows if t.id >= start and (stop is None or t.id < stop)]
             if not rows:
                 break
             for d in rows:
                 self.publisher.apply_trade(pipe, d, time.perf_counter_ns())
             await self.publisher.send()
             got += len(rows)
-            start = pipe.trade_id(rows[-1]) + 1
+            start = rows[-1].id + 1
         if stop is not None and start < stop:
             ctx.counts["trades lost"] += stop - start  # the venue no longer has them: said, not hidden
         ctx.counts["trades backfilled"] += got
@@ -105,10 +105,10 @@ class VenueRest:
             await asyncio.sleep(ctx.opt.clock_sync_s)
 
 
-def rest_trade(row: dict, e: str, symbol: str) -> dict:
-    """A REST trade row in the stream's payload shape."""
+def rest_trade(row: dict, e: str, symbol: str) -> AggTrade | Trade:
+    """A REST trade row as the stream's event."""
     if e == "aggTrade":
-        return {"e": "aggTrade", "s": symbol, "a": row["a"], "p": row["p"], "q": row["q"], "T": row["T"],
-                "m": row["m"]}
-    return {"e": "trade", "s": symbol, "t": row["id"], "p": row["price"], "q": row["qty"], "T": row["time"],
-            "m": row["isBuyerMaker"]}
+        return AggTrade(s=symbol, a=int(row["a"]), p=float(row["p"]), q=float(row["q"]), T=int(row["T"]),
+                        m=bool(row["m"]))
+    return Trade(s=symbol, t=int(row["id"]), p=float(row["price"]), q=float(row["qty"]), T=int(row["time"]),
+                 m=bool(row["isBuyerMaker"]))
