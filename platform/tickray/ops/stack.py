@@ -261,6 +261,18 @@ def _autoscaling_twin(settings: Settings, config_path: Path) -> tuple[Path, floa
     return prepared, head_resources(config).get("CPU", 1), env
 
 
+def serve_ingress_env(settings: Settings) -> dict[str, str]:
+    """The environment a cluster's processes need for ``settings.serve_ingress`` (Ray reads it once, when
+    Serve's controller and replicas start): for "haproxy", Ray's HAProxy ingress and Serve's
+    throughput-optimised settings (HAProxy's files go to a folder per node under /tmp/haproxy-serve)."""
+    if settings.serve_ingress != "haproxy":
+        return {}
+    return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+            # A replica leaving keeps answering this long so that HAProxy stops sending to it first; Ray's
+            # 30 s is for load balancers on other machines, HAProxy on the node reloads in well under one.
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
+
+
 def start_ray_head(settings: Settings, timeout_s: float = 90.0, autoscaling_config: Path | None = None) -> ServiceState:
     """A Ray head with its dashboard; with ``autoscaling_config`` (a fake_multinode cluster config such as
     infra/local-cluster.yaml) its autoscaler adds and removes worker nodes on this machine as demand asks."""
@@ -304,7 +316,7 @@ def start_ray_head(settings: Settings, timeout_s: float = 90.0, autoscaling_conf
                  # On SIGTERM Ray drains the node for up to 30 s so that Serve can move replicas to other
                  # nodes; `tickray down` stops the whole local cluster, where there is nowhere to move to.
                  "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": os.environ.get("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0"),
-                 **extra_env},
+                 **serve_ingress_env(settings), **extra_env},
         )
     (run / "ray.pid").write_text(str(proc.pid))
     address = f"127.0.0.1:{settings.ray_port}"

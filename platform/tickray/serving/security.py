@@ -17,6 +17,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 import orjson
+from starlette.requests import ClientDisconnect
 
 from tickray.serving.api import ApiError
 
@@ -170,29 +171,38 @@ class Guard:
 
     async def body(self, request) -> bytes:
         """The request's body, refused as soon as it is known to be over the size limit, when it has not
-        arrived in ``body_timeout_s``, or when its client is already sending ``bodies_per_client``."""
-        client = address(request)
-        if self.sending[client] >= self.limits.bodies_per_client:
-            raise ApiError(429, f"{self.sending[client]} request bodies from {client} are still arriving; "
-                                f"at most {self.limits.bodies_per_client} at once")
-        self.sending[client] += 1
+        arrived in ``body_timeout_s``, or when it comes in pieces and its client already has
+        ``bodies_per_client`` bodies still arriving. A body that is there whole when first read (every
+        quick caller's, however many share an address and however busy the replica) takes no slot."""
         try:
-            return await asyncio.wait_for(self._read(request), self.limits.body_timeout_s)
+            return await asyncio.wait_for(self._read(request, address(request)), self.limits.body_timeout_s)
         except TimeoutError:
             raise ApiError(408, f"request body not complete within {self.limits.body_timeout_s:g}s") from None
-        finally:
-            self.sending[client] -= 1
-            if not self.sending[client]:
-                del self.sending[client]
 
-    async def _read(self, request) -> bytes:
-        limit = self.max_body_bytes
+    async def _read(self, request, client: str) -> bytes:
+        limit, waiting = self.max_body_bytes, False
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise ApiError(413, f"body of {declared} bytes is over the limit of {limit}")
         body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise ApiError(413, f"body is over the limit of {limit} bytes")
-        return body
+        try:
+            while True:
+                message = await request.receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientDisconnect()
+                body += message.get("body", b"")
+                if len(body) > limit:
+                    raise ApiError(413, f"body is over the limit of {limit} bytes")
+                if not message.get("more_body", False):
+                    return body
+                if not waiting:  # the rest is still on its way: a slot of the client's until it comes
+                    if self.sending[client] >= self.limits.bodies_per_client:
+                        raise ApiError(429, f"{self.sending[client]} request bodies from {client} are still "
+                                            f"arriving; at most {self.limits.bodies_per_client} at once")
+                    self.sending[client] += 1
+                    waiting = True
+        finally:
+            if waiting:
+                self.sending[client] -= 1
+                if not self.sending[client]:
+                    del self.sending[client]
