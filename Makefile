@@ -22,19 +22,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# The numba book kernels compiled into their cache once (12 s and 8 s on a first Tardis.dev or DBN MBO read
-# otherwise); about a second when they already are.
+# The numba kernels compiled into their cache once: the book kernels (12 s and 8 s on a first Tardis.dev or
+# DBN MBO read otherwise) and the features' grid and window sums (4 s); about a second when they already are.
 kernels: $(STAMP)
-	$(BIN)/python -c "from tickray.sources import compile_kernels; compile_kernels()"
+	$(BIN)/python -c "from tickray import features, sources; sources.compile_kernels(); features.compile_kernels()"
 
 demo: setup
 	$(BIN)/tickray up
 	$(BIN)/tickray demo
 
-# Three pytest-xdist workers, each with its own Ray cluster and redis-server; tests/conftest.py groups them.
-# Three on 2 cores: much of the suite waits (paced replays, Serve and Ray start-ups), and a third worker
-# fills that time (12 min 22 s against 14 min 6 s with two, 2026-12-07).
-TEST_WORKERS ?= 3
+# Two pytest-xdist workers, each with its own Ray cluster and redis-server; tests/conftest.py groups them.
+# A third measured 12 min 22 s on a warm checkout but 14 min on a fresh clone, with restart and shutdown
+# waits running out of time: on 2 cores two workers keep both CPUs busy.
+TEST_WORKERS ?= 2
 test: setup
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=10
 

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 import tickray  # noqa: F401  (sets RAY_AUTH_MODE before Ray starts)
 from tickray import lake
@@ -75,7 +74,7 @@ def main() -> None:
         base = ticks / (time.perf_counter() - t0)
         t0 = time.perf_counter()
         for d, s in parts:
-            pq.write_table(features_for_partition(root, d, s), out / f"lib-{d}-{s}.parquet")
+            lake.write_partitions(features_for_partition(root, d, s), out / "lib", f"{d}-{s}")  # as the job writes
         single = ticks / (time.perf_counter() - t0)
         t0 = time.perf_counter()
         build_features(root)  # the first run on a fresh cluster also starts and warms its workers

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -244,8 +245,12 @@ def test_the_mlflow_server_script_serves_runs_and_artifacts(tmp_path):
         assert (tmp_path / "mlflow.db").exists()
     finally:
         mlflow.set_tracking_uri(None)
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # uvicorn waits for open connections without a limit of its own
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
 
 
 _METRIC = re.compile(r'(Counter|Gauge|Histogram)\(\s*"(tickray_\w+)"')

@@ -11,7 +11,7 @@ import ta
 from test_book_and_features import gapped_capture
 from tickray import lake
 from tickray.features import FEATURE_NAMES, compute_features, grid_from_events
-from tickray.features.grid import NS, asof_mid
+from tickray.features.grid import NS
 from tickray.features.indicators import BAR_FEATURE_NAMES, OnlineIndicators, bar_features
 from tickray.features.job import build_features
 from tickray.features.labels import forward_labels, forward_labels_at_times, forward_labels_on_grid
@@ -207,7 +207,30 @@ def test_windows_are_contiguous_complete_and_of_one_symbol():
 
 
 def test_as_of_join_takes_the_book_strictly_before_the_trade():
-    book_ts = np.array([10, 20, 30])
-    mid = np.array([1.0, 2.0, 3.0])
-    got = asof_mid(book_ts, mid, np.array([5, 10, 11, 20, 35]))
-    np.testing.assert_array_equal(got, [np.nan, np.nan, 1.0, 1.0, 3.0])  # a book stamped with the trade is after it
+    """Book mids 100 from 0.5 s and 200 from exactly 1 s; trades at 0.7 s, at 1 s (with the second state)
+    and at 1.5 s, each at price 100 (a distance of 0 bps from mid 100, 5,000 bps from mid 200)."""
+    t0 = 1_700_000_000 * NS
+    book = pa.table({"ts": pa.array([t0 + NS // 2, t0 + NS], pa.int64()), "bid_px_1": [99.0, 199.0],
+                     "ask_px_1": [101.0, 201.0], "bid_sz_1": [1.0, 1.0], "ask_sz_1": [1.0, 1.0]})
+    trades = pa.table({"ts": pa.array([t0 + 7 * NS // 10, t0 + NS, t0 + 3 * NS // 2], pa.int64()),
+                       "price": [100.0, 100.0, 100.0], "qty": [2.0, 3.0, 5.0], "side": pa.array([1, -1, 1], pa.int8())})
+    grid = grid_from_events(trades, book)
+    # second 0: the trade at 0.7 s meets mid 100; second 1: the trade at 1 s still meets mid 100 (the state
+    # stamped with it may already hold it), the one at 1.5 s meets mid 200
+    np.testing.assert_array_equal(grid["asof_qty"], [2.0, 8.0])
+    np.testing.assert_array_equal(grid["asof_cost_bps"], [0.0, 5 * 5_000.0])
+    np.testing.assert_array_equal(grid["buy_qty"], [2.0, 5.0])
+    np.testing.assert_array_equal(grid["sell_qty"], [0.0, 3.0])
+    np.testing.assert_array_equal(grid["max_qty"], [2.0, 5.0])
+
+
+def test_a_trade_before_the_first_book_state_has_no_as_of_mid():
+    t0 = 1_700_000_000 * NS
+    book = pa.table({"ts": pa.array([t0 + NS // 2], pa.int64()), "bid_px_1": [99.0], "ask_px_1": [101.0],
+                     "bid_sz_1": [1.0], "ask_sz_1": [1.0]})
+    trades = pa.table({"ts": pa.array([t0 + NS // 5, t0 + NS // 10 * 9], pa.int64()), "price": [100.0, 102.0],
+                       "qty": [1.0, 4.0], "side": pa.array([1, 1], pa.int8())})
+    grid = grid_from_events(trades, book)
+    np.testing.assert_array_equal(grid["n_trades"], [2.0])  # both in the grid's first second
+    np.testing.assert_array_equal(grid["asof_qty"], [4.0])  # only the second one has a book before it
+    np.testing.assert_array_equal(grid["asof_cost_bps"], [4.0 * 2 / 100 * 1e4])

@@ -25,6 +25,7 @@ import bisect
 import math
 from collections import defaultdict
 
+import numba
 import numpy as np
 import pyarrow as pa
 
@@ -58,19 +59,49 @@ def _ns(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
 def _float(table: pa.Table, name: str) -> np.ndarray:
     if name not in table.column_names:  # a source with fewer levels: the deeper ones are unknown
         return np.full(table.num_rows, np.nan)
-    return table[name].to_numpy(zero_copy_only=False).astype(np.float64)
+    return _writable(np.asarray(table[name].to_numpy(zero_copy_only=False), dtype=np.float64))
 
 
-def asof_mid(book_ts: np.ndarray, book_mid: np.ndarray, trade_ts: np.ndarray) -> np.ndarray:
-    """Mid of the last book state strictly before each trade (NaN when there is none)."""
-    idx = np.searchsorted(book_ts, trade_ts, side="left") - 1
-    out = np.where(idx >= 0, book_mid[np.maximum(idx, 0)], np.nan)
-    return out
+def _writable(a: np.ndarray) -> np.ndarray:
+    """One array type for the compiled kernel: a read-only view (Arrow's zero-copy) would compile, and
+    cache, a second time."""
+    return np.require(a, requirements=["C", "W"])
 
 
-def _cost_bps(price: np.ndarray, qty: np.ndarray, mid: np.ndarray) -> np.ndarray:
-    """Quantity-weighted distance of the trade price from the prevailing mid, in bps."""
-    return qty * np.abs(price - mid) / mid * 1e4
+@numba.njit(cache=True)
+def _trades_per_second(tts, price, qty, buy, bts, bmid, s0, n, trade_gap_ns):  # pragma: no cover (compiled)
+    """The TRADE_FIELDS rows of the grid and where a trade follows a silence longer than ``trade_gap_ns``
+    (< 0: never), in one pass over the trades with the as-of book walked alongside. Sums run in the
+    trades' order, as ``GridBuilder`` adds them, so both give the same bits."""
+    out = np.zeros((7, n))
+    after_gap = np.zeros(n, np.bool_)
+    j = 0  # book states strictly before the current trade
+    prev = np.int64(-1)  # the last trade counted
+    for i in range(tts.size):
+        t = tts[i]
+        s = t // NS - s0
+        if s < 0:
+            continue
+        if t < prev:  # out of order: find its place again
+            j = np.searchsorted(bts, t)
+        while j < bts.size and bts[j] < t:
+            j += 1
+        p, q = price[i], qty[i]
+        if buy[i]:
+            out[0, s] += q
+        else:
+            out[1, s] += q
+        out[2, s] += 1.0
+        out[3, s] += p * q
+        out[4, s] = max(out[4, s], q)
+        if j > 0 and not np.isnan(bmid[j - 1]):
+            m = bmid[j - 1]
+            out[5, s] += q
+            out[6, s] += q * abs(p - m) / m * 1e4
+        if trade_gap_ns >= 0 and prev >= 0 and t - prev > trade_gap_ns:
+            after_gap[s] = True
+        prev = t
+    return out, after_gap
 
 
 def grid_from_events(trades: pa.Table, book: pa.Table, book_gap_s: float = BOOK_GAP_S,
@@ -85,38 +116,21 @@ def grid_from_events(trades: pa.Table, book: pa.Table, book_gap_s: float = BOOK_
     secs = np.arange(s0, s1 + 1)
     ends = (secs + 1) * NS
     idx = np.searchsorted(bts, ends, side="left") - 1
-    unknown = np.isnan(_float(book, "bid_px_1")) & np.isnan(_float(book, "ask_px_1"))
+    bid, ask = _float(book, "bid_px_1"), _float(book, "ask_px_1")
+    unknown = np.isnan(bid) & np.isnan(ask)
     lost = np.concatenate([[0], np.cumsum(unknown)])
     lost_inside = lost[idx + 1] > lost[np.searchsorted(bts, secs * NS, side="left")]
     synced = _book_valid(~unknown[idx], lost_inside, ends - bts[idx], book_gap_s)
     grid = {"ts": secs * NS}
+    # only the states in force at the seconds' ends leave Arrow
+    at_end = book.select(["ts", *(c for c in LEVEL_FIELDS if c in book.column_names)]).take(pa.array(idx))
     for name in LEVEL_FIELDS:
-        grid[name] = np.where(synced, _float(book, name)[idx], np.nan)
-    keep = tts >= s0 * NS
-    tsec = tts[keep] // NS - s0
-    price = _float(trades, "price")[keep]
-    qty = _float(trades, "qty")[keep]
-    buy = trades["side"].to_numpy(zero_copy_only=False)[keep] > 0
-    n = secs.size
-    mid = asof_mid(bts, (_float(book, "bid_px_1") + _float(book, "ask_px_1")) / 2, tts[keep])
-    matched = ~np.isnan(mid)
-
-    def per_second(weights: np.ndarray | None) -> np.ndarray:
-        return np.bincount(tsec, weights=weights, minlength=n)[:n].astype(np.float64)
-
-    grid["buy_qty"] = per_second(qty * buy)
-    grid["sell_qty"] = per_second(qty * ~buy)
-    grid["n_trades"] = per_second(None)
-    grid["notional"] = per_second(price * qty)
-    max_qty = np.zeros(n)
-    np.maximum.at(max_qty, tsec, qty)
-    grid["max_qty"] = max_qty
-    grid["asof_qty"] = per_second(np.where(matched, qty, 0.0))
-    grid["asof_cost_bps"] = per_second(np.where(matched, _cost_bps(price, qty, np.where(matched, mid, 1.0)), 0.0))
-    after_gap = np.zeros(n, bool)
-    if trade_gap_s is not None and tsec.size:
-        first = np.concatenate([[False], np.diff(tts[keep]) > trade_gap_s * NS])
-        after_gap[tsec[first]] = True
+        grid[name] = np.where(synced, _float(at_end, name), np.nan)
+    per_second, after_gap = _trades_per_second(
+        _writable(tts), _float(trades, "price"), _float(trades, "qty"),
+        trades["side"].to_numpy(zero_copy_only=False) > 0, _writable(bts), (bid + ask) / 2, s0, secs.size,
+        -1.0 if trade_gap_s is None else trade_gap_s * NS)
+    grid.update(zip(TRADE_FIELDS, per_second))
     grid["book_synced"] = synced.astype(np.float64)
     grid["new_session"] = _session_starts(synced, after_gap).astype(np.float64)
     return grid

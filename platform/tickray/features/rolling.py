@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections import deque
 
+import numba
 import numpy as np
 
 
@@ -21,21 +22,35 @@ def window_sum(x: np.ndarray, w: int, origin: int) -> np.ndarray:
 
     ``origin`` is the absolute index (epoch second) of ``x[0]``. NaN inside a window makes that window NaN.
     """
-    x = np.asarray(x, dtype=np.float64)
+    # one array type for the compiled kernel (a read-only view would compile, and cache, a second time)
+    return _window_sum(np.require(x, np.float64, ["C", "W"]), int(w), int(origin))
+
+
+@numba.njit(cache=True)
+def _window_sum(x, w, origin):  # pragma: no cover (compiled)
     n = x.size
     pad = origin % w
-    blocks = -(-(pad + n) // w)
-    buf = np.zeros(blocks * w)
+    size = -(-(pad + n) // w) * w
+    buf = np.zeros(size)
     buf[pad:pad + n] = x
-    b = buf.reshape(blocks, w)
-    prefix = np.cumsum(b, axis=1).ravel()
-    suffix = np.cumsum(b[:, ::-1], axis=1)[:, ::-1].ravel()
-    pos = np.arange(pad, pad + n)
-    start = pos - w + 1
-    out = prefix[pos].copy()
-    # A window that starts inside the previous block: that block's suffix plus this block's prefix.
-    split = (start > 0) & (start % w != 0)
-    out[split] += suffix[start[split]]
+    # each block's running sums from its start (prefix) and from its end (suffix), added in the order
+    # RunningWindow adds them: the first value as it is, then one value at a time
+    prefix, suffix = np.empty(size), np.empty(size)
+    for a in range(0, size, w):
+        prefix[a] = buf[a]
+        for i in range(a + 1, a + w):
+            prefix[i] = prefix[i - 1] + buf[i]
+        suffix[a + w - 1] = buf[a + w - 1]
+        for i in range(a + w - 2, a - 1, -1):
+            suffix[i] = suffix[i + 1] + buf[i]
+    out = np.empty(n)
+    for k in range(n):
+        pos = pad + k
+        start = pos - w + 1
+        out[k] = prefix[pos]
+        # a window that starts inside the previous block: that block's suffix plus this block's prefix
+        if start > 0 and start % w != 0:
+            out[k] += suffix[start]
     return out
 
 
