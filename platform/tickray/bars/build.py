@@ -135,7 +135,9 @@ def resample(bars: pa.Table, minutes: int, source_minutes: int = 1) -> pa.Table:
     t, _ = clean_minutes(bars)
     if t.num_rows == 0:
         return RESAMPLED.empty_table()
-    ts, sym = _ns(t["ts"]), t["symbol"].to_numpy(zero_copy_only=False)
+    ts = _ns(t["ts"])
+    # symbols as dictionary codes: a NumPy array of strings costs a Python object per bar
+    sym = pc.dictionary_encode(t["symbol"].combine_chunks()).indices.to_numpy(zero_copy_only=False)
     if np.any(ts % (source_minutes * MINUTE_NS)):
         raise TimeframeError(f"{source_minutes}-minute bars must start on a multiple of their length (UTC); "
                              "found a bar that does not")
@@ -148,7 +150,7 @@ def resample(bars: pa.Table, minutes: int, source_minutes: int = 1) -> pa.Table:
     count = (np.diff(np.r_[starts, ts.size]) * source_minutes).astype(np.int32)
     out = {
         "ts": pa.array(bucket[starts] * minutes * MINUTE_NS, pa.int64()).cast(BAR.field("ts").type),
-        "symbol": pa.array(sym[starts], pa.string()),
+        "symbol": t["symbol"].take(pa.array(starts)),
         "open": _f(t, "open")[starts],
         "high": np.maximum.reduceat(_f(t, "high"), starts),
         "low": np.minimum.reduceat(_f(t, "low"), starts),

@@ -98,7 +98,7 @@ class BarCache:
         self.default_ttl_s, self.open_ttl_s = default_ttl_s, open_ttl_s
         self.l2_retry_s = l2_retry_s
         self._l2_down_until = 0.0
-        self._l1: OrderedDict[str, tuple[pa.Table, float]] = OrderedDict()  # key -> (bars, expires at)
+        self._l1: OrderedDict[str, tuple[pa.Table, float, int]] = OrderedDict()  # key -> (bars, expires at, bytes)
         self._l1_bytes = 0
         self.stats = CacheStats()
 
@@ -140,23 +140,28 @@ class BarCache:
     def _chunks(self, keys: list[tuple[str, int]], minutes: int) -> dict[tuple[str, int], pa.Table]:
         out = self._cached(keys, minutes, self.stats.found)
         missing = [k for k in keys if k not in out]
-        if missing and self.collector is not None:  # the venue fills what the lake lacks, in one go
+        if not missing:
+            return out
+        if self.collector is not None:  # the venue fills what the lake lacks, in one go
             self.collector.fill([(k[0], *self._span(minutes, k[1])) for k in missing])
         ttl = self.ttl_s.get(minutes, self.default_ttl_s)
-        for i in range(0, len(missing), BATCH):  # L3, in batches: memory follows a batch, not the request
-            group = missing[i:i + BATCH]
-            if minutes == 1:
-                built = {k: (_as_resampled(t), _still_open(_ns(t), *self._span(1, k[1])))
-                         for k, t in self._lake_days(group).items()}
-            else:
-                built = self._resampled_chunks(group, minutes)
-            names = {k: self._key(k[0], minutes, k[1]) for k in built}
-            for k, (t, still_open) in built.items():
-                out[k] = t
-                self._l1_put(names[k], t, still_open)
-            self.stats.found["lake" if minutes == 1 else "resampled"] += len(built)
-            self._l2_put([(names[k], t, still_open, self.open_ttl_s if still_open else ttl)
-                          for k, (t, still_open) in built.items()])
+        # what each symbol's bars are built from, read from the lake's listing once, not once a batch
+        sources = bar_sources(self.lake_root, list(dict.fromkeys(s for s, _ in missing)), minutes) if minutes > 1 else {}
+        with ThreadPoolExecutor(READ_THREADS) as pool:
+            for i in range(0, len(missing), BATCH):  # L3, in batches: memory follows a batch, not the request
+                group = missing[i:i + BATCH]
+                if minutes == 1:
+                    days = self._collect(self._start_reads(group, pool, 1), 1)
+                    built = {k: self._minute_chunk(k, t) for k, t in days.items()}
+                else:
+                    built = self._resampled_chunks(group, minutes, sources, pool)
+                names = {k: self._key(k[0], minutes, k[1]) for k in built}
+                for k, (t, still_open, size) in built.items():
+                    out[k] = t
+                    self._l1_put(names[k], t, still_open, size)
+                self.stats.found["lake" if minutes == 1 else "resampled"] += len(built)
+                self._l2_put([(names[k], t, still_open, self.open_ttl_s if still_open else ttl)
+                              for k, (t, still_open, _) in built.items()])
         return out
 
     def _cached(self, keys: list[tuple[str, int]], minutes: int, tally: Counter) -> dict[tuple[str, int], pa.Table]:
@@ -173,16 +178,20 @@ class BarCache:
             if got is not None:
                 out[k] = got[0]
                 tally["l2"] += 1
-                self._l1_put(names[k], *got)
+                self._l1_put(names[k], *got, got[0].get_total_buffer_size())
         return out
 
-    def _lake_days(self, keys: list[tuple[str, int]], source_minutes: int = 1) -> dict[tuple[str, int], pa.Table]:
-        """Stored bars (1m unless said) of (symbol, UTC day) from the lake: a 1m chunk is one day, so one
-        ``date=/symbol=`` partition."""
+    def _start_reads(self, keys: list[tuple[str, int]], pool: ThreadPoolExecutor, source_minutes: int) -> dict:
+        """(symbol, day) → the future of its stored bars (1m unless said) from the lake, read on ``pool``
+        (Parquet reads release the GIL): a 1m chunk is one day, so one ``date=/symbol=`` partition."""
         dataset = bars_dataset_name(source_minutes)
-        with ThreadPoolExecutor(READ_THREADS) as pool:  # Parquet reads release the GIL
-            days = dict(zip(keys, pool.map(lambda k: self._lake_day(k, dataset), keys)))
-        empty = {s for s, _ in keys} - {s for (s, _), t in days.items() if t.num_rows}
+        return {k: pool.submit(self._lake_day, k, dataset) for k in keys}
+
+    def _collect(self, reads: dict, source_minutes: int) -> dict[tuple[str, int], pa.Table]:
+        """The days of :meth:`_start_reads`, once read; a symbol the lake holds none of is an error."""
+        days = {k: f.result() for k, f in reads.items()}
+        empty = {s for s, _ in days} - {s for (s, _), t in days.items() if t.num_rows}
+        dataset = bars_dataset_name(source_minutes)
         unknown = empty - {s for _, s in lake.partitions(self.lake_root, dataset)} if empty else set()
         if unknown:  # says why: no bars at all, or only longer ones
             bar_sources(self.lake_root, sorted(unknown), source_minutes)
@@ -198,40 +207,47 @@ class BarCache:
             files = []
         if not files:
             return BAR.empty_table()
-        # ParquetFile.read: a third of read_table's cost on a day's 1,440 rows
-        t = pa.concat_tables([pq.ParquetFile(f).read(columns=_STORED) for f in files], promote_options="default")
+        # ParquetFile.read: a third of read_table's cost on a day's 1,440 rows; one thread per file, as the
+        # files are read READ_THREADS at a time (Arrow's own threads on top: 515 us a file instead of 305)
+        t = pa.concat_tables([pq.ParquetFile(f).read(columns=_STORED, use_threads=False) for f in files],
+                             promote_options="default")
         t = t.add_column(1, "symbol", pa.array([symbol] * t.num_rows, pa.string()))
         if len(files) > 1:  # each file is written sorted; several need merging
             t = t.sort_by("ts")
         return t if t.schema.equals(BAR) else t.cast(BAR)
 
-    def _resampled_chunks(self, keys: list[tuple[str, int]], minutes: int) -> dict:
+    def _minute_chunk(self, key: tuple[str, int], day: pa.Table) -> tuple[pa.Table, bool, int]:
+        """A day of stored minutes as a 1m chunk: (bars, still open, bytes)."""
+        chunk = _as_resampled(day)
+        return chunk, _still_open(_ns(day), *self._span(1, key[1])), chunk.get_total_buffer_size()
+
+    def _resampled_chunks(self, keys: list[tuple[str, int]], minutes: int, sources: dict[str, int],
+                          pool: ThreadPoolExecutor) -> dict:
         """Chunks of a higher timeframe from the stored bars they cover (each symbol's shortest that divide
         the timeframe: 1m where the lake has minutes), one resample per symbol (chunks hold whole bars, so
         no bar crosses a chunk's edge). 1m chunks in the cache are used; the others are read from the lake
         and not sent to Redis (encoding a day of minutes costs more than reading it again): they stay in
         memory as spares where there is room, for the next timeframe."""
         spans = {k: self._span(minutes, k[1]) for k in keys}
-        sources = bar_sources(self.lake_root, list(dict.fromkeys(s for s, _ in keys)), minutes)
         day_keys: dict[int, list[tuple[str, int]]] = {}
         for (s, _), (lo, hi) in spans.items():
             day_keys.setdefault(sources[s], []).extend((s, d) for d in range(lo // CHUNK_NS, (hi - 1) // CHUNK_NS + 1))
         day_keys = {m: sorted(set(ks)) for m, ks in day_keys.items()}
-        one_keys = day_keys.get(1, [])
-        stored = self._cached(one_keys, 1, self.stats.inputs)
-        from_lake = self._lake_days([k for k in one_keys if k not in stored])
-        for m, ks in day_keys.items():  # longer stored bars: from the lake, no spares (a day is a few rows)
-            if m > 1:
-                from_lake |= self._lake_days(ks, m)
+        stored = self._cached(day_keys.get(1, []), 1, self.stats.inputs)
+        # longer stored bars always from the lake, with no spares (a day of them is a few rows)
+        reads = {m: self._start_reads([k for k in ks if k not in stored], pool, m) for m, ks in day_keys.items()}
+        from_lake = {}
+        for m, r in reads.items():
+            from_lake |= self._collect(r, m)
         self.stats.inputs["lake"] += len(from_lake)
         stored.update(from_lake)
         for k, t in from_lake.items():  # kept in memory only where there is room: never evicts for them
             if sources[k[0]] > 1:
                 continue
-            if self._l1_bytes + t.nbytes > self.l1_max_bytes:
+            chunk, still_open, size = self._minute_chunk(k, t)
+            if self._l1_bytes + size > self.l1_max_bytes:
                 break
-            self._l1_put(self._key(k[0], 1, k[1]), _as_resampled(t), _still_open(_ns(t), *self._span(1, k[1])),
-                         spare=True)
+            self._l1_put(self._key(k[0], 1, k[1]), chunk, still_open, size, spare=True)
         out = {}
         for symbol in dict.fromkeys(s for s, _ in keys):
             m = sources[symbol]
@@ -240,11 +256,13 @@ class BarCache:
             lo, hi = spans[mine[0]][0], spans[mine[-1]][1]
             bars = resample(_between(base, lo, hi), minutes, m)
             base_ts, bar_ts = _ns(base), _ns(bars)
+            row_bytes = bars.get_total_buffer_size() / max(bars.num_rows, 1)  # each chunk is a slice of bars
             for k in mine:
                 a, b = spans[k]
                 i, j = np.searchsorted(bar_ts, [a, b])
                 out[k] = (bars.slice(i, j - i),
-                          _still_open(base_ts[slice(*np.searchsorted(base_ts, [a, b]))], a, b, m))
+                          _still_open(base_ts[slice(*np.searchsorted(base_ts, [a, b]))], a, b, m),
+                          round(row_bytes * (j - i)))
         return out
 
     def _l1_get(self, key: str) -> pa.Table | None:
@@ -252,23 +270,23 @@ class BarCache:
         if entry is None:
             return None
         if time.monotonic() >= entry[1]:  # an open chunk's brief life is over: it may have grown
-            self._l1_bytes -= self._l1.pop(key)[0].nbytes
+            self._l1_bytes -= self._l1.pop(key)[2]
             return None
         self._l1.move_to_end(key)
         return entry[0]
 
-    def _l1_put(self, key: str, t: pa.Table, still_open: bool, spare: bool = False) -> None:
-        """Hold a chunk in memory; a ``spare`` one (read only to build another) goes to the evicting end of
+    def _l1_put(self, key: str, t: pa.Table, still_open: bool, size: int, spare: bool = False) -> None:
+        """Hold a chunk of ``size`` bytes in memory (its callers know it: a table's ``nbytes`` walks its
+        buffers, 40 us a chunk); a ``spare`` one (read only to build another) goes to the evicting end of
         the LRU: it is the first to go when chunks that were asked for need the room."""
         if key in self._l1:
-            self._l1_bytes -= self._l1.pop(key)[0].nbytes
-        self._l1[key] = (t, time.monotonic() + self.open_ttl_s if still_open else float("inf"))
+            self._l1_bytes -= self._l1.pop(key)[2]
+        self._l1[key] = (t, time.monotonic() + self.open_ttl_s if still_open else float("inf"), size)
         if spare:
             self._l1.move_to_end(key, last=False)
-        self._l1_bytes += t.nbytes
+        self._l1_bytes += size
         while self._l1_bytes > self.l1_max_bytes and len(self._l1) > 1:
-            _, (old, _) = self._l1.popitem(last=False)
-            self._l1_bytes -= old.nbytes
+            self._l1_bytes -= self._l1.popitem(last=False)[1][2]
             self.stats.l1_evictions += 1
 
     def _l2_up(self) -> bool:

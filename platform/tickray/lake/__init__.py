@@ -153,9 +153,19 @@ def commit(staged_dataset: Path, final_dataset: Path, inputs: set[str] | None = 
 
 
 def partitions(root: Path, dataset: str) -> list[tuple[str, str]]:
-    """(date, symbol) pairs present in a dataset."""
-    return [(p.parent.name.split("=", 1)[1], p.name.split("=", 1)[1])
-            for p in _partition_dirs(Path(root) / dataset)]
+    """(date, symbol) pairs present in a dataset, sorted. Listed with ``os.scandir``: a screen of 200
+    symbols over a month lists 6,000 folders, and globbing them into sorted Paths took 0.1 s a listing."""
+    out: list[tuple[str, str]] = []
+    try:
+        dates = os.scandir(os.path.join(root, dataset))
+    except FileNotFoundError:
+        return out
+    with dates:
+        for d in dates:
+            if d.name.startswith("date=") and d.is_dir():
+                with os.scandir(d.path) as symbols:
+                    out += [(d.name[5:], e.name[7:]) for e in symbols if e.name.startswith("symbol=") and e.is_dir()]
+    return sorted(out)
 
 
 def bar_datasets(root: Path) -> dict[int, str]:
