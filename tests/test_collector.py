@@ -1,11 +1,14 @@
 """The REST kline collector against a local venue that serves the real kline files over HTTP."""
 
+import asyncio
+
 import httpx
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from tickray import lake
+from tickray.bars import collector
 from tickray.bars.build import MINUTE_NS, lake_bars, resample
 from tickray.bars.cache import BarCache
 from tickray.bars.collector import Collector, VenueBanned, venue
@@ -73,6 +76,21 @@ def test_rate_limits_are_kept_and_429_pauses_everyone(klines, tmp_path):
         told = Collector(tmp_path / "b", venue("binance-usdm", v.url, window_s=1.0)).fill(wants)
     assert told.rate_limited > 0 and 418 not in {r["status"] for r in v.requests}
     assert told.rows == polite.rows == 4 * 1440
+
+
+def test_weight_sent_at_a_window_edge_counts_in_the_next_window_too(monkeypatch):
+    """A request sent 50 ms before a 1-s window ends may reach the venue in the next window, where the venue
+    counts it; one sent mid-window does not."""
+    now = [100.95]
+    monkeypatch.setattr(collector.time, "time", lambda: now[0])
+    budget = collector._Budget(venue("binance-usdm", "http://127.0.0.1:9", weight_limit=20, window_s=1.0))
+    asyncio.run(budget.take(10))
+    now[0] = 101.5
+    asyncio.run(budget.take(5))
+    assert budget.used == 15  # the edge request's 10, counted here too, and this one's 5
+    now[0] = 102.2
+    asyncio.run(budget.take(1))
+    assert budget.used == 1  # nothing from mid-window 101 carried
 
 
 def test_a_ban_stops_the_collector_and_keeps_the_ledger_clean(klines, tmp_path):

@@ -187,16 +187,22 @@ class CollectReport:
 
 
 class _Budget:
-    """Request weight per venue window, paused for everyone on a 429."""
+    """Request weight per venue window, paused for everyone on a 429.
+
+    A request sent in a window's last moments may reach the venue in the next window, where it counts:
+    weight taken within ``edge_s`` of a window's end is counted in the next window too (else a client
+    that keeps to the budget still gets a 429 when its window turns before the venue's does)."""
 
     def __init__(self, v: Venue):
         self.limit, self.window_s = v.weight_limit, v.window_s
-        self.window, self.used, self.pause_until = -1, 0, 0.0
+        self.edge_s = min(0.25, v.window_s / 10)
+        self.window, self.used, self.carried, self.pause_until = -1, 0, 0, 0.0
 
     def _roll(self) -> None:
         w = int(time.time() // self.window_s)
         if w != self.window:
-            self.window, self.used = w, 0
+            self.used = self.carried if w == self.window + 1 else 0
+            self.window, self.carried = w, 0
 
     async def take(self, weight: int) -> None:
         while True:
@@ -207,6 +213,8 @@ class _Budget:
             self._roll()
             if self.used + weight <= self.limit:
                 self.used += weight
+                if (self.window + 1) * self.window_s - now < self.edge_s:
+                    self.carried += weight
                 return
             await asyncio.sleep((self.window + 1) * self.window_s - now + 0.01)
 
