@@ -39,7 +39,7 @@ def staging_dir(root: Path) -> Path:
 
 
 def _partition_dirs(dataset_dir: Path) -> list[Path]:
-    return sorted(p for p in dataset_dir.glob("date=*/symbol=*") if p.is_dir())
+    return [dataset_dir / f"date={d}" / f"symbol={s}" for d, s in partitions(dataset_dir.parent, dataset_dir.name)]
 
 
 def date_column(ts: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
