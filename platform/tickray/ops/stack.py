@@ -17,11 +17,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import redis
+from typing import TYPE_CHECKING
 
 from tickray.config import Settings
 from tickray.errors import StackError, TickrayError
+
+if TYPE_CHECKING:  # redis is imported where it is used: Ray Data workers import this module, not redis
+    import redis
 
 
 @dataclass
@@ -72,11 +74,15 @@ def port_in_use(host: str, port: int) -> bool:
 
 
 def redis_client(settings: Settings) -> redis.Redis:
+    import redis
+
     return redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
 
 
 def check_redis(settings: Settings) -> None:
     """Raise a one-line StackError when Redis cannot be reached at the configured address."""
+    import redis
+
     try:
         redis_client(settings).ping()
     except redis.RedisError as e:
@@ -92,6 +98,8 @@ def check_redis(settings: Settings) -> None:
 def redis_status(settings: Settings) -> ServiceState:
     pid = _read_pid(_run_dir(settings) / "redis.pid")
     where = f"{settings.redis_host}:{settings.redis_port}"
+    import redis
+
     try:
         redis_client(settings).ping()
         owner = f"pid {pid}, started by tickray" if pid else "not started by tickray"
