@@ -89,6 +89,7 @@ def test_the_connection_joins_fragments_holds_back_when_full_and_says_how_it_end
     import asyncio
 
     import websockets
+    from tickray.market.venues import BINANCE_STREAM_MARKETS
     from tickray.stream.connection import Connection
     from tickray.stream.context import ConnectorContext, ConnectorOptions
     from tickray.stream.telemetry import StreamMetrics
@@ -104,7 +105,7 @@ def test_the_connection_joins_fragments_holds_back_when_full_and_says_how_it_end
         async with websockets.serve(venue, "127.0.0.1", 0) as server:
             port = server.sockets[0].getsockname()[1]
             ctx = ConnectorContext(ConnectorOptions(buffer=8, backoff_s=30), f"ws://127.0.0.1:{port}",
-                                   "http://127.0.0.1:9", "/fapi/v1", streams=["btcusdt@trade"])
+                                   "http://127.0.0.1:9", BINANCE_STREAM_MARKETS["usdm"], streams=["btcusdt@trade"])
             ctx.metrics = StreamMetrics()
             conn = Connection(ctx)
             reader = asyncio.get_running_loop().create_task(conn.read())

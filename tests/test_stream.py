@@ -383,7 +383,10 @@ def test_many_symbols_and_streams_added_at_run_time(ray_cluster, settings, share
     with connector(exchange, settings, ["SUSHIUSDT", "AKROUSDT"], streams) as actor:
         wait_for_messages(actor, 20, timeout_s=30)
         added = ["keepusdt@aggTrade", "keepusdt@depth@100ms", "ctkusdt@aggTrade"]
-        assert ray.get(actor.subscribe.remote(added)) == {"result": None, "id": 1}
+        # USD-M routes by path: the trades go to the /market WebSocket, the depth to /public (the local venue
+        # refuses a stream on the wrong route), each acknowledged by its own answer
+        answered = ray.get(actor.subscribe.remote(added))
+        assert answered["routes"] == {"/market": {"result": None, "id": 1}, "/public": {"result": None, "id": 2}}
         listed = ray.get(actor.list_subscriptions.remote())["result"]
         assert set(listed) == {f"{s}@{n}" for s in ("sushiusdt", "akrousdt") for n in streams} | set(added)
         assert ray.get(actor.unsubscribe.remote(["akrousdt@bookTicker"]))["result"] is None

@@ -23,7 +23,8 @@ def cmd_replay(args, settings) -> None:
     streams = sorted({name for _, name, _ in ex.messages})
     print(f"replaying {len(ex.messages):,} messages of {len(streams)} streams at {args.speed:g}x "
           f"(snapshots for {', '.join(ex.snapshots) or 'no symbol'})")
-    print(f"WebSocket: {ex.ws_url}/stream?streams={'/'.join(streams)}")
+    print(f"WebSocket: {ex.ws_url}/stream?streams={'/'.join(streams)}  (USDⓈ-M's routes too: /public/stream, "
+          "/market/stream)")
     print(f"REST:      {ex.rest_url}/fapi/v1/depth?symbol=...  (also aggTrades, historicalTrades)", flush=True)
     try:
         while not (args.once and ex.finished.is_set()):

@@ -19,15 +19,39 @@ def venue_name(vendor_name: str) -> str:
 
 @dataclass(frozen=True)
 class StreamMarket:
-    """A Binance market's WebSocket side and the REST prefix its snapshots, trades and time come from."""
-    rest_prefix: str
-    max_streams: int  # streams one connection may carry
+    """A Binance market's WebSocket rules and the REST prefix its snapshots, trades and time come from.
 
+    The numbers are the venue's documentation as read on 2026-12-08 (developers.binance.com, "Websocket
+    Market Streams" of USDⓈ-M, COIN-M and spot, and USDⓈ-M's "Important WebSocket Change Notice"):
+    1,024 streams a connection; 10 incoming messages (SUBSCRIBE and friends) a second a connection on the
+    futures markets, 5 on spot; a connection lives 24 h; spot allows 300 connection attempts per 5 minutes
+    per IP, and the futures pages name no number, so the same is kept there. USDⓈ-M routes streams by
+    path since 2026-04-23 (the unrouted URLs are retired): ``/public`` carries the high-frequency book
+    streams, ``/market`` the rest; a connection carries one route's streams only."""
+    rest_prefix: str
+    max_streams: int = 1024  # streams one connection may carry
+    requests_per_s: float = 10.0  # SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS a connection may send
+    connection_life_s: float = 24 * 3600.0
+    connects_per_window: int = 300  # connection attempts per IP ...
+    connect_window_s: float = 300.0  # ... per this window
+    routed: bool = False  # streams go to /public or /market (see route)
+
+    def route(self, stream: str) -> str:
+        """The URL path a stream (``btcusdt@depth@0ms``) is served on: ``""`` where the market does not
+        route, else ``/public`` for the book streams and ``/market`` for the others."""
+        if not self.routed:
+            return ""
+        kind = stream[1:] if stream.startswith("!") else stream.split("@", 1)[-1]  # !bookTicker: all symbols'
+        return "/public" if kind.startswith(PUBLIC_ROUTE_STREAMS) else "/market"
+
+
+# USDⓈ-M's /public route: book tickers, partial and diff depth, raw trades; every other stream is /market's
+PUBLIC_ROUTE_STREAMS = ("bookTicker", "depth", "trade")
 
 BINANCE_STREAM_MARKETS = {
-    "usdm": StreamMarket("/fapi/v1", 200),
-    "coinm": StreamMarket("/dapi/v1", 200),
-    "spot": StreamMarket("/api/v3", 1024),
+    "usdm": StreamMarket("/fapi/v1", routed=True),
+    "coinm": StreamMarket("/dapi/v1"),
+    "spot": StreamMarket("/api/v3", requests_per_s=5.0),
 }
 
 

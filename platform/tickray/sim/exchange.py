@@ -4,6 +4,8 @@ One port serves both sides of the venue:
 
 - WebSocket combined streams at ``/stream?streams=a/b/c``, each message wrapped as ``{"stream", "data"}``,
   with run-time ``SUBSCRIBE`` / ``UNSUBSCRIBE`` / ``LIST_SUBSCRIPTIONS`` requests answered like the venue;
+  also at USDⓈ-M's routes ``/public/stream`` and ``/market/stream``, which serve their own streams only
+  (a stream asked on the other route is refused: the handshake with 400, a SUBSCRIBE with an error);
 - REST: the depth snapshot (``/fapi/v1/depth``, ``/dapi/v1/depth``, ``/api/v3/depth``), the trades a
   client missed (``aggTrades`` and ``historicalTrades`` from ``fromId``) and the server time (``time``),
   which is the replayed market's clock: clients measure their lag on it. It is the recorder's receive clock,
@@ -49,6 +51,12 @@ from tickray.sources.binance import iter_capture, iter_rest_snapshots, symbol_fr
 REST_PATH = re.compile(r"^(?:" + "|".join(re.escape(m.rest_prefix) for m in BINANCE_STREAM_MARKETS.values())
                        + r")/(depth|aggTrades|historicalTrades|time)$")
 REST_LIMIT_MAX = 1000
+WS_PATHS = {"/stream": "", "/public/stream": "/public", "/market/stream": "/market"}  # path → route
+ROUTED = BINANCE_STREAM_MARKETS["usdm"]
+
+
+def _misrouted(route: str, streams) -> list[str]:
+    return [n for n in streams if route and ROUTED.route(n) != route]
 
 
 @dataclass
@@ -71,6 +79,7 @@ def _every(n: int, k: int) -> bool:
 class _Client:
     ws: ServerConnection
     streams: set[str]
+    route: str = ""  # USDⓈ-M's /public or /market; "" for the unrouted /stream
     sent: int = 0
     depth_sent: int = 0
     held: str | None = None  # a message held back by the reorder fault
@@ -138,7 +147,10 @@ class ReplayExchange:
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlparse(request.path)
-        if url.path == "/stream":
+        if url.path in WS_PATHS:
+            wrong = _misrouted(WS_PATHS[url.path], (parse_qs(url.query).get("streams") or [""])[0].split("/"))
+            if wrong:
+                return connection.respond(400, f"{', '.join(wrong[:5])}: not served on {url.path}\n")
             return None  # go on with the WebSocket handshake
         self.rest_requests[url.path] += 1
         rest = REST_PATH.match(url.path)
@@ -304,8 +316,9 @@ class ReplayExchange:
     # ---- connections ---------------------------------------------------------------------------
 
     async def _handler(self, ws: ServerConnection) -> None:
-        query = parse_qs(urlparse(ws.request.path).query).get("streams") or [""]
-        client = _Client(ws, {s for s in query[0].split("/") if s})
+        url = urlparse(ws.request.path)
+        query = parse_qs(url.query).get("streams") or [""]
+        client = _Client(ws, {s for s in query[0].split("/") if s}, WS_PATHS[url.path])
         self._join(client)
         try:
             async for text in ws:  # requests from the client; the market sends the data
@@ -329,6 +342,9 @@ class ReplayExchange:
             method, params, rid = req["method"], req.get("params", []), req["id"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
             return {"code": 2, "msg": f"Invalid request: {text[:200]}"}
+        if method in ("SUBSCRIBE", "UNSUBSCRIBE") and _misrouted(client.route, params):
+            return {"error": {"code": 2, "msg": f"Invalid request: {', '.join(_misrouted(client.route, params))} "
+                              f"not served on {client.route}"}, "id": rid}
         if method == "SUBSCRIBE":
             client.streams.update(params)
             self._join(client)

@@ -1,4 +1,4 @@
-"""The stream-ingest actor: one Binance combined-stream WebSocket connection → online features in Redis.
+"""The stream-ingest actor: a Binance connector (its combined-stream WebSockets) → online features in Redis.
 
 A thin actor over its parts, each with one job: the connection and its subscriptions
 (:mod:`~tickray.stream.connection`), the venue's REST side for book sync, missed trades and the time
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from dataclasses import asdict
 
 import httpx
@@ -49,7 +50,7 @@ class StreamIngestActor:
         if market is None:
             raise ConfigError(f"stream venue {opt.venue!r} is not one of {', '.join(BINANCE_STREAM_MARKETS)}")
         self.max_streams, self.redis_url = market.max_streams, redis_url
-        self.ctx = ConnectorContext(opt, ws_url.rstrip("/"), rest_url.rstrip("/"), market.rest_prefix)
+        self.ctx = ConnectorContext(opt, ws_url.rstrip("/"), rest_url.rstrip("/"), market)
         self._add_streams([n for s in symbols for n in stream_names(s, tuple(streams))])
         self.connection = Connection(self.ctx)
         self.publisher = Publisher(self.ctx)
@@ -65,8 +66,10 @@ class StreamIngestActor:
     def _add_streams(self, names: list[str]) -> None:
         ctx = self.ctx
         new = [n for n in names if n not in ctx.streams]
-        if len(ctx.streams) + len(new) > self.max_streams:
-            raise ConfigError(f"{len(ctx.streams) + len(new)} streams on one {ctx.opt.venue} connection: "
+        per_route = Counter(ctx.market.route(n) for n in [*ctx.streams, *new])
+        route, most = max(per_route.items(), key=lambda kv: kv[1], default=("", 0))
+        if most > self.max_streams:
+            raise ConfigError(f"{most} streams on one {ctx.opt.venue} connection{f' ({route})' if route else ''}: "
                               f"the venue allows {self.max_streams}; start another connector")
         for n in new:
             sym = n.split("@", 1)[0].upper()
@@ -131,7 +134,7 @@ class StreamIngestActor:
             "pipeline_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))},
             "resume": dict(self.durability.resume), "lag_ms": dict(pub.lag), "clock": pub.clock.describe(),
             "queued": self.connection.queued(),
-            "connected": self.connection.ws is not None, "streams": list(ctx.streams),
+            "connected": self.connection.connected, "streams": list(ctx.streams),
             "durable": dict(self.durability.durable), "incarnation": self.durability.incarnation,
             "last_message_at": self.dispatcher.last_message_at,
             "cpu_s": time.process_time(),  # this actor's process: with last_message_at, how busy it is

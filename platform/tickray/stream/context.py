@@ -9,6 +9,7 @@ from typing import Literal
 import httpx
 import redis.asyncio as aioredis
 
+from tickray.market.venues import StreamMarket
 from tickray.stream.pipeline import SymbolPipeline
 from tickray.stream.telemetry import StreamMetrics
 
@@ -46,7 +47,7 @@ class ConnectorContext:
     opt: ConnectorOptions
     ws_url: str
     rest_url: str
-    rest_prefix: str
+    market: StreamMarket
     pipes: dict[str, SymbolPipeline] = field(default_factory=dict)
     streams: list[str] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
@@ -54,6 +55,10 @@ class ConnectorContext:
     redis: aioredis.Redis | None = None
     http: httpx.AsyncClient | None = None
     stopping: bool = False
+
+    @property
+    def rest_prefix(self) -> str:
+        return self.market.rest_prefix
 
     def symbol_streams(self, symbol: str) -> list[str]:
         return [n for n in self.streams if n.split("@", 1)[0].upper() == symbol]

@@ -55,7 +55,7 @@ class Dispatcher:
             raw, t0, recv_ns = await take()
             try:
                 if raw is RECONNECTED:
-                    await self._after_reconnect()
+                    await self._after_reconnect(recv_ns)  # which route's WebSocket came back
                 else:
                     io = self.on_raw(raw, t0, recv_ns)
                     if io is not None:
@@ -68,19 +68,22 @@ class Dispatcher:
                 log.exception("stream pipeline error")
                 await self.quarantine(raw, f"internal error ({type(e).__name__}: {e})")
 
-    async def _after_reconnect(self) -> None:
-        """Diffs and trades were missed while away: trades are fetched from REST, then every book resyncs
-        (in that order, so the trades land in the grid seconds they belong to before the book moves on)."""
+    async def _after_reconnect(self, route: str) -> None:
+        """What the route's streams sent while away was missed: its trades are fetched from REST, then its
+        books resync (in that order, so the trades land in the grid seconds they belong to before the book
+        moves on). A route without trade or depth streams (USDⓈ-M's /market carries no depth) asks neither."""
+        streams = self.connection.route_streams(route)
         pipes = self.ctx.pipes.values()
-        for pipe in pipes:
+        trades = [p for p in pipes if p.last_trade_id >= 0
+                  and any(n.startswith((f"{p.symbol.lower()}@aggTrade", f"{p.symbol.lower()}@trade")) for n in streams)]
+        books = [p for p in pipes if any(n.startswith(f"{p.symbol.lower()}@depth") for n in streams)]
+        for pipe in books:
             if pipe.sync.synced:
                 pipe.sync.synced = False
                 pipe.sync.counters.gaps += 1
-        await asyncio.gather(*(self.rest.backfill(pipe, pipe.resume_from_trade(), None)
-                               for pipe in pipes if pipe.last_trade_id >= 0))
-        for pipe in pipes:
-            if any(n.startswith(f"{pipe.symbol.lower()}@depth") for n in self.ctx.streams):
-                self.rest.request_snapshot(pipe.symbol)
+        await asyncio.gather(*(self.rest.backfill(pipe, pipe.resume_from_trade(), None) for pipe in trades))
+        for pipe in books:
+            self.rest.request_snapshot(pipe.symbol)
 
     def on_raw(self, raw: str | bytes, t0: int, recv_ns: int) -> Coroutine | None:
         """Decode, check and apply one message; returns the Redis or REST work it leaves, if any (most
