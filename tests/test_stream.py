@@ -22,6 +22,7 @@ from tickray.bars.build import bars_from_trades
 from tickray.cli import main
 from tickray.features import FEATURE_NAMES, FEATURES, compute_features, grid_from_events
 from tickray.lake import partitions, read_partition
+from tickray.market.venues import BINANCE_STREAM_MARKETS
 from tickray.ops.stack import redis_client
 from tickray.sim.exchange import Faults, ReplayExchange
 from tickray.sources.binance import read_ws_capture
@@ -413,8 +414,9 @@ def _exported(port: int, name: str, timeout_s: float = 60.0) -> list[str]:
 
 
 def test_replay_and_stream_from_the_command_line(ray_head, capture):
-    """`tickray replay` stands in for the venue (sending every 50th message twice); `tickray stream` starts a
-    detached connector on the head that `tickray up` started; `--status` and `--stop` reach it."""
+    """`tickray replay` stands in for the venue (sending every 50th message twice); `tickray stream --symbols
+    ALL` plans the venue's one symbol onto one detached connector on the head that `tickray up` started;
+    `--status` and `--stop` reach it."""
     cli, port = [sys.executable, "-m", "tickray.cli"], free_port()
     ray_head = {**ray_head, "TICKRAY_STREAM_FLUSH_S": "1"}
 
@@ -426,13 +428,13 @@ def test_replay_and_stream_from_the_command_line(ray_head, capture):
     try:
         assert replay.stdout.readline().startswith("replaying 11,413 messages of 3 streams")
         url = f"127.0.0.1:{port}"
-        started = tickray("stream", "--symbols", "BTCUSDT", "--streams", "depth@0ms,trade,bookTicker",
+        started = tickray("stream", "--symbols", "ALL", "--streams", "depth@0ms,trade,bookTicker",
                           "--ws-url", f"ws://{url}", "--rest-url", f"http://{url}")
         assert started.returncode == 0 and "tickray-stream-default" in started.stdout, started.stderr
         assert replay.wait(timeout=120) == 0  # --once: the market is over
         deadline = time.monotonic() + 60
         while True:
-            stats = json.loads(tickray("stream", "--status").stdout)
+            stats = json.loads(tickray("stream", "--status").stdout)["default"]
             if stats["trades"]["BTCUSDT"] == 974 or time.monotonic() > deadline:
                 break
             time.sleep(1)
@@ -454,7 +456,7 @@ def test_replay_and_stream_from_the_command_line(ray_head, capture):
         assert sorted(trades["trade_id"].to_pylist()) == list(range(trades["trade_id"][0].as_py(),
                                                                     trades["trade_id"][0].as_py() + 974))
         again = tickray("stream", "--status")
-        assert again.returncode == 2 and "no connector named 'default' is running" in again.stderr
+        assert again.returncode == 2 and "no connector named 'default' (or default-N) is running" in again.stderr
     finally:
         replay.kill()
 
@@ -687,3 +689,47 @@ def test_the_supervisor_replaces_a_lost_connector_which_resumes_from_its_checkpo
     batch = bars_from_trades(read_ws_capture(capture).trades).to_pylist()[:-1]  # the last minute is open
     assert [(b["ts"], b["trades"], b["close"]) for b in closed] == [(b["ts"].value, b["trades"], b["close"])
                                                                     for b in batch]
+
+
+def test_planned_connectors_share_the_venues_symbols(ray_cluster, settings, shared_data):
+    """ALL of cryptofeed's four USD-M symbols, planned over two connectors by the venue's 24 h trade counts
+    and started by the supervisor: each symbol is streamed by exactly one connector, each connector gets
+    messages on both of USD-M's routes, syncs its books (REST weight counted) and answers for its symbols."""
+    from tickray.stream.plan import plan_connectors, venue_listing
+
+    folder = shared_data / "binance" / "ws_cryptofeed"
+    exchange = ReplayExchange([folder / "BINANCE_FUTURES.ws.1.0.txt", folder / "BINANCE_FUTURES.http.0.0.txt"],
+                              speed=3.0).start()
+    streams = ["depth@100ms", "aggTrade", "bookTicker"]
+    r = redis_client(settings)
+    r.delete(SPECS_KEY)
+    sup = StreamSupervisor.remote(settings.redis_url, check_s=0.5)
+    try:
+        listed = venue_listing(exchange.rest_url, BINANCE_STREAM_MARKETS["usdm"])
+        assert sorted(listed) == ["AKROUSDT", "CTKUSDT", "KEEPUSDT", "SUSHIUSDT"]
+        forget(r, list(listed))
+        plan = plan_connectors(listed, streams, BINANCE_STREAM_MARKETS["usdm"], "many", min_connectors=2)
+        assert [c.name for c in plan] == ["many-1", "many-2"]
+        for c in plan:
+            ray.get(sup.start_connector.remote(asdict(ConnectorSpec(
+                c.name, c.symbols, streams, exchange.ws_url, exchange.rest_url, settings.redis_url))))
+        deadline = time.monotonic() + 90
+        while True:
+            health = ray.get(sup.health.remote())
+            ok = all(h["status"] == "ok" and h["received"] > 50 and not h["unsynced"] for h in health.values())
+            if ok or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        stats = {n: ray.get(sup.stats.remote(n)) for n in health}
+    finally:
+        for c in ray.get(sup.health.remote()):
+            ray.get(sup.stop_connector.remote(c))
+        ray.kill(sup)
+        exchange.stop()
+    assert ok, health
+    assert sorted(s for h in health.values() for s in h["symbols"]) == sorted(listed)
+    for name, st in stats.items():
+        assert st["connected"] and st["messages"]["connections"] == 2, (name, st["messages"])  # /public and /market
+        assert st["messages"]["aggTrade"] > 0 and st["messages"]["depthUpdate"] > 0, (name, st["messages"])
+        assert health[name]["rest_weight"] >= 20 * len(health[name]["symbols"])  # a 1000-level snapshot each
+        assert set(st["book"]) == set(health[name]["symbols"])

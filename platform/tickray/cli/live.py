@@ -52,25 +52,55 @@ def cmd_stream(args, settings) -> None:
     connect_ray(settings)
     if args.status or args.stop:
         sup = find_supervisor()
-        if sup is None:
-            raise ConfigError(f"stream: no connector named {args.name!r} is running")
-        if args.status:
-            print(json.dumps(ray.get(sup.stats.remote(args.name)), indent=1, default=str))
-        else:
-            ray.get(sup.stop_connector.remote(args.name))
-            print(f"connector {args.name!r} stopped (lake flushed, checkpoint written)")
+        names = _group(ray.get(sup.health.remote()), args.name) if sup is not None else []
+        if not names:
+            raise ConfigError(f"stream: no connector named {args.name!r} (or {args.name}-N) is running")
+        for name in names:
+            if args.status:
+                print(json.dumps({name: ray.get(sup.stats.remote(name))}, indent=1, default=str))
+            else:
+                ray.get(sup.stop_connector.remote(name))
+                print(f"connector {name!r} stopped (lake flushed, checkpoint written)")
         return
+    venue = args.venue or settings.stream_venue
+    rest_url, ws_url = args.rest_url or settings.stream_rest_url, args.ws_url or settings.stream_ws_url
+    plan = _plan(args, venue, rest_url)
     if args.fresh:
-        forget(redis_client(settings), args.symbols)
-    ws_url = args.ws_url or settings.stream_ws_url
-    spec = ConnectorSpec(args.name, args.symbols, args.streams.split(","), ws_url,
-                         args.rest_url or settings.stream_rest_url, settings.redis_url,
-                         {"venue": args.venue or settings.stream_venue, "lake_root": str(settings.lake_path),
-                          "flush_s": settings.stream_flush_s})
-    started = ray.get(supervisor(settings.redis_url).start_connector.remote(asdict(spec)))
-    print(f"{started['actor']}: {', '.join(args.symbols)} × {args.streams} from {ws_url}; features in Redis "
-          f"{settings.redis_url.split('@')[-1]}; lake {settings.lake_path}; "
-          f"`tickray stream --name {args.name} --status`")
+        forget(redis_client(settings), [s for c in plan for s in c.symbols])
+    sup = supervisor(settings.redis_url)
+    for c in plan:
+        spec = ConnectorSpec(c.name, c.symbols, args.streams.split(","), ws_url, rest_url, settings.redis_url,
+                             {"venue": venue, "lake_root": str(settings.lake_path), "flush_s": settings.stream_flush_s})
+        started = ray.get(sup.start_connector.remote(asdict(spec)))
+        shown = ", ".join(c.symbols[:8]) + (f" and {len(c.symbols) - 8} more" if len(c.symbols) > 8 else "")
+        print(f"{started['actor']}: {shown} × {args.streams} (expected {c.rate:,.0f} msg/s; streams per route "
+              f"{c.streams_per_route})")
+    print(f"{len(plan)} connector(s) from {ws_url}; features in Redis {settings.redis_url.split('@')[-1]}; "
+          f"lake {settings.lake_path}; `tickray stream --name {args.name} --status`, `tickray status`")
+
+
+def _plan(args, venue: str, rest_url: str) -> list:
+    """The connectors for ``--symbols`` (ALL: every trading symbol the venue lists), balanced by the
+    venue's 24 h trade counts; an explicit list the venue's listing cannot rate is split by count."""
+    from tickray.stream.plan import plan_connectors, venue_listing
+
+    market = BINANCE_STREAM_MARKETS[venue]
+    everything = args.symbols == ["ALL"]
+    try:
+        rates = venue_listing(rest_url, market, None if everything else args.symbols)
+    except ConfigError as e:
+        if everything:
+            raise
+        print(f"note: {e}; connectors balanced by symbol count instead")
+        rates = dict.fromkeys(args.symbols, 1.0)
+    return plan_connectors(rates, args.streams.split(","), market, args.name, min_connectors=args.connectors or 1,
+                           rate_per_connector=args.rate_per_connector)
+
+
+def _group(health: dict, name: str) -> list[str]:
+    """The running connectors a --name stands for: itself, or the ones a plan named <name>-1, <name>-2, ..."""
+    return sorted((n for n in health if n == name or (n.startswith(f"{name}-") and n[len(name) + 1:].isdigit())),
+                  key=lambda n: (len(n), n))
 
 
 def cmd_serve(args, settings) -> None:
@@ -134,9 +164,15 @@ def register(sub) -> None:
     s = sub.add_parser("stream", help="start a streaming-ingest connector on the cluster, owned by the stream "
                        "supervisor (restarted if it dies, resuming from its checkpoint): live features, book and "
                        "state in Redis; raw messages, trades and book states in the lake")
-    s.add_argument("--symbols", type=symbols_arg, default=["BTCUSDT"], help="comma-separated")
+    s.add_argument("--symbols", type=symbols_arg, default=["BTCUSDT"],
+                   help="comma-separated, or ALL: every symbol the venue lists as trading")
     s.add_argument("--streams", default="depth@0ms,aggTrade,kline_1m", help="comma-separated, per symbol")
-    s.add_argument("--name", default="default", help="connector name (one connection each)")
+    s.add_argument("--name", default="default", help="connector name; a plan of several names them <name>-1, "
+                   "<name>-2, ... (--status and --stop take the group)")
+    s.add_argument("--connectors", type=int, help="at least this many connectors (default: as few as the venue's "
+                   "streams per connection and --rate-per-connector allow)")
+    s.add_argument("--rate-per-connector", type=float, default=20_000.0,
+                   help="expected msg/s one connector may take (default 20,000; one measured 56-61k at most)")
     s.add_argument("--venue", choices=list(BINANCE_STREAM_MARKETS), help="default: settings.stream_venue")
     s.add_argument("--ws-url", help="default: settings.stream_ws_url (the venue)")
     s.add_argument("--rest-url", help="default: settings.stream_rest_url")

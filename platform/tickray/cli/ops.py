@@ -129,9 +129,12 @@ def _stream_status() -> None:
         print("stream no connectors (`tickray stream --symbols …` starts one)")
     for name, h in health.items():
         lag = max(h["lag_ms"].values(), default=float("nan"))
-        print(f"stream {name}: {h['status']}, {','.join(h['symbols'])}, {h['messages_per_s']:,.0f} msg/s, "
-              f"{h['received']:,} received, lag {lag:,.0f} ms, {h['quarantined']} quarantined, "
-              f"{h['book_gaps']} book gaps, {h['restarts']} restarts")
+        syms = h["symbols"]
+        shown = ",".join(syms) if len(syms) <= 6 else f"{len(syms)} symbols ({','.join(syms[:3])},...)"
+        print(f"stream {name}: {h['status']}, {shown}, {len(h['streams'])} streams per symbol, "
+              f"{h['messages_per_s']:,.0f} msg/s, {h['received']:,} received, lag {lag:,.0f} ms, "
+              f"{len(h['unsynced'])} unsynced books, {h['quarantined']} quarantined, {h['book_gaps']} book gaps, "
+              f"REST weight {h['rest_weight']:,}, {h['restarts']} restarts, node {h['node'][:8] or '?'}")
 
 
 def cmd_demo(args, settings) -> None:

@@ -49,7 +49,7 @@ from tickray.market.venues import BINANCE_STREAM_MARKETS
 from tickray.sources.binance import iter_capture, iter_rest_snapshots, symbol_from_filename
 
 REST_PATH = re.compile(r"^(?:" + "|".join(re.escape(m.rest_prefix) for m in BINANCE_STREAM_MARKETS.values())
-                       + r")/(depth|aggTrades|historicalTrades|time)$")
+                       + r")/(depth|aggTrades|historicalTrades|time|exchangeInfo|ticker/24hr)$")
 REST_LIMIT_MAX = 1000
 WS_PATHS = {"/stream": "", "/public/stream": "/public", "/market/stream": "/market"}  # path → route
 ROUTED = BINANCE_STREAM_MARKETS["usdm"]
@@ -101,6 +101,7 @@ class ReplayExchange:
     trades: dict[tuple[str, str], list[dict]] = field(default_factory=dict, init=False)  # (symbol, e) → released
     finished: threading.Event = field(default_factory=threading.Event, init=False)  # the market has replayed all
     rest_requests: Counter = field(default_factory=Counter, init=False)  # path → requests answered
+    _counts: dict[str, int] | None = field(default=None, init=False)  # symbol → trades a day (the listing)
     _clients: set[_Client] = field(default_factory=set, init=False)
     _server: Server | None = field(default=None, init=False)
     _loop: asyncio.AbstractEventLoop | None = field(default=None, init=False)
@@ -158,6 +159,8 @@ class ReplayExchange:
             return connection.respond(404, "not found\n")
         if rest.group(1) == "time":
             return self._json(connection, 200, {"serverTime": self.market_now_ns() // 1_000_000})
+        if rest.group(1) in ("exchangeInfo", "ticker/24hr"):
+            return self._json(connection, 200, self._listing(rest.group(1)))
         q = {k: v[0] for k, v in parse_qs(url.query).items()}
         symbol = q.get("symbol", "").upper()
         try:
@@ -192,6 +195,23 @@ class ReplayExchange:
         if not sync.spot:  # spot snapshots carry no times
             snap["E"] = snap["T"] = sync.last_seen_ms
         return snap
+
+    def _listing(self, endpoint: str):
+        """exchangeInfo: every symbol the captures stream, trading; ticker/24hr: each one's trade count, the
+        captures' trades scaled to a day (the rate a planner balances connectors by)."""
+        if self._counts is None:
+            trades, symbols = Counter(), set()
+            for _, name, _ in self.messages:
+                sym, _, kind = name.partition("@")
+                symbols.add(sym.upper())
+                if kind in ("aggTrade", "trade"):
+                    trades[sym.upper()] += 1
+            span_s = max((self.messages[-1][0] - self.messages[0][0]) / 1e9, 1.0) if self.messages else 1.0
+            self._counts = {sym: round(trades[sym] * 86_400 / span_s) for sym in sorted(symbols)}
+        if endpoint == "exchangeInfo":
+            return {"timezone": "UTC", "serverTime": self.market_now_ns() // 1_000_000,
+                    "symbols": [{"symbol": sym, "status": "TRADING"} for sym in self._counts]}
+        return [{"symbol": sym, "count": n} for sym, n in self._counts.items()]
 
     def _trades(self, symbol: str, endpoint: str, from_id: int | None, limit: int) -> list[dict]:
         """Released trades in the venue's REST shape: aggTrades from the @aggTrade stream, historicalTrades

@@ -128,6 +128,7 @@ class StreamIngestActor:
             "messages": dict(ctx.counts), "quarantined": dict(self.dispatcher.quarantined),
             "features_published": {s: pub.last_features.get(s, {}).get("n", 0) for s in ctx.pipes},
             "book": {s: asdict(p.sync.counters) for s, p in ctx.pipes.items()},
+            "unsynced": sorted(s for s, p in ctx.pipes.items() if not p.sync.synced and ctx.symbol_depth(s)),
             "book_check": {s: asdict(p.sync.check.counters) for s, p in ctx.pipes.items()},
             "late": {s: p.grid.late for s, p in ctx.pipes.items()},
             "trades": {s: p.state.trades_total for s, p in ctx.pipes.items()},
@@ -138,6 +139,7 @@ class StreamIngestActor:
             "durable": dict(self.durability.durable), "incarnation": self.durability.incarnation,
             "last_message_at": self.dispatcher.last_message_at,
             "cpu_s": time.process_time(),  # this actor's process: with last_message_at, how busy it is
+            "node": ray.get_runtime_context().get_node_id(),
         }
 
     def state(self, symbol: str) -> dict[str, float]:

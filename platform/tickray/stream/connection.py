@@ -74,6 +74,16 @@ class _Link:
         self.close_code: int | None = None  # the venue's close frame's code, on the current connection
         self.last_recv_ns = 0  # perf_counter_ns of the last message read (the watchdog's clock)
         self.ended_by: str | None = None  # why the watchdog ended the connection: "silent" or "planned"
+        self.next_request_at = 0.0  # monotonic time this link's next request may go (the venue's rate)
+
+    async def request_slot(self, per_s: float) -> None:
+        """Wait for this link's next request slot: the venue disconnects a connection that sends more than
+        its incoming messages a second (and may ban the IP of one that does it often)."""
+        now = time.monotonic()
+        at = max(now, self.next_request_at)
+        self.next_request_at = at + 1.0 / per_s
+        if at > now:
+            await asyncio.sleep(at - now)
 
 
 class Connection:
@@ -142,6 +152,8 @@ class Connection:
         answers = {}
         for route in routes:
             link = self.links.get(route)
+            if link is not None and link.ws is not None:
+                await link.request_slot(self.ctx.market.requests_per_s)
             if link is None or link.ws is None:
                 if link is None and not self.ctx.stopping and self._holding:
                     self._hold_route(route)

@@ -60,5 +60,9 @@ class ConnectorContext:
     def rest_prefix(self) -> str:
         return self.market.rest_prefix
 
+    def symbol_depth(self, symbol: str) -> bool:
+        """The symbol's book is streamed (a depth stream): it can be synced."""
+        return any(n.startswith(f"{symbol.lower()}@depth") for n in self.streams)
+
     def symbol_streams(self, symbol: str) -> list[str]:
         return [n for n in self.streams if n.split("@", 1)[0].upper() == symbol]

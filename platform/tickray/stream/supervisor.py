@@ -58,6 +58,7 @@ class _Watch:
     received_before: tuple[float, int] = (0.0, 0)  # (time, messages) at the previous check, for the rate
     rate: float = 0.0
     problem: str = ""
+    node: str = ""  # the node the connector runs on
 
 
 @ray.remote(num_cpus=0)
@@ -122,6 +123,8 @@ class StreamSupervisor:
                 "connected": st.get("connected"), "received": st.get("messages", {}).get("received", 0),
                 "quarantined": sum(st.get("quarantined", {}).values()),
                 "book_gaps": sum(b["gaps"] for b in st.get("book", {}).values()),
+                "unsynced": st.get("unsynced", []), "rest_weight": st.get("messages", {}).get("rest weight", 0),
+                "node": w.node,
                 "lag_ms": st.get("lag_ms", {}), "pipeline_ms": st.get("pipeline_ms", {}),
                 "checked_at": w.checked_at,
             }
@@ -147,7 +150,8 @@ class StreamSupervisor:
         if actor is None:
             actor = StreamIngestActor.options(
                 name=CONNECTOR_PREFIX + s.name, namespace=NAMESPACE, lifetime="detached", max_restarts=-1,
-                max_task_retries=-1, get_if_exists=True).remote(
+                max_task_retries=-1, get_if_exists=True,
+                scheduling_strategy="SPREAD").remote(  # a plan's connectors spread over the nodes
                 s.symbols, s.ws_url, s.rest_url, s.redis_url, streams=tuple(s.streams), options=s.connector_options())
             log_event("connector created", name=s.name, symbols=s.symbols)
         self._actors[s.name] = actor
@@ -183,6 +187,7 @@ class StreamSupervisor:
         t_prev, n_prev = w.received_before
         w.rate = (received - n_prev) / (now - t_prev) if t_prev and received >= n_prev else 0.0
         w.received_before, w.incarnation, w.last, w.checked_at, w.unanswered = (now, received), st["incarnation"], st, now, 0
+        w.node = st.get("node", "")
         if not st["connected"]:
             w.problem = "disconnected"
         elif st["last_message_at"] and now - st["last_message_at"] > self.stale_s:

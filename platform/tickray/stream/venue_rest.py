@@ -36,6 +36,7 @@ class VenueRest:
         while stop is None or start < stop:
             limit = REST_PAGE if stop is None else min(REST_PAGE, stop - start)
             try:
+                ctx.counts["rest weight"] += ctx.market.weight(path)
                 r = await ctx.http.get(f"{ctx.rest_prefix}/{path}",
                                        params={"symbol": pipe.symbol, "fromId": start, "limit": limit})
                 r.raise_for_status()
@@ -67,6 +68,7 @@ class VenueRest:
     async def _fetch_snapshot(self, symbol: str) -> None:
         ctx = self.ctx
         try:
+            ctx.counts["rest weight"] += ctx.market.weight("depth")
             r = await ctx.http.get(f"{ctx.rest_prefix}/depth", params={"symbol": symbol, "limit": 1000})
             r.raise_for_status()
             ctx.counts["snapshots"] += 1
@@ -96,6 +98,7 @@ class VenueRest:
         while True:
             sent = time.time() * 1e3
             try:
+                ctx.counts["rest weight"] += ctx.market.weight("time")
                 r = await ctx.http.get(f"{ctx.rest_prefix}/time")
                 r.raise_for_status()
                 clock.observe(sent, float(r.json()["serverTime"]), time.time() * 1e3)
