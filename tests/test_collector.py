@@ -8,7 +8,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from tickray import lake
-from tickray.bars import collector
 from tickray.bars.build import MINUTE_NS, lake_bars, resample
 from tickray.bars.cache import BarCache
 from tickray.bars.collector import Collector, VenueBanned, venue
@@ -78,12 +77,33 @@ def test_rate_limits_are_kept_and_429_pauses_everyone(klines, tmp_path):
     assert told.rows == polite.rows == 4 * 1440
 
 
+def test_collectors_share_the_venues_budget_through_redis(klines, tmp_path, redis_settings):
+    """Two collectors (two lakes, as two processes would) fill at once against a venue allowing 20 a
+    second, each asking 4 requests of weight 10: through the budget they share in Redis, the venue never
+    answers 429, where each alone within its own budget would together send twice the limit."""
+    import dataclasses
+    from concurrent.futures import ThreadPoolExecutor
+
+    bars, t0 = klines
+    wants = [("LINKUSDT", t0, t0 + 4 * DAY)]
+    with KlineVenue(bars, weight_limit=20, window_s=1.0) as v:
+        own = dataclasses.replace(venue("binance-usdm", v.url, weight_limit=20, window_s=1.0),
+                                  name=f"binance-usdm-{tmp_path.name}")  # a budget of its own in the session's Redis
+        collectors = [Collector(tmp_path / lake_dir, own, redis_url=redis_settings.redis_url) for lake_dir in ("a", "b")]
+        with ThreadPoolExecutor(2) as pool:
+            reports = list(pool.map(lambda c: c.fill(wants), collectors))
+    assert [r.rows for r in reports] == [4 * 1440] * 2
+    assert {r["status"] for r in v.requests} == {200} and len(v.requests) == 8
+
+
 def test_weight_sent_at_a_window_edge_counts_in_the_next_window_too(monkeypatch):
     """A request sent 50 ms before a 1-s window ends may reach the venue in the next window, where the venue
     counts it; one sent mid-window does not."""
+    from tickray.market import budget as budgets
+
     now = [100.95]
-    monkeypatch.setattr(collector.time, "time", lambda: now[0])
-    budget = collector._Budget(venue("binance-usdm", "http://127.0.0.1:9", weight_limit=20, window_s=1.0))
+    monkeypatch.setattr(budgets.time, "time", lambda: now[0])
+    budget = budgets.LocalBudget(20, window_s=1.0)
     asyncio.run(budget.take(10))
     now[0] = 101.5
     asyncio.run(budget.take(5))

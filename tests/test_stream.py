@@ -699,7 +699,7 @@ def test_planned_connectors_share_the_venues_symbols(ray_cluster, settings, shar
 
     folder = shared_data / "binance" / "ws_cryptofeed"
     exchange = ReplayExchange([folder / "BINANCE_FUTURES.ws.1.0.txt", folder / "BINANCE_FUTURES.http.0.0.txt"],
-                              speed=3.0).start()
+                              speed=1.0).start()  # 30 s: both connectors start within it
     streams = ["depth@100ms", "aggTrade", "bookTicker"]
     r = redis_client(settings)
     r.delete(SPECS_KEY)
@@ -726,10 +726,60 @@ def test_planned_connectors_share_the_venues_symbols(ray_cluster, settings, shar
             ray.get(sup.stop_connector.remote(c))
         ray.kill(sup)
         exchange.stop()
-    assert ok, health
+    assert ok, json.dumps(health, default=str)[:4000]
     assert sorted(s for h in health.values() for s in h["symbols"]) == sorted(listed)
     for name, st in stats.items():
         assert st["connected"] and st["messages"]["connections"] == 2, (name, st["messages"])  # /public and /market
         assert st["messages"]["aggTrade"] > 0 and st["messages"]["depthUpdate"] > 0, (name, st["messages"])
         assert health[name]["rest_weight"] >= 20 * len(health[name]["symbols"])  # a 1000-level snapshot each
         assert set(st["book"]) == set(health[name]["symbols"])
+
+
+def test_a_mass_resync_keeps_within_the_shared_rest_budget(ray_cluster, settings, shared_data):
+    """Two connectors of cryptofeed's four USD-M symbols share one REST budget through Redis, against a
+    local venue allowing 45 weight per 2 s (a depth snapshot weighs 20) that first answers 429 for 1.5 s
+    (another client on the IP spent the weight). Every connection is then dropped at once: all four books
+    resync again. The venue never bans the IP (no 418), no window is ever over its limit, only the
+    requests already on their way when the 429 came were refused, and every book ends synced."""
+    folder = shared_data / "binance" / "ws_cryptofeed"
+    exchange = ReplayExchange([folder / "BINANCE_FUTURES.ws.1.0.txt", folder / "BINANCE_FUTURES.http.0.0.txt"],
+                              speed=1.0, rest_weight_limit=45, rest_window_s=2.0).start()
+    streams = ("depth@100ms", "aggTrade", "bookTicker")
+    symbols = [["SUSHIUSDT", "KEEPUSDT"], ["CTKUSDT", "AKROUSDT"]]
+    r = redis_client(settings)
+    forget(r, [s for group in symbols for s in group])
+    for key in r.scan_iter("tickray:rest:binance-usdm:budget-test:*"):
+        r.delete(key)
+    options = {"rest_weight_limit": 45, "rest_window_s": 2.0, "rest_budget_scope": "budget-test"}
+    actors = [StreamIngestActor.remote(group, exchange.ws_url, exchange.rest_url, settings.redis_url, streams,
+                                       ConnectorOptions(name=f"budget-{i}", **options))
+              for i, group in enumerate(symbols)]
+
+    def all_synced(snapshots: int, timeout_s: float = 20) -> list[dict]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            stats = ray.get([a.stats.remote() for a in actors])
+            done = sum(st["messages"].get("snapshots", 0) for st in stats) >= snapshots
+            if (done and not any(st["unsynced"] for st in stats)) or time.monotonic() > deadline:
+                return stats
+            time.sleep(0.2)
+
+    try:
+        exchange.refuse_for(1.5)
+        ray.get([a.start.remote() for a in actors])
+        first = all_synced(4)
+        before = sum(st["messages"]["snapshots"] for st in first)
+        exchange.disconnect_all()
+        after = all_synced(before + 4)
+    finally:
+        for a in actors:
+            ray.get(a.stop.remote())
+            ray.kill(a)
+        exchange.stop()
+    assert all(not st["unsynced"] for st in first + after), [st["unsynced"] for st in first + after]
+    assert sum(st["messages"]["snapshots"] for st in after) >= before + 4  # every book again
+    # at most what was on its way at once: two clock syncs and four snapshots
+    assert exchange.rest_refused[418] == 0 and 1 <= exchange.rest_refused[429] <= 6, exchange.rest_refused
+    assert sum(st["messages"].get("rest 429", 0) for st in after) == exchange.rest_refused[429]
+    assert max(exchange.rest_weight.values()) <= 45, exchange.rest_weight
+    assert all(st["resync_all_s"] is not None for st in after)

@@ -5,8 +5,9 @@ lake nor already asked for (a ledger of asked ranges per venue, kept beside the 
 venue does not have is reported once as a gap and never asked for again). Missing ranges are cut into
 requests of at most the venue's row limit and sent concurrently within its rate limit:
 
-- a weight budget per window, kept in step with what the venue says it counted
-  (``X-MBX-USED-WEIGHT-1M`` on Binance, ``Remaining-Req`` on Upbit);
+- a weight budget per window (:mod:`tickray.market.budget`: shared through Redis with every client of
+  the venue, the stream connectors included, when given one), kept in step with what the venue says it
+  counted (``X-MBX-USED-WEIGHT-1M`` on Binance, ``Remaining-Req`` on Upbit);
 - ``429``: every request pauses for ``Retry-After``, then the refused one is sent again;
 - ``418`` (banned): nothing more is sent; what was fetched is kept and :class:`VenueBanned` says for how long;
 - ``5xx`` or a broken connection: retried with exponential backoff and jitter, then reported.
@@ -37,12 +38,14 @@ import httpx
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import redis.asyncio as aioredis
 
 from tickray import lake
 from tickray.bars.build import MINUTE_NS, clean_minutes
 from tickray.errors import TickrayError
 from tickray.lake.schema import BAR
 from tickray.lake.validate import check_bars
+from tickray.market.budget import LocalBudget, RestBudget
 from tickray.market.venues import KLINE_ENDPOINTS, UPBIT_CANDLE_WEIGHT, binance_kline_weight
 
 log = logging.getLogger(__name__)
@@ -186,50 +189,24 @@ class CollectReport:
                 f"{self.rate_limited} rate-limited, {len(self.gaps)} gaps at the venue, {self.seconds:.2f}s")
 
 
-class _Budget:
-    """Request weight per venue window, paused for everyone on a 429.
-
-    A request sent in a window's last moments may reach the venue in the next window, where it counts:
-    weight taken within ``edge_s`` of a window's end is counted in the next window too (else a client
-    that keeps to the budget still gets a 429 when its window turns before the venue's does)."""
-
-    def __init__(self, v: Venue):
-        self.limit, self.window_s = v.weight_limit, v.window_s
-        self.edge_s = min(0.25, v.window_s / 10)
-        self.window, self.used, self.carried, self.pause_until = -1, 0, 0, 0.0
-
-    def _roll(self) -> None:
-        w = int(time.time() // self.window_s)
-        if w != self.window:
-            self.used = self.carried if w == self.window + 1 else 0
-            self.window, self.carried = w, 0
-
-    async def take(self, weight: int) -> None:
-        while True:
-            now = time.time()
-            if now < self.pause_until:
-                await asyncio.sleep(self.pause_until - now)
-                continue
-            self._roll()
-            if self.used + weight <= self.limit:
-                self.used += weight
-                if (self.window + 1) * self.window_s - now < self.edge_s:
-                    self.carried += weight
-                return
-            await asyncio.sleep((self.window + 1) * self.window_s - now + 0.01)
-
-    def venue_counted(self, used: int | None) -> None:
-        self._roll()
-        if used is not None and used > self.used:
-            self.used = used
-
-    def pause(self, seconds: float) -> None:
-        self.pause_until = max(self.pause_until, time.time() + seconds)
+async def _shared_redis(url: str) -> aioredis.Redis | None:
+    """The Redis the venue's shared budget lives in; None (this process budgets alone, said) when it is down."""
+    r = aioredis.from_url(url, socket_timeout=10, socket_connect_timeout=2)
+    try:
+        await r.ping()
+        return r
+    except (OSError, aioredis.RedisError) as e:
+        log.warning("collector: Redis at %s unreachable (%s); this process keeps its own weight budget",
+                    url.split("@")[-1], e)
+        await r.aclose()
+        return None
 
 
 class Collector:
-    def __init__(self, lake_root: Path, v: Venue, clock: Callable[[], float] = time.time):
-        self.lake_root, self.venue, self.clock = Path(lake_root), v, clock
+    def __init__(self, lake_root: Path, v: Venue, clock: Callable[[], float] = time.time, redis_url: str | None = None):
+        """``redis_url``: the weight budget is the one every client of the venue shares there (the stream
+        connectors' too); without, this process keeps its own."""
+        self.lake_root, self.venue, self.clock, self.redis_url = Path(lake_root), v, clock, redis_url
         self.ledger_path = self.lake_root / "_collector" / f"{v.name}.json"
         self.total = CollectReport()  # over the collector's life: the cache's metrics show it
 
@@ -289,7 +266,10 @@ class Collector:
     # --- fetching ----------------------------------------------------------------------------------
     async def _fetch_all(self, plan: list[tuple[str, int, int]], report: CollectReport) -> list:
         v = self.venue
-        budget, gate, stop = _Budget(v), asyncio.Semaphore(v.max_concurrency), asyncio.Event()
+        gate, stop = asyncio.Semaphore(v.max_concurrency), asyncio.Event()
+        shared = await _shared_redis(self.redis_url) if self.redis_url else None
+        budget = (RestBudget(shared, v.name, v.weight_limit, v.window_s) if shared is not None
+                  else LocalBudget(v.weight_limit, v.window_s))
         limits = httpx.Limits(max_connections=v.max_concurrency)
         async with httpx.AsyncClient(base_url=v.base_url, timeout=v.timeout_s, limits=limits) as client:
 
@@ -309,7 +289,7 @@ class Collector:
                         except httpx.TransportError as e:
                             r, failure = None, f"{type(e).__name__}: {e}"
                     if r is not None:
-                        budget.venue_counted(_used_weight(v, r.headers))
+                        await budget.venue_counted(_used_weight(v, r.headers))
                         if r.status_code == 200:
                             return symbol, lo, hi, _parse(v, symbol, r.json())
                         failure = f"HTTP {r.status_code} {r.text[:200]}"
@@ -320,7 +300,7 @@ class Collector:
                             return None
                         if r.status_code == 429:  # everyone pauses: that pause is the backoff
                             report.rate_limited += 1
-                            budget.pause(retry_after)
+                            await budget.pause(retry_after)
                             continue
                         if r.status_code < 500:
                             report.errors.append(f"{where}: {failure}")
@@ -332,7 +312,11 @@ class Collector:
                     report.retries += 1
                     await asyncio.sleep(v.backoff_s * 2 ** (attempt - 1) * (0.5 + random.random()))
 
-            results = await asyncio.gather(*(one(*p) for p in plan))
+            try:
+                results = await asyncio.gather(*(one(*p) for p in plan))
+            finally:
+                if shared is not None:
+                    await shared.aclose()
         return [r for r in results if r is not None]
 
     # --- storing -----------------------------------------------------------------------------------

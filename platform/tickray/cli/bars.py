@@ -56,7 +56,8 @@ def _bar_cache(args, settings):
 
     root = Path(args.lake or settings.lake_path)
     name = args.venue or settings.kline_venue
-    collector = Collector(root, venue(name, args.venue_url or settings.kline_venue_url)) if name else None
+    collector = Collector(root, venue(name, args.venue_url or settings.kline_venue_url),
+                          redis_url=None if args.no_redis else settings.redis_url) if name else None
     return BarCache(root, None if args.no_redis else redis_client(settings), collector=collector)
 
 

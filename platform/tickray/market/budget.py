@@ -14,11 +14,13 @@ The venue counts weight per window (Binance: per minute, ``X-MBX-USED-WEIGHT-1M`
   the books unsynced longest are fetched first (a waiter that stops asking leaves the queue).
 
 Everything happens in one Lua script per step, on Redis's clock, so clients on other nodes agree.
+:class:`LocalBudget` keeps the same rules in one process, for a client without Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -28,8 +30,6 @@ PREFIX = "tickray:rest"
 _TAKE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local paused = redis.call('PTTL', KEYS[2])
-if paused > 0 then return {paused, 'paused'} end
 local member, slots = ARGV[5], tonumber(ARGV[7])
 if member ~= '' then
   redis.call('ZADD', KEYS[3], 'NX', ARGV[6], member)
@@ -40,8 +40,10 @@ if member ~= '' then
       redis.call('HDEL', KEYS[4], m)
     end
   end
-  if redis.call('ZRANK', KEYS[3], member) >= slots then return {25, 'queued'} end
 end
+local paused = redis.call('PTTL', KEYS[2])
+if paused > 0 then return {paused, 'paused'} end
+if member ~= '' and redis.call('ZRANK', KEYS[3], member) >= slots then return {25, 'queued'} end
 local window_ms, weight = tonumber(ARGV[3]), tonumber(ARGV[1])
 local w = math.floor(now / window_ms)
 local key = KEYS[1] .. ':' .. w
@@ -134,3 +136,43 @@ class RestBudget:
         paused = await self.redis.pttl(self.keys[1])
         return {"used": int(used or 0), "limit": self.limit, "paused_s": max(paused, 0) / 1000,
                 "queued": await self.redis.zcard(self.keys[2])}
+
+
+class LocalBudget:
+    """:class:`RestBudget`'s rules (no queue) kept in this process."""
+
+    def __init__(self, limit: int, window_s: float = 60.0, edge_s: float | None = None):
+        self.limit, self.window_s = limit, window_s
+        self.edge_s = edge_s if edge_s is not None else min(0.25, window_s / 10)
+        self.window, self.used, self.carried, self.pause_until = -1, 0, 0, 0.0
+
+    def _roll(self) -> None:
+        w = int(time.time() // self.window_s)
+        if w != self.window:
+            self.used = self.carried if w == self.window + 1 else 0
+            self.window, self.carried = w, 0
+
+    async def take(self, weight: int, who: str = "", priority_ms: float = 0.0) -> Taken:
+        t0, why = time.monotonic(), ""
+        while True:
+            now = time.time()
+            if now < self.pause_until:
+                why = "paused"
+                await asyncio.sleep(self.pause_until - now)
+                continue
+            self._roll()
+            if self.used + weight <= self.limit:
+                self.used += weight
+                if (self.window + 1) * self.window_s - now < self.edge_s:
+                    self.carried += weight
+                return Taken(time.monotonic() - t0, why)
+            why = why or "budget"
+            await asyncio.sleep((self.window + 1) * self.window_s - now + 0.01)
+
+    async def venue_counted(self, used: int | None) -> None:
+        self._roll()
+        if used is not None and used > self.used:
+            self.used = used
+
+    async def pause(self, seconds: float, why: str = "429") -> None:
+        self.pause_until = max(self.pause_until, time.time() + seconds)

@@ -35,8 +35,11 @@ class StreamMarket:
     connects_per_window: int = 300  # connection attempts per IP ...
     connect_window_s: float = 300.0  # ... per this window
     routed: bool = False  # streams go to /public or /market (see route)
+    rest_weight_limit: int = 2400  # REST request weight per IP ...
+    rest_window_s: float = 60.0  # ... per this window
     # REST request weights of what a connector asks: depth (limit 1000), a page of trades, the time
-    weights: tuple[tuple[str, int], ...] = (("depth", 20), ("aggTrades", 20), ("historicalTrades", 20), ("time", 1))
+    weights: tuple[tuple[str, int], ...] = (("depth", 20), ("aggTrades", 20), ("historicalTrades", 20), ("time", 1),
+                                            ("exchangeInfo", 1), ("ticker", 40))
 
     def weight(self, endpoint: str) -> int:
         return dict(self.weights).get(endpoint, 1)
@@ -56,8 +59,9 @@ PUBLIC_ROUTE_STREAMS = ("bookTicker", "depth", "trade")
 BINANCE_STREAM_MARKETS = {
     "usdm": StreamMarket("/fapi/v1", routed=True),
     "coinm": StreamMarket("/dapi/v1"),
-    "spot": StreamMarket("/api/v3", requests_per_s=5.0,
-                         weights=(("depth", 50), ("aggTrades", 4), ("historicalTrades", 25), ("time", 1))),
+    "spot": StreamMarket("/api/v3", requests_per_s=5.0, rest_weight_limit=6000,
+                         weights=(("depth", 50), ("aggTrades", 4), ("historicalTrades", 25), ("time", 1),
+                                  ("exchangeInfo", 20), ("ticker", 80))),
 }
 
 

@@ -22,6 +22,11 @@ client is away is gone from its stream, and it has the REST side to catch up. Th
 as of the market so far (the exchange keeps its own book with the same book module, seeded by the
 capture's recorded snapshot) and the trade endpoints answer only trades the market has reached.
 
+REST has the venue's weight rules when ``rest_weight_limit`` is set: each answer carries the window's
+weight used (``X-MBX-USED-WEIGHT-1M``); past the limit comes 429 with ``Retry-After``, and a client that
+asks again before then is banned (418) for ``ban_s``; ``refuse_for(s)`` answers 429 for a while, as when
+another client on the IP spent the weight.
+
 Faults (counted over the messages sent on each connection) test the clients: disconnects, duplicates,
 reordering, corrupt JSON, dropped depth updates (gaps) and stalls. ``drop`` lists message indices lost on
 the wire for everyone; ``inject`` adds raw messages ``(recv_ns, stream, text)``.
@@ -32,8 +37,10 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import math
 import re
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +102,15 @@ class ReplayExchange:
     drop: set[int] = field(default_factory=set)
     inject: list[tuple[int, str, str]] = field(default_factory=list)
     depth_unavailable: bool = False  # while set, REST depth answers 503, as the venue does when overloaded
+    # The venue's REST weight limit per IP (0: none): past it 429 with Retry-After; a request after a 429
+    # before its Retry-After (beyond those already in flight) gets the IP banned: 418 from then on
+    rest_weight_limit: int = 0
+    rest_window_s: float = 60.0
+    ban_s: float = 120.0
+    rest_weight: Counter = field(default_factory=Counter, init=False)  # window → weight answered
+    rest_refused: Counter = field(default_factory=Counter, init=False)  # 429 and 418 → answers
+    _refusing: tuple[float, float | None] | None = field(default=None, init=False)  # (until, first 429 at)
+    _banned_until: float = field(default=0.0, init=False)
     messages: list[tuple[int, str, bytes]] = field(default_factory=list, init=False)
     snapshots: dict[str, tuple[int, dict]] = field(default_factory=dict, init=False)  # recorded: (recv_ns, body)
     books: dict[str, BookSync] = field(default_factory=dict, init=False)
@@ -157,6 +173,10 @@ class ReplayExchange:
         rest = REST_PATH.match(url.path)
         if not rest:
             return connection.respond(404, "not found\n")
+        market = next(m for m in BINANCE_STREAM_MARKETS.values() if url.path.startswith(f"{m.rest_prefix}/"))
+        refused = self._limit(connection, market.weight(rest.group(1).split("/")[0]))
+        if refused is not None:
+            return refused
         if rest.group(1) == "time":
             return self._json(connection, 200, {"serverTime": self.market_now_ns() // 1_000_000})
         if rest.group(1) in ("exchangeInfo", "ticker/24hr"):
@@ -177,11 +197,52 @@ class ReplayExchange:
             return self._json(connection, 400, {"code": -1100, "msg": f"Illegal characters found in a parameter: {e}"})
         return self._json(connection, 200, self._trades(symbol, rest.group(1), from_id, limit))
 
-    @staticmethod
-    def _json(connection: ServerConnection, status: int, body) -> Response:
+    def disconnect_all(self) -> None:
+        """Close every client's WebSocket now, as a venue's restart or a network blip does."""
+        async def close() -> None:
+            for c in list(self._clients):
+                self._clients.discard(c)
+                await c.ws.close(1001, "replay: disconnect all")
+
+        asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
+
+    def refuse_for(self, seconds: float) -> None:
+        """Answer 429 for ``seconds`` (another client on the IP spent the weight), as the venue would."""
+        self._refusing = (time.time() + seconds, None)
+
+    def _limit(self, connection: ServerConnection, weight: int) -> Response | None:
+        """The venue's weight rules for one request: None to answer it (its weight counted), else the
+        429 or 418 it gets."""
+        now = time.time()
+        if now < self._banned_until:
+            return self._refuse(connection, 418, self._banned_until - now)
+        if self._refusing is not None and now < self._refusing[0]:
+            until, told_at = self._refusing
+            if told_at is not None and now - told_at > 0.25:  # asked again after being told: banned
+                self._banned_until = now + self.ban_s
+                return self._refuse(connection, 418, self.ban_s)
+            self._refusing = (until, told_at if told_at is not None else now)
+            return self._refuse(connection, 429, until - now)
+        w = int(now // self.rest_window_s)
+        if self.rest_weight_limit and self.rest_weight[w] + weight > self.rest_weight_limit:
+            until = (w + 1) * self.rest_window_s
+            self._refusing = (until, now)
+            return self._refuse(connection, 429, until - now)
+        self.rest_weight[w] += weight
+        return None
+
+    def _refuse(self, connection: ServerConnection, status: int, retry_after_s: float) -> Response:
+        self.rest_refused[status] += 1
+        msg = "Way too many requests; IP banned." if status == 418 else "Too many requests; please use the websocket."
+        resp = self._json(connection, status, {"code": -1003, "msg": msg})
+        resp.headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
+        return resp
+
+    def _json(self, connection: ServerConnection, status: int, body) -> Response:
         resp = connection.respond(status, orjson.dumps(body).decode())
         del resp.headers["Content-Type"]
         resp.headers["Content-Type"] = "application/json"
+        resp.headers["X-MBX-USED-WEIGHT-1M"] = str(self.rest_weight[int(time.time() // self.rest_window_s)])
         return resp
 
     def _snapshot(self, symbol: str) -> dict:

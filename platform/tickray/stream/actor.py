@@ -28,6 +28,7 @@ import ray
 import redis.asyncio as aioredis
 
 from tickray.errors import ConfigError
+from tickray.market.budget import RestBudget
 from tickray.market.venues import BINANCE_STREAM_MARKETS
 from tickray.stream.cold import ColdBuffer
 from tickray.stream.connection import Connection
@@ -85,6 +86,9 @@ class StreamIngestActor:
             # bounded: a Redis that stops answering is an error here, never a connector (or its stop) hung
             ctx.redis = aioredis.from_url(self.redis_url, socket_timeout=10, socket_connect_timeout=5)
             ctx.http = httpx.AsyncClient(base_url=ctx.rest_url, timeout=10)
+            opt, market = ctx.opt, ctx.market
+            ctx.budget = RestBudget(ctx.redis, f"binance-{opt.venue}", opt.rest_weight_limit or market.rest_weight_limit,
+                                    opt.rest_window_s or market.rest_window_s, opt.rest_budget_scope)
             ctx.metrics = StreamMetrics()
             await self.durability.find_checkpoints()
             loop = asyncio.get_running_loop()
@@ -133,7 +137,8 @@ class StreamIngestActor:
             "late": {s: p.grid.late for s, p in ctx.pipes.items()},
             "trades": {s: p.state.trades_total for s, p in ctx.pipes.items()},
             "pipeline_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))},
-            "resume": dict(self.durability.resume), "lag_ms": dict(pub.lag), "clock": pub.clock.describe(),
+            "resume": dict(self.durability.resume), "resync_all_s": self.rest.resync_all_s,
+            "lag_ms": dict(pub.lag), "clock": pub.clock.describe(),
             "queued": self.connection.queued(),
             "connected": self.connection.connected, "streams": list(ctx.streams),
             "durable": dict(self.durability.durable), "incarnation": self.durability.incarnation,

@@ -9,6 +9,7 @@ from typing import Literal
 import httpx
 import redis.asyncio as aioredis
 
+from tickray.market.budget import RestBudget
 from tickray.market.venues import StreamMarket
 from tickray.stream.pipeline import SymbolPipeline
 from tickray.stream.telemetry import StreamMetrics
@@ -38,6 +39,12 @@ class ConnectorOptions:
     resume_features_max_gap_s: float = 60.0
     # How often the venue's time is asked (GET <prefix>/time, weight 1): lag is measured on the source's clock.
     clock_sync_s: float = 5.0
+    # The REST weight budget every connector and collector of the venue shares through Redis (see
+    # tickray.market.budget): None takes the venue's limit and window; "cluster" scope when the nodes
+    # leave through one address, a node's name where each has its own
+    rest_weight_limit: int | None = None
+    rest_window_s: float | None = None
+    rest_budget_scope: str = "cluster"
 
 
 @dataclass(eq=False)
@@ -53,6 +60,7 @@ class ConnectorContext:
     counts: Counter = field(default_factory=Counter)
     metrics: StreamMetrics | None = None
     redis: aioredis.Redis | None = None
+    budget: RestBudget | None = None
     http: httpx.AsyncClient | None = None
     stopping: bool = False
 

@@ -1,7 +1,11 @@
 """The venue's REST side, as a connector uses it: the depth snapshot a book syncs from (Binance's recipe:
 buffer the diffs, fetch a snapshot, replay; at start and after every gap), the trades missed (fetched
 from ``fromId`` and applied in order before the trade that showed them missing), and the server time
-that lag is measured on."""
+that lag is measured on.
+
+Every request first takes its weight from the venue's budget that all connectors share
+(:class:`~tickray.market.budget.RestBudget`): snapshots queue by how long their book has been unsynced,
+a 429 or 418 pauses everyone for its ``Retry-After`` and the request is asked again after it."""
 
 from __future__ import annotations
 
@@ -17,12 +21,39 @@ from tickray.stream.publish import Publisher
 from tickray.stream.telemetry import log_event
 
 REST_PAGE = 1000  # trades per request, the venue's most
+REFUSED = (418, 429)  # the venue's "too much": 429 past the limit, 418 a ban for asking on after a 429
+
+
+class Refused(Exception):
+    """The venue answered 429 or 418: everyone paused for its Retry-After; ask again after it."""
 
 
 class VenueRest:
     def __init__(self, ctx: ConnectorContext, publisher: Publisher):
         self.ctx, self.publisher = ctx, publisher
         self._snapshot_tasks: dict[str, asyncio.Task] = {}
+        self.unsynced_since: dict[str, float] = {}  # symbol → wall ms its book asked for a snapshot first
+        self._all_synced_at = 0.0  # wall s the first of the books now unsynced went so
+        self.resync_all_s: float | None = None  # how long the last time every book was unsynced took to end
+
+    async def get(self, endpoint: str, params: dict | None = None, who: str = "", priority_ms: float = 0.0):
+        """GET ``<prefix>/<endpoint>`` within the shared budget; the venue's count kept, its 429/418 obeyed."""
+        ctx = self.ctx
+        weight = ctx.market.weight(endpoint)
+        await ctx.budget.take(weight, who, priority_ms)
+        ctx.counts["rest weight"] += weight
+        r = await ctx.http.get(f"{ctx.rest_prefix}/{endpoint}", params=params)
+        used = r.headers.get("x-mbx-used-weight-1m")
+        if used and used.isdigit():
+            await ctx.budget.venue_counted(int(used))
+        if r.status_code in REFUSED:
+            retry_after = float(r.headers.get("retry-after") or 1)
+            ctx.counts[f"rest {r.status_code}"] += 1
+            await ctx.budget.pause(retry_after, str(r.status_code))
+            log_event("rest refused", status=r.status_code, retry_after_s=retry_after, endpoint=endpoint)
+            raise Refused(f"{r.status_code}, Retry-After {retry_after:g} s")
+        r.raise_for_status()
+        return r
 
     async def backfill(self, pipe: SymbolPipeline, start: int, stop: int | None, e: str | None = None,
                        then: tuple[AggTrade | Trade, int] | None = None) -> None:
@@ -36,11 +67,13 @@ class VenueRest:
         while stop is None or start < stop:
             limit = REST_PAGE if stop is None else min(REST_PAGE, stop - start)
             try:
-                ctx.counts["rest weight"] += ctx.market.weight(path)
-                r = await ctx.http.get(f"{ctx.rest_prefix}/{path}",
-                                       params={"symbol": pipe.symbol, "fromId": start, "limit": limit})
-                r.raise_for_status()
+                r = await self.get(path, {"symbol": pipe.symbol, "fromId": start, "limit": limit},
+                                   f"{ctx.opt.name}:{pipe.symbol}:trades", time.time() * 1000)
                 rows = [rest_trade(row, e, pipe.symbol) for row in r.json()]
+            except Refused:
+                if ctx.stopping:
+                    break
+                continue  # the budget holds everyone until its Retry-After: then this page again
             except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
                 ctx.counts[f"backfill failed: {type(exc).__name__}"] += 1
                 log_event("backfill failed", symbol=pipe.symbol, from_id=start, detail=str(exc)[:200])
@@ -63,14 +96,20 @@ class VenueRest:
 
     def request_snapshot(self, symbol: str) -> None:
         if symbol not in self._snapshot_tasks and not self.ctx.stopping:
+            if not self.unsynced_since:
+                self._all_synced_at = time.time()
+            self.unsynced_since.setdefault(symbol, time.time() * 1000)
             self._snapshot_tasks[symbol] = asyncio.get_running_loop().create_task(self._fetch_snapshot(symbol))
+
+    def _synced(self, symbol: str) -> None:
+        if self.unsynced_since.pop(symbol, None) is not None and not self.unsynced_since:
+            self.resync_all_s = round(time.time() - self._all_synced_at, 3)
 
     async def _fetch_snapshot(self, symbol: str) -> None:
         ctx = self.ctx
         try:
-            ctx.counts["rest weight"] += ctx.market.weight("depth")
-            r = await ctx.http.get(f"{ctx.rest_prefix}/depth", params={"symbol": symbol, "limit": 1000})
-            r.raise_for_status()
+            r = await self.get("depth", {"symbol": symbol, "limit": 1000}, f"{ctx.opt.name}:{symbol}:depth",
+                               self.unsynced_since.get(symbol, time.time() * 1000))
             ctx.counts["snapshots"] += 1
             pipe = ctx.pipes[symbol]
             resyncs = pipe.sync.counters.resyncs
@@ -81,12 +120,14 @@ class VenueRest:
             if pipe.sync.counters.resyncs > resyncs:
                 ctx.metrics.pending[("event", "book resync")] += 1
                 log_event("book resync", symbol=symbol, last_update_id=pipe.sync.book.last_update_id)
-        except (httpx.HTTPError, ValueError, KeyError) as e:
+        except (httpx.HTTPError, ValueError, KeyError, Refused) as e:
             ctx.counts[f"snapshot failed: {type(e).__name__}"] += 1
             log_event("snapshot failed", symbol=symbol, detail=str(e)[:200])
             await asyncio.sleep(1.0)  # the next diff asks again
         finally:
             self._snapshot_tasks.pop(symbol, None)
+        if ctx.pipes[symbol].sync.synced:
+            self._synced(symbol)
         if ctx.pipes[symbol].sync.needs_snapshot and not ctx.stopping:
             # The buffered diffs did not chain onto it: ask again even if no new diff comes to ask
             # (one a second at most: a 1000-level snapshot weighs 20 of the venue's 2,400 a minute).
@@ -98,11 +139,9 @@ class VenueRest:
         while True:
             sent = time.time() * 1e3
             try:
-                ctx.counts["rest weight"] += ctx.market.weight("time")
-                r = await ctx.http.get(f"{ctx.rest_prefix}/time")
-                r.raise_for_status()
+                r = await self.get("time")
                 clock.observe(sent, float(r.json()["serverTime"]), time.time() * 1e3)
-            except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
+            except (httpx.HTTPError, ValueError, KeyError, TypeError, Refused) as e:
                 ctx.counts[f"clock sync failed: {type(e).__name__}"] += 1
                 clock.failed(f"{ctx.rest_prefix}/time: {type(e).__name__}: {str(e)[:120]}")
             await asyncio.sleep(ctx.opt.clock_sync_s)
