@@ -783,3 +783,23 @@ def test_a_mass_resync_keeps_within_the_shared_rest_budget(ray_cluster, settings
     assert sum(st["messages"].get("rest 429", 0) for st in after) == exchange.rest_refused[429]
     assert max(exchange.rest_weight.values()) <= 45, exchange.rest_weight
     assert all(st["resync_all_s"] is not None for st in after)
+
+
+def test_connectors_spread_over_nodes_and_come_back_from_a_lost_one(redis_settings, tmp_path):
+    """Head + two workers (ray.cluster_utils.Cluster, in its own process): the planned connectors of a
+    synthetic market (one busy symbol, two quiet ones) land on different nodes; a worker node crashes and
+    its connector comes back on another node, resumes from its checkpoint, and its lake holds every trade
+    of its symbols once, from its first on (the missed ones fetched from REST)."""
+    script = Path(__file__).parent / "stream_nodes_script.py"
+    run = subprocess.run([sys.executable, str(script), redis_settings.redis_url, str(tmp_path)],
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert run.returncode == 0, run.stderr[-4000:]
+    seen = json.loads([line for line in run.stdout.splitlines() if line.startswith("{")][-1])
+    print(seen)
+    assert seen["plan"] == {"nodes-1": ["BIGUSDT"], "nodes-2": ["MIDUSDT", "SMLUSDT"]}  # balanced by activity
+    assert len(set(seen["nodes_before"].values())) == 2  # spread
+    assert seen["restarts"] >= 1 and seen["node_after"] != seen["lost_node"] and seen["finished"]
+    assert seen["messages"]["resumed from checkpoint"] >= 1 and "trades lost" not in seen["messages"]
+    assert seen["messages"]["trades backfilled"] > 0
+    for sym, t in seen["trades"].items():
+        assert t["lake"] == t["unique"] > 0 and t["venue_since_first"], (sym, t)

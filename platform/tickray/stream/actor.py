@@ -18,6 +18,7 @@ the actor.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import Counter
 from dataclasses import asdict
@@ -137,6 +138,8 @@ class StreamIngestActor:
             "late": {s: p.grid.late for s, p in ctx.pipes.items()},
             "trades": {s: p.state.trades_total for s, p in ctx.pipes.items()},
             "pipeline_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))},
+            "pipeline_ms_by_symbol": {s: {"p50": float(np.percentile(v, 50)), "p99": float(np.percentile(v, 99)),
+                                          "n": len(v)} for s, v in pub.latency_by_symbol.items() if v},
             "resume": dict(self.durability.resume), "resync_all_s": self.rest.resync_all_s,
             "lag_ms": dict(pub.lag), "clock": pub.clock.describe(),
             "queued": self.connection.queued(),
@@ -145,6 +148,7 @@ class StreamIngestActor:
             "last_message_at": self.dispatcher.last_message_at,
             "cpu_s": time.process_time(),  # this actor's process: with last_message_at, how busy it is
             "node": ray.get_runtime_context().get_node_id(),
+            "rss_bytes": _rss_bytes(),
         }
 
     def state(self, symbol: str) -> dict[str, float]:
@@ -166,6 +170,15 @@ class StreamIngestActor:
             await asyncio.sleep(1.0)
             samples, pub.samples = pub.samples[-1000:], []
             self.ctx.metrics.flush(samples, pub.lag)
+
+
+def _rss_bytes() -> int:
+    """This process's resident memory (Linux), for the memory a connector takes per symbol."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def wait_for_messages(actor, count: int, timeout_s: float = 300.0, poll_s: float = 0.2) -> dict:

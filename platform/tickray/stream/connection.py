@@ -32,6 +32,9 @@ from tickray.stream.telemetry import log_event
 
 RECONNECTED = object()  # put in order with the messages, with the route: what was missed while away is fetched
 MAX_MESSAGE = 64 * 1024 * 1024  # a message this large is no market data: the connection is dropped
+# Streams a connection's URL names (2-3 KB of URL); the rest are SUBSCRIBEd once it is up, this many a
+# request, at the venue's request pace: URLs of hundreds of streams are refused by servers and proxies.
+URL_STREAMS = 100
 
 
 class _Listener(picows.WSListener):
@@ -207,14 +210,17 @@ class Connection:
         opt = ctx.opt
         backoff, first = opt.backoff_s, True
         while not ctx.stopping:
-            url = f"{ctx.ws_url}{link.route}/stream?streams=" + "/".join(self.route_streams(link.route))
-            watch = transport = None
+            streams = self.route_streams(link.route)
+            url = f"{ctx.ws_url}{link.route}/stream?streams=" + "/".join(streams[:URL_STREAMS])
+            watch = transport = more = None
             try:
                 transport, _ = await picows.ws_connect(
                     lambda: _Listener(self, link), url, websocket_handshake_timeout=10, enable_auto_ping=True,
                     auto_ping_idle_timeout=20, auto_ping_reply_timeout=20, max_frame_size=MAX_MESSAGE)
                 ctx.counts["connections"] += 1
-                log_event("connected", url=url[:200], streams=len(self.route_streams(link.route)))
+                log_event("connected", url=url[:200], streams=len(streams))
+                if len(streams) > URL_STREAMS:
+                    more = asyncio.get_running_loop().create_task(self._subscribe_rest(streams[URL_STREAMS:]))
                 if not first:
                     self._buffer.append((RECONNECTED, 0, link.route))  # in order with the messages before it
                     self._more.set()
@@ -233,8 +239,9 @@ class Connection:
                 reason, detail = type(e).__name__, str(e)[:200]
             finally:
                 link.ws = None
-                if watch:
-                    watch.cancel()
+                for task in (watch, more):
+                    if task:
+                        task.cancel()
                 if transport is not None:
                     transport.disconnect(graceful=False)
             ctx.counts[f"reconnect: {reason}"] += 1
@@ -243,6 +250,19 @@ class Connection:
                       retry_in_s=round(backoff, 3))
             await asyncio.sleep(backoff * (0.5 + random.random()))  # jitter: clients do not come back in step
             backoff = min(backoff * 2, opt.backoff_max_s)
+
+    async def _subscribe_rest(self, streams: list[str]) -> None:
+        """The streams the URL left out, SUBSCRIBEd in batches (each waits for its request slot)."""
+        for i in range(0, len(streams), URL_STREAMS):
+            try:
+                answer = await self.request("SUBSCRIBE", streams[i:i + URL_STREAMS])
+            except TimeoutError:
+                answer = {"error": "no answer within 10 s"}
+            if answer.get("queued"):
+                return  # the connection went: the next one subscribes them again
+            if answer.get("error") or answer.get("code"):
+                self.ctx.counts["subscribe refused"] += 1
+                log_event("subscribe refused", answer=str(answer)[:200])
 
     async def _watch(self, link: _Link, transport: picows.WSTransport) -> None:
         """Ends a connection that has been silent for ``read_timeout_s`` or has lived ``max_connection_s``,

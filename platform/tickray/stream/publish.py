@@ -42,6 +42,7 @@ class Publisher:
         self.ctx = ctx
         self.clock = SourceClock()
         self.latency: deque = deque(maxlen=20_000)  # ms, receive → published, the latest messages
+        self.latency_by_symbol: dict[str, deque] = {}  # the same per symbol, the latest 2,000 of each
         self.samples: list[float] = []  # latencies not yet handed to the metrics
         self.lag: dict[str, float] = {}  # symbol → ms from the event time to published, on the source's clock
         self.last_features: dict[str, dict] = {}
@@ -148,6 +149,10 @@ class Publisher:
             ms = (done_ns - t0) / 1e6
             self.latency.append(ms)
             self.samples.append(ms)
+            mine = self.latency_by_symbol.get(pipe.symbol)
+            if mine is None:
+                mine = self.latency_by_symbol[pipe.symbol] = deque(maxlen=2000)
+            mine.append(ms)
             if event_ms:
                 self.lag[pipe.symbol] = now_ms - event_ms
             n = self.last_features.get(pipe.symbol, {}).get("n", 0) + len(updates)
