@@ -148,7 +148,7 @@ class StreamIngestActor:
             "last_message_at": self.dispatcher.last_message_at,
             "cpu_s": time.process_time(),  # this actor's process: with last_message_at, how busy it is
             "node": ray.get_runtime_context().get_node_id(),
-            "rss_bytes": _rss_bytes(),
+            "rss_bytes": _rss_bytes(), "pid": os.getpid(),
         }
 
     def state(self, symbol: str) -> dict[str, float]:
