@@ -12,7 +12,8 @@ planner makes of it, started by the stream supervisor.
 ``--nodes 2`` runs the same on a head and a worker node (``ray.cluster_utils.Cluster``, one CPU each) and
 shows where the connectors ran.
 
-    python benchmarks/bench_symbols.py [--symbols 200] [--minutes 5] [--nodes 1|2] [--connectors 2]
+    python benchmarks/bench_symbols.py [--symbols 200] [--minutes 10] [--nodes 1|2] [--connectors 2]
+                                       [--snapshot-limit 1000]
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def stats_of(sup, names) -> dict[str, dict]:
     return {n: ray.get(sup.stats.remote(n)) for n in names}
 
 
-def until(sup, names, done, timeout_s: float = 300.0) -> tuple[dict, float]:
+def until(sup, names, done, timeout_s: float = 600.0) -> tuple[dict, float]:
     t0 = time.monotonic()
     while True:
         st = stats_of(sup, names)
@@ -63,11 +64,13 @@ def synced(st: dict) -> bool:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--symbols", type=int, default=200)
-    ap.add_argument("--minutes", type=int, default=5)
+    ap.add_argument("--minutes", type=int, default=10, help="of market: the start, the paced phase, and 5 "
+                    "minutes for the mass resync (about 3.5 minutes of REST budget for 200 books) must fit in it")
     ap.add_argument("--top", type=int, default=2_000_000, help="trades a day of the busiest symbol")
     ap.add_argument("--nodes", type=int, default=1, choices=(1, 2))
     ap.add_argument("--connectors", type=int, default=2, help="at least this many connectors")
     ap.add_argument("--paced-s", type=float, default=40.0)
+    ap.add_argument("--snapshot-limit", type=int, default=1000, help="levels of a book's REST snapshot")
     args = ap.parse_args()
     activity = {f"S{k:03d}USDT": max(args.top // (k + 1), 100) for k in range(args.symbols)}
     busy = set(list(activity)[: max(1, args.symbols // 10)])
@@ -103,7 +106,8 @@ def main() -> None:
             names = [c.name for c in plan]
             for c in plan:
                 ray.get(sup.start_connector.remote(asdict(ConnectorSpec(
-                    c.name, c.symbols, STREAMS, exchange.ws_url, exchange.rest_url, settings.redis_url))))
+                    c.name, c.symbols, STREAMS, exchange.ws_url, exchange.rest_url, settings.redis_url,
+                    {"snapshot_limit": args.snapshot_limit}))))
             print(f"plan: {len(plan)} connectors; expected msg/s {[round(c.rate) for c in plan]}; symbols "
                   f"{[len(c.symbols) for c in plan]}; streams per route {[c.streams_per_route for c in plan]}")
 
@@ -124,25 +128,32 @@ def main() -> None:
             print(f"memory: {rss / 2**20:,.0f} MiB in {len(st)} connector processes, "
                   f"{rss / args.symbols / 2**20:.2f} MiB per symbol (a Ray worker's own ~100 MiB included)")
 
-            before_w, before_snaps = total(st, "rest weight"), total(st, "snapshots")
-            exchange.disconnect_all()
-            st, took = until(sup, names, lambda s: total(s, "snapshots") >= before_snaps + args.symbols and synced(s))
-            print(f"mass resync: every connection dropped; all {args.symbols} books synced again in {took:.1f} s, "
-                  f"REST weight {total(st, 'rest weight') - before_w:,.0f} "
-                  f"(budget {USDM.rest_weight_limit:,} a minute; 429s {total(st, 'rest 429'):.0f}, "
-                  f"418s {total(st, 'rest 418'):.0f}); connectors' own measure {[x['resync_all_s'] for x in st.values()]} s")
-
+            # unpaced until 5 market minutes are left: the mass resync below needs a live market that long
+            resync_from = exchange.messages[0][0] + (args.minutes * 60 - 300) * 10**9
             n0, cpu0, t0 = total(st, "received"), sum(x["cpu_s"] for x in st.values()), time.monotonic()
             exchange.speed = 0.0
-            st, _ = until(sup, names, lambda s: exchange.finished.is_set() and all(x["queued"] == 0 for x in s.values()))
+            st, _ = until(sup, names, lambda s: exchange.market_now_ns() >= resync_from)
+            exchange.speed = 1.0
             n1, cpu1, t1 = total(st, "received"), sum(x["cpu_s"] for x in st.values()), time.monotonic()
             rate = (n1 - n0) / (t1 - t0)
             print(f"unpaced: {n1 - n0:,.0f} messages at {rate:,.0f} msg/s over {len(st)} connectors "
                   f"({rate / ceiling:.1%} of bare orjson.loads at {ceiling:,.0f} msg/s); "
                   f"{(cpu1 - cpu0) / max(n1 - n0, 1) * 1e6:.1f} us of connector CPU per message")
+
+            st, _ = until(sup, names, synced)  # caught up with the market again
+            before_w, before_snaps = total(st, "rest weight"), total(st, "snapshots")
+            exchange.disconnect_all()
+            st, took = until(sup, names, lambda s: total(s, "snapshots") >= before_snaps + args.symbols and synced(s))
+            print(f"mass resync: every connection dropped; all {args.symbols} books synced again in {took:.1f} s, "
+                  f"REST weight {total(st, 'rest weight') - before_w:,.0f} (snapshots of {args.snapshot_limit} "
+                  f"levels, trades missed; budget {USDM.rest_weight_limit:,} a minute; 429s {total(st, 'rest 429'):.0f}, "
+                  f"418s {total(st, 'rest 418'):.0f}); connectors' own measure {[x['resync_all_s'] for x in st.values()]} s")
             nodes = {x["node"][:8] for x in st.values()}
-            print(f"nodes: the connectors ran on {len(nodes)} node(s) {sorted(nodes)}; "
-                  f"quarantined {sum(sum(x['quarantined'].values()) for x in st.values())}")
+            quarantined: dict = {}
+            for x in st.values():
+                for why, k in x["quarantined"].items():
+                    quarantined[why] = quarantined.get(why, 0) + k
+            print(f"nodes: the connectors ran on {len(nodes)} node(s) {sorted(nodes)}; quarantined {quarantined}")
         finally:
             for n in ray.get(sup.health.remote()):
                 ray.get(sup.stop_connector.remote(n))

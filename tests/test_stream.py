@@ -692,9 +692,10 @@ def test_the_supervisor_replaces_a_lost_connector_which_resumes_from_its_checkpo
 
 
 def test_planned_connectors_share_the_venues_symbols(ray_cluster, settings, shared_data):
-    """ALL of cryptofeed's four USD-M symbols, planned over two connectors by the venue's 24 h trade counts
+    """Three of cryptofeed's four USD-M symbols, planned over two connectors by the venue's 24 h trade counts
     and started by the supervisor: each symbol is streamed by exactly one connector, each connector gets
-    messages on both of USD-M's routes, syncs its books (REST weight counted) and answers for its symbols."""
+    messages on both of USD-M's routes, syncs its books (REST weight counted) and answers for its symbols.
+    The fourth is then added and one removed on the live connections: no connection is dropped."""
     from tickray.stream.plan import plan_connectors, venue_listing
 
     folder = shared_data / "binance" / "ws_cryptofeed"
@@ -704,35 +705,49 @@ def test_planned_connectors_share_the_venues_symbols(ray_cluster, settings, shar
     r = redis_client(settings)
     r.delete(SPECS_KEY)
     sup = StreamSupervisor.remote(settings.redis_url, check_s=0.5)
+
+    def until(ok, timeout_s: float = 60) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            health = ray.get(sup.health.remote())
+            if ok(health) or time.monotonic() > deadline:
+                return health
+            time.sleep(0.5)
+
     try:
         listed = venue_listing(exchange.rest_url, BINANCE_STREAM_MARKETS["usdm"])
         assert sorted(listed) == ["AKROUSDT", "CTKUSDT", "KEEPUSDT", "SUSHIUSDT"]
         forget(r, list(listed))
-        plan = plan_connectors(listed, streams, BINANCE_STREAM_MARKETS["usdm"], "many", min_connectors=2)
-        assert [c.name for c in plan] == ["many-1", "many-2"]
+        first = {s: listed[s] for s in ("SUSHIUSDT", "CTKUSDT", "AKROUSDT")}
+        plan = plan_connectors(first, streams, BINANCE_STREAM_MARKETS["usdm"], "many", min_connectors=2)
+        assert [c.symbols for c in plan] == [["SUSHIUSDT"], ["AKROUSDT", "CTKUSDT"]]  # the busiest alone
         for c in plan:
             ray.get(sup.start_connector.remote(asdict(ConnectorSpec(
                 c.name, c.symbols, streams, exchange.ws_url, exchange.rest_url, settings.redis_url))))
-        deadline = time.monotonic() + 90
-        while True:
-            health = ray.get(sup.health.remote())
-            ok = all(h["status"] == "ok" and h["received"] > 50 and not h["unsynced"] for h in health.values())
-            if ok or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        stats = {n: ray.get(sup.stats.remote(n)) for n in health}
+        health = until(lambda h: all(x["status"] == "ok" and x["received"] > 50 and not x["unsynced"]
+                                     for x in h.values()))
+        started = {n: ray.get(sup.stats.remote(n)) for n in health}
+        added = ray.get(sup.add_symbols.remote("many", ["KEEPUSDT"]))
+        removed = ray.get(sup.remove_symbols.remote("many", ["AKROUSDT"]))
+        after = until(lambda h: "KEEPUSDT" in ray.get(sup.stats.remote(next(iter(added))))["trades"]
+                      and not any(x["unsynced"] for x in h.values()) and all(x["status"] == "ok" for x in h.values()))
+        stats = {n: ray.get(sup.stats.remote(n)) for n in after}
     finally:
         for c in ray.get(sup.health.remote()):
             ray.get(sup.stop_connector.remote(c))
         ray.kill(sup)
         exchange.stop()
-    assert ok, json.dumps(health, default=str)[:4000]
-    assert sorted(s for h in health.values() for s in h["symbols"]) == sorted(listed)
-    for name, st in stats.items():
+    assert sorted(s for h in health.values() for s in h["symbols"]) == sorted(first), health
+    for name, st in started.items():
         assert st["connected"] and st["messages"]["connections"] == 2, (name, st["messages"])  # /public and /market
         assert st["messages"]["aggTrade"] > 0 and st["messages"]["depthUpdate"] > 0, (name, st["messages"])
         assert health[name]["rest_weight"] >= 20 * len(health[name]["symbols"])  # a 1000-level snapshot each
         assert set(st["book"]) == set(health[name]["symbols"])
+    assert len(added) == 1 and removed == {"many-2": ["AKROUSDT"]}
+    assert sorted(s for h in after.values() for s in h["symbols"]) == ["CTKUSDT", "KEEPUSDT", "SUSHIUSDT"]
+    assert all(st["messages"]["connections"] == 2 for st in stats.values()), stats  # none dropped
+    keep = stats[next(iter(added))]
+    assert keep["book"]["KEEPUSDT"]["applied"] > 0 and "akrousdt@bookTicker" not in stats["many-2"]["streams"]
 
 
 def test_a_mass_resync_keeps_within_the_shared_rest_budget(ray_cluster, settings, shared_data):

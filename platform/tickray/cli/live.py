@@ -45,14 +45,23 @@ def cmd_stream(args, settings) -> None:
     from tickray.ops.runtime import connect_ray
     from tickray.ops.stack import redis_client
     from tickray.stream.keys import forget
-    from tickray.stream.supervisor import ConnectorSpec, find_supervisor, supervisor
+    from tickray.stream.supervisor import ConnectorSpec, find_supervisor, group_names, supervisor
 
     if not (settings.ray_address or stack.ray_head_address(settings)):
         raise ConfigError("stream: no Ray cluster to run on; start one with `tickray up` (or set TICKRAY_RAY_ADDRESS)")
     connect_ray(settings)
+    if args.add or args.remove:
+        sup = find_supervisor()
+        if sup is None:
+            raise ConfigError(f"stream: no connector named {args.name!r} (or {args.name}-N) is running")
+        changed = ray.get(sup.add_symbols.remote(args.name, args.add) if args.add
+                          else sup.remove_symbols.remote(args.name, args.remove))
+        for name, syms in changed.items():
+            print(f"{name}: {'+' if args.add else '-'} {', '.join(syms)} (on its live connections)")
+        return
     if args.status or args.stop:
         sup = find_supervisor()
-        names = _group(ray.get(sup.health.remote()), args.name) if sup is not None else []
+        names = group_names(ray.get(sup.health.remote()), args.name) if sup is not None else []
         if not names:
             raise ConfigError(f"stream: no connector named {args.name!r} (or {args.name}-N) is running")
         for name in names:
@@ -95,12 +104,6 @@ def _plan(args, venue: str, rest_url: str) -> list:
         rates = dict.fromkeys(args.symbols, 1.0)
     return plan_connectors(rates, args.streams.split(","), market, args.name, min_connectors=args.connectors or 1,
                            rate_per_connector=args.rate_per_connector)
-
-
-def _group(health: dict, name: str) -> list[str]:
-    """The running connectors a --name stands for: itself, or the ones a plan named <name>-1, <name>-2, ..."""
-    return sorted((n for n in health if n == name or (n.startswith(f"{name}-") and n[len(name) + 1:].isdigit())),
-                  key=lambda n: (len(n), n))
 
 
 def cmd_serve(args, settings) -> None:
@@ -176,6 +179,9 @@ def register(sub) -> None:
     s.add_argument("--venue", choices=list(BINANCE_STREAM_MARKETS), help="default: settings.stream_venue")
     s.add_argument("--ws-url", help="default: settings.stream_ws_url (the venue)")
     s.add_argument("--rest-url", help="default: settings.stream_rest_url")
+    s.add_argument("--add", type=symbols_arg, metavar="SYMBOLS", help="stream these too, on the running connectors "
+                   "of --name (SUBSCRIBE on their live connections)")
+    s.add_argument("--remove", type=symbols_arg, metavar="SYMBOLS", help="stop streaming these (UNSUBSCRIBE)")
     s.add_argument("--status", action="store_true", help="print the connector's counters")
     s.add_argument("--stop", action="store_true", help="stop the connector (flushing the lake, checkpointing)")
     s.add_argument("--fresh", action="store_true", help="start clean instead of resuming the symbols' checkpoints "

@@ -37,11 +37,15 @@ class StreamMarket:
     routed: bool = False  # streams go to /public or /market (see route)
     rest_weight_limit: int = 2400  # REST request weight per IP ...
     rest_window_s: float = 60.0  # ... per this window
-    # REST request weights of what a connector asks: depth (limit 1000), a page of trades, the time
-    weights: tuple[tuple[str, int], ...] = (("depth", 20), ("aggTrades", 20), ("historicalTrades", 20), ("time", 1),
+    # REST request weights of what a connector asks: a page of trades, the time, the listing; depth's by
+    # its limit, in steps (limit up to the step → weight): futures 50 → 2, 100 → 5, 500 → 10, 1000 → 20
+    weights: tuple[tuple[str, int], ...] = (("aggTrades", 20), ("historicalTrades", 20), ("time", 1),
                                             ("exchangeInfo", 1), ("ticker", 40))
+    depth_weights: tuple[tuple[int, int], ...] = ((50, 2), (100, 5), (500, 10), (1000, 20))
 
-    def weight(self, endpoint: str) -> int:
+    def weight(self, endpoint: str, limit: int = 1000) -> int:
+        if endpoint == "depth":
+            return next((w for most, w in self.depth_weights if limit <= most), self.depth_weights[-1][1])
         return dict(self.weights).get(endpoint, 1)
 
     def route(self, stream: str) -> str:
@@ -60,8 +64,9 @@ BINANCE_STREAM_MARKETS = {
     "usdm": StreamMarket("/fapi/v1", routed=True),
     "coinm": StreamMarket("/dapi/v1"),
     "spot": StreamMarket("/api/v3", requests_per_s=5.0, rest_weight_limit=6000,
-                         weights=(("depth", 50), ("aggTrades", 4), ("historicalTrades", 25), ("time", 1),
-                                  ("exchangeInfo", 20), ("ticker", 80))),
+                         weights=(("aggTrades", 4), ("historicalTrades", 25), ("time", 1), ("exchangeInfo", 20),
+                                  ("ticker", 80)),
+                         depth_weights=((100, 5), (500, 25), (1000, 50), (5000, 250))),
 }
 
 

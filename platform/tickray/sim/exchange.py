@@ -174,7 +174,8 @@ class ReplayExchange:
         if not rest:
             return connection.respond(404, "not found\n")
         market = next(m for m in BINANCE_STREAM_MARKETS.values() if url.path.startswith(f"{m.rest_prefix}/"))
-        refused = self._limit(connection, market.weight(rest.group(1).split("/")[0]))
+        limit = (parse_qs(url.query).get("limit") or ["500"])[0]
+        refused = self._limit(connection, market.weight(rest.group(1).split("/")[0], int(limit) if limit.isdigit() else 500))
         if refused is not None:
             return refused
         if rest.group(1) == "time":

@@ -45,6 +45,9 @@ class ConnectorOptions:
     rest_weight_limit: int | None = None
     rest_window_s: float | None = None
     rest_budget_scope: str = "cluster"
+    # Levels a book's REST snapshot asks for: 1000 (weight 20 on futures) knows the deep book at once;
+    # 100 (weight 5) resyncs four times as many books a minute, deeper levels known as the diffs touch them
+    snapshot_limit: int = 1000
 
 
 @dataclass(eq=False)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import orjson
@@ -22,8 +23,10 @@ import ray
 import redis.asyncio as aioredis
 
 from tickray.errors import ConfigError
+from tickray.market.venues import BINANCE_STREAM_MARKETS
 from tickray.stream.actor import StreamIngestActor
 from tickray.stream.context import ConnectorOptions
+from tickray.stream.messages import stream_names
 from tickray.stream.telemetry import log_event
 
 NAMESPACE = "tickray"
@@ -130,6 +133,63 @@ class StreamSupervisor:
             }
         return out
 
+    async def add_symbols(self, group: str, symbols: list[str]) -> dict[str, list[str]]:
+        """Stream ``symbols`` too, on the running connectors of ``group`` (its name, or its plan's
+        ``<group>-N``): each goes to the connector taking the fewest messages a second that has room for
+        its streams, and is SUBSCRIBEd on its live connections (the others carry on untouched)."""
+        async with self._lock:
+            await self._load()
+            names = group_names(self.specs, group)
+            taken = {sym for spec in self.specs.values() for sym in spec.symbols} & set(symbols)
+            if taken:
+                raise ConfigError(f"stream: {', '.join(sorted(taken))} already streamed")
+            added: dict[str, list[str]] = {}
+            # measured msg/s; each symbol added counts as its connector's average symbol until measured
+            load = {n: self.watch[n].rate if n in self.watch else 0.0 for n in names}
+            for sym in symbols:
+                name = min((n for n in names if self._room(self.specs[n], 1)),
+                           key=lambda n: (load[n], len(self.specs[n].symbols)), default=None)
+                if name is None:
+                    raise ConfigError(f"stream: no connector of {group!r} has room for {sym}'s streams; start another")
+                load[name] += load[name] / max(len(self.specs[name].symbols), 1)
+                self.specs[name].symbols.append(sym)
+                added.setdefault(name, []).append(sym)
+            for name, syms in added.items():
+                await self._resubscribe(name, "subscribe", syms)
+        log_event("symbols added", group=group, added=added)
+        return added
+
+    async def remove_symbols(self, group: str, symbols: list[str]) -> dict[str, list[str]]:
+        """Stop streaming ``symbols`` (UNSUBSCRIBE on their connectors' live connections)."""
+        async with self._lock:
+            await self._load()
+            removed: dict[str, list[str]] = {}
+            for name in group_names(self.specs, group):
+                mine = [sym for sym in symbols if sym in self.specs[name].symbols]
+                if mine:
+                    self.specs[name].symbols = [sym for sym in self.specs[name].symbols if sym not in mine]
+                    removed[name] = mine
+                    await self._resubscribe(name, "unsubscribe", mine)
+            missing = set(symbols) - {sym for syms in removed.values() for sym in syms}
+            if missing:
+                raise ConfigError(f"stream: {', '.join(sorted(missing))} not streamed by {group!r}")
+        log_event("symbols removed", group=group, removed=removed)
+        return removed
+
+    def _room(self, spec: ConnectorSpec, more: int) -> bool:
+        market = BINANCE_STREAM_MARKETS[spec.options.get("venue", "usdm")]
+        per_route = Counter(market.route(f"x@{s}") for s in spec.streams)
+        return all(n * (len(spec.symbols) + more) <= market.max_streams for n in per_route.values())
+
+    async def _resubscribe(self, name: str, how: str, symbols: list[str]) -> None:
+        """The spec saved (a restart takes the new symbols), then the streams asked of the live actor."""
+        spec = self.specs[name]
+        await self.redis.hset(SPECS_KEY, name, orjson.dumps(asdict(spec)))
+        streams = [n for sym in symbols for n in stream_names(sym, tuple(spec.streams))]
+        actor = self._actors.get(name) or _get(name)
+        if actor is not None:
+            await getattr(actor, how).remote(streams)
+
     async def stats(self, name: str) -> dict:
         await self._load()
         if name not in self.specs:
@@ -207,6 +267,12 @@ class StreamSupervisor:
         w.unanswered, w.incarnation, w.received_before = 0, None, (0.0, 0)
         log_event("connector replaced", name=name, reason=why)
         self._create(self.specs[name])
+
+
+def group_names(names, group: str) -> list[str]:
+    """The connectors a name stands for: itself, or the ones a plan named <group>-1, <group>-2, ..."""
+    return sorted((n for n in names if n == group or (n.startswith(f"{group}-") and n[len(group) + 1:].isdigit())),
+                  key=lambda n: (len(n), n))
 
 
 def _get(name: str):
