@@ -142,12 +142,15 @@ def main() -> None:
 
             st, _ = until(sup, names, synced)  # caught up with the market again
             before_w, before_snaps = total(st, "rest weight"), total(st, "snapshots")
+            before_parts = {k: total(st, f"rest weight: {k}") for k in ("depth", "aggTrades")}
             exchange.disconnect_all()
             st, took = until(sup, names, lambda s: total(s, "snapshots") >= before_snaps + args.symbols and synced(s))
             print(f"mass resync: every connection dropped; all {args.symbols} books synced again in {took:.1f} s, "
                   f"REST weight {total(st, 'rest weight') - before_w:,.0f} (snapshots of {args.snapshot_limit} "
                   f"levels, trades missed; budget {USDM.rest_weight_limit:,} a minute; 429s {total(st, 'rest 429'):.0f}, "
-                  f"418s {total(st, 'rest 418'):.0f}); connectors' own measure {[x['resync_all_s'] for x in st.values()]} s")
+                  f"418s {total(st, 'rest 418'):.0f}); of it depth {total(st, 'rest weight: depth') - before_parts['depth']:,.0f}, "
+                  f"aggTrades {total(st, 'rest weight: aggTrades') - before_parts['aggTrades']:,.0f}; "
+                  f"connectors' own measure {[x['resync_all_s'] for x in st.values()]} s")
             nodes = {x["node"][:8] for x in st.values()}
             quarantined: dict = {}
             for x in st.values():

@@ -20,6 +20,8 @@ Everything happens in one Lua script per step, on Redis's clock, so clients on o
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import time
 from dataclasses import dataclass
 
@@ -89,6 +91,41 @@ class Taken:
     why: str = ""  # what it waited for longest: paused, queued or budget
 
 
+class _Gate:
+    """At most ``n`` holders at a time, the waiting ones let in lowest priority first: a client's hundreds
+    of waiting requests do not all poll Redis (nor exhaust its connection pool), its oldest do."""
+
+    def __init__(self, n: int):
+        self.free, self._waiting, self._seq = n, [], itertools.count()
+
+    async def acquire(self, priority: float) -> None:
+        if self.free > 0 and not self._waiting:
+            self.free -= 1
+            return
+        fut = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (priority, next(self._seq), fut))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # handed the slot as it was cancelled: pass it on
+            raise
+
+    async def yield_to_better(self, priority: float) -> None:
+        """Hand this holder's slot to a waiter with a lower priority, if any, and wait for it again."""
+        if self._waiting and self._waiting[0][0] < priority:
+            self.release()
+            await self.acquire(priority)
+
+    def release(self) -> None:
+        while self._waiting:
+            _, _, fut = heapq.heappop(self._waiting)
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self.free += 1
+
+
 class RestBudget:
     """One venue's weight budget for one IP (``scope``: the cluster's by default, where every node leaves
     through one address; a node's own address where each has its own)."""
@@ -99,6 +136,7 @@ class RestBudget:
         self.edge_ms = int(1000 * (edge_s if edge_s is not None else min(0.25, window_s / 10)))
         base = f"{PREFIX}:{venue}:{scope}"
         self.keys = [f"{base}:used", f"{base}:paused", f"{base}:queue", f"{base}:seen"]
+        self._gate = _Gate(slots)  # this client's waiters that ask Redis: as many as the queue's head holds
         self._take = redis.register_script(_TAKE)
         self._counted = redis.register_script(_COUNTED)
         self._pause = redis.register_script(_PAUSE)
@@ -109,15 +147,21 @@ class RestBudget:
         for the budget and pauses."""
         loop = asyncio.get_running_loop()
         t0, waited = loop.time(), {}
-        while True:
-            wait_ms, why = await self._take(keys=self.keys, args=[
-                weight, self.limit, self.window_ms, self.edge_ms, who, priority_ms, self.slots, 2000])
-            if wait_ms <= 0:
-                return Taken(loop.time() - t0, max(waited, key=waited.get) if waited else "")
-            why = why.decode() if isinstance(why, bytes) else why
-            step = min(wait_ms, 500) / 1000  # a waiter asks again at least twice a second: it stays queued
-            waited[why] = waited.get(why, 0.0) + step
-            await asyncio.sleep(step)
+        rank = priority_ms if who else float("-inf")
+        await self._gate.acquire(rank)
+        try:
+            while True:
+                await self._gate.yield_to_better(rank)
+                wait_ms, why = await self._take(keys=self.keys, args=[
+                    weight, self.limit, self.window_ms, self.edge_ms, who, priority_ms, self.slots, 2000])
+                if wait_ms <= 0:
+                    return Taken(loop.time() - t0, max(waited, key=waited.get) if waited else "")
+                why = why.decode() if isinstance(why, bytes) else why
+                step = min(wait_ms, 500) / 1000  # a waiter asks again at least twice a second: it stays queued
+                waited[why] = waited.get(why, 0.0) + step
+                await asyncio.sleep(step)
+        finally:
+            self._gate.release()
 
     async def venue_counted(self, used: int | None) -> None:
         """The venue's count of this window's weight (its header), where it is higher than ours."""

@@ -124,6 +124,8 @@ class Dispatcher:
                 log_event("book gap", symbol=symbol, u=ev.u, pu=ev.pu)
             if pipe.sync.needs_snapshot:
                 self.rest.request_snapshot(symbol)
+            elif symbol in self.rest.unsynced_since and pipe.sync.synced:
+                self.rest.synced(symbol)
             if updates:
                 self.publisher.add(pipe, updates, t0, ev.E)
         elif type(ev) is BookTicker:

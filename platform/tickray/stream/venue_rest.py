@@ -33,7 +33,7 @@ class VenueRest:
         self.ctx, self.publisher = ctx, publisher
         self._snapshot_tasks: dict[str, asyncio.Task] = {}
         self.unsynced_since: dict[str, float] = {}  # symbol → wall ms its book asked for a snapshot first
-        self._all_synced_at = 0.0  # wall s the first of the books now unsynced went so
+        self._unsynced_from = 0.0  # wall s the first of the books now unsynced went so
         self.resync_all_s: float | None = None  # how long the last time every book was unsynced took to end
 
     async def get(self, endpoint: str, params: dict | None = None, who: str = "", priority_ms: float = 0.0):
@@ -42,6 +42,7 @@ class VenueRest:
         weight = ctx.market.weight(endpoint, (params or {}).get("limit", 500))
         await ctx.budget.take(weight, who, priority_ms)
         ctx.counts["rest weight"] += weight
+        ctx.counts[f"rest weight: {endpoint}"] += weight
         r = await ctx.http.get(f"{ctx.rest_prefix}/{endpoint}", params=params)
         used = r.headers.get("x-mbx-used-weight-1m")
         if used and used.isdigit():
@@ -100,13 +101,14 @@ class VenueRest:
     def request_snapshot(self, symbol: str) -> None:
         if symbol not in self._snapshot_tasks and not self.ctx.stopping:
             if not self.unsynced_since:
-                self._all_synced_at = time.time()
+                self._unsynced_from = time.time()
             self.unsynced_since.setdefault(symbol, time.time() * 1000)
             self._snapshot_tasks[symbol] = asyncio.get_running_loop().create_task(self._fetch_snapshot(symbol))
 
-    def _synced(self, symbol: str) -> None:
+    def synced(self, symbol: str) -> None:
+        """The symbol's book is synced again (by its snapshot, or by the diff that continued it)."""
         if self.unsynced_since.pop(symbol, None) is not None and not self.unsynced_since:
-            self.resync_all_s = round(time.time() - self._all_synced_at, 3)
+            self.resync_all_s = round(time.time() - self._unsynced_from, 3)
 
     async def _fetch_snapshot(self, symbol: str) -> None:
         ctx = self.ctx
@@ -130,7 +132,7 @@ class VenueRest:
         finally:
             self._snapshot_tasks.pop(symbol, None)
         if ctx.pipes[symbol].sync.synced:
-            self._synced(symbol)
+            self.synced(symbol)
         if ctx.pipes[symbol].sync.needs_snapshot and not ctx.stopping:
             # The buffered diffs did not chain onto it: ask again even if no new diff comes to ask
             # (one a second at most, within the shared budget: a 1000-level snapshot weighs 20 of 2,400 a minute).
