@@ -49,6 +49,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_bars.py
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_stream.py
+	$(BIN)/python benchmarks/bench_symbols.py
 	$(BIN)/python benchmarks/bench_serve.py
 	$(BIN)/python benchmarks/bench_backtest.py
 
