@@ -12,8 +12,9 @@ One port serves both sides of the venue:
   moved forward by as much as the venue's event times show it was behind (a recorder 1.5 s slow received
   events 1.5 s "before" the venue stamped them).
 
-There is one market: a clock replays the captures in receive-time order, paced by ``speed`` (10: ten
-times faster than recorded; 0: as fast as the connected clients take them, waiting while none is),
+There is one market, opened half a second after the first client joins (a client's connections, one per
+route, all see it from the start): a clock replays the captures in receive-time order, paced by ``speed``
+(10: ten times faster than recorded; 0: as fast as the connected clients take them, waiting while none is),
 which may be changed while it runs (fast-forward a warm-up, then the recorded pace). ``hold_after(t)``
 stops the market before its first message past market time ``t`` until it is moved on: a client steps it
 (a test that asks about every second, however slow its answers).
@@ -58,6 +59,7 @@ from tickray.sources.binance import iter_capture, iter_rest_snapshots, symbol_fr
 REST_PATH = re.compile(r"^(?:" + "|".join(re.escape(m.rest_prefix) for m in BINANCE_STREAM_MARKETS.values())
                        + r")/(depth|aggTrades|historicalTrades|time|exchangeInfo|ticker/24hr)$")
 REST_LIMIT_MAX = 1000
+OPENING_S = 0.5  # from the first client's join to the market's first message
 WS_PATHS = {"/stream": "", "/public/stream": "/public", "/market/stream": "/market"}  # path → route
 ROUTED = BINANCE_STREAM_MARKETS["usdm"]
 
@@ -111,6 +113,7 @@ class ReplayExchange:
     rest_refused: Counter = field(default_factory=Counter, init=False)  # 429 and 418 → answers
     _refusing: tuple[float, float | None] | None = field(default=None, init=False)  # (until, first 429 at)
     _banned_until: float = field(default=0.0, init=False)
+    _refuse_next_s: float = field(default=0.0, init=False)  # refuse_for, from the next request on
     messages: list[tuple[int, str, bytes]] = field(default_factory=list, init=False)
     snapshots: dict[str, tuple[int, dict]] = field(default_factory=dict, init=False)  # recorded: (recv_ns, body)
     books: dict[str, BookSync] = field(default_factory=dict, init=False)
@@ -208,13 +211,16 @@ class ReplayExchange:
         asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
 
     def refuse_for(self, seconds: float) -> None:
-        """Answer 429 for ``seconds`` (another client on the IP spent the weight), as the venue would."""
-        self._refusing = (time.time() + seconds, None)
+        """Answer 429 for ``seconds`` from the next REST request on (another client on the IP spent the
+        weight), as the venue would."""
+        self._refuse_next_s = seconds
 
     def _limit(self, connection: ServerConnection, weight: int) -> Response | None:
         """The venue's weight rules for one request: None to answer it (its weight counted), else the
         429 or 418 it gets."""
         now = time.time()
+        if self._refuse_next_s:
+            self._refusing, self._refuse_next_s = (now + self._refuse_next_s, None), 0.0
         if now < self._banned_until:
             return self._refuse(connection, 418, self._banned_until - now)
         if self._refusing is not None and now < self._refusing[0]:
@@ -343,6 +349,9 @@ class ReplayExchange:
             self.trades.setdefault((symbol, e), []).append(data)
 
     async def _run_market(self) -> None:
+        # the market opens a moment after the first client joins, so that a client's connections (one per
+        # route on USD-M, opened together) all see it from its first message
+        await asyncio.sleep(OPENING_S)
         timeline = sorted([(t, s, b, i) for i, (t, s, b) in enumerate(self.messages)]
                           + [(t, s, raw.encode(), -1) for t, s, raw in self.inject], key=lambda m: m[0])
         loop = asyncio.get_running_loop()

@@ -13,6 +13,7 @@ import asyncio
 import time
 
 import httpx
+from redis.exceptions import RedisError
 
 from tickray.stream.context import ConnectorContext
 from tickray.stream.messages import AggTrade, Trade
@@ -75,7 +76,7 @@ class VenueRest:
                 if ctx.stopping:
                     break
                 continue  # the budget holds everyone until its Retry-After: then this page again
-            except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            except (httpx.HTTPError, ValueError, KeyError, TypeError, RedisError) as exc:
                 ctx.counts[f"backfill failed: {type(exc).__name__}"] += 1
                 log_event("backfill failed", symbol=pipe.symbol, from_id=start, detail=str(exc)[:200])
                 break
@@ -125,7 +126,7 @@ class VenueRest:
             if pipe.sync.counters.resyncs > resyncs:
                 ctx.metrics.pending[("event", "book resync")] += 1
                 log_event("book resync", symbol=symbol, last_update_id=pipe.sync.book.last_update_id)
-        except (httpx.HTTPError, ValueError, KeyError, Refused) as e:
+        except (httpx.HTTPError, ValueError, KeyError, Refused, RedisError) as e:  # RedisError: the budget's
             ctx.counts[f"snapshot failed: {type(e).__name__}"] += 1
             log_event("snapshot failed", symbol=symbol, detail=str(e)[:200])
             await asyncio.sleep(1.0)  # the next diff asks again
@@ -146,7 +147,7 @@ class VenueRest:
             try:
                 r = await self.get("time")
                 clock.observe(sent, float(r.json()["serverTime"]), time.time() * 1e3)
-            except (httpx.HTTPError, ValueError, KeyError, TypeError, Refused) as e:
+            except (httpx.HTTPError, ValueError, KeyError, TypeError, Refused, RedisError) as e:
                 ctx.counts[f"clock sync failed: {type(e).__name__}"] += 1
                 clock.failed(f"{ctx.rest_prefix}/time: {type(e).__name__}: {str(e)[:120]}")
             await asyncio.sleep(ctx.opt.clock_sync_s)
