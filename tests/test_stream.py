@@ -729,8 +729,13 @@ def test_planned_connectors_share_the_venues_symbols(ray_cluster, settings, shar
         started = {n: ray.get(sup.stats.remote(n)) for n in health}
         added = ray.get(sup.add_symbols.remote("many", ["KEEPUSDT"]))
         removed = ray.get(sup.remove_symbols.remote("many", ["AKROUSDT"]))
-        after = until(lambda h: "KEEPUSDT" in ray.get(sup.stats.remote(next(iter(added))))["trades"]
-                      and not any(x["unsynced"] for x in h.values()) and all(x["status"] == "ok" for x in h.values()))
+        keep_on = next(iter(added))
+
+        def keep_applied() -> int:
+            return ray.get(sup.stats.remote(keep_on))["book"].get("KEEPUSDT", {}).get("applied", 0)
+
+        after = until(lambda h: keep_applied() > 0 and not any(x["unsynced"] for x in h.values())
+                      and all(x["status"] == "ok" for x in h.values()))
         stats = {n: ray.get(sup.stats.remote(n)) for n in after}
     finally:
         for c in ray.get(sup.health.remote()):
