@@ -64,12 +64,12 @@ def cmd_stream(args, settings) -> None:
         names = group_names(ray.get(sup.health.remote()), args.name) if sup is not None else []
         if not names:
             raise ConfigError(f"stream: no connector named {args.name!r} (or {args.name}-N) is running")
+        if args.status:  # one JSON document: each connector's stats by its name
+            print(json.dumps({name: ray.get(sup.stats.remote(name)) for name in names}, indent=1, default=str))
+            return
         for name in names:
-            if args.status:
-                print(json.dumps({name: ray.get(sup.stats.remote(name))}, indent=1, default=str))
-            else:
-                ray.get(sup.stop_connector.remote(name))
-                print(f"connector {name!r} stopped (lake flushed, checkpoint written)")
+            ray.get(sup.stop_connector.remote(name))
+            print(f"connector {name!r} stopped (lake flushed, checkpoint written)")
         return
     venue = args.venue or settings.stream_venue
     rest_url, ws_url = args.rest_url or settings.stream_rest_url, args.ws_url or settings.stream_ws_url
