@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 from tickray.errors import ConfigError
@@ -56,16 +57,18 @@ def symbol_rate(streams: list[str], trades_per_s: float) -> float:
     return sum(stream_rate(s, trades_per_s) for s in streams)
 
 
+def streams_per_route(market: StreamMarket, streams: list[str]) -> dict[str, int]:
+    """How many of one symbol's ``streams`` (``depth@0ms``, ...) each route of the market carries."""
+    return dict(Counter(market.route(f"x@{s}") for s in streams))
+
+
 def plan_connectors(trades_per_s: dict[str, float], streams: list[str], market: StreamMarket, prefix: str,
                     rate_per_connector: float = 20_000.0, min_connectors: int = 1) -> list[PlannedConnector]:
     """Connectors named ``<prefix>-1`` ... (``<prefix>`` alone when one is enough) for every symbol of
     ``trades_per_s`` (symbol → its trades per second) with ``streams`` each."""
     if not trades_per_s:
         raise ConfigError("stream: no symbols to plan")
-    per_route: dict[str, int] = {}
-    for s in streams:
-        route = market.route(f"x@{s}")
-        per_route[route] = per_route.get(route, 0) + 1
+    per_route = streams_per_route(market, streams)
     widest = max(per_route.values())
     if widest > market.max_streams:
         raise ConfigError(f"stream: {widest} streams per symbol on one route; the venue allows "

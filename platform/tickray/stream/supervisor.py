@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import orjson
@@ -27,6 +26,7 @@ from tickray.market.venues import BINANCE_STREAM_MARKETS
 from tickray.stream.actor import StreamIngestActor
 from tickray.stream.context import ConnectorOptions
 from tickray.stream.messages import stream_names
+from tickray.stream.plan import streams_per_route
 from tickray.stream.telemetry import log_event
 
 NAMESPACE = "tickray"
@@ -178,8 +178,8 @@ class StreamSupervisor:
 
     def _room(self, spec: ConnectorSpec, more: int) -> bool:
         market = BINANCE_STREAM_MARKETS[spec.options.get("venue", "usdm")]
-        per_route = Counter(market.route(f"x@{s}") for s in spec.streams)
-        return all(n * (len(spec.symbols) + more) <= market.max_streams for n in per_route.values())
+        return all(n * (len(spec.symbols) + more) <= market.max_streams
+                   for n in streams_per_route(market, spec.streams).values())
 
     async def _resubscribe(self, name: str, how: str, symbols: list[str]) -> None:
         """The spec saved (a restart takes the new symbols), then the streams asked of the live actor."""
